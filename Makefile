@@ -1,0 +1,61 @@
+# Every command anyone needs. The first target run builds .venv from the committed uv.lock.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+SCALAR_VERSION := 1.72.1
+SCALAR_JS := backend/static/scalar/standalone.js
+
+.PHONY: run test check lint typecheck fmt migrate revision openapi install scalar clean
+
+run: install ## Serve the API on 127.0.0.1:8000 (embedded PostgreSQL + Redis unless URLs are set)
+	$(BIN)/shiptrack serve
+
+test: install ## Run the whole test suite (embedded services unless TEST_DATABASE_URL/TEST_REDIS_URL)
+	$(BIN)/pytest
+
+check: lint typecheck ## Lint, format check and strict type check
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+migrate: install ## Apply migrations (to DATABASE_URL, or the embedded database)
+	$(BIN)/shiptrack migrate
+
+revision: install ## New migration from model changes: make revision m="add shipments"
+	$(BIN)/alembic revision --autogenerate -m "$(m)"
+
+openapi: install
+	@$(BIN)/shiptrack openapi
+
+install: $(VENV)/.synced scalar
+
+$(VENV)/.synced: uv.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	# --inexact keeps uv itself, which the lock does not list.
+	$(BIN)/uv sync --frozen --inexact --all-extras
+	@touch $@
+
+# The Scalar bundle is fetched from npm when npm is available, so /scalar works offline;
+# without npm the page loads it from the CDN instead. Never committed.
+scalar:
+	@if [ ! -f $(SCALAR_JS) ] && command -v npm >/dev/null 2>&1; then \
+		tmp=$$(mktemp -d) && \
+		(cd $$tmp && npm pack --silent @scalar/api-reference@$(SCALAR_VERSION) >/dev/null 2>&1) && \
+		tar -xzf $$tmp/scalar-api-reference-$(SCALAR_VERSION).tgz -C $$tmp package/dist/browser/standalone.js && \
+		mkdir -p $(dir $(SCALAR_JS)) && mv $$tmp/package/dist/browser/standalone.js $(SCALAR_JS) && \
+		echo "Scalar $(SCALAR_VERSION) bundle installed for offline /scalar"; \
+		rm -rf $$tmp; \
+	fi; true
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,152 @@
+"""Dependencies that authenticate a request and hand handlers the loaded account."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from backend.accounts.errors import InvalidToken, WrongAccountKind
+from backend.accounts.models import AccountKind, Partner, Seller
+from backend.accounts.passwords import PasswordHasher
+from backend.accounts.repository import AccountRepository
+from backend.accounts.service import AccountService, LoginLimits
+from backend.accounts.tokens import AccessClaims, RevocationList, TokenCodec
+from backend.config import Settings
+from backend.db import SessionDep
+from backend.errors import Unauthorized
+from backend.openapi import PARTNER_AUTH, SELLER_AUTH, requires_auth
+from backend.rate_limit import FixedWindowLimiter
+from backend.redis_client import RedisDep
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_token_codec(request: Request) -> TokenCodec:
+    codec: TokenCodec = request.app.state.token_codec
+    return codec
+
+
+def get_password_hasher(request: Request) -> PasswordHasher:
+    hasher: PasswordHasher = request.app.state.password_hasher
+    return hasher
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+TokenCodecDep = Annotated[TokenCodec, Depends(get_token_codec)]
+PasswordHasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
+
+
+def get_revocations(redis: RedisDep) -> RevocationList:
+    return RevocationList(redis)
+
+
+RevocationsDep = Annotated[RevocationList, Depends(get_revocations)]
+
+
+def _bearer_token(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized()
+    return token.strip()
+
+
+async def get_access_claims(
+    request: Request, codec: TokenCodecDep, revocations: RevocationsDep
+) -> AccessClaims:
+    claims = codec.decode(_bearer_token(request))
+    # Fails closed: if Redis cannot answer, the request gets a 503, never a pass.
+    if await revocations.is_revoked(claims.jti):
+        raise InvalidToken("This token has been revoked.")
+    return claims
+
+
+AccessClaimsDep = Annotated[AccessClaims, Depends(get_access_claims)]
+
+
+def _require_kind(claims: AccessClaims, kind: AccountKind) -> None:
+    if claims.kind is not kind:
+        raise WrongAccountKind(f"This operation needs a {kind.value} token.")
+
+
+@requires_auth(SELLER_AUTH)
+async def current_seller(claims: AccessClaimsDep, session: SessionDep) -> Seller:
+    _require_kind(claims, AccountKind.seller)
+    seller = await AccountRepository(session, Seller).get(claims.account_id)
+    if seller is None:
+        raise InvalidToken("The account behind this token no longer exists.")
+    return seller
+
+
+@requires_auth(PARTNER_AUTH)
+async def current_partner(claims: AccessClaimsDep, session: SessionDep) -> Partner:
+    _require_kind(claims, AccountKind.partner)
+    partner = await AccountRepository(session, Partner).get(claims.account_id)
+    if partner is None:
+        raise InvalidToken("The account behind this token no longer exists.")
+    return partner
+
+
+CurrentSeller = Annotated[Seller, Depends(current_seller)]
+CurrentPartner = Annotated[Partner, Depends(current_partner)]
+
+
+def seller_service(
+    session: SessionDep,
+    hasher: PasswordHasherDep,
+    codec: TokenCodecDep,
+    revocations: RevocationsDep,
+) -> AccountService[Seller]:
+    repository = AccountRepository(session, Seller)
+    return AccountService(AccountKind.seller, repository, hasher, codec, revocations)
+
+
+def partner_service(
+    session: SessionDep,
+    hasher: PasswordHasherDep,
+    codec: TokenCodecDep,
+    revocations: RevocationsDep,
+) -> AccountService[Partner]:
+    repository = AccountRepository(session, Partner)
+    return AccountService(AccountKind.partner, repository, hasher, codec, revocations)
+
+
+SellerServiceDep = Annotated[AccountService[Seller], Depends(seller_service)]
+PartnerServiceDep = Annotated[AccountService[Partner], Depends(partner_service)]
+
+
+def partner_repository(session: SessionDep) -> AccountRepository[Partner]:
+    return AccountRepository(session, Partner)
+
+
+PartnerRepositoryDep = Annotated[AccountRepository[Partner], Depends(partner_repository)]
+
+
+def login_limits(kind: AccountKind, settings: Settings, redis: RedisDep) -> LoginLimits:
+    window = settings.rate_limit_window_seconds
+    return LoginLimits(
+        per_ip=FixedWindowLimiter(redis, "token-ip", settings.token_attempts_per_ip, window),
+        failures_per_account=FixedWindowLimiter(
+            redis, f"token-{kind.value}", settings.token_attempts_per_account, window
+        ),
+    )
+
+
+def get_signup_limiter(settings: SettingsDep, redis: RedisDep) -> FixedWindowLimiter:
+    return FixedWindowLimiter(
+        redis, "signup-ip", settings.signups_per_ip, settings.rate_limit_window_seconds
+    )
+
+
+SignupLimiterDep = Annotated[FixedWindowLimiter, Depends(get_signup_limiter)]
+
+
+def client_ip(request: Request) -> str:
+    # uvicorn rewrites the client address from X-Forwarded-For only for trusted proxies.
+    return request.client.host if request.client else "unknown"
+
+
+ClientIpDep = Annotated[str, Depends(client_ip)]

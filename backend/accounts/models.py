@@ -1,0 +1,58 @@
+"""Seller and partner accounts. Neither has relationships that load on their own."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+
+from sqlalchemy import ARRAY, CheckConstraint, DateTime, Index, String
+from sqlmodel import Field, SQLModel
+
+from backend.db import utcnow
+
+
+class AccountKind(enum.StrEnum):
+    seller = "seller"
+    partner = "partner"
+
+
+class Seller(SQLModel, table=True):
+    __tablename__ = "sellers"
+    __table_args__ = (CheckConstraint("email = lower(email)", name="email_lowercase"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=100)
+    # Stored lower-cased, so the unique constraint is case-insensitive.
+    email: str = Field(max_length=254, unique=True)
+    password_hash: str = Field(max_length=100)
+    zip_code: str = Field(max_length=20)
+    address: str | None = Field(default=None, max_length=300)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class Partner(SQLModel, table=True):
+    __tablename__ = "partners"
+    __table_args__ = (
+        CheckConstraint("email = lower(email)", name="email_lowercase"),
+        CheckConstraint("max_handling_capacity >= 1", name="capacity_positive"),
+        # Assignment looks partners up by destination zip: `zip = ANY(serviceable_zip_codes)`.
+        Index("ix_partners_serviceable_zip_codes", "serviceable_zip_codes", postgresql_using="gin"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=100)
+    email: str = Field(max_length=254, unique=True)
+    password_hash: str = Field(max_length=100)
+    serviceable_zip_codes: list[str] = Field(sa_type=ARRAY(String(20)))
+    max_handling_capacity: int
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+Account = Seller | Partner
+ACCOUNT_MODELS: dict[AccountKind, type[Seller] | type[Partner]] = {
+    AccountKind.seller: Seller,
+    AccountKind.partner: Partner,
+}

@@ -1,0 +1,49 @@
+"""Queries for accounts; no decisions here."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Generic, TypeVar
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from backend.accounts.models import Partner, Seller
+from backend.db import violated_constraint
+
+AccountT = TypeVar("AccountT", bound=Seller | Partner)
+
+
+class DuplicateEmail(Exception):
+    pass
+
+
+class AccountRepository(Generic[AccountT]):
+    def __init__(self, session: AsyncSession, model: type[AccountT]) -> None:
+        self._session = session
+        self._model = model
+
+    async def get(self, account_id: uuid.UUID) -> AccountT | None:
+        """One primary-key lookup, no relationships."""
+        return await self._session.get(self._model, account_id)
+
+    async def get_by_email(self, email: str) -> AccountT | None:
+        statement = select(self._model).where(self._model.email == email.lower())
+        return (await self._session.exec(statement)).first()
+
+    async def add(self, account: AccountT) -> AccountT:
+        """Insert; raises `DuplicateEmail` when the unique email constraint refuses it."""
+        self._session.add(account)
+        try:
+            # A savepoint, so a refused insert leaves the request's transaction usable.
+            async with self._session.begin_nested():
+                await self._session.flush()
+        except IntegrityError as error:
+            if violated_constraint(error) == f"uq_{self._model.__tablename__}_email":
+                raise DuplicateEmail() from None
+            raise
+        return account
+
+    async def flush(self) -> None:
+        await self._session.flush()

@@ -1,0 +1,154 @@
+"""Request and response bodies for accounts. Requests refuse unknown fields."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from backend.fields import AddressLine, Email, Name, Password, ZipCode
+
+ZipCodeList = Annotated[
+    list[ZipCode],
+    Field(min_length=1, max_length=100, description="Destination zip codes this partner serves."),
+]
+Capacity = Annotated[
+    int,
+    Field(ge=1, le=10_000, description="Most active (not yet delivered) shipments at once."),
+]
+
+
+class RequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SellerCreate(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Acme Books",
+                    "email": "orders@acme.example",
+                    "password": "correct horse battery",
+                    "zip_code": "02139",
+                    "address": "1 Main St, Cambridge MA",
+                }
+            ]
+        }
+    )
+
+    name: Name
+    email: Email
+    password: Password
+    zip_code: ZipCode
+    address: AddressLine | None = None
+
+
+class SellerRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    email: str
+    zip_code: str
+    address: str | None
+    created_at: datetime
+
+
+def _unique_zip_codes(zip_codes: list[str]) -> list[str]:
+    return list(dict.fromkeys(zip_codes))
+
+
+class PartnerCreate(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Speedy Couriers",
+                    "email": "dispatch@speedy.example",
+                    "password": "correct horse battery",
+                    "serviceable_zip_codes": ["02139", "02140"],
+                    "max_handling_capacity": 25,
+                }
+            ]
+        }
+    )
+
+    name: Name
+    email: Email
+    password: Password
+    serviceable_zip_codes: ZipCodeList
+    max_handling_capacity: Capacity
+
+    @model_validator(mode="after")
+    def deduplicate_zip_codes(self) -> Self:
+        self.serviceable_zip_codes = _unique_zip_codes(self.serviceable_zip_codes)
+        return self
+
+
+class PartnerUpdate(RequestBody):
+    """Only the fields sent are changed; `null` is not a value any of them can take."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"serviceable_zip_codes": ["02139"], "max_handling_capacity": 40}]
+        }
+    )
+
+    name: Name | None = None
+    serviceable_zip_codes: ZipCodeList | None = None
+    max_handling_capacity: Capacity | None = None
+
+    @model_validator(mode="after")
+    def refuse_nulls(self) -> Self:
+        nulled = sorted(field for field in self.model_fields_set if getattr(self, field) is None)
+        if nulled:
+            raise ValueError(f"cannot be null: {', '.join(nulled)}")
+        if self.serviceable_zip_codes is not None:
+            self.serviceable_zip_codes = _unique_zip_codes(self.serviceable_zip_codes)
+        return self
+
+
+class PartnerRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    email: str
+    serviceable_zip_codes: list[str]
+    max_handling_capacity: int
+    created_at: datetime
+
+
+class TokenForm(BaseModel):
+    """OAuth2 password grant (RFC 6749 §4.3), sent as application/x-www-form-urlencoded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: Annotated[Email, Field(description="The account's email address.")]
+    password: Password
+    grant_type: Literal["password"] | None = None
+    # Standard OAuth2 fields that clients such as Scalar send; accepted and ignored.
+    scope: Annotated[str, Field(max_length=200)] = ""
+    client_id: Annotated[str | None, Field(max_length=200)] = None
+    client_secret: Annotated[str | None, Field(max_length=200)] = None
+
+
+class TokenResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "access_token": "eyJhbGciOiJIUzI1NiIs...",
+                    "token_type": "bearer",
+                    "expires_in": 1800,
+                }
+            ]
+        }
+    )
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - not a secret
+    expires_in: int = Field(description="Seconds until the token expires.")

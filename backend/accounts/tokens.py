@@ -1,0 +1,100 @@
+"""Access tokens: PyJWT with a pinned algorithm, and revocation by `jti` in Redis."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from redis.asyncio import Redis
+
+from backend.accounts.errors import InvalidToken
+from backend.accounts.models import AccountKind
+from backend.config import Settings
+
+ALGORITHM = "HS256"
+TOKEN_TYPE = "at+jwt"  # noqa: S105 - RFC 9068: keeps other JWTs signed with the same key from passing as tokens
+REQUIRED_CLAIMS = ["sub", "kind", "aud", "jti", "iat", "exp", "iss"]
+
+
+def audience(kind: AccountKind) -> str:
+    return f"shiptrack:{kind.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    account_id: uuid.UUID
+    kind: AccountKind
+    jti: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    expires_in: int
+
+
+class TokenCodec:
+    def __init__(self, settings: Settings) -> None:
+        self._key = settings.jwt_secret_key.get_secret_value()
+        self._issuer = settings.jwt_issuer
+        self._lifetime = timedelta(seconds=settings.access_token_ttl_seconds)
+
+    def issue(self, account_id: uuid.UUID, kind: AccountKind) -> IssuedToken:
+        now = datetime.now(UTC)
+        claims = {
+            "sub": str(account_id),
+            "kind": kind.value,
+            "aud": audience(kind),
+            "jti": uuid.uuid4().hex,
+            "iat": now,
+            "exp": now + self._lifetime,
+            "iss": self._issuer,
+        }
+        token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
+        return IssuedToken(token=token, expires_in=int(self._lifetime.total_seconds()))
+
+    def decode(self, token: str) -> AccessClaims:
+        try:
+            if jwt.get_unverified_header(token).get("typ") != TOKEN_TYPE:
+                raise InvalidToken()
+            payload = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=[audience(kind) for kind in AccountKind],
+                issuer=self._issuer,
+                options={"require": REQUIRED_CLAIMS},
+            )
+            kind = AccountKind(payload["kind"])
+            if payload["aud"] != audience(kind):
+                raise InvalidToken()
+            return AccessClaims(
+                account_id=uuid.UUID(payload["sub"]),
+                kind=kind,
+                jti=str(payload["jti"]),
+                expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+            )
+        except (jwt.InvalidTokenError, ValueError, TypeError, KeyError):
+            raise InvalidToken() from None
+
+
+class RevocationList:
+    """Revoked token ids, each kept exactly as long as the token could still be used."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    @staticmethod
+    def _key(jti: str) -> str:
+        return f"revoked-jti:{jti}"
+
+    async def revoke(self, claims: AccessClaims) -> None:
+        remaining = int((claims.expires_at - datetime.now(UTC)).total_seconds()) + 1
+        if remaining > 0:
+            await self._redis.set(self._key(claims.jti), "1", ex=remaining)
+
+    async def is_revoked(self, jti: str) -> bool:
+        return bool(await self._redis.exists(self._key(jti)))

@@ -1,0 +1,132 @@
+"""`shiptrack serve | migrate | openapi`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from alembic import command
+from alembic.config import Config
+
+from backend.config import Settings
+from backend.embedded import embedded_services
+from backend.logging_setup import configure_logging
+from backend.main import create_app
+
+logger = logging.getLogger("shiptrack")
+
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config(str(ALEMBIC_INI))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logging"] = False
+    return config
+
+
+def migrate(database_url: str) -> None:
+    command.upgrade(alembic_config(database_url), "head")
+
+
+@contextlib.contextmanager
+def connected_settings() -> Iterator[tuple[Settings, bool]]:
+    """Settings with database and Redis URLs, starting embedded services when none are set."""
+    settings = Settings()
+    if not settings.uses_embedded_services:
+        yield settings, False
+        return
+    with embedded_services(settings.data_dir) as services:
+        # The environment, so that anything reading settings again sees the same services.
+        os.environ["DATABASE_URL"] = services.database_url
+        os.environ["REDIS_URL"] = services.redis_url
+        yield Settings(), True
+
+
+class DrainingServer(uvicorn.Server):
+    """Turns readiness to 503 as soon as shutdown starts, while in-flight requests finish."""
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        app = getattr(self.config, "loaded_app", None)
+        while app is not None and not hasattr(app, "state"):
+            app = getattr(app, "app", None)  # unwrap uvicorn's proxy-header middleware
+        if app is not None:
+            app.state.draining = True
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+
+def serve(args: argparse.Namespace) -> None:
+    with connected_settings() as (settings, embedded):
+        configure_logging(settings.effective_log_format, settings.log_level)
+        if embedded:
+            assert settings.database_url is not None
+            migrate(settings.database_url)
+        config = uvicorn.Config(
+            create_app(settings),
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+            timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+            access_log=False,
+            log_config=None,
+        )
+        logger.info("Shiptrack on http://%s:%s (reference at /scalar)", config.host, config.port)
+        # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets
+        # the embedded services stop on the way out instead of being orphaned.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        DrainingServer(config).run()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum if signum != signal.SIGTERM else 0)
+
+
+def run_migrations(_args: argparse.Namespace) -> None:
+    with connected_settings() as (settings, _embedded):
+        configure_logging(settings.effective_log_format, settings.log_level)
+        assert settings.database_url is not None
+        migrate(settings.database_url)
+        logger.info("database is at the latest migration")
+
+
+def print_openapi(_args: argparse.Namespace) -> None:
+    schema = create_app(Settings()).openapi()
+    json.dump(schema, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="shiptrack", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve_parser = commands.add_parser("serve", help="run the API (embedded services if no URLs)")
+    serve_parser.add_argument("--host", default=None)
+    serve_parser.add_argument("--port", type=int, default=None)
+    serve_parser.set_defaults(handler=serve)
+
+    commands.add_parser("migrate", help="apply database migrations").set_defaults(
+        handler=run_migrations
+    )
+    commands.add_parser("openapi", help="print the OpenAPI document").set_defaults(
+        handler=print_openapi
+    )
+
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except KeyboardInterrupt:
+        # Ctrl-C: everything has been shut down by the context managers on the way here.
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

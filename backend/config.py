@@ -1,0 +1,104 @@
+"""Settings, read from the environment (and `.env`) once per process, never at import time."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# A key that only exists so `make run` works out of the box; refused outside dev and test.
+DEV_JWT_SECRET_KEY = "dev-only-insecure-key-change-me-0123456789abcdef"  # noqa: S105
+MIN_JWT_KEY_BYTES = 32
+
+Environment = Literal["dev", "test", "production"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    environment: Environment = "dev"
+
+    # Connections. Left empty, `shiptrack serve` starts embedded PostgreSQL and Redis.
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".data")
+
+    # Database pool and timeouts: a dead or paused server must fail a request fast, never hang it.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_command_timeout_seconds: float = Field(default=10.0, gt=0)
+    db_statement_timeout_ms: int = Field(default=5000, ge=100)
+
+    redis_timeout_seconds: float = Field(default=1.0, gt=0)
+    health_check_timeout_seconds: float = Field(default=1.0, gt=0)
+
+    # Authentication.
+    jwt_secret_key: SecretStr = SecretStr(DEV_JWT_SECRET_KEY)
+    jwt_issuer: str = "shiptrack"
+    access_token_ttl_seconds: int = Field(default=30 * 60, ge=60, le=24 * 3600)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+    # Concurrent bcrypt hashes; each occupies a core, so keep one free for the event loop.
+    password_hash_concurrency: int = Field(default=max(1, (os.cpu_count() or 2) - 1), ge=1)
+
+    # Fixed-window rate limits on the token and sign-up endpoints.
+    rate_limit_window_seconds: int = Field(default=60, ge=1)
+    token_attempts_per_account: int = Field(default=10, ge=1)
+    token_attempts_per_ip: int = Field(default=30, ge=1)
+    signups_per_ip: int = Field(default=20, ge=1)
+
+    # HTTP server.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    graceful_shutdown_seconds: int = Field(default=20, ge=1)
+    # Proxies whose X-Forwarded-For is believed; anyone else could fake their IP past rate limits.
+    forwarded_allow_ips: str = "127.0.0.1"
+
+    # HTTP.
+    cors_origins: Annotated[list[str], NoDecode] = []
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    public_base_url: str = "http://127.0.0.1:8000"
+    log_format: Literal["console", "json"] | None = None
+    log_level: str = "INFO"
+    scalar_js_path: Path = Path(__file__).parent / "static" / "scalar" / "standalone.js"
+    scalar_cdn_url: str = "https://cdn.jsdelivr.net/npm/@scalar/api-reference"
+
+    @model_validator(mode="before")
+    @classmethod
+    def split_cors_origins(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("cors_origins"), str):
+            raw: str = data["cors_origins"]
+            data["cors_origins"] = [origin.strip() for origin in raw.split(",") if origin.strip()]
+        return data
+
+    @model_validator(mode="after")
+    def refuse_weak_key_outside_dev(self) -> Self:
+        if self.environment in ("dev", "test"):
+            return self
+        key = self.jwt_secret_key.get_secret_value()
+        if key == DEV_JWT_SECRET_KEY or len(key.encode()) < MIN_JWT_KEY_BYTES:
+            raise ValueError(
+                f"JWT_SECRET_KEY must be a private key of at least {MIN_JWT_KEY_BYTES} bytes "
+                f"when ENVIRONMENT={self.environment}"
+            )
+        return self
+
+    @property
+    def effective_log_format(self) -> Literal["console", "json"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if self.environment == "dev" else "json"
+
+    @property
+    def uses_embedded_services(self) -> bool:
+        return self.database_url is None or self.redis_url is None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,83 @@
+"""Database plumbing: metadata naming, the async engine, and the per-request session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import MetaData
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel import SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from backend.config import Settings
+
+# Stable constraint names, so migrations can drop and alter what they created.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata: MetaData = SQLModel.metadata
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
+    return create_async_engine(
+        database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        # Connections die when PostgreSQL restarts; test each one before handing it out.
+        pool_pre_ping=True,
+        pool_recycle=30 * 60,
+        connect_args={
+            "timeout": settings.db_connect_timeout_seconds,
+            # Client-side deadline for a paused or black-holed server...
+            "command_timeout": settings.db_command_timeout_seconds,
+            # ...and a server-side one so runaway queries free their locks.
+            "server_settings": {
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+                "idle_in_transaction_session_timeout": str(settings.db_statement_timeout_ms * 6),
+                "application_name": "shiptrack",
+            },
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False, autoflush=False)
+
+
+def violated_constraint(error: IntegrityError) -> str | None:
+    """The name of the constraint PostgreSQL reported, as named by our naming convention."""
+    driver_error = getattr(error.orig, "__cause__", None)
+    name = getattr(driver_error, "constraint_name", None)
+    return name if isinstance(name, str) else None
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request, committed once before the response is sent.
+
+    Used with `scope="function"`, so the commit runs as soon as the handler returns and a
+    failed commit becomes an error response instead of a 200 for work that was lost.
+    """
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,130 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse
+from scalar_fastapi import get_scalar_api_reference
+
+from backend.accounts.passwords import PasswordHasher
+from backend.accounts.router import partner_router, seller_router
+from backend.accounts.tokens import TokenCodec
+from backend.config import Settings, get_settings
+from backend.db import create_engine, create_sessionmaker
+from backend.errors import install_error_handlers
+from backend.health.router import router as health_router
+from backend.logging_setup import configure_logging
+from backend.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from backend.openapi import build_openapi
+from backend.redis_client import create_redis
+
+DESCRIPTION = """
+Shiptrack tracks shipments from the seller's door to the recipient's.
+
+* **Sellers** sign up, log in (`POST /seller/token`) and create shipments.
+* **Delivery partners** sign up with the zip codes they serve and report every step.
+* **Recipients** follow a parcel on its public tracking page.
+
+Authenticate with **Authorize**: pick `sellerAuth` or `partnerAuth` and log in with an email and
+password. Every error is `application/problem+json` with a stable `code` and the `request_id`.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if settings.database_url is None or settings.redis_url is None:
+        raise RuntimeError(
+            "DATABASE_URL and REDIS_URL must be set; `shiptrack serve` starts embedded ones"
+        )
+    app.state.engine = create_engine(settings, settings.database_url)
+    app.state.sessionmaker = create_sessionmaker(app.state.engine)
+    app.state.redis = create_redis(settings, settings.redis_url)
+    app.state.token_codec = TokenCodec(settings)
+    app.state.password_hasher = PasswordHasher(
+        settings.bcrypt_rounds, settings.password_hash_concurrency
+    )
+    app.state.draining = False
+    await app.state.password_hasher.warm_up()
+    try:
+        yield
+    finally:
+        await app.state.redis.aclose()
+        await app.state.engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.effective_log_format, settings.log_level)
+    app = FastAPI(
+        title="Shiptrack API",
+        version="0.1.0",
+        summary="Shipment tracking for sellers, delivery partners and recipients.",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    # Added innermost first: the request context wraps everything, so even a 413 has an id.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-Match",
+                "X-Request-ID",
+            ],
+            expose_headers=["X-Request-ID", "X-Process-Time", "Retry-After", "ETag"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+
+    app.include_router(health_router)
+    app.include_router(seller_router)
+    app.include_router(partner_router)
+    _add_scalar(app, settings)
+
+    def openapi() -> dict[str, Any]:
+        return build_openapi(app)
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _add_scalar(app: FastAPI, settings: Settings) -> None:
+    bundle = settings.scalar_js_path
+    # Served by us when `make` fetched it from npm, so the reference works offline.
+    local_bundle = bundle.is_file()
+
+    @app.get("/scalar", include_in_schema=False)
+    async def scalar_reference() -> HTMLResponse:
+        return get_scalar_api_reference(
+            openapi_url=app.openapi_url,
+            title="Shiptrack API reference",
+            scalar_js_url="/scalar/standalone.js" if local_bundle else settings.scalar_cdn_url,
+            telemetry=False,
+            persist_auth=False,
+            with_default_fonts=False,
+        )
+
+    if local_bundle:
+
+        @app.get("/scalar/standalone.js", include_in_schema=False)
+        async def scalar_bundle() -> FileResponse:
+            return FileResponse(
+                bundle,
+                media_type="text/javascript",
+                headers={"Cache-Control": "public, max-age=3600"},
+            )

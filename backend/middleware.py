@@ -1,0 +1,142 @@
+"""Pure ASGI middleware: request ids, timing, access log and request metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from prometheus_client import Counter, Histogram
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.errors import DomainError, handle_domain_error
+from backend.logging_setup import request_id_var
+
+access_logger = logging.getLogger("shiptrack.access")
+
+# A client-supplied id is echoed only when it is short and plain; anything else is replaced.
+_ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+REQUESTS = Counter(
+    "shiptrack_http_requests_total",
+    "HTTP requests by route and status",
+    ["method", "route", "status"],
+)
+LATENCY = Histogram(
+    "shiptrack_http_request_duration_seconds",
+    "HTTP request latency by route",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def _route_label(scope: Scope) -> str:
+    # The route template, never the raw path: ids in paths would explode the label cardinality.
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        started = time.perf_counter()
+        request_id = self._request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                headers["X-Process-Time"] = f"{time.perf_counter() - started:.6f}"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            elapsed = time.perf_counter() - started
+            method = scope["method"]
+            route = _route_label(scope)
+            REQUESTS.labels(method, route, str(status)).inc()
+            LATENCY.labels(method, route).observe(elapsed)
+            access_logger.info(
+                "%s %s %s %.1fms",
+                method,
+                scope["path"],
+                status,
+                elapsed * 1000,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+            request_id_var.reset(token)
+
+    @staticmethod
+    def _request_id(scope: Scope) -> str:
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate: str = value.decode("latin-1")
+                if _ACCEPTABLE_REQUEST_ID.match(candidate):
+                    return candidate
+                break
+        return uuid.uuid4().hex
+
+
+class PayloadTooLarge(DomainError):
+    status_code = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+    default_detail = "The request body is larger than this API accepts."
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over the limit, whether announced by Content-Length or streamed chunked.
+
+    Starlette's own limiter answers in plain text; this one answers problem+json like the rest.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(
+            f"The request body must not exceed {self.max_body_bytes} bytes."
+        )
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            response = await handle_domain_error(Request(scope), too_large)
+            await response(scope, receive, send)
+            return
+
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise too_large
+            return message
+
+        await self.app(scope, receive_within_limit, send)

@@ -1,0 +1,155 @@
+"""The OpenAPI document: two OAuth2 password schemes, and each operation's `security` (plus its
+401/403/503 responses) derived from the auth dependency the route actually uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+
+from backend.errors import (
+    DependencyUnavailable,
+    DomainError,
+    Forbidden,
+    Unauthorized,
+    problem_responses,
+)
+
+SELLER_AUTH = "sellerAuth"
+PARTNER_AUTH = "partnerAuth"
+
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    SELLER_AUTH: {
+        "type": "oauth2",
+        "description": "Seller access token from `POST /seller/token` (email + password).",
+        "flows": {"password": {"tokenUrl": "/seller/token", "scopes": {}}},
+    },
+    PARTNER_AUTH: {
+        "type": "oauth2",
+        "description": "Delivery partner access token from `POST /partner/token`.",
+        "flows": {"password": {"tokenUrl": "/partner/token", "scopes": {}}},
+    },
+}
+
+SecurityRequirement = dict[str, list[str]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Auth dependency -> the alternatives (OR) that satisfy it, registered by `@requires_auth`.
+_REQUIREMENTS: dict[Callable[..., Any], list[SecurityRequirement]] = {}
+# Errors any authenticated route can answer with.
+_AUTH_ERRORS: tuple[type[DomainError], ...] = (Unauthorized, Forbidden, DependencyUnavailable)
+
+
+def requires_auth(*scheme_names: str) -> Callable[[F], F]:
+    """Mark an auth dependency; any route depending on it documents these schemes."""
+
+    def register(dependency: F) -> F:
+        _REQUIREMENTS[dependency] = [{name: []} for name in scheme_names]
+        return dependency
+
+    return register
+
+
+def _dependency_calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
+    for sub in dependant.dependencies:
+        if sub.call is not None:
+            yield sub.call
+        yield from _dependency_calls(sub)
+
+
+def route_security(dependant: Dependant) -> list[SecurityRequirement]:
+    """The security of the first registered auth dependency found in a route's dependencies."""
+    for call in _dependency_calls(dependant):
+        if call in _REQUIREMENTS:
+            return _REQUIREMENTS[call]
+    return []
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
+        servers=app.servers,
+    )
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    auth_responses = problem_responses(*_AUTH_ERRORS)
+    for route in _documented_routes(app):
+        security = route_security(route.dependant)
+        for method in route.methods or ():
+            operation = schema["paths"][route.path_format].get(method.lower())
+            if operation is None:
+                continue
+            operation["security"] = security
+            if security:
+                _add_missing_responses(operation, auth_responses)
+            _describe_validation_errors_as_problems(operation)
+    for default_schema in ("HTTPValidationError", "ValidationError"):
+        schema["components"].get("schemas", {}).pop(default_schema, None)
+    app.openapi_schema = schema
+    return schema
+
+
+def _documented_routes(app: FastAPI) -> Iterator[RouteContext]:
+    # Route contexts carry the dependencies of every router a route was included through.
+    for context in iter_route_contexts(app.routes):
+        if isinstance(context.original_route, APIRoute) and context.include_in_schema:
+            yield context
+
+
+_VALIDATION_EXAMPLE = {
+    "type": "urn:shiptrack:problem:validation_failed",
+    "title": "Validation failed",
+    "status": 422,
+    "detail": "The request is not valid; see `errors` for each problem.",
+    "code": "validation_failed",
+    "request_id": "5f0c6f55d8a84c2e9b1f0c3e8d2a7b41",
+    "errors": [
+        {
+            "loc": ["body", "email"],
+            "msg": "value is not a valid email address",
+            "type": "value_error",
+        }
+    ],
+}
+
+
+def _describe_validation_errors_as_problems(operation: dict[str, Any]) -> None:
+    """FastAPI documents 422 with its own error model; ours is problem+json."""
+    responses = operation.get("responses", {})
+    if "422" not in responses:
+        return
+    responses["422"] = {
+        "description": "Validation failed",
+        "content": {
+            "application/problem+json": {
+                "schema": {"$ref": "#/components/schemas/Problem"},
+                "example": _VALIDATION_EXAMPLE,
+            }
+        },
+    }
+
+
+def _add_missing_responses(
+    operation: dict[str, Any], responses: dict[int | str, dict[str, Any]]
+) -> None:
+    documented = operation.setdefault("responses", {})
+    for status, spec in responses.items():
+        if str(status) in documented:
+            continue
+        documented[str(status)] = {
+            "description": spec["description"],
+            "content": {
+                media_type: {"schema": {"$ref": "#/components/schemas/Problem"}, **content}
+                for media_type, content in spec["content"].items()
+            },
+        }
