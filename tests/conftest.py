@@ -1,0 +1,172 @@
+"""Fixtures: real PostgreSQL and Redis for every test.
+
+With TEST_DATABASE_URL and TEST_REDIS_URL set, tests use those servers (a fresh database is
+created for the run and dropped after it). Without them, embedded PostgreSQL and Redis start
+under `.data/test`, so `make test` works on a machine with neither installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from backend.cli import migrate
+from backend.config import Settings
+from backend.db import metadata
+from backend.embedded import embedded_services, start_redis
+from backend.main import create_app
+
+TEST_DATA_DIR = Path(__file__).resolve().parent.parent / ".data" / "test"
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> Iterator[tuple[str, str]]:
+    """(admin database URL, Redis URL) of the servers the run uses."""
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if database_url and redis_url:
+        yield database_url, redis_url
+        return
+    with embedded_services(TEST_DATA_DIR) as services:
+        yield database_url or services.database_url, redis_url or services.redis_url
+
+
+def database_url_named(admin_url: str, name: str) -> str:
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await engine.dispose()
+    return database_url_named(admin_url, name)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
+    """A database built by running the migrations, private to this test run."""
+    admin_url = server_urls[0]
+    name = f"shiptrack_test_{uuid.uuid4().hex[:12]}"
+    url = await create_database(admin_url, name)
+    try:
+        # Alembic's env.py runs its own event loop, so it cannot run on this one.
+        await asyncio.to_thread(migrate, url)
+        yield url
+    finally:
+        await drop_database(admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def redis_url(server_urls: tuple[str, str]) -> str:
+    return server_urls[1]
+
+
+def make_settings(database_url: str, redis_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "environment": "test",
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "bcrypt_rounds": 4,  # the real cost is exercised where timing matters
+        "log_format": "console",
+        "log_level": "WARNING",
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str) -> Settings:
+    return make_settings(database_url, redis_url)
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def db_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A separate engine for tests to look at what is stored, independent of the app's pool."""
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+async def clean_state(db_engine: AsyncEngine, redis: Redis) -> None:
+    """Every test starts from empty tables and an empty Redis database."""
+    tables = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
+    async with db_engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    await redis.flushdb()
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+async def count_rows(engine: AsyncEngine, table: str) -> int:
+    async with engine.connect() as connection:
+        return int((await connection.execute(text(f'SELECT count(*) FROM "{table}"'))).scalar_one())
+
+
+class OwnedRedis:
+    """A Redis server one test owns, so that it can stop and restart it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.url = f"unix://{(folder / 'redis.sock').resolve()}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = start_redis(self.folder, persistent=False)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
+@pytest.fixture
+def owned_redis(tmp_path: Path) -> Iterator[OwnedRedis]:
+    server = OwnedRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

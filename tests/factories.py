@@ -1,0 +1,65 @@
+"""Small typed helpers that create accounts and tokens through the public API."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+PASSWORD = "correct horse battery"
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def seller_body(**overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "Acme Books",
+        "email": unique_email("seller"),
+        "password": PASSWORD,
+        "zip_code": "02139",
+        "address": "1 Main St",
+        **overrides,
+    }
+
+
+def partner_body(**overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "Speedy Couriers",
+        "email": unique_email("partner"),
+        "password": PASSWORD,
+        "serviceable_zip_codes": ["02139", "02140"],
+        "max_handling_capacity": 5,
+        **overrides,
+    }
+
+
+async def sign_up(client: httpx.AsyncClient, kind: str, **overrides: Any) -> dict[str, Any]:
+    body = seller_body(**overrides) if kind == "seller" else partner_body(**overrides)
+    response = await client.post(f"/{kind}/signup", json=body)
+    assert response.status_code == 201, response.text
+    account: dict[str, Any] = response.json()
+    account["password"] = body["password"]
+    return account
+
+
+async def log_in(client: httpx.AsyncClient, kind: str, email: str, password: str = PASSWORD) -> str:
+    response = await client.post(f"/{kind}/token", data={"username": email, "password": password})
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+async def account_with_token(
+    client: httpx.AsyncClient, kind: str, **overrides: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A new account of `kind` and the Authorization header for it."""
+    account = await sign_up(client, kind, **overrides)
+    token = await log_in(client, kind, account["email"], account["password"])
+    return account, bearer(token)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
