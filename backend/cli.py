@@ -15,19 +15,28 @@ from pathlib import Path
 import uvicorn
 from alembic import command
 from alembic.config import Config
+from pydantic import ValidationError
 
 from backend.config import Settings
-from backend.embedded import embedded_services
+from backend.embedded import EmbeddedUnavailable, embedded_services
 from backend.logging_setup import configure_logging
 from backend.main import create_app
 
 logger = logging.getLogger("shiptrack")
 
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+# Beside the package in a checkout; in the working directory of an installed image.
+SOURCE_ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+
+
+def alembic_ini() -> Path:
+    configured = os.environ.get("ALEMBIC_CONFIG")
+    if configured:
+        return Path(configured)
+    return SOURCE_ALEMBIC_INI if SOURCE_ALEMBIC_INI.is_file() else Path.cwd() / "alembic.ini"
 
 
 def alembic_config(database_url: str) -> Config:
-    config = Config(str(ALEMBIC_INI))
+    config = Config(str(alembic_ini()))
     config.attributes["database_url"] = database_url
     config.attributes["configure_logging"] = False
     return config
@@ -123,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.handler(args)
+    except (EmbeddedUnavailable, ValidationError) as error:
+        # Configuration problems: say what to fix, without a traceback.
+        parser.exit(2, f"shiptrack: {error}\n")
     except KeyboardInterrupt:
         # Ctrl-C: everything has been shut down by the context managers on the way here.
         raise SystemExit(130) from None

@@ -18,7 +18,15 @@ Environment = Literal["dev", "test", "production"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # Empty values count as unset, so `DATABASE_URL=` in .env means "embedded".
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        # Errors must never print the JWT key or a database password back.
+        hide_input_in_errors=True,
+    )
 
     environment: Environment = "dev"
 

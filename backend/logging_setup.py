@@ -24,6 +24,7 @@ class JsonFormatter(logging.Formatter):
         "message",
         "request_id",
         "asctime",
+        "color_message",  # uvicorn's ANSI-coloured duplicate of the message
     }
 
     def format(self, record: logging.LogRecord) -> str:
