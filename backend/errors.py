@@ -83,6 +83,20 @@ class Conflict(DomainError):
     title = "Conflict"
 
 
+class PayloadTooLarge(DomainError):
+    status_code = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+    default_detail = "The request body is larger than this API accepts."
+
+
+class UnsupportedMediaType(DomainError):
+    status_code = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+    default_detail = "Send the request body as application/json."
+
+
 class RateLimited(DomainError):
     status_code = 429
     code = "rate_limited"
@@ -195,13 +209,7 @@ async def handle_validation_error(request: Request, exc: Exception) -> Response:
         for error in errors
     )
     if body_not_an_object and not _is_json_content_type(request):
-        return problem_response(
-            request,
-            status=415,
-            code="unsupported_media_type",
-            title="Unsupported media type",
-            detail="Send the request body as application/json.",
-        )
+        return await handle_domain_error(request, UnsupportedMediaType())
     return problem_response(
         request,
         status=422,

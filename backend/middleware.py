@@ -12,7 +12,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.errors import DomainError, handle_domain_error
+from backend.errors import PayloadTooLarge, handle_domain_error
 from backend.logging_setup import request_id_var
 
 access_logger = logging.getLogger("shiptrack.access")
@@ -96,13 +96,6 @@ class RequestContextMiddleware:
                     return candidate
                 break
         return uuid.uuid4().hex
-
-
-class PayloadTooLarge(DomainError):
-    status_code = 413
-    code = "payload_too_large"
-    title = "Payload too large"
-    default_detail = "The request body is larger than this API accepts."
 
 
 class BodyLimitMiddleware:

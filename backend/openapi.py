@@ -1,5 +1,6 @@
-"""The OpenAPI document: two OAuth2 password schemes, and each operation's `security` (plus its
-401/403/503 responses) derived from the auth dependency the route actually uses."""
+"""The OpenAPI document: two OAuth2 password schemes, each operation's `security` derived from
+the auth dependency the route actually uses, and the problem responses that its dependencies and
+request body imply (401/403/503, 413/415, 422 as problem+json)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
+from backend.db import get_session
 from backend.errors import (
     DependencyUnavailable,
     DomainError,
     Forbidden,
+    PayloadTooLarge,
     Unauthorized,
+    UnsupportedMediaType,
     problem_responses,
 )
+from backend.redis_client import get_redis
 
 SELLER_AUTH = "sellerAuth"
 PARTNER_AUTH = "partnerAuth"
@@ -42,6 +47,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 _REQUIREMENTS: dict[Callable[..., Any], list[SecurityRequirement]] = {}
 # Errors any authenticated route can answer with.
 _AUTH_ERRORS: tuple[type[DomainError], ...] = (Unauthorized, Forbidden, DependencyUnavailable)
+# Errors a route can answer with because of a dependency it uses (directly or not).
+_DEPENDENCY_ERRORS: dict[Callable[..., Any], tuple[type[DomainError], ...]] = {
+    get_session: (DependencyUnavailable,),
+    get_redis: (DependencyUnavailable,),
+}
 
 
 def requires_auth(*scheme_names: str) -> Callable[[F], F]:
@@ -69,6 +79,26 @@ def route_security(dependant: Dependant) -> list[SecurityRequirement]:
     return []
 
 
+def _implied_errors(dependant: Dependant, *, authenticated: bool) -> list[type[DomainError]]:
+    """Errors a route can answer with, whatever its handler does, given what it depends on."""
+    errors: list[type[DomainError]] = list(_AUTH_ERRORS) if authenticated else []
+    for call in _dependency_calls(dependant):
+        errors.extend(error for error in _DEPENDENCY_ERRORS.get(call, ()) if error not in errors)
+    return errors
+
+
+def _body_errors(operation: dict[str, Any]) -> list[type[DomainError]]:
+    body_types = operation.get("requestBody", {}).get("content", {})
+    if not body_types:
+        return []
+    # Only JSON routes answer a body of another type with 415; forms validate field by field.
+    return (
+        [PayloadTooLarge, UnsupportedMediaType]
+        if "application/json" in body_types
+        else [PayloadTooLarge]
+    )
+
+
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
@@ -82,16 +112,15 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         servers=app.servers,
     )
     schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
-    auth_responses = problem_responses(*_AUTH_ERRORS)
     for route in _documented_routes(app):
         security = route_security(route.dependant)
+        errors = _implied_errors(route.dependant, authenticated=bool(security))
         for method in route.methods or ():
             operation = schema["paths"][route.path_format].get(method.lower())
             if operation is None:
                 continue
             operation["security"] = security
-            if security:
-                _add_missing_responses(operation, auth_responses)
+            _add_missing_responses(operation, problem_responses(*errors, *_body_errors(operation)))
             _describe_validation_errors_as_problems(operation)
     for default_schema in ("HTTPValidationError", "ValidationError"):
         schema["components"].get("schemas", {}).pop(default_schema, None)

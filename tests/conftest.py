@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -172,3 +172,29 @@ def owned_redis(tmp_path: Path) -> Iterator[OwnedRedis]:
     server.start()
     yield server
     server.stop()
+
+
+class StatementLog:
+    """SQL statements the app sent to PostgreSQL while recording."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def record(self, *args: object) -> None:
+        # before_cursor_execute(conn, cursor, statement, parameters, context, executemany)
+        self.statements.append(str(args[2]))
+
+    def queries(self) -> list[str]:
+        """What was sent, less transaction control (BEGIN/COMMIT/ROLLBACK)."""
+        control = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+        return [s for s in self.statements if not s.lstrip().upper().startswith(control)]
+
+
+@pytest.fixture
+def sql_log(app: FastAPI) -> Iterator[StatementLog]:
+    """Records every statement the app's engine executes during the test."""
+    log = StatementLog()
+    engine = app.state.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", log.record)
+    yield log
+    event.remove(engine, "before_cursor_execute", log.record)

@@ -47,7 +47,21 @@ class SellerCreate(RequestBody):
 
 
 class SellerRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b6f1e9e-5d43-4c1e-9a51-3f8e2f7f9a10",
+                    "name": "Acme Books",
+                    "email": "orders@acme.example",
+                    "zip_code": "02139",
+                    "address": "1 Main St, Cambridge MA",
+                    "created_at": "2026-11-22T09:30:00Z",
+                }
+            ]
+        },
+    )
 
     id: uuid.UUID
     name: str
@@ -112,7 +126,21 @@ class PartnerUpdate(RequestBody):
 
 
 class PartnerRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "7c2d7a43-1f0b-4d8e-8a3a-52d1c0b9e6f4",
+                    "name": "Speedy Couriers",
+                    "email": "dispatch@speedy.example",
+                    "serviceable_zip_codes": ["02139", "02140"],
+                    "max_handling_capacity": 25,
+                    "created_at": "2026-11-22T09:30:00Z",
+                }
+            ]
+        },
+    )
 
     id: uuid.UUID
     name: str

@@ -8,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,10 +18,21 @@ CheckResult = Literal["ok", "down"]
 
 
 class Liveness(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
     status: Literal["ok"] = "ok"
 
 
 class Readiness(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}},
+                {"status": "unavailable", "checks": {"postgres": "ok", "redis": "down"}},
+            ]
+        }
+    )
+
     status: Literal["ready", "unavailable", "draining"]
     checks: dict[str, CheckResult]
 
