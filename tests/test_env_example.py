@@ -23,7 +23,7 @@ def test_every_setting_is_documented_and_nothing_else() -> None:
 def test_example_as_dotenv_gives_embedded_dev_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in documented_names():
         monkeypatch.delenv(name, raising=False)
-    settings = Settings(_env_file=ENV_EXAMPLE)  # type: ignore[call-arg]
+    settings = Settings(_env_file=ENV_EXAMPLE)
     assert settings.environment == "dev"
     assert settings.database_url is None
     assert settings.redis_url is None
