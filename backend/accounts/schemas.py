@@ -153,7 +153,18 @@ class PartnerRead(BaseModel):
 class TokenForm(BaseModel):
     """OAuth2 password grant (RFC 6749 §4.3), sent as application/x-www-form-urlencoded."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "grant_type": "password",
+                    "username": "orders@acme.example",
+                    "password": "correct horse battery",
+                }
+            ]
+        },
+    )
 
     username: Annotated[Email, Field(description="The account's email address.")]
     password: Password
