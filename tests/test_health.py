@@ -1,0 +1,216 @@
+"""Liveness, readiness (including draining on shutdown) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+
+from backend.cli import DrainingServer
+from backend.main import create_app
+from tests.conftest import make_settings
+from tests.factories import account_with_token
+
+REQUESTS_METRIC = "shiptrack_http_requests"
+
+
+def unused_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@asynccontextmanager
+async def running_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+
+
+@contextmanager
+def draining(app: FastAPI) -> Iterator[None]:
+    app.state.draining = True
+    try:
+        yield
+    finally:
+        app.state.draining = False
+
+
+def request_count(exposition: str, method: str, route: str, status: str) -> float:
+    return request_counts(exposition).get((method, route, status), 0.0)
+
+
+def request_counts(exposition: str) -> dict[tuple[str, str, str], float]:
+    """(method, route, status) -> requests counted so far."""
+    return {
+        (sample.labels["method"], sample.labels["route"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(exposition)
+        if family.name == REQUESTS_METRIC
+        for sample in family.samples
+        if sample.name == f"{REQUESTS_METRIC}_total"
+    }
+
+
+def route_labels(exposition: str) -> set[str]:
+    return {
+        sample.labels["route"]
+        for family in text_string_to_metric_families(exposition)
+        if family.name == REQUESTS_METRIC
+        for sample in family.samples
+        if "route" in sample.labels
+    }
+
+
+async def test_liveness_is_ok(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/live")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert response.headers["x-request-id"]
+
+
+async def test_liveness_checks_no_dependency(tmp_path: Path) -> None:
+    # Neither PostgreSQL nor Redis exists behind these URLs: liveness must not care.
+    dead_database = f"postgresql+asyncpg://postgres@127.0.0.1:{unused_tcp_port()}/nothing"
+    dead_redis = f"unix://{(tmp_path / 'no-redis.sock').resolve()}"
+    settings = make_settings(
+        dead_database,
+        dead_redis,
+        db_connect_timeout_seconds=0.5,
+        health_check_timeout_seconds=0.5,
+        redis_timeout_seconds=0.5,
+    )
+    async with running_client(create_app(settings)) as http:
+        live = await http.get("/health/live")
+        ready = await http.get("/health/ready")
+    assert live.status_code == 200
+    assert live.json() == {"status": "ok"}
+    # The same app's readiness does notice: the URLs really are dead.
+    assert ready.status_code == 503
+    assert ready.json() == {
+        "status": "unavailable",
+        "checks": {"postgres": "down", "redis": "down"},
+    }
+
+
+async def test_readiness_reports_each_dependency_ok(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}}
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_readiness_is_503_while_draining_and_recovers(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    with draining(app):
+        during = await client.get("/health/ready")
+        live_during = await client.get("/health/live")
+    after = await client.get("/health/ready")
+
+    assert during.status_code == 503
+    assert during.json() == {
+        "status": "draining",
+        "checks": {"postgres": "ok", "redis": "ok"},
+    }
+    # Draining stops new traffic from the load balancer; it does not mean the process is dead.
+    assert live_during.status_code == 200
+    assert after.status_code == 200
+    assert after.json()["status"] == "ready"
+
+
+async def test_sigterm_handler_of_serve_turns_readiness_to_draining(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    # What `shiptrack serve` runs: uvicorn wraps the app (proxy headers), the server unwraps it.
+    config = uvicorn.Config(
+        app, proxy_headers=True, forwarded_allow_ips="127.0.0.1", log_config=None
+    )
+    config.load()
+    assert config.loaded_app is not app  # really wrapped, so the unwrapping is exercised
+    server = DrainingServer(config)
+    assert (await client.get("/health/ready")).status_code == 200
+    try:
+        server.handle_exit(signal.SIGTERM, None)
+        assert server.should_exit
+        response = await client.get("/health/ready")
+        assert response.status_code == 503
+        assert response.json()["status"] == "draining"
+    finally:
+        app.state.draining = False
+    assert (await client.get("/health/ready")).status_code == 200
+
+
+async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    names = {family.name for family in text_string_to_metric_families(response.text)}
+    assert REQUESTS_METRIC in names
+    assert "shiptrack_http_request_duration_seconds" in names
+
+
+async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClient) -> None:
+    before = (await client.get("/metrics")).text
+
+    _, headers = await account_with_token(client, "seller")
+    for _ in range(3):
+        assert (await client.get("/seller/me", headers=headers)).status_code == 200
+    assert (await client.get("/seller/me")).status_code == 401
+    probe_id = uuid.uuid4().hex
+    assert (await client.get(f"/shipments/{probe_id}")).status_code == 404
+
+    after = (await client.get("/metrics")).text
+    assert "shiptrack_http_requests_total{" in after
+
+    def delta(method: str, route: str, status: str) -> float:
+        return request_count(after, method, route, status) - request_count(
+            before, method, route, status
+        )
+
+    assert delta("GET", "/seller/me", "200") == 3
+    assert delta("GET", "/seller/me", "401") == 1
+    assert delta("POST", "/seller/signup", "201") == 1
+    assert delta("POST", "/seller/token", "200") == 1
+    # A path that matched no route is counted under one label, never under its raw path.
+    assert delta("GET", "unmatched", "404") == 1
+    assert probe_id not in after
+    routes = route_labels(after)
+    assert all(route.startswith("/") or route == "unmatched" for route in routes), routes
+    assert not any(probe_id in route for route in routes)
+
+
+async def test_metrics_label_templated_routes_not_raw_paths(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    # Whatever path is asked for, the label is a path template of the app or "unmatched".
+    before = request_counts((await client.get("/metrics")).text)
+    raw_paths = [
+        "/seller/me",
+        f"/track/{uuid.uuid4().hex}",
+        f"/shipments/{uuid.uuid4()}",
+        f"/seller/{uuid.uuid4()}",
+        "/health/live",
+    ]
+    for path in raw_paths:
+        await client.get(path)
+    after = request_counts((await client.get("/metrics")).text)
+
+    # Documented routes plus the undocumented ones (metrics, the reference pages).
+    templates = set(app.openapi()["paths"]) | {"/metrics", "/scalar", "/openapi.json", "/docs"}
+    assert "/seller/me" in templates
+    counted = {key for key, value in after.items() if value > before.get(key, 0.0)}
+    counted_routes = {route for (_method, route, _status) in counted}
+    assert {"/seller/me", "/health/live"} <= counted_routes
+    for route in counted_routes:
+        assert route == "unmatched" or route in templates, route
+    assert sum(after[key] - before.get(key, 0.0) for key in counted) >= len(raw_paths)

@@ -1,0 +1,271 @@
+"""Alembic migrations on a scratch database: up, down, up again, and no drift from the models."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import backend.models  # noqa: F401 - registers every table on the metadata
+from backend.cli import alembic_config, migrate
+from backend.db import metadata
+from tests.conftest import create_database, drop_database
+
+APPLICATION_TABLES = {"sellers", "partners"}
+
+
+@pytest.fixture
+async def scratch_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
+    """An empty database of its own, dropped at the end of the test."""
+    admin_url = server_urls[0]
+    name = f"shiptrack_migrations_{uuid.uuid4().hex[:12]}"
+    url = await create_database(admin_url, name)
+    try:
+        yield url
+    finally:
+        await drop_database(admin_url, name)
+
+
+@pytest.fixture
+async def scratch_engine(scratch_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(scratch_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+# Alembic's env.py runs its own event loop, so every command runs on a worker thread.
+async def upgrade(url: str, revision: str = "head") -> None:
+    if revision == "head":
+        await asyncio.to_thread(migrate, url)
+    else:
+        await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+
+
+async def downgrade(url: str, revision: str) -> None:
+    await asyncio.to_thread(command.downgrade, alembic_config(url), revision)
+
+
+def script_directory(url: str) -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(url))
+
+
+async def public_tables(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+            )
+        )
+        return {str(row[0]) for row in rows}
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        rows = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
+    assert len(rows) <= 1
+    return str(rows[0][0]) if rows else None
+
+
+async def constraints(engine: AsyncEngine, table: str) -> dict[str, tuple[str, str]]:
+    """name -> (kind letter from pg_constraint, definition) for one table."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT c.conname, c.contype::text, pg_get_constraintdef(c.oid) "
+                "FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid "
+                "JOIN pg_namespace n ON n.oid = t.relnamespace "
+                "WHERE n.nspname = 'public' AND t.relname = :table"
+            ),
+            {"table": table},
+        )
+        return {str(name): (str(kind), str(definition)) for name, kind, definition in rows}
+
+
+async def indexes(engine: AsyncEngine, table: str) -> dict[str, str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT indexname, indexdef FROM pg_indexes "
+                "WHERE schemaname = 'public' AND tablename = :table"
+            ),
+            {"table": table},
+        )
+        return {str(name): str(definition) for name, definition in rows}
+
+
+def schema_differences(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "compare_server_default": True}
+    )
+    differences: list[Any] = compare_metadata(context, metadata)
+    return differences
+
+
+async def differences_from_models(engine: AsyncEngine) -> list[Any]:
+    async with engine.connect() as connection:
+        return await connection.run_sync(schema_differences)
+
+
+async def test_upgrade_creates_tables_with_their_constraints(
+    scratch_url: str, scratch_engine: AsyncEngine
+) -> None:
+    await upgrade(scratch_url)
+
+    assert await public_tables(scratch_engine) == APPLICATION_TABLES | {"alembic_version"}
+    assert (
+        await current_revision(scratch_engine) == script_directory(scratch_url).get_current_head()
+    )
+
+    sellers = await constraints(scratch_engine, "sellers")
+    assert {name: kind for name, (kind, _) in sellers.items()} == {
+        "pk_sellers": "p",
+        "uq_sellers_email": "u",
+        "ck_sellers_email_lowercase": "c",
+    }
+    assert sellers["uq_sellers_email"][1] == "UNIQUE (email)"
+    assert "lower" in sellers["ck_sellers_email_lowercase"][1]
+
+    partners = await constraints(scratch_engine, "partners")
+    assert {name: kind for name, (kind, _) in partners.items()} == {
+        "pk_partners": "p",
+        "uq_partners_email": "u",
+        "ck_partners_email_lowercase": "c",
+        "ck_partners_capacity_positive": "c",
+    }
+    assert partners["uq_partners_email"][1] == "UNIQUE (email)"
+    assert "max_handling_capacity >= 1" in partners["ck_partners_capacity_positive"][1]
+
+    partner_indexes = await indexes(scratch_engine, "partners")
+    assert (
+        "USING gin (serviceable_zip_codes)" in partner_indexes["ix_partners_serviceable_zip_codes"]
+    )
+
+
+async def test_migrated_constraints_refuse_bad_rows(
+    scratch_url: str, scratch_engine: AsyncEngine
+) -> None:
+    await upgrade(scratch_url)
+    insert_seller = text(
+        "INSERT INTO sellers (id, name, email, password_hash, zip_code, created_at, updated_at) "
+        "VALUES (:id, 'S', :email, 'h', '02139', now(), now())"
+    )
+    insert_partner = text(
+        "INSERT INTO partners (id, name, email, password_hash, serviceable_zip_codes, "
+        "max_handling_capacity, created_at, updated_at) "
+        "VALUES (:id, 'P', :email, 'h', ARRAY['02139'], :capacity, now(), now())"
+    )
+
+    async with scratch_engine.begin() as connection:
+        await connection.execute(insert_seller, {"id": uuid.uuid4(), "email": "a@example.com"})
+
+    bad_rows: list[tuple[Any, dict[str, Any], str]] = [
+        (insert_seller, {"id": uuid.uuid4(), "email": "a@example.com"}, "uq_sellers_email"),
+        (
+            insert_seller,
+            {"id": uuid.uuid4(), "email": "Upper@Example.com"},
+            "ck_sellers_email_lowercase",
+        ),
+        (
+            insert_partner,
+            {"id": uuid.uuid4(), "email": "p@example.com", "capacity": 0},
+            "ck_partners_capacity_positive",
+        ),
+        (
+            insert_partner,
+            {"id": uuid.uuid4(), "email": "P@example.com", "capacity": 1},
+            "ck_partners_email_lowercase",
+        ),
+    ]
+    for statement, values, constraint in bad_rows:
+        with pytest.raises(IntegrityError, match=constraint):
+            async with scratch_engine.begin() as connection:
+                await connection.execute(statement, values)
+
+    async with scratch_engine.begin() as connection:
+        values = {"id": uuid.uuid4(), "email": "p@example.com", "capacity": 1}
+        await connection.execute(insert_partner, values)
+        duplicate = {"id": uuid.uuid4(), "email": "p@example.com", "capacity": 2}
+        with pytest.raises(IntegrityError, match="uq_partners_email"):
+            async with connection.begin_nested():
+                await connection.execute(insert_partner, duplicate)
+
+
+async def test_downgrade_to_base_removes_everything_and_upgrade_works_again(
+    scratch_url: str, scratch_engine: AsyncEngine
+) -> None:
+    await upgrade(scratch_url)
+    await downgrade(scratch_url, "base")
+
+    assert await public_tables(scratch_engine) == {"alembic_version"}
+    assert await current_revision(scratch_engine) is None
+    async with scratch_engine.connect() as connection:
+        leftover_types = await connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+                "WHERE n.nspname = 'public' AND t.typtype = 'e'"
+            )
+        )
+    assert leftover_types == 0
+
+    await upgrade(scratch_url)
+    assert await public_tables(scratch_engine) == APPLICATION_TABLES | {"alembic_version"}
+    assert (
+        await current_revision(scratch_engine) == script_directory(scratch_url).get_current_head()
+    )
+    assert await differences_from_models(scratch_engine) == []
+
+
+async def test_every_revision_upgrades_and_downgrades_one_step_at_a_time(
+    scratch_url: str, scratch_engine: AsyncEngine
+) -> None:
+    scripts = script_directory(scratch_url)
+    assert len(scripts.get_heads()) == 1, "migrations must form a single line"
+    # Oldest first.
+    revisions = [script.revision for script in reversed(list(scripts.walk_revisions()))]
+    assert revisions
+
+    for revision in revisions:
+        await upgrade(scratch_url, "+1")
+        assert await current_revision(scratch_engine) == revision
+    for expected in [*reversed(revisions[:-1]), None]:
+        await downgrade(scratch_url, "-1")
+        assert await current_revision(scratch_engine) == expected
+    assert await public_tables(scratch_engine) == {"alembic_version"}
+
+
+async def test_models_and_migrations_do_not_drift(
+    scratch_url: str, scratch_engine: AsyncEngine
+) -> None:
+    assert set(metadata.tables) >= APPLICATION_TABLES
+    # The comparison really compares: an empty database differs from the models.
+    assert await differences_from_models(scratch_engine) != []
+
+    await upgrade(scratch_url)
+    assert await differences_from_models(scratch_engine) == []
+
+
+async def test_offline_mode_prints_the_sql(scratch_url: str) -> None:
+    # `alembic upgrade head --sql`: for deployments where a DBA applies the migration.
+    config = alembic_config(scratch_url)
+    buffer = io.StringIO()
+    config.output_buffer = buffer
+    await asyncio.to_thread(command.upgrade, config, "head", sql=True)
+    sql = buffer.getvalue()
+    for table in APPLICATION_TABLES:
+        assert f"CREATE TABLE {table}" in sql
+    assert "alembic_version" in sql

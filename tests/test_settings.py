@@ -1,0 +1,138 @@
+"""Settings: the JWT key policy outside dev, and list values given as environment strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from backend.config import DEV_JWT_SECRET_KEY, MIN_JWT_KEY_BYTES, Settings
+
+# Variables that would change what these tests read if the developer's shell had them set.
+_SETTINGS_VARIABLES = ("ENVIRONMENT", "JWT_SECRET_KEY", "CORS_ORIGINS")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _SETTINGS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def settings_from(**values: Any) -> Settings:
+    """Settings as the process would build them, but never from a local `.env` file."""
+    return Settings(_env_file=None, **values)
+
+
+def test_production_refuses_the_default_development_key() -> None:
+    with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
+        settings_from(environment="production")
+
+
+def test_production_refuses_the_default_key_even_when_given_explicitly() -> None:
+    with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
+        settings_from(environment="production", jwt_secret_key=DEV_JWT_SECRET_KEY)
+
+
+def test_production_refuses_a_key_one_byte_too_short() -> None:
+    key = "k" * (MIN_JWT_KEY_BYTES - 1)
+    assert len(key.encode()) == 31
+    with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
+        settings_from(environment="production", jwt_secret_key=key)
+
+
+def test_production_accepts_a_32_byte_key() -> None:
+    key = "k" * MIN_JWT_KEY_BYTES
+    settings = settings_from(environment="production", jwt_secret_key=key)
+    assert settings.environment == "production"
+    assert settings.jwt_secret_key.get_secret_value() == key
+
+
+def test_key_length_is_counted_in_utf8_bytes_not_characters() -> None:
+    # 16 characters of 2 bytes each: 32 bytes, accepted.
+    accepted = settings_from(environment="production", jwt_secret_key="é" * 16)
+    assert len(accepted.jwt_secret_key.get_secret_value().encode()) == 32
+    # 16 characters but 31 bytes: refused.
+    short = "é" * 15 + "a"
+    assert len(short) == 16
+    assert len(short.encode()) == 31
+    with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
+        settings_from(environment="production", jwt_secret_key=short)
+
+
+def test_production_reads_its_key_policy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
+        settings_from()
+    monkeypatch.setenv("JWT_SECRET_KEY", "p" * 48)
+    settings = settings_from()
+    assert settings.environment == "production"
+    assert settings.jwt_secret_key.get_secret_value() == "p" * 48
+
+
+def test_a_refused_key_is_never_printed_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A start-up failure ends up in logs; a mis-sized real key must not end up there with it.
+    key = "Kq7vX2mN9pL4rT8wY1zB6cD3fG5hJ0a"
+    assert len(key.encode()) == 31
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("JWT_SECRET_KEY", key)
+    with pytest.raises(ValidationError) as caught:
+        settings_from()
+    message = str(caught.value)
+    assert "JWT_SECRET_KEY" in message
+    leaked = [
+        key[start : start + 8] for start in range(len(key) - 7) if key[start : start + 8] in message
+    ]
+    assert leaked == [], f"the error message shows parts of the key: {message}"
+
+
+def test_development_accepts_the_default_key() -> None:
+    settings = settings_from(environment="dev")
+    assert settings.jwt_secret_key.get_secret_value() == DEV_JWT_SECRET_KEY
+
+
+def test_default_environment_is_development_with_the_default_key() -> None:
+    settings = settings_from()
+    assert settings.environment == "dev"
+    assert settings.jwt_secret_key.get_secret_value() == DEV_JWT_SECRET_KEY
+
+
+def test_an_unknown_environment_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        settings_from(environment="staging")
+
+
+def test_secret_key_is_hidden_from_the_settings_repr() -> None:
+    key = "s" * 40
+    settings = settings_from(environment="production", jwt_secret_key=key)
+    assert key not in repr(settings)
+    assert key not in str(settings.model_dump())
+
+
+def test_cors_origins_from_a_comma_separated_environment_string(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "https://shop.example, https://admin.example ,,")
+    settings = settings_from()
+    assert settings.cors_origins == ["https://shop.example", "https://admin.example"]
+
+
+def test_cors_origins_with_a_single_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "https://shop.example")
+    assert settings_from().cors_origins == ["https://shop.example"]
+
+
+def test_cors_origins_empty_string_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "")
+    assert settings_from().cors_origins == []
+
+
+def test_cors_origins_default_is_empty() -> None:
+    assert settings_from().cors_origins == []
+
+
+def test_cors_origins_given_as_a_list_in_code_are_kept() -> None:
+    settings = settings_from(cors_origins=["https://a.example", "https://b.example"])
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
