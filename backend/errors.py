@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -21,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,9 @@ class Problem(BaseModel):
     )
 
 
+PROBLEM_SCHEMA_REF = {"$ref": "#/components/schemas/Problem"}
+
+
 def scrub_text(value: str) -> str:
     """Make client-derived text (field names, parser messages) safe to print back."""
     printable = "".join(ch if ch.isprintable() else "\ufffd" for ch in value[:MAX_ECHOED_TEXT])
@@ -235,20 +240,26 @@ _HTTP_CODES = {
 async def handle_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
-    if exc.status_code == 413:
-        detail = "The request body is larger than the limit of this API."
-    elif exc.status_code == 404:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 404:
         detail = "No such resource."
     else:
         detail = scrub_text(str(exc.detail)) if exc.detail else title
+    if exc.status_code == 405:
+        # Starlette names the methods of the first matching route only (RFC 9110 wants all).
+        headers["Allow"] = ", ".join(_methods_of_path(request))
     return problem_response(
-        request,
-        status=exc.status_code,
-        code=code,
-        title=title,
-        detail=detail,
-        headers=exc.headers,
+        request, status=exc.status_code, code=code, title=title, detail=detail, headers=headers
     )
+
+
+def _methods_of_path(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        path_format = getattr(route, "path_format", None)
+        if path_format and compile_path(path_format)[0].match(request.url.path):
+            methods.update(route.methods or ())
+    return sorted(methods)
 
 
 def _is_database_outage(exc: DBAPIError) -> bool:
@@ -336,8 +347,9 @@ def _problem_doc(status: int, errors: Sequence[type[DomainError]]) -> dict[str, 
         }
         for error in errors
     }
+    # The schema is referenced, not given as `model`: FastAPI would file a model under the
+    # route's own media type (application/json) instead of problem+json.
     return {
-        "model": Problem,
         "description": " / ".join(error.title for error in errors),
-        "content": {PROBLEM_MEDIA_TYPE: {"examples": examples}},
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA_REF, "examples": examples}},
     }

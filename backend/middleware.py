@@ -9,6 +9,7 @@ import uuid
 
 from prometheus_client import Counter, Histogram
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -129,7 +130,9 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise too_large
+                    # FastAPI's body reader lets only HTTPException through (anything else
+                    # becomes a 400); the error handlers render it as payload_too_large.
+                    raise HTTPException(status_code=413, detail=too_large.detail)
             return message
 
         await self.app(scope, receive_within_limit, send)

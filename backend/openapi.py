@@ -14,10 +14,12 @@ from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
 from backend.db import get_session
 from backend.errors import (
+    PROBLEM_SCHEMA_REF,
     DependencyUnavailable,
     DomainError,
     Forbidden,
     PayloadTooLarge,
+    Problem,
     Unauthorized,
     UnsupportedMediaType,
     problem_responses,
@@ -122,8 +124,12 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             operation["security"] = security
             _add_missing_responses(operation, problem_responses(*errors, *_body_errors(operation)))
             _describe_validation_errors_as_problems(operation)
+    schemas = schema["components"].setdefault("schemas", {})
     for default_schema in ("HTTPValidationError", "ValidationError"):
-        schema["components"].get("schemas", {}).pop(default_schema, None)
+        schemas.pop(default_schema, None)
+    problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(problem.pop("$defs", {}))
+    schemas["Problem"] = problem
     app.openapi_schema = schema
     return schema
 
@@ -161,7 +167,7 @@ def _describe_validation_errors_as_problems(operation: dict[str, Any]) -> None:
         "description": "Validation failed",
         "content": {
             "application/problem+json": {
-                "schema": {"$ref": "#/components/schemas/Problem"},
+                "schema": PROBLEM_SCHEMA_REF,
                 "example": _VALIDATION_EXAMPLE,
             }
         },
@@ -173,12 +179,4 @@ def _add_missing_responses(
 ) -> None:
     documented = operation.setdefault("responses", {})
     for status, spec in responses.items():
-        if str(status) in documented:
-            continue
-        documented[str(status)] = {
-            "description": spec["description"],
-            "content": {
-                media_type: {"schema": {"$ref": "#/components/schemas/Problem"}, **content}
-                for media_type, content in spec["content"].items()
-            },
-        }
+        documented.setdefault(str(status), spec)

@@ -1,0 +1,389 @@
+"""The published API reference: security derived from each route's auth dependency, problem+json
+errors, examples everywhere, and a Scalar page that works offline without telemetry."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
+
+from backend.accounts.dependencies import current_partner, current_seller, get_access_claims
+from backend.config import Settings
+from backend.main import create_app
+from tests.conftest import make_settings
+
+PROBLEM = "application/problem+json"
+PROBLEM_REF = "#/components/schemas/Problem"
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
+SELLER: list[dict[str, list[str]]] = [{"sellerAuth": []}]
+PARTNER: list[dict[str, list[str]]] = [{"partnerAuth": []}]
+
+Operation = tuple[str, str, dict[str, Any]]
+
+
+@pytest.fixture
+async def spec(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def _operations(spec: dict[str, Any]) -> Iterator[Operation]:
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, operation
+
+
+def _dependency_calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
+    for sub in dependant.dependencies:
+        if sub.call is not None:
+            yield sub.call
+        yield from _dependency_calls(sub)
+
+
+def _expected_security_by_operation(app: FastAPI) -> dict[tuple[str, str], set[str] | None]:
+    """(path, method) -> the scheme names the route's own dependencies call for.
+
+    None means: authenticated through the bearer token, but by a dependency that is neither the
+    seller nor the partner one (an "either kind" route); the caller checks it loosely.
+    """
+    expected: dict[tuple[str, str], set[str] | None] = {}
+    for context in iter_route_contexts(app.routes):
+        if not isinstance(context.original_route, APIRoute) or not context.include_in_schema:
+            continue
+        calls = set(_dependency_calls(context.dependant))
+        schemes: set[str] | None = set()
+        if current_seller in calls:
+            schemes = {"sellerAuth"} | (schemes or set())
+        if current_partner in calls:
+            schemes = {"partnerAuth"} | (schemes or set())
+        if not schemes and get_access_claims in calls:
+            schemes = None
+        assert context.path_format is not None
+        for method in context.methods or ():
+            expected[(context.path_format, method.lower())] = schemes
+    return expected
+
+
+def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        ref: str = schema["$ref"]
+        assert ref.startswith("#/components/schemas/"), ref
+        schema = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return schema
+
+
+def _schema_has_example(spec: dict[str, Any], schema: dict[str, Any], depth: int = 0) -> bool:
+    """Whether a client (or Scalar) can show a concrete value for this schema."""
+    assert depth < 20, "schema recursion too deep"
+    schema = _resolve(spec, schema)
+    if schema.get("type") == "null" or any(
+        key in schema for key in ("example", "examples", "const", "enum", "default")
+    ):
+        return True
+    parts: list[dict[str, Any]] = []
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        parts += schema.get(combinator, [])
+    if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
+        parts.append(schema["items"])
+    properties: dict[str, Any] = schema.get("properties", {})
+    required: list[str] = schema.get("required", []) if properties else []
+    parts += [properties[name] for name in required]
+    if not parts and isinstance(schema.get("additionalProperties"), dict):
+        parts.append(schema["additionalProperties"])
+    if properties and not required:
+        return False
+    return bool(parts) and all(_schema_has_example(spec, part, depth + 1) for part in parts)
+
+
+def _media_has_example(spec: dict[str, Any], media: dict[str, Any]) -> bool:
+    if media.get("example") is not None or media.get("examples"):
+        return True
+    return "schema" in media and _schema_has_example(spec, media["schema"])
+
+
+async def test_security_schemes_are_two_oauth2_password_flows(
+    spec: dict[str, Any], client: httpx.AsyncClient
+) -> None:
+    schemes = spec["components"]["securitySchemes"]
+    assert set(schemes) == {"sellerAuth", "partnerAuth"}
+    for name, token_url in (("sellerAuth", "/seller/token"), ("partnerAuth", "/partner/token")):
+        scheme = schemes[name]
+        assert scheme["type"] == "oauth2"
+        assert set(scheme["flows"]) == {"password"}
+        assert scheme["flows"]["password"]["tokenUrl"] == token_url
+        assert scheme["flows"]["password"]["scopes"] == {}
+        # The token URL is a real, documented form endpoint taking username and password.
+        body = spec["paths"][token_url]["post"]["requestBody"]["content"]
+        form = _resolve(spec, body["application/x-www-form-urlencoded"]["schema"])
+        assert {"username", "password"} <= set(form["required"])
+
+
+async def test_each_operation_security_follows_its_auth_dependency(
+    spec: dict[str, Any], app: FastAPI
+) -> None:
+    expected = _expected_security_by_operation(app)
+    documented = {(path, method): op for path, method, op in _operations(spec)}
+    # Every documented operation comes from a route we inspected, and the other way round.
+    assert set(documented) == set(expected)
+
+    kinds: set[str] = set()
+    for key, operation in documented.items():
+        schemes = expected[key]
+        assert "security" in operation, key
+        security = operation["security"]
+        if schemes is None:
+            kinds.add("either")
+            assert security, key
+            assert all(len(alt) == 1 for alt in security), key
+            assert {name for alt in security for name in alt} <= {"sellerAuth", "partnerAuth"}
+        elif not schemes:
+            kinds.add("public")
+            assert security == [], key
+        else:
+            kinds.add("/".join(sorted(schemes)))
+            assert all(len(alt) == 1 and next(iter(alt.values())) == [] for alt in security)
+            assert {name for alt in security for name in alt} == schemes, key
+            assert len(security) == len(schemes), key
+    # The walk is not vacuous: the app has seller-only, partner-only and public operations.
+    assert {"public", "sellerAuth", "partnerAuth"} <= kinds
+
+
+async def test_security_of_known_operations(spec: dict[str, Any]) -> None:
+    """Anchors for the derived check above, from the product contract's tables."""
+    paths = spec["paths"]
+    assert paths["/seller/me"]["get"]["security"] == SELLER
+    assert paths["/seller/logout"]["post"]["security"] == SELLER
+    assert paths["/partner/me"]["get"]["security"] == PARTNER
+    assert paths["/partner/me"]["patch"]["security"] == PARTNER
+    assert paths["/partner/logout"]["post"]["security"] == PARTNER
+    for public in ("/seller/signup", "/seller/token", "/partner/signup", "/partner/token"):
+        assert paths[public]["post"]["security"] == []
+    for health in ("/health/live", "/health/ready"):
+        assert paths[health]["get"]["security"] == []
+
+
+async def test_documented_security_matches_what_the_server_enforces(
+    spec: dict[str, Any], client: httpx.AsyncClient
+) -> None:
+    """An operation documented as authenticated answers 401 with a Bearer challenge without one."""
+    checked = 0
+    for path, method, operation in _operations(spec):
+        if not operation["security"]:
+            continue
+        concrete = path
+        for parameter in operation.get("parameters", []):
+            if parameter["in"] == "path":
+                concrete = concrete.replace("{" + parameter["name"] + "}", str(uuid.uuid4()))
+        response = await client.request(method.upper(), concrete, json={})
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.headers["www-authenticate"].lower().startswith("bearer")
+        assert response.headers["content-type"].startswith(PROBLEM)
+        checked += 1
+    assert checked >= 5
+
+
+async def test_authenticated_operations_document_401_403_503_as_problems(
+    spec: dict[str, Any],
+) -> None:
+    authenticated = [(p, m, op) for p, m, op in _operations(spec) if op["security"]]
+    assert authenticated
+    for path, method, operation in authenticated:
+        for status in ("401", "403", "503"):
+            response = operation["responses"].get(status)
+            assert response is not None, (method, path, status)
+            media = response["content"][PROBLEM]
+            assert media["schema"] == {"$ref": PROBLEM_REF}, (method, path, status)
+
+
+async def test_operations_with_a_body_document_422_as_a_problem(spec: dict[str, Any]) -> None:
+    with_body = [(p, m, op) for p, m, op in _operations(spec) if "requestBody" in op]
+    assert len(with_body) >= 5
+    for path, method, operation in with_body:
+        response = operation["responses"].get("422")
+        assert response is not None, (method, path)
+        assert set(response["content"]) == {PROBLEM}, (method, path)
+        media = response["content"][PROBLEM]
+        assert media["schema"] == {"$ref": PROBLEM_REF}
+        example = media.get("example") or next(iter(media["examples"].values()))["value"]
+        assert example["code"] == "validation_failed"
+        assert {"loc", "msg", "type"} == set(example["errors"][0])
+
+
+def _error_responses(spec: dict[str, Any]) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    for path, method, operation in _operations(spec):
+        for status, response in operation["responses"].items():
+            if status.startswith(("4", "5")):
+                yield path, method, status, response
+
+
+def _success_schemas(operation: dict[str, Any]) -> list[Any]:
+    return [
+        media.get("schema")
+        for status, response in operation["responses"].items()
+        if status.startswith("2")
+        for media in response.get("content", {}).values()
+    ]
+
+
+async def test_every_documented_error_response_is_problem_json(spec: dict[str, Any]) -> None:
+    operations = {(path, method): op for path, method, op in _operations(spec)}
+    wrong: list[tuple[str, str, str, list[str]]] = []
+    checked = 0
+    for path, method, status, response in _error_responses(spec):
+        content = response.get("content", {})
+        schemas = [media.get("schema") for media in content.values()]
+        # A status report (readiness: 503 with the same body as its 200) is not an error document.
+        if schemas and all(
+            schema is not None and schema in _success_schemas(operations[(path, method)])
+            for schema in schemas
+        ):
+            continue
+        checked += 1
+        if set(content) != {PROBLEM} or content[PROBLEM].get("schema") != {"$ref": PROBLEM_REF}:
+            wrong.append((method, path, status, sorted(content)))
+    assert checked >= 20
+    assert wrong == []
+
+
+async def test_problem_schema_documents_the_rfc_9457_members(spec: dict[str, Any]) -> None:
+    problem = spec["components"]["schemas"]["Problem"]
+    assert {"type", "title", "status", "detail", "code", "request_id", "errors"} <= set(
+        problem["properties"]
+    )
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+async def test_every_request_body_has_an_example(spec: dict[str, Any]) -> None:
+    missing = [
+        (method, path, media_type)
+        for path, method, operation in _operations(spec)
+        for media_type, media in operation.get("requestBody", {}).get("content", {}).items()
+        if not _media_has_example(spec, media)
+    ]
+    assert missing == []
+
+
+async def test_every_success_response_has_an_example(spec: dict[str, Any]) -> None:
+    missing: list[tuple[str, str, str]] = []
+    checked = 0
+    for path, method, operation in _operations(spec):
+        for status, response in operation["responses"].items():
+            if not status.startswith("2"):
+                continue
+            for media in response.get("content", {}).values():
+                checked += 1
+                if not _media_has_example(spec, media):
+                    missing.append((method, path, status))
+    assert checked >= 8
+    assert missing == []
+
+
+async def test_every_error_response_has_an_example(spec: dict[str, Any]) -> None:
+    missing = [
+        (method, path, status)
+        for path, method, status, response in _error_responses(spec)
+        if not any(
+            _media_has_example(spec, media) for media in response.get("content", {}).values()
+        )
+    ]
+    assert missing == []
+
+
+# --- Reference pages -------------------------------------------------------------------------
+
+
+ScalarApp = Callable[[Path], AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def scalar_app_factory(database_url: str, redis_url: str) -> ScalarApp:
+    @asynccontextmanager
+    async def start(scalar_js_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+        settings = make_settings(database_url, redis_url, scalar_js_path=scalar_js_path)
+        application = create_app(settings)
+        async with application.router.lifespan_context(application):
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                yield http
+
+    return start
+
+
+def _assert_scalar_page(response: httpx.Response) -> str:
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert "/openapi.json" in page
+    assert '"telemetry": false' in page.replace("'", '"')
+    assert '"telemetry": true' not in page.replace("'", '"')
+    return page
+
+
+async def test_scalar_page_uses_the_bundle_this_machine_has(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    page = _assert_scalar_page(await client.get("/scalar"))
+    bundle = await client.get("/scalar/standalone.js")
+    if settings.scalar_js_path.is_file():
+        assert 'src="/scalar/standalone.js"' in page
+        assert settings.scalar_cdn_url not in page
+        assert "cdn.jsdelivr.net" not in page
+        assert bundle.status_code == 200
+        assert "javascript" in bundle.headers["content-type"]
+        assert bundle.content == settings.scalar_js_path.read_bytes()
+    else:
+        assert settings.scalar_cdn_url in page
+        assert bundle.status_code == 404
+
+
+async def test_scalar_serves_a_local_bundle_when_installed(
+    scalar_app_factory: ScalarApp, tmp_path: Path
+) -> None:
+    bundle_file = tmp_path / "standalone.js"
+    bundle_file.write_text("window.Scalar = { createApiReference() {} };\n")
+    async with scalar_app_factory(bundle_file) as http:
+        page = _assert_scalar_page(await http.get("/scalar"))
+        assert 'src="/scalar/standalone.js"' in page
+        assert "https://" not in page.split("<script", 1)[1].split(">", 1)[0]
+        bundle = await http.get("/scalar/standalone.js")
+        assert bundle.status_code == 200
+        assert "javascript" in bundle.headers["content-type"]
+        assert bundle.text == bundle_file.read_text()
+        assert "x-request-id" in bundle.headers
+
+
+async def test_scalar_falls_back_to_the_cdn_without_a_bundle(
+    scalar_app_factory: ScalarApp,
+    tmp_path: Path,
+    settings: Settings,
+) -> None:
+    async with scalar_app_factory(tmp_path / "not-installed.js") as http:
+        page = _assert_scalar_page(await http.get("/scalar"))
+        assert f'src="{settings.scalar_cdn_url}"' in page
+        assert "/scalar/standalone.js" not in page
+        missing = await http.get("/scalar/standalone.js")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_reference_pages_are_not_in_the_schema(spec: dict[str, Any]) -> None:
+    assert not [path for path in spec["paths"] if path.startswith(("/scalar", "/docs"))]
+
+
+async def test_swagger_ui_still_served(client: httpx.AsyncClient) -> None:
+    response = await client.get("/docs")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "/openapi.json" in response.text
