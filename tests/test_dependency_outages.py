@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.main import create_app
-from tests.conftest import OwnedRedis, make_settings
+from tests.conftest import OwnedRedis, make_settings, running_client
 from tests.factories import PASSWORD, bearer, log_in, seller_body, sign_up
 
 PROBLEM = "application/problem+json"
@@ -24,14 +21,6 @@ def unused_tcp_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
-
-
-@asynccontextmanager
-async def running_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 def assert_unavailable(response: httpx.Response) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend.cli import DrainingServer
 from backend.main import create_app
-from tests.conftest import make_settings
+from tests.conftest import make_settings, running_client
 from tests.factories import account_with_token
 
 REQUESTS_METRIC = "shiptrack_http_requests"
@@ -27,14 +27,6 @@ def unused_tcp_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
-
-
-@asynccontextmanager
-async def running_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 @contextmanager

@@ -10,18 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.assertions import assert_problem
 from tests.factories import account_with_token
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem: dict[str, Any] = response.json()
-    assert problem["code"] == code
-    assert problem["type"] == f"urn:shiptrack:problem:{code}"
-    assert problem["status"] == status
-    assert problem["request_id"] == response.headers["x-request-id"]
-    return problem
 
 
 async def stored_partner(engine: AsyncEngine, partner_id: str) -> dict[str, Any]:

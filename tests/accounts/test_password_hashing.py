@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 import bcrypt
 import httpx
-from fastapi import FastAPI
 from passlib.context import CryptContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.main import create_app
-from tests.conftest import make_settings
+from tests.conftest import make_settings, running_client
 from tests.factories import PASSWORD, partner_body, seller_body, sign_up, unique_email
 
 _VERIFY_CODE = CryptContext.verify.__code__
@@ -91,14 +90,6 @@ def observing_worker_threads(observer: BcryptObserver) -> Iterator[None]:
         loop.set_default_executor(restored)
         # The observed threads end here, so no later work runs under the hook.
         executor.shutdown(wait=True)
-
-
-@asynccontextmanager
-async def running_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 def login_form(email: str, password: str = PASSWORD) -> dict[str, str]:

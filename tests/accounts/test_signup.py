@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.config import Settings
+from tests.assertions import assert_problem
 from tests.conftest import count_rows
 from tests.factories import partner_body, seller_body
 
@@ -21,17 +22,6 @@ TABLES = {"seller": "sellers", "partner": "partners"}
 
 def body_for(kind: str, **overrides: Any) -> dict[str, Any]:
     return seller_body(**overrides) if kind == "seller" else partner_body(**overrides)
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem: dict[str, Any] = response.json()
-    assert problem["code"] == code
-    assert problem["type"] == f"urn:shiptrack:problem:{code}"
-    assert problem["status"] == status
-    assert problem["request_id"] == response.headers["x-request-id"]
-    return problem
 
 
 async def stored_column(engine: AsyncEngine, table: str, column: str) -> list[Any]:

@@ -14,21 +14,11 @@ import pytest
 from redis.asyncio import Redis
 
 from backend.config import Settings
+from tests.assertions import assert_problem
 from tests.factories import PASSWORD, account_with_token, bearer, log_in, sign_up
 
 KINDS = ["seller", "partner"]
 OTHER_KIND = {"seller": "partner", "partner": "seller"}
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem: dict[str, Any] = response.json()
-    assert problem["code"] == code
-    assert problem["type"] == f"urn:shiptrack:problem:{code}"
-    assert problem["status"] == status
-    assert problem["request_id"] == response.headers["x-request-id"]
-    return problem
 
 
 def assert_unauthorized(response: httpx.Response, code: str = "invalid_token") -> None:
