@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     token_attempts_per_ip: int = Field(default=30, ge=1)
     signups_per_ip: int = Field(default=20, ge=1)
 
+    # Shipments.
+    default_transit_days: int = Field(default=3, ge=1, le=60)
+    delivery_code_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    delivery_code_max_attempts: int = Field(default=5, ge=1, le=20)
+
     # HTTP server.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -14,6 +14,7 @@ from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.config import Settings
+from backend.errors import DomainError
 
 # Stable constraint names, so migrations can drop and alter what they created.
 SQLModel.metadata.naming_convention = {
@@ -75,6 +76,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         try:
             yield session
             await session.commit()
+        except DomainError as error:
+            await (session.commit() if error.keep_changes else session.rollback())
+            raise
         except BaseException:
             await session.rollback()
             raise

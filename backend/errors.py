@@ -42,6 +42,9 @@ class DomainError(Exception):
     title: ClassVar[str] = "Bad request"
     # Shown in the API reference; instances may say more.
     default_detail: ClassVar[str] = "The request cannot be processed."
+    # Commit the request's changes although it fails: for errors that record themselves (a
+    # wrong delivery code counts towards burning it). Everything else rolls back.
+    keep_changes: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -22,6 +22,9 @@ from backend.logging_setup import configure_logging
 from backend.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from backend.openapi import build_openapi
 from backend.redis_client import create_redis
+from backend.shipments.router import router as shipments_router
+from backend.shipments.status import STATUS_MACHINE_DOC
+from backend.shipments.tracking_router import router as tracking_router
 
 DESCRIPTION = """
 Shiptrack tracks shipments from the seller's door to the recipient's.
@@ -65,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Shiptrack API",
         version="0.1.0",
         summary="Shipment tracking for sellers, delivery partners and recipients.",
-        description=DESCRIPTION,
+        description=DESCRIPTION + STATUS_MACHINE_DOC,
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
@@ -94,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(seller_router)
     app.include_router(partner_router)
+    app.include_router(shipments_router)
+    app.include_router(tracking_router)
     _add_scalar(app, settings)
 
     def openapi() -> dict[str, Any]:

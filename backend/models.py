@@ -2,5 +2,17 @@
 
 from backend.accounts.models import Partner, Seller
 from backend.db import metadata
+from backend.notifications.models import OutboxMessage
+from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentEvent, ShipmentTag, Tag
 
-__all__ = ["Partner", "Seller", "metadata"]
+__all__ = [
+    "IdempotencyRecord",
+    "OutboxMessage",
+    "Partner",
+    "Seller",
+    "Shipment",
+    "ShipmentEvent",
+    "ShipmentTag",
+    "Tag",
+    "metadata",
+]

@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
 from backend.db import get_session
 from backend.errors import (
+    PROBLEM_MEDIA_TYPE,
     PROBLEM_SCHEMA_REF,
     DependencyUnavailable,
     DomainError,
@@ -159,16 +160,22 @@ _VALIDATION_EXAMPLE = {
 
 
 def _describe_validation_errors_as_problems(operation: dict[str, Any]) -> None:
-    """FastAPI documents 422 with its own error model; ours is problem+json."""
+    """FastAPI documents 422 with its own error model; ours is problem+json.
+
+    A route's own 422s (say `idempotency_key_reused`) stay documented beside validation.
+    """
     responses = operation.get("responses", {})
     if "422" not in responses:
         return
+    own = responses["422"].get("content", {}).get(PROBLEM_MEDIA_TYPE, {}).get("examples", {})
+    validation = {"summary": "Validation failed", "value": _VALIDATION_EXAMPLE}
+    titles = ["Validation failed", *(example["summary"] for example in own.values())]
     responses["422"] = {
-        "description": "Validation failed",
+        "description": " / ".join(titles),
         "content": {
-            "application/problem+json": {
+            PROBLEM_MEDIA_TYPE: {
                 "schema": PROBLEM_SCHEMA_REF,
-                "example": _VALIDATION_EXAMPLE,
+                "examples": {"validation_failed": validation, **own},
             }
         },
     }

@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from backend.cli import migrate
 from backend.config import Settings
-from backend.db import metadata
 from backend.embedded import embedded_services, start_redis
 from backend.main import create_app
+from backend.models import metadata
 
 TEST_DATA_DIR = Path(__file__).resolve().parent.parent / ".data" / "test"
 

@@ -159,7 +159,8 @@ async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClien
         assert (await client.get("/seller/me", headers=headers)).status_code == 200
     assert (await client.get("/seller/me")).status_code == 401
     probe_id = uuid.uuid4().hex
-    assert (await client.get(f"/shipments/{probe_id}")).status_code == 404
+    assert (await client.get(f"/no-such-resource/{probe_id}")).status_code == 404
+    assert (await client.get(f"/shipments/{uuid.UUID(probe_id)}")).status_code == 401
 
     after = (await client.get("/metrics")).text
     assert "shiptrack_http_requests_total{" in after
@@ -175,6 +176,7 @@ async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClien
     assert delta("POST", "/seller/token", "200") == 1
     # A path that matched no route is counted under one label, never under its raw path.
     assert delta("GET", "unmatched", "404") == 1
+    assert delta("GET", "/shipments/{shipment_id}", "401") == 1
     assert probe_id not in after
     routes = route_labels(after)
     assert all(route.startswith("/") or route == "unmatched" for route in routes), routes

@@ -23,7 +23,8 @@ from backend.cli import alembic_config, migrate
 from backend.db import metadata
 from tests.conftest import create_database, drop_database
 
-APPLICATION_TABLES = {"sellers", "partners"}
+# Every table the models declare, and nothing else, must come from the migrations.
+APPLICATION_TABLES = set(metadata.tables)
 
 
 @pytest.fixture
@@ -146,6 +147,7 @@ async def test_upgrade_creates_tables_with_their_constraints(
         "uq_partners_email": "u",
         "ck_partners_email_lowercase": "c",
         "ck_partners_capacity_positive": "c",
+        "ck_partners_active_not_negative": "c",
     }
     assert partners["uq_partners_email"][1] == "UNIQUE (email)"
     assert "max_handling_capacity >= 1" in partners["ck_partners_capacity_positive"][1]
@@ -154,6 +156,19 @@ async def test_upgrade_creates_tables_with_their_constraints(
     assert (
         "USING gin (serviceable_zip_codes)" in partner_indexes["ix_partners_serviceable_zip_codes"]
     )
+
+    shipments = await constraints(scratch_engine, "shipments")
+    assert shipments["uq_shipments_tracking_number"] == ("u", "UNIQUE (tracking_number)")
+    assert "weight_kg > " in shipments["ck_shipments_weight_range"][1]
+    assert "placed" in shipments["ck_shipments_status_known"][1]
+    events = await constraints(scratch_engine, "shipment_events")
+    assert events["uq_shipment_events_sequence"] == ("u", "UNIQUE (shipment_id, sequence)")
+    shipment_indexes = await indexes(scratch_engine, "shipments")
+    assert {
+        "ix_shipments_seller_created",
+        "ix_shipments_partner_created",
+        "ix_shipments_status",
+    } <= set(shipment_indexes)
 
 
 async def test_migrated_constraints_refuse_bad_rows(

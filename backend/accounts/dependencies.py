@@ -90,8 +90,19 @@ async def current_partner(claims: AccessClaimsDep, session: SessionDep) -> Partn
     return partner
 
 
+@requires_auth(SELLER_AUTH, PARTNER_AUTH)
+async def current_account(claims: AccessClaimsDep, session: SessionDep) -> Seller | Partner:
+    """A seller or a partner: for routes that serve both, each seeing only its own data."""
+    model = Seller if claims.kind is AccountKind.seller else Partner
+    account = await AccountRepository(session, model).get(claims.account_id)
+    if account is None:
+        raise InvalidToken("The account behind this token no longer exists.")
+    return account
+
+
 CurrentSeller = Annotated[Seller, Depends(current_seller)]
 CurrentPartner = Annotated[Partner, Depends(current_partner)]
+CurrentAccount = Annotated[Seller | Partner, Depends(current_account)]
 
 
 def seller_service(

@@ -37,6 +37,7 @@ class Partner(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint("email = lower(email)", name="email_lowercase"),
         CheckConstraint("max_handling_capacity >= 1", name="capacity_positive"),
+        CheckConstraint("active_shipments >= 0", name="active_not_negative"),
         # Assignment looks partners up by destination zip: `zip = ANY(serviceable_zip_codes)`.
         Index("ix_partners_serviceable_zip_codes", "serviceable_zip_codes", postgresql_using="gin"),
     )
@@ -47,6 +48,9 @@ class Partner(SQLModel, table=True):
     password_hash: str = Field(max_length=100)
     serviceable_zip_codes: list[str] = Field(sa_type=ARRAY(String(20)))
     max_handling_capacity: int
+    # Non-terminal shipments assigned to this partner. Kept in the row so that assignment can
+    # lock one partner and compare two columns, instead of counting shipments under a lock.
+    active_shipments: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
 

@@ -136,6 +136,7 @@ class PartnerRead(BaseModel):
                     "email": "dispatch@speedy.example",
                     "serviceable_zip_codes": ["02139", "02140"],
                     "max_handling_capacity": 25,
+                    "active_shipments": 3,
                     "created_at": "2026-11-22T09:30:00Z",
                 }
             ]
@@ -147,6 +148,9 @@ class PartnerRead(BaseModel):
     email: str
     serviceable_zip_codes: list[str]
     max_handling_capacity: int
+    active_shipments: int = Field(
+        description="Assigned shipments not yet delivered, cancelled or returned."
+    )
     created_at: datetime
 
 

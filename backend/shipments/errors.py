@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from backend.errors import Conflict, DomainError, NotFound, RateLimited
+
+
+class ShipmentNotFound(NotFound):
+    code = "shipment_not_found"
+    title = "Shipment not found"
+    default_detail = "No shipment with this id is visible to this account."
+
+
+class TrackingNumberNotFound(NotFound):
+    code = "tracking_number_not_found"
+    title = "Unknown tracking number"
+    default_detail = "No shipment has this tracking number."
+
+
+class NoPartnerAvailable(Conflict):
+    code = "no_partner_available"
+    title = "No delivery partner available"
+    default_detail = "No delivery partner serving this zip code has spare capacity right now."
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+    title = "Invalid status transition"
+    default_detail = "The shipment cannot move to this status from its current one."
+
+
+class VersionMismatch(DomainError):
+    status_code = 412
+    code = "version_mismatch"
+    title = "Precondition failed"
+    default_detail = "The shipment changed since the version given in If-Match."
+
+
+class IdempotencyKeyReused(DomainError):
+    status_code = 422
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused"
+    default_detail = "This Idempotency-Key was already used with a different request body."
+
+
+class VerificationCodeRequired(DomainError):
+    status_code = 422
+    code = "verification_code_required"
+    title = "Verification code required"
+    default_detail = "Delivering needs the 6-digit code the recipient received."
+
+
+class InvalidVerificationCode(DomainError):
+    status_code = 422
+    code = "invalid_verification_code"
+    title = "Invalid verification code"
+    default_detail = "The verification code is wrong or has expired."
+    # The failed try is counted in the same transaction and must be kept.
+    keep_changes = True
+
+
+class VerificationCodeBurned(RateLimited):
+    code = "verification_code_burned"
+    title = "Verification code burned"
+    default_detail = (
+        "Too many wrong codes: this code no longer works. A new one is issued the next time "
+        "the shipment goes out for delivery."
+    )
+    keep_changes = True
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(retry_after_seconds=3600, detail=detail)

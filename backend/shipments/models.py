@@ -1,0 +1,135 @@
+"""Shipments, their timeline, tags and idempotency records.
+
+Only the timeline loads by itself (`lazy="selectin"`, one query for a whole page); every other
+relationship raises if touched without being loaded explicitly, so no query hides in a loop.
+"""
+
+# No `from __future__ import annotations`: SQLModel resolves relationship types at runtime.
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, Relationship, SQLModel
+
+from backend.accounts.models import Partner
+from backend.db import utcnow
+from backend.shipments.status import ShipmentStatus
+
+_STATUS_VALUES = ", ".join(f"'{status.value}'" for status in ShipmentStatus)
+
+
+class ShipmentTag(SQLModel, table=True):
+    __tablename__ = "shipment_tags"
+    __table_args__ = (Index("ix_shipment_tags_tag_id", "tag_id"),)
+
+    shipment_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("shipments.id", ondelete="CASCADE"), primary_key=True)
+    )
+    tag_id: int = Field(
+        sa_column=Column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
+    )
+
+
+class Tag(SQLModel, table=True):
+    __tablename__ = "tags"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # Stored lower-case; the unique constraint makes concurrent first uses of a tag safe.
+    name: str = Field(max_length=40, unique=True)
+
+
+class ShipmentEvent(SQLModel, table=True):
+    """One accepted change, in order: sequence 1, 2, 3... with no gap, per shipment."""
+
+    __tablename__ = "shipment_events"
+    __table_args__ = (
+        UniqueConstraint("shipment_id", "sequence", name="uq_shipment_events_sequence"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    shipment_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("shipments.id", ondelete="CASCADE"), nullable=False)
+    )
+    sequence: int = Field(ge=1)
+    status: ShipmentStatus = Field(sa_type=String(20))
+    location_zip: str | None = Field(default=None, max_length=20)
+    description: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class Shipment(SQLModel, table=True):
+    __tablename__ = "shipments"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_known"),
+        CheckConstraint("weight_kg > 0 AND weight_kg <= 100", name="weight_range"),
+        CheckConstraint("delivery_code_attempts >= 0", name="attempts_not_negative"),
+        # Newest-first pages per owner and per partner (keyset on created_at, id).
+        Index("ix_shipments_seller_created", "seller_id", "created_at", "id"),
+        Index("ix_shipments_partner_created", "partner_id", "created_at", "id"),
+        Index("ix_shipments_status", "status"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    tracking_number: str = Field(max_length=20, unique=True)
+    seller_id: uuid.UUID = Field(foreign_key="sellers.id")
+    partner_id: uuid.UUID = Field(foreign_key="partners.id")
+    status: ShipmentStatus = Field(default=ShipmentStatus.placed, sa_type=String(20))
+    content: str = Field(max_length=200)
+    weight_kg: float = Field(sa_type=Float)
+    destination_zip: str = Field(max_length=20)
+    destination_address_line: str | None = Field(default=None, max_length=300)
+    destination_city: str | None = Field(default=None, max_length=100)
+    recipient_name: str = Field(max_length=100)
+    recipient_email: str = Field(max_length=254)
+    recipient_phone: str | None = Field(default=None, max_length=30)
+    reference: str | None = Field(default=None, max_length=100)
+    estimated_delivery: datetime = Field(sa_type=DateTime(timezone=True))
+    version: int = Field(default=1, sa_type=Integer)
+    # The sequence of the newest timeline event; the next event gets this + 1.
+    last_sequence: int = Field(default=0, sa_type=Integer)
+    # The recipient's delivery code: only a keyed hash is stored, and only while usable.
+    delivery_code_hash: str | None = Field(default=None, max_length=64)
+    delivery_code_expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    delivery_code_attempts: int = Field(default=0, sa_type=Integer)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+    timeline: list[ShipmentEvent] = Relationship(
+        sa_relationship_kwargs={
+            "lazy": "selectin",
+            "order_by": "ShipmentEvent.sequence",
+            "cascade": "all, delete-orphan",
+        }
+    )
+    tags: list[Tag] = Relationship(link_model=ShipmentTag, sa_relationship_kwargs={"lazy": "raise"})
+    partner: Partner = Relationship(sa_relationship_kwargs={"lazy": "raise"})
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The first response to a seller's `Idempotency-Key`, replayed to every retry."""
+
+    __tablename__ = "idempotency_keys"
+
+    seller_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("sellers.id", ondelete="CASCADE"), primary_key=True)
+    )
+    key: str = Field(max_length=255, primary_key=True)
+    # SHA-256 of the canonical request body: a retry must send the same body.
+    request_fingerprint: str = Field(max_length=64)
+    shipment_id: uuid.UUID | None = Field(default=None, foreign_key="shipments.id")
+    response_status: int | None = None
+    response_body: dict[str, Any] | None = Field(default=None, sa_type=JSONB)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

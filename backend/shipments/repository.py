@@ -1,0 +1,211 @@
+"""Queries for shipments. Every lookup by id carries the caller's ownership in its WHERE clause."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import joinedload, selectinload
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from backend.accounts.models import Partner
+from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentTag, Tag
+from backend.shipments.status import ShipmentStatus
+
+# Lock the least-loaded partner serving the zip that still has room, and take one slot. A
+# concurrent creator waits on the row lock, then PostgreSQL re-checks `active_shipments <
+# max_handling_capacity` on the updated row, so capacity can never be exceeded.
+_CLAIM_PARTNER = text(
+    """
+    WITH candidate AS (
+        SELECT id FROM partners
+        WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+        ORDER BY active_shipments, id
+        LIMIT 1
+        FOR UPDATE
+    )
+    UPDATE partners SET active_shipments = partners.active_shipments + 1
+    FROM candidate
+    WHERE partners.id = candidate.id
+    RETURNING partners.id, partners.name
+    """
+)
+_PARTNER_WITH_ROOM_EXISTS = text(
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM partners
+        WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+    )
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedPartner:
+    id: uuid.UUID
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Visibility:
+    """Whose shipments a query may return: a seller's own, or a partner's assigned ones."""
+
+    seller_id: uuid.UUID | None = None
+    partner_id: uuid.UUID | None = None
+
+    def condition(self) -> ColumnElement[bool]:
+        if self.seller_id is not None:
+            return col(Shipment.seller_id) == self.seller_id
+        assert self.partner_id is not None
+        return col(Shipment.partner_id) == self.partner_id
+
+
+def _with_read_relations(statement: Any) -> Any:
+    # The partner joins into the same query; tags take one more; the timeline loads by itself.
+    return statement.options(joinedload(Shipment.partner), selectinload(Shipment.tags))  # type: ignore[arg-type]
+
+
+class ShipmentRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def claim_partner(self, zip_code: str) -> ClaimedPartner | None:
+        """Take one slot of capacity from the best partner for `zip_code`, or return None."""
+        # A locked candidate that filled up while we waited drops out of LIMIT 1 instead of
+        # being replaced by the next one, so try again while any partner still has room.
+        for _ in range(10):
+            claimed = (await self._session.execute(_CLAIM_PARTNER, {"zip": zip_code})).first()
+            if claimed is not None:
+                return ClaimedPartner(id=claimed.id, name=claimed.name)
+            has_room = await self._session.execute(_PARTNER_WITH_ROOM_EXISTS, {"zip": zip_code})
+            if not has_room.scalar():
+                return None
+        return None
+
+    async def release_partner(self, partner_id: uuid.UUID) -> None:
+        """Give back the slot of a shipment that reached a terminal status."""
+        await self._session.execute(
+            update(Partner)
+            .where(col(Partner.id) == partner_id)
+            .values(active_shipments=Partner.active_shipments - 1)
+        )
+
+    async def add(self, shipment: Shipment) -> None:
+        self._session.add(shipment)
+        await self._session.flush()
+
+    async def get(self, shipment_id: uuid.UUID, visibility: Visibility) -> Shipment | None:
+        statement = select(Shipment).where(col(Shipment.id) == shipment_id, visibility.condition())
+        return (await self._session.execute(_with_read_relations(statement))).scalars().first()
+
+    async def lock(self, shipment_id: uuid.UUID, visibility: Visibility) -> Shipment | None:
+        """The shipment, locked against concurrent changes until the transaction ends."""
+        statement = (
+            select(Shipment)
+            .where(col(Shipment.id) == shipment_id, visibility.condition())
+            .with_for_update(of=Shipment)
+        )
+        result = await self._session.execute(_with_read_relations(statement))
+        return result.scalars().first()
+
+    async def get_by_tracking_number(self, tracking_number: str) -> Shipment | None:
+        statement = (
+            select(Shipment)
+            .where(col(Shipment.tracking_number) == tracking_number)
+            .options(joinedload(Shipment.partner))  # type: ignore[arg-type]
+        )
+        return (await self._session.execute(statement)).scalars().first()
+
+    async def page(
+        self,
+        visibility: Visibility,
+        *,
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None,
+        status: ShipmentStatus | None,
+        tag: str | None,
+    ) -> Sequence[Shipment]:
+        """Newest first; `after` is the (created_at, id) of the last item of the previous page."""
+        statement = select(Shipment).where(visibility.condition())
+        if status is not None:
+            statement = statement.where(col(Shipment.status) == status)
+        if tag is not None:
+            tagged = (
+                select(col(ShipmentTag.shipment_id))
+                .join(Tag, col(Tag.id) == col(ShipmentTag.tag_id))
+                .where(col(Tag.name) == tag)
+            )
+            statement = statement.where(col(Shipment.id).in_(tagged))
+        if after is not None:
+            created_at, last_id = after
+            statement = statement.where(
+                or_(
+                    col(Shipment.created_at) < created_at,
+                    and_(col(Shipment.created_at) == created_at, col(Shipment.id) < last_id),
+                )
+            )
+        statement = statement.order_by(
+            col(Shipment.created_at).desc(),
+            col(Shipment.id).desc(),
+        ).limit(limit)
+        return (
+            (await self._session.execute(_with_read_relations(statement))).scalars().unique().all()
+        )
+
+    async def replace_tags(self, shipment: Shipment, names: list[str]) -> list[Tag]:
+        """Point the shipment at exactly these tags, creating the ones that do not exist yet."""
+        await self._session.execute(
+            delete(ShipmentTag).where(col(ShipmentTag.shipment_id) == shipment.id)
+        )
+        if not names:
+            return []
+        await self._session.execute(
+            insert(Tag).values([{"name": name} for name in names]).on_conflict_do_nothing()
+        )
+        tags = (
+            (await self._session.execute(select(Tag).where(col(Tag.name).in_(names))))
+            .scalars()
+            .all()
+        )
+        await self._session.execute(
+            insert(ShipmentTag).values(
+                [{"shipment_id": shipment.id, "tag_id": tag.id} for tag in tags]
+            )
+        )
+        by_name = {tag.name: tag for tag in tags}
+        return [by_name[name] for name in names]
+
+    async def claim_idempotency_key(
+        self, seller_id: uuid.UUID, key: str, fingerprint: str
+    ) -> IdempotencyRecord | None:
+        """Reserve `key` for this request, or return the record of the request that holds it.
+
+        A concurrent request with the same key waits on the unique key until the first one
+        commits (and then sees its record) or rolls back (and then takes the key itself).
+        """
+        inserted = await self._session.execute(
+            insert(IdempotencyRecord)
+            .values(seller_id=seller_id, key=key, request_fingerprint=fingerprint)
+            .on_conflict_do_nothing()
+            .returning(col(IdempotencyRecord.key))
+        )
+        if inserted.scalar() is not None:
+            return None
+        existing = await self._session.get(IdempotencyRecord, (seller_id, key))
+        assert existing is not None
+        return existing
+
+    async def record_idempotent_response(
+        self, seller_id: uuid.UUID, key: str, shipment_id: uuid.UUID, body: dict[str, Any]
+    ) -> None:
+        await self._session.execute(
+            update(IdempotencyRecord)
+            .where(col(IdempotencyRecord.seller_id) == seller_id, col(IdempotencyRecord.key) == key)
+            .values(shipment_id=shipment_id, response_status=201, response_body=body)
+        )

@@ -1,0 +1,184 @@
+"""HTTP routes for shipments: parse, call the service, return."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from backend.accounts.dependencies import CurrentPartner, CurrentSeller
+from backend.errors import problem_responses
+from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
+from backend.shipments.dependencies import ShipmentServiceDep, VisibilityDep
+from backend.shipments.errors import (
+    IdempotencyKeyReused,
+    InvalidTransition,
+    InvalidVerificationCode,
+    NoPartnerAvailable,
+    ShipmentNotFound,
+    VerificationCodeBurned,
+    VerificationCodeRequired,
+    VersionMismatch,
+)
+from backend.shipments.schemas import (
+    ShipmentCreate,
+    ShipmentPage,
+    ShipmentRead,
+    ShipmentUpdate,
+    TagSlug,
+    TagsReplace,
+)
+from backend.shipments.status import STATUS_MACHINE_DOC, ShipmentStatus
+
+router = APIRouter(prefix="/shipments", tags=["Shipments"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Any unique string (a UUID works). Retries with the same key and body get "
+        "the original response and create nothing.",
+    ),
+]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        pattern=r'^(W/)?"?[0-9]{1,9}"?$',
+        description="The `version` (or `ETag`) you last saw; 412 if the shipment changed since.",
+    ),
+]
+
+
+def _etag(shipment: ShipmentRead, response: Response) -> ShipmentRead:
+    response.headers["ETag"] = f'"{shipment.version}"'
+    return shipment
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ShipmentRead,
+    responses=problem_responses(NoPartnerAvailable, IdempotencyKeyReused),
+)
+async def create_shipment(
+    body: ShipmentCreate,
+    seller: CurrentSeller,
+    shipments: ShipmentServiceDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> ShipmentRead:
+    """Create a shipment and assign it to a delivery partner at once.
+
+    The partner is the least-loaded one that serves the destination zip code and has spare
+    capacity; if there is none, nothing is stored and the answer is 409 `no_partner_available`.
+    The shipment starts `placed`, with an ETA of now plus the default transit time.
+
+    Send an `Idempotency-Key` to retry safely: the same key and body return the original 201
+    (with `Idempotent-Replayed: true`); the same key with another body is 422.
+    """
+    created = await shipments.create(seller, body, idempotency_key)
+    if created.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/shipments/{created.shipment.id}"
+    return _etag(created.shipment, response)
+
+
+@router.get("", response_model=ShipmentPage, responses=problem_responses(InvalidCursor))
+async def list_shipments(
+    visibility: VisibilityDep,
+    shipments: ShipmentServiceDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+    ] = None,
+    status_filter: Annotated[ShipmentStatus | None, Query(alias="status")] = None,
+    tag: Annotated[TagSlug | None, Query()] = None,
+) -> ShipmentPage:
+    """Shipments newest first: a seller's own, or those assigned to the calling partner.
+
+    Filter by `status` and by `tag`; follow `next_cursor` until it is null.
+    """
+    return await shipments.list_page(
+        visibility, limit=limit, cursor=cursor, status=status_filter, tag=tag
+    )
+
+
+@router.get(
+    "/{shipment_id}", response_model=ShipmentRead, responses=problem_responses(ShipmentNotFound)
+)
+async def get_shipment(
+    shipment_id: uuid.UUID,
+    visibility: VisibilityDep,
+    shipments: ShipmentServiceDep,
+    response: Response,
+) -> ShipmentRead:
+    """One shipment with its whole timeline, for its seller or its assigned partner.
+
+    Anyone else gets 404, whether or not the id exists.
+    """
+    return _etag(await shipments.get(shipment_id, visibility), response)
+
+
+@router.patch(
+    "/{shipment_id}",
+    response_model=ShipmentRead,
+    responses=problem_responses(
+        ShipmentNotFound,
+        InvalidTransition,
+        VersionMismatch,
+        VerificationCodeRequired,
+        InvalidVerificationCode,
+        VerificationCodeBurned,
+    ),
+    description=STATUS_MACHINE_DOC,
+)
+async def update_shipment(
+    shipment_id: uuid.UUID,
+    body: ShipmentUpdate,
+    partner: CurrentPartner,
+    shipments: ShipmentServiceDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> ShipmentRead:
+    """Report a step as the assigned partner: a new status, a location scan, a note or an ETA.
+
+    Every accepted report appends one timeline event and increments `version`. `delivered`
+    needs the recipient's `verification_code`: a wrong one is 422, and after five wrong tries
+    the code is burned (429) until the shipment goes out for delivery again.
+    """
+    expected = int(if_match.removeprefix("W/").strip('"')) if if_match else None
+    updated = await shipments.report(partner, shipment_id, body, expected_version=expected)
+    return _etag(updated, response)
+
+
+@router.post(
+    "/{shipment_id}/cancel",
+    response_model=ShipmentRead,
+    responses=problem_responses(ShipmentNotFound, InvalidTransition),
+)
+async def cancel_shipment(
+    shipment_id: uuid.UUID, seller: CurrentSeller, shipments: ShipmentServiceDep, response: Response
+) -> ShipmentRead:
+    """Cancel a shipment that is still `placed`; its partner's capacity is freed at once."""
+    return _etag(await shipments.cancel(seller, shipment_id), response)
+
+
+@router.put(
+    "/{shipment_id}/tags",
+    response_model=ShipmentRead,
+    responses=problem_responses(ShipmentNotFound),
+)
+async def replace_shipment_tags(
+    shipment_id: uuid.UUID,
+    body: TagsReplace,
+    seller: CurrentSeller,
+    shipments: ShipmentServiceDep,
+    response: Response,
+) -> ShipmentRead:
+    """Replace the shipment's tags with exactly these (lower-case slugs, at most 10)."""
+    return _etag(await shipments.replace_tags(seller, shipment_id, body.tags), response)

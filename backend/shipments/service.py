@@ -1,0 +1,359 @@
+"""Shipment decisions: assignment, ownership, the status machine, idempotency, delivery codes.
+
+Races are settled by PostgreSQL: partner capacity by a locked conditional UPDATE, status changes
+and timeline sequences by a row lock on the shipment, idempotency by the key's primary key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from backend.accounts.models import Partner, Seller
+from backend.db import utcnow
+from backend.notifications.models import OutboxMessage
+from backend.pagination import decode_cursor, encode_cursor
+from backend.shipments.delivery_codes import DeliveryCodes
+from backend.shipments.errors import (
+    IdempotencyKeyReused,
+    InvalidTransition,
+    NoPartnerAvailable,
+    ShipmentNotFound,
+    TrackingNumberNotFound,
+    VersionMismatch,
+)
+from backend.shipments.models import Shipment, ShipmentEvent
+from backend.shipments.repository import ShipmentRepository, Visibility
+from backend.shipments.schemas import (
+    DestinationRead,
+    PartnerSummary,
+    PublicDestination,
+    PublicPartner,
+    RecipientRead,
+    ShipmentCreate,
+    ShipmentPage,
+    ShipmentRead,
+    ShipmentUpdate,
+    TimelineEvent,
+    TrackingView,
+)
+from backend.shipments.status import (
+    CANCELLABLE,
+    PARTNER_TRANSITIONS,
+    TERMINAL,
+    ShipmentStatus,
+    allowed_next,
+)
+
+# No 0/O, 1/I/L or U: readable over the phone. 14 of 30 symbols is about 68 bits.
+TRACKING_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
+TRACKING_NUMBER_LENGTH = 14
+
+EVENT_DESCRIPTIONS = {
+    ShipmentStatus.placed: "Shipment created",
+    ShipmentStatus.in_transit: "In transit",
+    ShipmentStatus.out_for_delivery: "Out for delivery",
+    ShipmentStatus.delivered: "Delivered",
+    ShipmentStatus.cancelled: "Cancelled by the sender",
+    ShipmentStatus.returned: "Returned to the sender",
+}
+
+
+def new_tracking_number() -> str:
+    return "".join(secrets.choice(TRACKING_ALPHABET) for _ in range(TRACKING_NUMBER_LENGTH))
+
+
+def request_fingerprint(body: ShipmentCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedShipment:
+    shipment: ShipmentRead
+    # True when this is the stored response to an earlier request with the same key.
+    replayed: bool
+
+
+class ShipmentService:
+    def __init__(
+        self,
+        session: AsyncSession,
+        codes: DeliveryCodes,
+        *,
+        public_base_url: str,
+        default_transit_days: int,
+    ) -> None:
+        self._session = session
+        self._shipments = ShipmentRepository(session)
+        self._codes = codes
+        self._public_base_url = public_base_url.rstrip("/")
+        self._transit = timedelta(days=default_transit_days)
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def get(self, shipment_id: uuid.UUID, visibility: Visibility) -> ShipmentRead:
+        shipment = await self._shipments.get(shipment_id, visibility)
+        if shipment is None:
+            raise ShipmentNotFound()
+        return self._read(shipment)
+
+    async def list_page(
+        self,
+        visibility: Visibility,
+        *,
+        limit: int,
+        cursor: str | None,
+        status: ShipmentStatus | None,
+        tag: str | None,
+    ) -> ShipmentPage:
+        after = decode_cursor(cursor) if cursor else None
+        # One more than asked for tells whether another page follows.
+        rows = await self._shipments.page(
+            visibility, limit=limit + 1, after=after, status=status, tag=tag
+        )
+        items = list(rows[:limit])
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = encode_cursor(last.created_at, last.id)
+        return ShipmentPage(items=[self._read(item) for item in items], next_cursor=next_cursor)
+
+    async def track(self, tracking_number: str) -> TrackingView:
+        shipment = await self._shipments.get_by_tracking_number(tracking_number.strip().upper())
+        if shipment is None:
+            raise TrackingNumberNotFound()
+        return TrackingView(
+            tracking_number=shipment.tracking_number,
+            status=shipment.status,
+            estimated_delivery=shipment.estimated_delivery,
+            destination=PublicDestination(
+                zip_code=shipment.destination_zip, city=shipment.destination_city
+            ),
+            partner=PublicPartner(name=shipment.partner.name),
+            timeline=[TimelineEvent.model_validate(event) for event in shipment.timeline],
+        )
+
+    # --- sellers -------------------------------------------------------------------------
+
+    async def create(
+        self, seller: Seller, body: ShipmentCreate, idempotency_key: str | None
+    ) -> CreatedShipment:
+        if idempotency_key is not None:
+            fingerprint = request_fingerprint(body)
+            earlier = await self._shipments.claim_idempotency_key(
+                seller.id, idempotency_key, fingerprint
+            )
+            if earlier is not None:
+                if earlier.request_fingerprint != fingerprint:
+                    raise IdempotencyKeyReused()
+                return CreatedShipment(ShipmentRead.model_validate(earlier.response_body), True)
+
+        partner = await self._shipments.claim_partner(body.destination.zip_code)
+        if partner is None:
+            raise NoPartnerAvailable()
+        now = utcnow()
+        shipment = Shipment(
+            tracking_number=new_tracking_number(),
+            seller_id=seller.id,
+            partner_id=partner.id,
+            status=ShipmentStatus.placed,
+            content=body.content,
+            weight_kg=body.weight_kg,
+            destination_zip=body.destination.zip_code,
+            destination_address_line=body.destination.address_line,
+            destination_city=body.destination.city,
+            recipient_name=body.recipient.name,
+            recipient_email=body.recipient.email,
+            recipient_phone=body.recipient.phone,
+            reference=body.reference,
+            estimated_delivery=now + self._transit,
+            created_at=now,
+            updated_at=now,
+        )
+        self._append_event(shipment, ShipmentStatus.placed, location_zip=None, note=None)
+        await self._shipments.add(shipment)
+        tags = await self._shipments.replace_tags(shipment, body.tags)
+        created = self._read(
+            shipment,
+            partner=PartnerSummary(id=partner.id, name=partner.name),
+            tags=[t.name for t in tags],
+        )
+        if idempotency_key is not None:
+            await self._shipments.record_idempotent_response(
+                seller.id, idempotency_key, shipment.id, created.model_dump(mode="json")
+            )
+        return CreatedShipment(created, replayed=False)
+
+    async def cancel(self, seller: Seller, shipment_id: uuid.UUID) -> ShipmentRead:
+        shipment = await self._locked(shipment_id, Visibility(seller_id=seller.id))
+        if shipment.status not in CANCELLABLE:
+            raise InvalidTransition(
+                f"Only placed shipments can be cancelled; this one is {shipment.status.value}.",
+                current_status=shipment.status.value,
+                allowed_next=[],
+            )
+        await self._move(shipment, ShipmentStatus.cancelled, location_zip=None, note=None)
+        await self._session.flush()
+        return self._read(shipment)
+
+    async def replace_tags(
+        self, seller: Seller, shipment_id: uuid.UUID, names: list[str]
+    ) -> ShipmentRead:
+        shipment = await self._locked(shipment_id, Visibility(seller_id=seller.id))
+        tags = await self._shipments.replace_tags(shipment, names)
+        self._bump_version(shipment)
+        await self._session.flush()
+        return self._read(shipment, tags=[tag.name for tag in tags])
+
+    # --- partners ------------------------------------------------------------------------
+
+    async def report(
+        self,
+        partner: Partner,
+        shipment_id: uuid.UUID,
+        change: ShipmentUpdate,
+        *,
+        expected_version: int | None,
+    ) -> ShipmentRead:
+        shipment = await self._locked(shipment_id, Visibility(partner_id=partner.id))
+        if expected_version is not None and shipment.version != expected_version:
+            raise VersionMismatch(
+                f"The shipment is at version {shipment.version}, not {expected_version}.",
+                current_version=shipment.version,
+            )
+        target = change.status or shipment.status
+        self._check_transition(shipment, change.status)
+        if target is ShipmentStatus.delivered:
+            self._codes.redeem(shipment, change.verification_code)
+        if change.estimated_delivery is not None:
+            shipment.estimated_delivery = change.estimated_delivery
+        await self._move(shipment, target, location_zip=change.location_zip, note=change.note)
+        if change.status is ShipmentStatus.out_for_delivery:
+            self._send_delivery_code(shipment)
+        await self._session.flush()
+        return self._read(shipment)
+
+    # --- internals -----------------------------------------------------------------------
+
+    async def _locked(self, shipment_id: uuid.UUID, visibility: Visibility) -> Shipment:
+        shipment = await self._shipments.lock(shipment_id, visibility)
+        if shipment is None:
+            raise ShipmentNotFound()
+        return shipment
+
+    @staticmethod
+    def _check_transition(shipment: Shipment, target: ShipmentStatus | None) -> None:
+        current = shipment.status
+        if target is None and current not in TERMINAL:
+            return  # a note, a location or a new ETA for the current state
+        if target is not None and target in PARTNER_TRANSITIONS[current]:
+            return
+        allowed = allowed_next(current)
+        wanted = target.value if target is not None else "an update"
+        raise InvalidTransition(
+            f"A {current.value} shipment cannot take {wanted}; allowed next: "
+            f"{', '.join(state.value for state in allowed) or 'none (it is final)'}.",
+            current_status=current.value,
+            allowed_next=[state.value for state in allowed],
+        )
+
+    async def _move(
+        self,
+        shipment: Shipment,
+        target: ShipmentStatus,
+        *,
+        location_zip: str | None,
+        note: str | None,
+    ) -> None:
+        """Apply one accepted change: status, version, one timeline event, freed capacity."""
+        reaches_final_state = target in TERMINAL and shipment.status not in TERMINAL
+        shipment.status = target
+        self._bump_version(shipment)
+        self._append_event(shipment, target, location_zip=location_zip, note=note)
+        if reaches_final_state:
+            # The partner's slot is free the moment this commits.
+            await self._shipments.release_partner(shipment.partner_id)
+
+    @staticmethod
+    def _bump_version(shipment: Shipment) -> None:
+        shipment.version += 1
+        shipment.updated_at = utcnow()
+
+    @staticmethod
+    def _append_event(
+        shipment: Shipment, status: ShipmentStatus, *, location_zip: str | None, note: str | None
+    ) -> None:
+        # Under the shipment's row lock (or in its creating transaction): no gaps, no duplicates.
+        shipment.last_sequence += 1
+        shipment.timeline.append(
+            ShipmentEvent(
+                shipment_id=shipment.id,
+                sequence=shipment.last_sequence,
+                status=status,
+                location_zip=location_zip,
+                description=note or EVENT_DESCRIPTIONS[status],
+            )
+        )
+
+    def _send_delivery_code(self, shipment: Shipment) -> None:
+        code, expires_at = self._codes.issue(shipment)
+        self._session.add(
+            OutboxMessage(
+                kind="email.delivery_code",
+                shipment_id=shipment.id,
+                payload={
+                    "to": shipment.recipient_email,
+                    "recipient_name": shipment.recipient_name,
+                    "tracking_number": shipment.tracking_number,
+                    "tracking_url": self._tracking_url(shipment),
+                    "verification_code": code,
+                    "expires_at": expires_at.isoformat(),
+                },
+            )
+        )
+
+    def _tracking_url(self, shipment: Shipment) -> str:
+        return f"{self._public_base_url}/t/{shipment.tracking_number}"
+
+    def _read(
+        self,
+        shipment: Shipment,
+        *,
+        partner: PartnerSummary | None = None,
+        tags: list[str] | None = None,
+    ) -> ShipmentRead:
+        """The API view; `partner` and `tags` default to the loaded relationships."""
+        return ShipmentRead(
+            id=shipment.id,
+            tracking_number=shipment.tracking_number,
+            status=shipment.status,
+            content=shipment.content,
+            weight_kg=shipment.weight_kg,
+            destination=DestinationRead(
+                zip_code=shipment.destination_zip,
+                address_line=shipment.destination_address_line,
+                city=shipment.destination_city,
+            ),
+            recipient=RecipientRead(
+                name=shipment.recipient_name,
+                email=shipment.recipient_email,
+                phone=shipment.recipient_phone,
+            ),
+            tags=sorted(tags if tags is not None else [tag.name for tag in shipment.tags]),
+            reference=shipment.reference,
+            seller_id=shipment.seller_id,
+            partner=partner or PartnerSummary(id=shipment.partner.id, name=shipment.partner.name),
+            estimated_delivery=shipment.estimated_delivery,
+            version=shipment.version,
+            created_at=shipment.created_at,
+            updated_at=shipment.updated_at,
+            tracking_url=self._tracking_url(shipment),
+            timeline=[TimelineEvent.model_validate(event) for event in shipment.timeline],
+        )
