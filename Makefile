@@ -6,13 +6,16 @@ UV_VERSION := 0.13.9
 SCALAR_VERSION := 1.72.1
 SCALAR_JS := backend/static/scalar/standalone.js
 
-.PHONY: run test check lint typecheck fmt migrate revision openapi install scalar clean
+.PHONY: run test demo check lint typecheck fmt migrate revision openapi install scalar clean
 
 run: install ## Serve the API on 127.0.0.1:8000 (embedded PostgreSQL + Redis unless URLs are set)
 	$(BIN)/shiptrack serve
 
 test: install ## Run the whole test suite (embedded services unless TEST_DATABASE_URL/TEST_REDIS_URL)
 	$(BIN)/pytest
+
+demo: install ## Seed demo accounts and shipments into the service's database; prints tokens and links
+	$(BIN)/shiptrack demo
 
 check: lint typecheck ## Lint, format check and strict type check
 

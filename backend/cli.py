@@ -1,8 +1,9 @@
-"""`shiptrack serve | migrate | openapi`."""
+"""`shiptrack serve | migrate | demo | openapi`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
@@ -18,6 +19,7 @@ from alembic.config import Config
 from pydantic import ValidationError
 
 from backend.config import Settings
+from backend.demo import DemoData, describe, seed
 from backend.embedded import EmbeddedUnavailable, embedded_services
 from backend.logging_setup import configure_logging
 from backend.main import create_app
@@ -107,6 +109,20 @@ def run_migrations(_args: argparse.Namespace) -> None:
         logger.info("database is at the latest migration")
 
 
+def seed_demo(_args: argparse.Namespace) -> None:
+    with connected_settings() as (settings, _embedded):
+        assert settings.database_url is not None
+        migrate(settings.database_url)
+        # The printed summary is the output; request logs would bury it.
+        app = create_app(settings.model_copy(update={"log_level": "WARNING"}))
+
+        async def run() -> DemoData:
+            async with app.router.lifespan_context(app):
+                return await seed(app)
+
+        print(describe(asyncio.run(run()), settings.public_base_url))  # noqa: T201 - CLI output
+
+
 def print_openapi(_args: argparse.Namespace) -> None:
     schema = create_app(Settings()).openapi()
     json.dump(schema, sys.stdout, indent=2)
@@ -128,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("openapi", help="print the OpenAPI document").set_defaults(
         handler=print_openapi
     )
+    commands.add_parser(
+        "demo", help="create demo accounts and shipments; prints tokens and tracking links"
+    ).set_defaults(handler=seed_demo)
 
     args = parser.parse_args(argv)
     try:

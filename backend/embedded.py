@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ import redis
 logger = logging.getLogger(__name__)
 
 DATABASE_NAME = "shiptrack"
+# pgserver asks platformdirs for a runtime folder (starting and stopping) that it does not need.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -39,10 +42,11 @@ class EmbeddedServices:
     database_url: str
     redis_url: str
     _postgres: Any
-    _redis: subprocess.Popen[bytes]
+    # None when another process of ours (a running `shiptrack serve`) owns the Redis server.
+    _redis: subprocess.Popen[bytes] | None
 
     def stop(self) -> None:
-        if self._redis.poll() is None:
+        if self._redis is not None and self._redis.poll() is None:
             self._redis.terminate()  # SIGTERM: Redis flushes its append-only file and exits
             try:
                 self._redis.wait(timeout=10)
@@ -112,6 +116,18 @@ def redis_server_binary() -> str:
         return found
 
 
+def _answers_ping(socket: Path) -> bool:
+    if not socket.exists():
+        return False
+    client = redis.Redis(unix_socket_path=str(socket), socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
 def start_redis(folder: Path, *, port: int = 0, persistent: bool = True) -> subprocess.Popen[bytes]:
     """Start redis-server on a Unix socket in `folder` (and on `port` if not 0)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,17 +145,13 @@ def start_redis(folder: Path, *, port: int = 0, persistent: bool = True) -> subp
         "--logfile", str((folder / "redis.log").resolve()),
     ]  # fmt: skip
     process = subprocess.Popen(arguments, preexec_fn=_die_with_parent)  # noqa: PLW1509, S603
-    client = redis.Redis(unix_socket_path=str(socket), socket_timeout=1)
     deadline = time.monotonic() + 15
-    while True:
-        with contextlib.suppress(redis.RedisError, OSError):
-            if client.ping():
-                client.close()
-                return process
+    while not _answers_ping(socket):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise EmbeddedUnavailable(f"redis-server did not start; see {folder / 'redis.log'}")
         time.sleep(0.05)
+    return process
 
 
 @contextlib.contextmanager
@@ -148,14 +160,16 @@ def embedded_services(data_dir: Path) -> Iterator[EmbeddedServices]:
     data_dir.mkdir(parents=True, exist_ok=True)
     logger.info("starting embedded PostgreSQL and Redis under %s", data_dir)
     postgres, database_url = _start_postgres(data_dir / "postgres")
+    redis_socket = (data_dir / "redis" / "redis.sock").resolve()
     try:
-        redis_process = start_redis(data_dir / "redis")
+        # `shiptrack demo` next to a running `shiptrack serve` shares its Redis.
+        redis_process = None if _answers_ping(redis_socket) else start_redis(data_dir / "redis")
     except BaseException:
         postgres.cleanup()
         raise
     services = EmbeddedServices(
         database_url=database_url,
-        redis_url=f"unix://{(data_dir / 'redis' / 'redis.sock').resolve()}",
+        redis_url=f"unix://{redis_socket}",
         _postgres=postgres,
         _redis=redis_process,
     )

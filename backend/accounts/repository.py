@@ -6,8 +6,8 @@ import uuid
 from typing import Generic, TypeVar
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.accounts.models import Partner, Seller
 from backend.db import violated_constraint
@@ -30,7 +30,7 @@ class AccountRepository(Generic[AccountT]):
 
     async def get_by_email(self, email: str) -> AccountT | None:
         statement = select(self._model).where(self._model.email == email.lower())
-        return (await self._session.exec(statement)).first()
+        return (await self._session.execute(statement)).scalars().first()
 
     async def add(self, account: AccountT) -> AccountT:
         """Insert; raises `DuplicateEmail` when the unique email constraint refuses it."""

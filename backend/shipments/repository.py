@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 from sqlmodel import col
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.accounts.models import Partner
 from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentTag, Tag

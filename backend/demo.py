@@ -1,0 +1,188 @@
+"""`shiptrack demo`: a seller, partners and a shipment in every status, through the real API.
+
+Requests go through the application in-process (the same code and database as the running
+service), so everything it creates is visible at once on http://127.0.0.1:8000.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlmodel import col
+
+from backend.notifications.models import OutboxMessage
+
+DEMO_PASSWORD = "demo-password-123"  # noqa: S105 - printed for the newcomer on purpose
+
+
+@dataclass
+class DemoAccount:
+    kind: str
+    id: str
+    name: str
+    email: str
+    token: str
+
+
+@dataclass
+class DemoShipment:
+    status: str
+    id: str
+    tracking_number: str
+    tracking_url: str
+
+
+@dataclass
+class DemoData:
+    seller: DemoAccount
+    partners: list[DemoAccount]
+    # A zip code of this run's own, so partners from earlier runs never take its shipments.
+    zip_code: str
+    shipments: list[DemoShipment] = field(default_factory=list)
+
+
+class DemoClient:
+    def __init__(self, http: httpx.AsyncClient, app: FastAPI) -> None:
+        self._http = http
+        self._app = app
+
+    async def call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = await self._http.request(method, path, headers=headers, **kwargs)
+        if response.is_error:
+            raise RuntimeError(f"{method} {path} failed: {response.status_code} {response.text}")
+        return response.json() if response.content else None
+
+    async def account(self, kind: str, name: str, **profile: Any) -> DemoAccount:
+        email = f"demo-{kind}-{secrets.token_hex(3)}@example.com"
+        body = {"name": name, "email": email, "password": DEMO_PASSWORD, **profile}
+        account = await self.call("POST", f"/{kind}/signup", json=body)
+        form = {"username": email, "password": DEMO_PASSWORD}
+        token = (await self.call("POST", f"/{kind}/token", data=form))["access_token"]
+        return DemoAccount(kind, account["id"], name, email, token)
+
+    async def latest_delivery_code(self, shipment_id: str) -> str:
+        # The code goes to the recipient by email; the demo reads it where the email waits.
+        async with self._app.state.sessionmaker() as session:
+            statement = (
+                select(col(OutboxMessage.payload))
+                .where(col(OutboxMessage.shipment_id) == uuid.UUID(shipment_id))
+                .where(col(OutboxMessage.kind) == "email.delivery_code")
+                .order_by(col(OutboxMessage.created_at).desc())
+                .limit(1)
+            )
+            payload = (await session.execute(statement)).scalar_one()
+        return str(payload["verification_code"])
+
+
+# Each shipment's path through the status machine, as its partner reports it.
+STORIES: list[tuple[str, list[dict[str, Any]]]] = [
+    ("2 paperback books", []),
+    (
+        "Espresso machine",
+        [{"status": "in_transit", "location_zip": "07001", "note": "Left the Newark hub"}],
+    ),
+    (
+        "Running shoes",
+        [
+            {"status": "in_transit", "location_zip": "07001"},
+            {
+                "status": "in_transit",
+                "location_zip": "10010",
+                "note": "Arrived at the Manhattan depot",
+            },
+            {"status": "out_for_delivery"},
+        ],
+    ),
+    (
+        "Wool scarf",
+        [{"status": "in_transit"}, {"status": "out_for_delivery"}, {"status": "delivered"}],
+    ),
+    (
+        "Desk lamp",
+        [{"status": "in_transit"}, {"status": "returned", "note": "Refused by recipient"}],
+    ),
+]
+
+
+async def seed(app: FastAPI) -> DemoData:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://demo") as http:
+        demo = DemoClient(http, app)
+        zip_code = f"DEMO-{secrets.token_hex(2).upper()}"
+        seller = await demo.account("seller", "Acme Books", zip_code="10001")
+        partners = [
+            await demo.account(
+                "partner", name, serviceable_zip_codes=[zip_code], max_handling_capacity=25
+            )
+            for name in ("Speedy Couriers", "Metro Parcel")
+        ]
+        data = DemoData(seller=seller, partners=partners, zip_code=zip_code)
+        for content, steps in STORIES:
+            data.shipments.append(await _ship(demo, data, content, steps))
+        cancelled = await _ship(demo, data, "Gift card", [])
+        await demo.call("POST", f"/shipments/{cancelled.id}/cancel", seller.token)
+        data.shipments.append(
+            DemoShipment(
+                "cancelled", cancelled.id, cancelled.tracking_number, cancelled.tracking_url
+            )
+        )
+        return data
+
+
+async def _ship(
+    demo: DemoClient, data: DemoData, content: str, steps: list[dict[str, Any]]
+) -> DemoShipment:
+    body = {
+        "content": content,
+        "weight_kg": 1.2,
+        "destination": {
+            "zip_code": data.zip_code,
+            "city": "New York",
+            "address_line": "350 5th Ave",
+        },
+        "recipient": {"name": "Grace Hopper", "email": "grace@example.com"},
+        "tags": ["demo"],
+    }
+    shipment = await demo.call("POST", "/shipments", data.seller.token, json=body)
+    partner_token = next(p.token for p in data.partners if p.id == shipment["partner"]["id"])
+    for step in steps:
+        report = dict(step)
+        if report.get("status") == "delivered":
+            report["verification_code"] = await demo.latest_delivery_code(shipment["id"])
+        shipment = await demo.call(
+            "PATCH", f"/shipments/{shipment['id']}", partner_token, json=report
+        )
+    return DemoShipment(
+        shipment["status"], shipment["id"], shipment["tracking_number"], shipment["tracking_url"]
+    )
+
+
+def describe(data: DemoData, base_url: str) -> str:
+    lines = [
+        f"Shiptrack demo data on {base_url}  (reference: {base_url}/scalar)",
+        "",
+        f"Password for every demo account: {DEMO_PASSWORD}",
+    ]
+    for account in [data.seller, *data.partners]:
+        lines += [
+            "",
+            f"{account.kind.title()}: {account.name} <{account.email}>",
+            f"  token: {account.token}",
+        ]
+    lines += ["", "Shipments:"]
+    for shipment in data.shipments:
+        lines.append(f"  {shipment.status:<17} {shipment.id}  {shipment.tracking_url}")
+    lines += [
+        "",
+        "Try:",
+        f"  curl -s {base_url}/shipments -H 'Authorization: Bearer {data.seller.token}'",
+        f"  open {data.shipments[2].tracking_url}",
+    ]
+    return "\n".join(lines)

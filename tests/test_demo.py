@@ -1,0 +1,38 @@
+"""`shiptrack demo` leaves a newcomer ready-to-use accounts and a shipment in every status."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import FastAPI
+
+from backend.demo import describe, seed
+from backend.shipments.status import ShipmentStatus
+from tests.factories import bearer
+
+
+async def test_demo_creates_a_shipment_in_every_status(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    data = await seed(app)
+
+    assert {shipment.status for shipment in data.shipments} == set(ShipmentStatus)
+    listed = await client.get("/shipments?limit=100", headers=bearer(data.seller.token))
+    assert listed.status_code == 200
+    assert {item["status"] for item in listed.json()["items"]} == set(ShipmentStatus)
+    for partner in data.partners:
+        me = await client.get("/partner/me", headers=bearer(partner.token))
+        assert me.status_code == 200
+    for shipment in data.shipments:
+        page = await client.get(shipment.tracking_url.removeprefix("http://127.0.0.1:8000"))
+        assert page.status_code == 200
+
+
+async def test_demo_summary_prints_tokens_and_tracking_links(app: FastAPI) -> None:
+    data = await seed(app)
+
+    summary = describe(data, "http://127.0.0.1:8000")
+
+    assert data.seller.token in summary
+    assert all(partner.token in summary for partner in data.partners)
+    assert all(shipment.tracking_url in summary for shipment in data.shipments)
+    assert "http://127.0.0.1:8000/scalar" in summary
