@@ -15,7 +15,12 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from backend.accounts.dependencies import current_partner, current_seller, get_access_claims
+from backend.accounts.dependencies import (
+    current_account,
+    current_partner,
+    current_seller,
+    get_access_claims,
+)
 from backend.config import Settings
 from backend.main import create_app
 from tests.conftest import make_settings
@@ -68,6 +73,8 @@ def _expected_security_by_operation(app: FastAPI) -> dict[tuple[str, str], set[s
             schemes = {"sellerAuth"} | (schemes or set())
         if current_partner in calls:
             schemes = {"partnerAuth"} | (schemes or set())
+        if current_account in calls:
+            schemes = {"sellerAuth", "partnerAuth"}
         if not schemes and get_access_claims in calls:
             schemes = None
         assert context.path_format is not None
@@ -156,8 +163,8 @@ async def test_each_operation_security_follows_its_auth_dependency(
             assert all(len(alt) == 1 and next(iter(alt.values())) == [] for alt in security)
             assert {name for alt in security for name in alt} == schemes, key
             assert len(security) == len(schemes), key
-    # The walk is not vacuous: the app has seller-only, partner-only and public operations.
-    assert {"public", "sellerAuth", "partnerAuth"} <= kinds
+    # The walk is not vacuous: seller-only, partner-only, either-kind and public operations.
+    assert {"public", "sellerAuth", "partnerAuth", "partnerAuth/sellerAuth"} <= kinds
 
 
 async def test_security_of_known_operations(spec: dict[str, Any]) -> None:
