@@ -19,9 +19,11 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlmodel import Field, Relationship, SQLModel
 
 from backend.accounts.models import Partner
@@ -29,6 +31,19 @@ from backend.db import utcnow
 from backend.shipments.status import ShipmentStatus
 
 _STATUS_VALUES = ", ".join(f"'{status.value}'" for status in ShipmentStatus)
+
+
+class StatusColumn(TypeDecorator[ShipmentStatus]):
+    """A status stored as VARCHAR (checked by a constraint) and read back as the enum."""
+
+    impl = String(20)
+    cache_ok = True
+
+    def process_bind_param(self, value: ShipmentStatus | None, dialect: Dialect) -> str | None:
+        return None if value is None else ShipmentStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> ShipmentStatus | None:
+        return None if value is None else ShipmentStatus(value)
 
 
 class ShipmentTag(SQLModel, table=True):
@@ -64,7 +79,7 @@ class ShipmentEvent(SQLModel, table=True):
         sa_column=Column(ForeignKey("shipments.id", ondelete="CASCADE"), nullable=False)
     )
     sequence: int = Field(ge=1)
-    status: ShipmentStatus = Field(sa_type=String(20))
+    status: ShipmentStatus = Field(sa_type=StatusColumn)
     location_zip: str | None = Field(default=None, max_length=20)
     description: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
@@ -86,7 +101,7 @@ class Shipment(SQLModel, table=True):
     tracking_number: str = Field(max_length=20, unique=True)
     seller_id: uuid.UUID = Field(foreign_key="sellers.id")
     partner_id: uuid.UUID = Field(foreign_key="partners.id")
-    status: ShipmentStatus = Field(default=ShipmentStatus.placed, sa_type=String(20))
+    status: ShipmentStatus = Field(default=ShipmentStatus.placed, sa_type=StatusColumn)
     content: str = Field(max_length=200)
     weight_kg: float = Field(sa_type=Float)
     destination_zip: str = Field(max_length=20)
