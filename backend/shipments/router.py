@@ -48,10 +48,18 @@ IfMatch = Annotated[
     str | None,
     Header(
         alias="If-Match",
-        pattern=r'^(W/)?"?[0-9]{1,9}"?$',
-        description="The `version` (or `ETag`) you last saw; 412 if the shipment changed since.",
+        pattern=r'^(\*|(W/)?"?[0-9]{1,9}"?)$',
+        description="The `version` (or `ETag`) you last saw; 412 if the shipment changed since. "
+        "`*` matches any version.",
     ),
 ]
+
+
+def _expected_version(if_match: str | None) -> int | None:
+    """`3`, `"3"` and `W/"3"` name version 3; no header or `*` accepts any version."""
+    if if_match is None or if_match == "*":
+        return None
+    return int(if_match.removeprefix("W/").strip('"'))
 
 
 def _etag(shipment: ShipmentRead, response: Response) -> ShipmentRead:
@@ -151,7 +159,7 @@ async def update_shipment(
     needs the recipient's `verification_code`: a wrong one is 422, and after five wrong tries
     the code is burned (429) until the shipment goes out for delivery again.
     """
-    expected = int(if_match.removeprefix("W/").strip('"')) if if_match else None
+    expected = _expected_version(if_match)
     updated = await shipments.report(partner, shipment_id, body, expected_version=expected)
     return _etag(updated, response)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Self
 
 from pydantic import (
@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    Strict,
     StringConstraints,
     model_validator,
 )
@@ -74,12 +75,31 @@ Phone = Annotated[
 ]
 WeightKg = Annotated[
     float,
+    # Strict: a number, not `true` or "5".
+    Strict(),
     Field(gt=0, le=100, allow_inf_nan=False, description="Kilograms, above 0 and at most 100."),
 ]
 VerificationCode = Annotated[
     str,
     StringConstraints(pattern=r"^[0-9]{6}$"),
     Field(description="The 6-digit code the recipient received by email.", examples=["042917"]),
+]
+
+
+def _future_in_utc(value: datetime) -> datetime:
+    try:
+        in_utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be a date between the years 1 and 9999 in UTC") from None
+    if in_utc <= datetime.now(UTC):
+        raise ValueError("must be in the future")
+    return in_utc
+
+
+FutureUtcDatetime = Annotated[
+    AwareDatetime,
+    AfterValidator(_future_in_utc),
+    Field(description="RFC 3339 with an offset, in the future.", examples=["2026-11-25T17:00:00Z"]),
 ]
 
 
@@ -138,7 +158,7 @@ class ShipmentUpdate(RequestBody):
     status: ShipmentStatus | None = None
     location_zip: ZipCode | None = None
     note: Note | None = None
-    estimated_delivery: AwareDatetime | None = None
+    estimated_delivery: FutureUtcDatetime | None = None
     verification_code: VerificationCode | None = None
 
     @model_validator(mode="after")

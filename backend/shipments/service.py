@@ -65,6 +65,15 @@ EVENT_DESCRIPTIONS = {
 }
 
 
+def _describe_update_without_status(change: ShipmentUpdate) -> str | None:
+    """A timeline line for a report that keeps the status, so no status line is repeated."""
+    if change.status is not None:
+        return None  # the status's own description
+    if change.estimated_delivery is not None:
+        return "New delivery estimate"
+    return "Location update"
+
+
 def new_tracking_number() -> str:
     return "".join(secrets.choice(TRACKING_ALPHABET) for _ in range(TRACKING_NUMBER_LENGTH))
 
@@ -234,7 +243,8 @@ class ShipmentService:
             self._codes.redeem(shipment, change.verification_code)
         if change.estimated_delivery is not None:
             shipment.estimated_delivery = change.estimated_delivery
-        await self._move(shipment, target, location_zip=change.location_zip, note=change.note)
+        note = change.note or _describe_update_without_status(change)
+        await self._move(shipment, target, location_zip=change.location_zip, note=note)
         if change.status is ShipmentStatus.out_for_delivery:
             self._send_delivery_code(shipment)
         await self._session.flush()

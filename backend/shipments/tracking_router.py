@@ -5,6 +5,7 @@ Neither shows the recipient's name, email or phone, nor any internal id.
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from backend.db import utcnow
 from backend.errors import problem_responses
 from backend.shipments.dependencies import ShipmentServiceDep
 from backend.shipments.errors import TrackingNumberNotFound
@@ -75,24 +77,87 @@ async def tracking_page(
     return templates.TemplateResponse(request, "tracking.html", page_context(view))
 
 
-def page_context(view: TrackingView) -> dict[str, object]:
-    """What the template needs beyond the view: labels and the progress steps."""
+def page_context(view: TrackingView, now: datetime | None = None) -> dict[str, object]:
+    """What the template needs beyond the view: labels, progress steps and dates in words.
+
+    Dates are shown in UTC (the page has no JavaScript to learn the reader's time zone).
+    """
+    today = (now or utcnow()).astimezone(UTC).date()
     reached = PROGRESS_STEPS.index(view.status) if view.status in PROGRESS_STEPS else -1
     steps = [
         {
+            "number": index + 1,
             "label": STATUS_LABELS[step],
             "done": index <= reached,
             "current": index == reached,
         }
         for index, step in enumerate(PROGRESS_STEPS)
     ]
+    eta = view.estimated_delivery.astimezone(UTC)
+    eta_in_days = (eta.date() - today).days
+    delivered_at = next(
+        (e.created_at for e in reversed(view.timeline) if e.status is ShipmentStatus.delivered),
+        None,
+    )
+    # Newest first reads best on a phone.
+    events = [
+        {
+            "description": event.description or STATUS_LABELS[event.status],
+            "status_label": STATUS_LABELS[event.status],
+            "status": event.status.value,
+            "location_zip": event.location_zip,
+            "when": _moment(event.created_at),
+        }
+        for event in reversed(view.timeline)
+    ]
     return {
         "view": view,
+        "status": view.status.value,
         "status_label": STATUS_LABELS[view.status],
-        "labels": STATUS_LABELS,
         "steps": steps,
+        "step_total": len(PROGRESS_STEPS),
         "is_final": view.status in TERMINAL,
         "stopped": view.status in (ShipmentStatus.cancelled, ShipmentStatus.returned),
-        # Newest first reads best on a phone.
-        "events": list(reversed(view.timeline)),
+        "eta": {
+            "iso": eta.isoformat(),
+            "date": _day(eta, today),
+            "relative": _relative_days(eta_in_days),
+            "late": eta_in_days < 0,
+        },
+        "delivered_at": _delivered(delivered_at, today) if delivered_at is not None else None,
+        "events": events,
     }
+
+
+def _day(moment: datetime, today: date) -> str:
+    """'Wednesday 25 November' (the year only when it is not this one)."""
+    day = f"{moment:%A} {moment.day} {moment:%B}"
+    return day if moment.year == today.year else f"{day} {moment.year}"
+
+
+def _moment(moment: datetime) -> dict[str, str]:
+    moment = moment.astimezone(UTC)
+    return {
+        "iso": moment.isoformat(),
+        "text": f"{moment:%a} {moment.day} {moment:%b %Y, %H:%M} UTC",
+    }
+
+
+def _delivered(moment: datetime, today: date) -> dict[str, str]:
+    moment = moment.astimezone(UTC)
+    return {
+        "iso": moment.isoformat(),
+        "day": _day(moment, today),
+        "time": f"{moment:%H:%M} UTC",
+        "relative": _relative_days((moment.date() - today).days),
+    }
+
+
+def _relative_days(days: int) -> str:
+    if days == 0:
+        return "today"
+    if days == 1:
+        return "tomorrow"
+    if days == -1:
+        return "yesterday"
+    return f"in {days} days" if days > 0 else f"{-days} days ago"
