@@ -1,4 +1,4 @@
-"""`shiptrack serve | migrate | demo | openapi`."""
+"""`shiptrack serve | worker | migrate | demo | openapi`."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ from alembic.config import Config
 from pydantic import ValidationError
 
 from backend.config import Settings
+from backend.db import create_engine, create_sessionmaker
 from backend.demo import DemoData, describe, seed
 from backend.embedded import EmbeddedUnavailable, embedded_services
 from backend.logging_setup import configure_logging
 from backend.main import create_app
+from backend.notifications.worker import OutboxWorker
 
 logger = logging.getLogger("shiptrack")
 
@@ -81,7 +83,8 @@ def serve(args: argparse.Namespace) -> None:
             assert settings.database_url is not None
             migrate(settings.database_url)
         config = uvicorn.Config(
-            create_app(settings),
+            # Embedded mode is one command for everything, the outbox worker included.
+            create_app(settings, run_worker=embedded),
             host=args.host or settings.host,
             port=args.port or settings.port,
             proxy_headers=True,
@@ -99,6 +102,27 @@ def serve(args: argparse.Namespace) -> None:
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum if signum != signal.SIGTERM else 0)
+
+
+def run_worker(_args: argparse.Namespace) -> None:
+    with connected_settings() as (settings, embedded):
+        configure_logging(settings.effective_log_format, settings.log_level)
+        assert settings.database_url is not None
+        if embedded:
+            migrate(settings.database_url)
+        asyncio.run(_work(settings, settings.database_url))
+
+
+async def _work(settings: Settings, database_url: str) -> None:
+    engine = create_engine(settings, database_url)
+    worker = OutboxWorker(settings, create_sessionmaker(engine))
+    loop = asyncio.get_running_loop()
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(stop_signal, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        await engine.dispose()
 
 
 def run_migrations(_args: argparse.Namespace) -> None:
@@ -138,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.add_argument("--port", type=int, default=None)
     serve_parser.set_defaults(handler=serve)
 
+    commands.add_parser("worker", help="deliver queued emails and webhooks").set_defaults(
+        handler=run_worker
+    )
     commands.add_parser("migrate", help="apply database migrations").set_defaults(
         handler=run_migrations
     )

@@ -65,6 +65,26 @@ class Settings(BaseSettings):
     delivery_code_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     delivery_code_max_attempts: int = Field(default=5, ge=1, le=20)
 
+    # Notifications: the outbox worker and email.
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    outbox_batch_size: int = Field(default=20, ge=1, le=500)
+    # How long a worker may hold claimed rows before another worker may take them.
+    outbox_lease_seconds: int = Field(default=60, ge=5)
+    # Attempts before a message is dead-lettered; with the backoff below, about a day.
+    outbox_max_attempts: int = Field(default=12, ge=1)
+    outbox_backoff_base_seconds: float = Field(default=30.0, gt=0)
+    outbox_backoff_cap_seconds: float = Field(default=8 * 3600.0, gt=0)
+    # "file" writes each message under DATA_DIR/mail (dev); "smtp" sends it.
+    email_backend: Literal["file", "smtp"] = "file"
+    email_from: str = "Shiptrack <no-reply@shiptrack.local>"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    # "starttls" upgrades a plain connection, "tls" connects with TLS (port 465), "none" neither.
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+
     # HTTP server.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

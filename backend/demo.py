@@ -73,7 +73,7 @@ class DemoClient:
             statement = (
                 select(col(OutboxMessage.payload))
                 .where(col(OutboxMessage.shipment_id) == uuid.UUID(shipment_id))
-                .where(col(OutboxMessage.kind) == "email.delivery_code")
+                .where(col(OutboxMessage.payload)["template"].astext == "delivery_code")
                 .order_by(col(OutboxMessage.created_at).desc())
                 .limit(1)
             )

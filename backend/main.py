@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +21,7 @@ from backend.errors import install_error_handlers
 from backend.health.router import router as health_router
 from backend.logging_setup import configure_logging
 from backend.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from backend.notifications.worker import OutboxWorker
 from backend.openapi import build_openapi
 from backend.redis_client import create_redis
 from backend.shipments.router import router as shipments_router
@@ -54,14 +56,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.draining = False
     await app.state.password_hasher.warm_up()
+    worker_task = None
+    if app.state.run_worker:
+        worker = OutboxWorker(settings, app.state.sessionmaker)
+        worker_task = asyncio.create_task(worker.run(), name="outbox-worker")
     try:
         yield
     finally:
+        if worker_task is not None:
+            worker.stop()
+            await worker_task
         await app.state.redis.aclose()
         await app.state.engine.dispose()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, run_worker: bool = False) -> FastAPI:
+    """The API. With `run_worker`, the outbox worker runs in the same process (embedded mode)."""
     settings = settings or get_settings()
     configure_logging(settings.effective_log_format, settings.log_level)
     app = FastAPI(
@@ -74,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.run_worker = run_worker
     install_error_handlers(app)
 
     # Added innermost first: the request context wraps everything, so even a 413 has an id.

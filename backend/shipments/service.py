@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.accounts.models import Partner, Seller
 from backend.db import utcnow
-from backend.notifications.models import OutboxMessage
+from backend.notifications.outbox import enqueue_email
+from backend.notifications.wording import human_day, human_moment
 from backend.pagination import decode_cursor, encode_cursor
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.errors import (
@@ -194,6 +195,13 @@ class ShipmentService:
             partner=PartnerSummary(id=partner.id, name=partner.name),
             tags=[t.name for t in tags],
         )
+        self._email_recipient(
+            shipment,
+            "shipment_created",
+            partner_name=partner.name,
+            seller_name=seller.name,
+            estimated_delivery_day=human_day(shipment.estimated_delivery),
+        )
         if idempotency_key is not None:
             await self._shipments.record_idempotent_response(
                 seller.id, idempotency_key, shipment.id, created.model_dump(mode="json")
@@ -247,6 +255,8 @@ class ShipmentService:
         await self._move(shipment, target, location_zip=change.location_zip, note=note)
         if change.status is ShipmentStatus.out_for_delivery:
             self._send_delivery_code(shipment)
+        elif change.status is ShipmentStatus.delivered:
+            self._email_recipient(shipment, "delivered", partner_name=shipment.partner.name)
         await self._session.flush()
         return self._read(shipment)
 
@@ -314,19 +324,25 @@ class ShipmentService:
 
     def _send_delivery_code(self, shipment: Shipment) -> None:
         code, expires_at = self._codes.issue(shipment)
-        self._session.add(
-            OutboxMessage(
-                kind="email.delivery_code",
-                shipment_id=shipment.id,
-                payload={
-                    "to": shipment.recipient_email,
-                    "recipient_name": shipment.recipient_name,
-                    "tracking_number": shipment.tracking_number,
-                    "tracking_url": self._tracking_url(shipment),
-                    "verification_code": code,
-                    "expires_at": expires_at.isoformat(),
-                },
-            )
+        self._email_recipient(
+            shipment,
+            "delivery_code",
+            verification_code=code,
+            expires_at_text=human_moment(expires_at),
+        )
+
+    def _email_recipient(self, shipment: Shipment, template: str, **context: str) -> None:
+        """Queue an email to the recipient, sent only if this change commits."""
+        enqueue_email(
+            self._session,
+            template,
+            shipment.recipient_email,
+            shipment_id=shipment.id,
+            recipient_name=shipment.recipient_name,
+            tracking_number=shipment.tracking_number,
+            tracking_url=self._tracking_url(shipment),
+            content=shipment.content,
+            **context,
         )
 
     def _tracking_url(self, shipment: Shipment) -> str:

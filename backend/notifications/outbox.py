@@ -1,0 +1,122 @@
+"""Writing to the outbox, and the worker's side of it: claim, complete, retry, dead-letter."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.notifications.models import OutboxMessage
+
+EMAIL = "email"
+
+
+def enqueue_email(
+    session: AsyncSession,
+    template: str,
+    to: str,
+    *,
+    shipment_id: uuid.UUID | None = None,
+    **context: Any,
+) -> None:
+    """Queue an email in the caller's transaction: it is sent only if that transaction commits.
+
+    `context` must be JSON-serializable; it is what the template sees.
+    """
+    payload = {"template": template, "to": to, **context}
+    session.add(OutboxMessage(kind=EMAIL, shipment_id=shipment_id, payload=payload))
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    id: uuid.UUID
+    kind: str
+    payload: dict[str, Any]
+    # Including this one.
+    attempts: int
+
+
+# Due rows that nobody holds (or whose holder's lease ran out), oldest first. SKIP LOCKED lets
+# concurrent workers take disjoint batches instead of queueing behind each other.
+_CLAIM = text(
+    """
+    UPDATE outbox_messages AS m
+    SET claimed_by = :worker,
+        claimed_until = now() + make_interval(secs => :lease_seconds),
+        attempts = m.attempts + 1
+    FROM (
+        SELECT id FROM outbox_messages
+        WHERE status = 'pending' AND next_attempt_at <= now()
+          AND (claimed_until IS NULL OR claimed_until < now())
+        ORDER BY next_attempt_at
+        LIMIT :batch_size
+        FOR UPDATE SKIP LOCKED
+    ) AS due
+    WHERE m.id = due.id
+    RETURNING m.id, m.kind, m.payload, m.attempts
+    """
+)
+# Only the current holder may settle a row: a worker whose lease expired must not overwrite the
+# outcome of the worker that took the row over.
+_MARK_SENT = text(
+    """
+    UPDATE outbox_messages
+    SET status = 'sent', sent_at = now(), claimed_by = NULL, claimed_until = NULL,
+        last_error = NULL
+    WHERE id = :id AND claimed_by = :worker
+    """
+)
+_MARK_FAILED = text(
+    """
+    UPDATE outbox_messages
+    SET status = CASE WHEN attempts >= :max_attempts THEN 'dead' ELSE 'pending' END,
+        next_attempt_at = now() + make_interval(secs => :delay_seconds),
+        claimed_by = NULL, claimed_until = NULL, last_error = :error
+    WHERE id = :id AND claimed_by = :worker
+    """
+)
+
+
+def retry_delay(attempts: int, *, base: float, cap: float) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, never above `cap`."""
+    ceiling = min(cap, base * 2.0 ** (attempts - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not security
+
+
+class OutboxClaims:
+    """The worker's queries. Each call is its own short transaction."""
+
+    def __init__(self, session: AsyncSession, worker_id: str) -> None:
+        self._session = session
+        self._worker = worker_id
+
+    async def claim(self, batch_size: int, lease_seconds: int) -> list[ClaimedMessage]:
+        async with self._session.begin():
+            rows = await self._session.execute(
+                _CLAIM,
+                {"worker": self._worker, "lease_seconds": lease_seconds, "batch_size": batch_size},
+            )
+            return [ClaimedMessage(row.id, row.kind, row.payload, row.attempts) for row in rows]
+
+    async def mark_sent(self, message_id: uuid.UUID) -> None:
+        async with self._session.begin():
+            await self._session.execute(_MARK_SENT, {"id": message_id, "worker": self._worker})
+
+    async def mark_failed(
+        self, message_id: uuid.UUID, error: str, *, delay_seconds: float, max_attempts: int
+    ) -> None:
+        async with self._session.begin():
+            await self._session.execute(
+                _MARK_FAILED,
+                {
+                    "id": message_id,
+                    "worker": self._worker,
+                    "error": error[:2000],
+                    "delay_seconds": delay_seconds,
+                    "max_attempts": max_attempts,
+                },
+            )
