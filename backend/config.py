@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     jwt_secret_key: SecretStr = SecretStr(DEV_JWT_SECRET_KEY)
     jwt_issuer: str = "shiptrack"
     access_token_ttl_seconds: int = Field(default=30 * 60, ge=60, le=24 * 3600)
+    email_verification_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=300)
+    password_reset_ttl_seconds: int = Field(default=30 * 60, ge=60, le=24 * 3600)
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
     # Concurrent bcrypt hashes; each occupies a core, so keep one free for the event loop.
     password_hash_concurrency: int = Field(default=max(1, (os.cpu_count() or 2) - 1), ge=1)

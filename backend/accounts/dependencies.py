@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from backend.accounts.emails import AccountEmails
 from backend.accounts.errors import InvalidToken, WrongAccountKind
 from backend.accounts.models import AccountKind, Partner, Seller
 from backend.accounts.passwords import PasswordHasher
-from backend.accounts.repository import AccountRepository
+from backend.accounts.repository import AccountRepository, AccountT
 from backend.accounts.service import AccountService, LoginLimits
-from backend.accounts.tokens import AccessClaims, RevocationList, TokenCodec
+from backend.accounts.tokens import AccessClaims, LinkTokens, RevocationList, TokenCodec
 from backend.config import Settings
 from backend.db import SessionDep
 from backend.errors import Unauthorized
@@ -72,22 +74,26 @@ def _require_kind(claims: AccessClaims, kind: AccountKind) -> None:
         raise WrongAccountKind(f"This operation needs a {kind.value} token.")
 
 
+def _still_valid(account: AccountT | None, claims: AccessClaims) -> AccountT:
+    if account is None:
+        raise InvalidToken("The account behind this token no longer exists.")
+    if account.token_version != claims.token_version:
+        raise InvalidToken("This token was issued before the password was reset.")
+    return account
+
+
 @requires_auth(SELLER_AUTH)
 async def current_seller(claims: AccessClaimsDep, session: SessionDep) -> Seller:
     _require_kind(claims, AccountKind.seller)
     seller = await AccountRepository(session, Seller).get(claims.account_id)
-    if seller is None:
-        raise InvalidToken("The account behind this token no longer exists.")
-    return seller
+    return _still_valid(seller, claims)
 
 
 @requires_auth(PARTNER_AUTH)
 async def current_partner(claims: AccessClaimsDep, session: SessionDep) -> Partner:
     _require_kind(claims, AccountKind.partner)
     partner = await AccountRepository(session, Partner).get(claims.account_id)
-    if partner is None:
-        raise InvalidToken("The account behind this token no longer exists.")
-    return partner
+    return _still_valid(partner, claims)
 
 
 @requires_auth(SELLER_AUTH, PARTNER_AUTH)
@@ -95,9 +101,7 @@ async def current_account(claims: AccessClaimsDep, session: SessionDep) -> Selle
     """A seller or a partner: for routes that serve both, each seeing only its own data."""
     model = Seller if claims.kind is AccountKind.seller else Partner
     account = await AccountRepository(session, model).get(claims.account_id)
-    if account is None:
-        raise InvalidToken("The account behind this token no longer exists.")
-    return account
+    return _still_valid(account, claims)
 
 
 CurrentSeller = Annotated[Seller, Depends(current_seller)]
@@ -105,14 +109,28 @@ CurrentPartner = Annotated[Partner, Depends(current_partner)]
 CurrentAccount = Annotated[Seller | Partner, Depends(current_account)]
 
 
+def account_emails(session: SessionDep, settings: SettingsDep) -> AccountEmails:
+    return AccountEmails(
+        session=session,
+        links=LinkTokens(settings),
+        public_base_url=settings.public_base_url,
+        verification_lifetime=timedelta(seconds=settings.email_verification_ttl_seconds),
+        reset_lifetime=timedelta(seconds=settings.password_reset_ttl_seconds),
+    )
+
+
+AccountEmailsDep = Annotated[AccountEmails, Depends(account_emails)]
+
+
 def seller_service(
     session: SessionDep,
     hasher: PasswordHasherDep,
     codec: TokenCodecDep,
     revocations: RevocationsDep,
+    emails: AccountEmailsDep,
 ) -> AccountService[Seller]:
     repository = AccountRepository(session, Seller)
-    return AccountService(AccountKind.seller, repository, hasher, codec, revocations)
+    return AccountService(AccountKind.seller, repository, hasher, codec, revocations, emails)
 
 
 def partner_service(
@@ -120,9 +138,10 @@ def partner_service(
     hasher: PasswordHasherDep,
     codec: TokenCodecDep,
     revocations: RevocationsDep,
+    emails: AccountEmailsDep,
 ) -> AccountService[Partner]:
     repository = AccountRepository(session, Partner)
-    return AccountService(AccountKind.partner, repository, hasher, codec, revocations)
+    return AccountService(AccountKind.partner, repository, hasher, codec, revocations, emails)
 
 
 SellerServiceDep = Annotated[AccountService[Seller], Depends(seller_service)]
@@ -136,12 +155,15 @@ def partner_repository(session: SessionDep) -> AccountRepository[Partner]:
 PartnerRepositoryDep = Annotated[AccountRepository[Partner], Depends(partner_repository)]
 
 
-def login_limits(kind: AccountKind, settings: Settings, redis: RedisDep) -> LoginLimits:
+def login_limits(
+    kind: AccountKind, settings: Settings, redis: RedisDep, *, purpose: str = "token"
+) -> LoginLimits:
+    """Per client IP and per account; `purpose` keeps logins and reset requests apart."""
     window = settings.rate_limit_window_seconds
     return LoginLimits(
-        per_ip=FixedWindowLimiter(redis, "token-ip", settings.token_attempts_per_ip, window),
+        per_ip=FixedWindowLimiter(redis, f"{purpose}-ip", settings.token_attempts_per_ip, window),
         failures_per_account=FixedWindowLimiter(
-            redis, f"token-{kind.value}", settings.token_attempts_per_account, window
+            redis, f"{purpose}-{kind.value}", settings.token_attempts_per_account, window
         ),
     )
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from backend.errors import Conflict, Forbidden, Unauthorized
+from backend.errors import Conflict, DomainError, Forbidden, Unauthorized
 
 
 class EmailTaken(Conflict):
@@ -25,3 +25,10 @@ class WrongAccountKind(Forbidden):
     code = "wrong_account_kind"
     title = "Wrong kind of account"
     default_detail = "This operation needs a token of another kind of account."
+
+
+class InvalidLinkToken(DomainError):
+    status_code = 400
+    code = "invalid_link_token"
+    title = "Invalid or expired link"
+    default_detail = "This link is invalid, has expired or was already used; ask for a new one."

@@ -28,6 +28,9 @@ class Seller(SQLModel, table=True):
     password_hash: str = Field(max_length=100)
     zip_code: str = Field(max_length=20)
     address: str | None = Field(default=None, max_length=300)
+    email_verified_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # In every access token; raising it (a password reset) invalidates every token issued before.
+    token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
 
@@ -51,6 +54,9 @@ class Partner(SQLModel, table=True):
     # Non-terminal shipments assigned to this partner. Kept in the row so that assignment can
     # lock one partner and compare two columns, instead of counting shipments under a lock.
     active_shipments: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    email_verified_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # In every access token; raising it (a password reset) invalidates every token issued before.
+    token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
 

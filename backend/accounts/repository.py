@@ -28,6 +28,11 @@ class AccountRepository(Generic[AccountT]):
         """One primary-key lookup, no relationships."""
         return await self._session.get(self._model, account_id)
 
+    async def lock(self, account_id: uuid.UUID) -> AccountT | None:
+        """The account, locked until the transaction ends."""
+        statement = select(self._model).where(self._model.id == account_id).with_for_update()
+        return (await self._session.execute(statement)).scalars().first()
+
     async def get_by_email(self, email: str) -> AccountT | None:
         statement = select(self._model).where(self._model.email == email.lower())
         return (await self._session.execute(statement)).scalars().first()

@@ -3,9 +3,10 @@
 # No `from __future__ import annotations`: FastAPI must see the real types of the route
 # parameters built inside `add_session_routes`.
 
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Response, status
+from fastapi import APIRouter, Depends, Form, Query, Request, Response, status
 
 from backend.accounts.dependencies import (
     AccessClaimsDep,
@@ -23,12 +24,15 @@ from backend.accounts.dependencies import (
     partner_service,
     seller_service,
 )
-from backend.accounts.errors import EmailTaken, InvalidCredentials
+from backend.accounts.errors import EmailTaken, InvalidCredentials, InvalidLinkToken
 from backend.accounts.models import AccountKind, Partner, Seller
 from backend.accounts.schemas import (
+    EmailVerification,
     PartnerCreate,
     PartnerRead,
     PartnerUpdate,
+    PasswordForgot,
+    PasswordReset,
     SellerCreate,
     SellerRead,
     TokenForm,
@@ -36,9 +40,11 @@ from backend.accounts.schemas import (
 )
 from backend.accounts.service import AccountService, update_partner
 from backend.errors import RateLimited, problem_responses
+from backend.pages import page_templates
 from backend.redis_client import RedisDep
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+templates = page_templates(Path(__file__).parent / "templates")
 
 seller_router = APIRouter(prefix="/seller", tags=["Sellers"])
 partner_router = APIRouter(prefix="/partner", tags=["Partners"])
@@ -76,6 +82,77 @@ def add_session_routes(
         issued = await service.log_in(form.username, form.password, client_ip=ip, limits=limits)
         response.headers.update(NO_STORE)
         return TokenResponse(access_token=issued.token, expires_in=issued.expires_in)
+
+    @router.get(
+        "/verify",
+        response_model=EmailVerification,
+        summary=f"Confirm a {kind.value}'s email address",
+        operation_id=f"{kind.value}_verify_email",
+        responses={
+            200: {"content": {"text/html": {"example": "<!doctype html>...confirmed...</html>"}}},
+            **problem_responses(InvalidLinkToken),
+        },
+    )
+    async def verify_email(
+        request: Request,
+        service: ServiceDep,
+        token: Annotated[str, Query(min_length=1, max_length=2000)],
+    ) -> Response | EmailVerification:
+        """The link in the sign-up email. Browsers (`Accept: text/html`) get a page for the
+        person who clicked it; API clients get JSON, and problem+json when the link is bad."""
+        wants_page = "text/html" in request.headers.get("accept", "")
+        try:
+            account = await service.verify_email(token)
+        except InvalidLinkToken:
+            if not wants_page:
+                raise
+            return templates.TemplateResponse(
+                request, "email_verification.html", {"verified": False}, status_code=400
+            )
+        if wants_page:
+            return templates.TemplateResponse(
+                request, "email_verification.html", {"verified": True, "email": account.email}
+            )
+        assert account.email_verified_at is not None
+        return EmailVerification(email=account.email, email_verified_at=account.email_verified_at)
+
+    @router.post(
+        "/password/forgot",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_class=Response,
+        responses={
+            202: {"description": "Accepted; an email follows if the account exists."},
+            **problem_responses(RateLimited),
+        },
+        summary=f"Ask for a {kind.value} password reset",
+        operation_id=f"{kind.value}_password_forgot",
+    )
+    async def forgot_password(
+        body: PasswordForgot,
+        service: ServiceDep,
+        settings: SettingsDep,
+        redis: RedisDep,
+        ip: ClientIpDep,
+    ) -> Response:
+        """Email a single-use reset token to the account's address, if there is such an account.
+
+        Always 202, so the answer never tells whether an address is registered.
+        """
+        limits = login_limits(kind, settings, redis, purpose="reset")
+        await service.request_password_reset(body.email, client_ip=ip, limits=limits)
+        return Response(status_code=status.HTTP_202_ACCEPTED)
+
+    @router.post(
+        "/password/reset",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=problem_responses(InvalidLinkToken),
+        summary=f"Set a new {kind.value} password",
+        operation_id=f"{kind.value}_password_reset",
+    )
+    async def reset_password(body: PasswordReset, service: ServiceDep) -> None:
+        """Set a new password with the token from the reset email. The token works once, and
+        every access token issued before stops working at once."""
+        await service.reset_password(body.token, body.new_password)
 
     @router.post(
         "/logout",

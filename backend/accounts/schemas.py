@@ -57,6 +57,7 @@ class SellerRead(BaseModel):
                     "email": "orders@acme.example",
                     "zip_code": "02139",
                     "address": "1 Main St, Cambridge MA",
+                    "email_verified_at": "2026-11-22T09:41:00Z",
                     "created_at": "2026-11-22T09:30:00Z",
                 }
             ]
@@ -68,6 +69,9 @@ class SellerRead(BaseModel):
     email: str
     zip_code: str
     address: str | None
+    email_verified_at: datetime | None = Field(
+        description="When the address was confirmed through the sign-up email; null until then."
+    )
     created_at: datetime
 
 
@@ -137,6 +141,7 @@ class PartnerRead(BaseModel):
                     "serviceable_zip_codes": ["02139", "02140"],
                     "max_handling_capacity": 25,
                     "active_shipments": 3,
+                    "email_verified_at": None,
                     "created_at": "2026-11-22T09:30:00Z",
                 }
             ]
@@ -150,6 +155,9 @@ class PartnerRead(BaseModel):
     max_handling_capacity: int
     active_shipments: int = Field(
         description="Assigned shipments not yet delivered, cancelled or returned."
+    )
+    email_verified_at: datetime | None = Field(
+        description="When the address was confirmed through the sign-up email; null until then."
     )
     created_at: datetime
 
@@ -195,3 +203,35 @@ class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 - not a secret
     expires_in: int = Field(description="Seconds until the token expires.")
+
+
+class PasswordForgot(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"email": "orders@acme.example"}]})
+
+    email: Email
+
+
+class PasswordReset(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"token": "eyJhbGciOiJIUzI1NiIs...", "new_password": "a new long password"}
+            ]
+        }
+    )
+
+    token: Annotated[str, Field(min_length=1, max_length=2000, description="From the email.")]
+    new_password: Password
+
+
+class EmailVerification(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"email": "orders@acme.example", "email_verified_at": "2026-11-22T09:41:00Z"}
+            ]
+        }
+    )
+
+    email: str
+    email_verified_at: datetime

@@ -5,13 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic
 
-from backend.accounts.errors import EmailTaken, InvalidCredentials
+from backend.accounts.emails import (
+    PASSWORD_RESET,
+    VERIFY_EMAIL,
+    AccountEmails,
+    password_fingerprint,
+)
+from backend.accounts.errors import EmailTaken, InvalidCredentials, InvalidLinkToken
 from backend.accounts.models import AccountKind, Partner
 from backend.accounts.passwords import PasswordHasher
 from backend.accounts.repository import AccountRepository, AccountT, DuplicateEmail
 from backend.accounts.schemas import PartnerUpdate
 from backend.accounts.tokens import AccessClaims, IssuedToken, RevocationList, TokenCodec
 from backend.db import utcnow
+from backend.errors import RateLimited
 from backend.rate_limit import FixedWindowLimiter
 
 
@@ -30,19 +37,60 @@ class AccountService(Generic[AccountT]):
         hasher: PasswordHasher,
         tokens: TokenCodec,
         revocations: RevocationList,
+        emails: AccountEmails,
     ) -> None:
         self.kind = kind
         self._accounts = accounts
         self._hasher = hasher
         self._tokens = tokens
         self._revocations = revocations
+        self._emails = emails
 
     async def sign_up(self, account: AccountT, password: str) -> AccountT:
         account.password_hash = await self._hasher.hash(password)
         try:
-            return await self._accounts.add(account)
+            await self._accounts.add(account)
         except DuplicateEmail:
             raise EmailTaken() from None
+        self._emails.send_verification(self.kind, account)
+        return account
+
+    async def verify_email(self, token: str) -> AccountT:
+        account_id, claims = self._emails.links.decode(token, VERIFY_EMAIL, self.kind, ["email"])
+        account = await self._accounts.get(account_id)
+        if account is None or account.email != claims["email"]:
+            raise InvalidLinkToken()
+        if account.email_verified_at is None:
+            account.email_verified_at = utcnow()
+            await self._accounts.flush()
+        return account
+
+    async def request_password_reset(
+        self, email: str, *, client_ip: str, limits: LoginLimits
+    ) -> None:
+        """Email a reset token if the account exists; the caller learns nothing either way."""
+        await limits.per_ip.hit(client_ip)
+        account = await self._accounts.get_by_email(email)
+        if account is None:
+            return
+        try:
+            await limits.failures_per_account.hit(email)
+        except RateLimited:
+            return  # enough reset emails for now; saying so would reveal the account exists
+        self._emails.send_password_reset(self.kind, account)
+
+    async def reset_password(self, token: str, new_password: str) -> None:
+        """Set the password and invalidate every token the account had."""
+        account_id, claims = self._emails.links.decode(token, PASSWORD_RESET, self.kind, ["pwd"])
+        # Hashed before the row is locked: the lock is held for a query, not for bcrypt.
+        new_hash = await self._hasher.hash(new_password)
+        account = await self._accounts.lock(account_id)
+        if account is None or claims["pwd"] != password_fingerprint(account.password_hash):
+            raise InvalidLinkToken()
+        account.password_hash = new_hash
+        account.token_version += 1
+        account.updated_at = utcnow()
+        await self._accounts.flush()
 
     async def log_in(
         self, email: str, password: str, *, client_ip: str, limits: LoginLimits
@@ -55,7 +103,7 @@ class AccountService(Generic[AccountT]):
         if not await self._hasher.verify(password, password_hash) or account is None:
             await limits.failures_per_account.hit(email)
             raise InvalidCredentials()
-        return self._tokens.issue(account.id, self.kind)
+        return self._tokens.issue(account.id, self.kind, account.token_version)
 
     async def log_out(self, claims: AccessClaims) -> None:
         await self._revocations.revoke(claims)

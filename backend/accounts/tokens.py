@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 import jwt
 from redis.asyncio import Redis
 
-from backend.accounts.errors import InvalidToken
+from backend.accounts.errors import InvalidLinkToken, InvalidToken
 from backend.accounts.models import AccountKind
 from backend.config import Settings
 
 ALGORITHM = "HS256"
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - RFC 9068: keeps other JWTs signed with the same key from passing as tokens
-REQUIRED_CLAIMS = ["sub", "kind", "aud", "jti", "iat", "exp", "iss"]
+REQUIRED_CLAIMS = ["sub", "kind", "aud", "jti", "iat", "exp", "iss", "ver"]
 
 
 def audience(kind: AccountKind) -> str:
@@ -28,6 +28,8 @@ class AccessClaims:
     kind: AccountKind
     jti: str
     expires_at: datetime
+    # The account's token_version when the token was issued.
+    token_version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,7 @@ class TokenCodec:
         self._issuer = settings.jwt_issuer
         self._lifetime = timedelta(seconds=settings.access_token_ttl_seconds)
 
-    def issue(self, account_id: uuid.UUID, kind: AccountKind) -> IssuedToken:
+    def issue(self, account_id: uuid.UUID, kind: AccountKind, token_version: int) -> IssuedToken:
         now = datetime.now(UTC)
         claims = {
             "sub": str(account_id),
@@ -52,6 +54,7 @@ class TokenCodec:
             "iat": now,
             "exp": now + self._lifetime,
             "iss": self._issuer,
+            "ver": token_version,
         }
         token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
         return IssuedToken(token=token, expires_in=int(self._lifetime.total_seconds()))
@@ -76,9 +79,16 @@ class TokenCodec:
                 kind=kind,
                 jti=str(payload["jti"]),
                 expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+                token_version=_whole_number(payload["ver"]),
             )
         except (jwt.InvalidTokenError, ValueError, TypeError, KeyError):
             raise InvalidToken() from None
+
+
+def _whole_number(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidToken()
+    return value
 
 
 class RevocationList:
@@ -98,3 +108,59 @@ class RevocationList:
 
     async def is_revoked(self, jti: str) -> bool:
         return bool(await self._redis.exists(self._key(jti)))
+
+
+class LinkTokens:
+    """Signed, expiring tokens for links in emails: verifying an address, resetting a password.
+
+    Each purpose has its own audience and token type, so no link token ever passes as an access
+    token (or as a link token of another purpose or account kind).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._key = settings.jwt_secret_key.get_secret_value()
+        self._issuer = settings.jwt_issuer
+
+    @staticmethod
+    def _audience(purpose: str, kind: AccountKind) -> str:
+        return f"shiptrack:{purpose}:{kind.value}"
+
+    def issue(
+        self,
+        purpose: str,
+        kind: AccountKind,
+        account_id: uuid.UUID,
+        lifetime: timedelta,
+        **claims: str,
+    ) -> str:
+        now = datetime.now(UTC)
+        payload = {
+            "sub": str(account_id),
+            "aud": self._audience(purpose, kind),
+            "iat": now,
+            "exp": now + lifetime,
+            "iss": self._issuer,
+            **claims,
+        }
+        return jwt.encode(
+            payload, self._key, algorithm=ALGORITHM, headers={"typ": f"{purpose}+jwt"}
+        )
+
+    def decode(
+        self, token: str, purpose: str, kind: AccountKind, required: list[str]
+    ) -> tuple[uuid.UUID, dict[str, str]]:
+        """(account id, the purpose's own claims), or `InvalidLinkToken`."""
+        try:
+            if jwt.get_unverified_header(token).get("typ") != f"{purpose}+jwt":
+                raise InvalidLinkToken()
+            payload = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=self._audience(purpose, kind),
+                issuer=self._issuer,
+                options={"require": ["sub", "aud", "iat", "exp", "iss", *required]},
+            )
+            return uuid.UUID(payload["sub"]), {name: str(payload[name]) for name in required}
+        except (jwt.InvalidTokenError, ValueError, TypeError, KeyError):
+            raise InvalidLinkToken() from None

@@ -12,17 +12,17 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse
-from fastapi.templating import Jinja2Templates
 
 from backend.db import utcnow
 from backend.errors import problem_responses
+from backend.pages import page_templates
 from backend.shipments.dependencies import ShipmentServiceDep
 from backend.shipments.errors import TrackingNumberNotFound
 from backend.shipments.schemas import TrackingView
 from backend.shipments.status import PROGRESS_STEPS, TERMINAL, ShipmentStatus
 
 router = APIRouter(tags=["Public tracking"])
-templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates = page_templates(Path(__file__).parent / "templates")
 
 TrackingNumber = Annotated[
     str,

@@ -37,7 +37,16 @@ async def test_seller_signup_returns_201_with_the_account_and_no_password(
     response = await client.post("/seller/signup", json=body)
     assert response.status_code == 201
     account = response.json()
-    assert set(account) == {"id", "name", "email", "zip_code", "address", "created_at"}
+    assert set(account) == {
+        "id",
+        "name",
+        "email",
+        "zip_code",
+        "address",
+        "email_verified_at",
+        "created_at",
+    }
+    assert account["email_verified_at"] is None  # until the link in the sign-up email is used
     assert account["name"] == "Acme Books"
     assert account["email"] == body["email"]
     assert account["zip_code"] == "02139"

@@ -56,6 +56,7 @@ def forge(
         "iat": now,
         "exp": now + 600,
         "iss": settings.jwt_issuer,
+        "ver": 0,
         **overrides,
     }
     for name in drop:
@@ -121,11 +122,12 @@ async def test_access_token_carries_the_documented_claims_and_header(
     token = await log_in(client, kind, account["email"])
     assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "at+jwt"}
     claims = claims_of(token, settings, kind)
-    assert set(claims) == {"sub", "kind", "aud", "jti", "iat", "exp", "iss"}
+    assert set(claims) == {"sub", "kind", "aud", "jti", "iat", "exp", "iss", "ver"}
     assert claims["sub"] == account["id"]
     assert claims["kind"] == kind
     assert claims["aud"] == f"shiptrack:{kind}"
     assert claims["iss"] == settings.jwt_issuer
+    assert claims["ver"] == 0  # bumped by a password reset, which retires older tokens
     assert claims["exp"] - claims["iat"] == settings.access_token_ttl_seconds
     assert abs(claims["iat"] - time.time()) < 60
 

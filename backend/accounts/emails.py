@@ -1,0 +1,68 @@
+"""The account emails: verifying the address after sign-up, and resetting a password."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.accounts.models import AccountKind, Partner, Seller
+from backend.accounts.tokens import LinkTokens
+from backend.db import utcnow
+from backend.notifications.outbox import enqueue_email
+from backend.notifications.wording import human_moment
+
+VERIFY_EMAIL = "verify-email"
+PASSWORD_RESET = "password-reset"  # noqa: S105 - a token purpose, not a secret
+
+
+def password_fingerprint(password_hash: str) -> str:
+    """Changes with the password, so a reset link works once: after use it no longer matches."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountEmails:
+    session: AsyncSession
+    links: LinkTokens
+    public_base_url: str
+    verification_lifetime: timedelta
+    reset_lifetime: timedelta
+
+    def send_verification(self, kind: AccountKind, account: Seller | Partner) -> None:
+        token = self.links.issue(
+            VERIFY_EMAIL, kind, account.id, self.verification_lifetime, email=account.email
+        )
+        enqueue_email(
+            self.session,
+            "verify_email",
+            account.email,
+            name=account.name,
+            verify_url=f"{self._base}/{kind.value}/verify?token={token}",
+            expires_at_text=human_moment(utcnow() + self.verification_lifetime),
+        )
+
+    def send_password_reset(self, kind: AccountKind, account: Seller | Partner) -> None:
+        token = self.links.issue(
+            PASSWORD_RESET,
+            kind,
+            account.id,
+            self.reset_lifetime,
+            pwd=password_fingerprint(account.password_hash),
+        )
+        enqueue_email(
+            self.session,
+            "password_reset",
+            account.email,
+            name=account.name,
+            reset_token=token,
+            reset_url=f"{self._base}/{kind.value}/password/reset",
+            reference_url=f"{self._base}/scalar",
+            expires_at_text=human_moment(utcnow() + self.reset_lifetime),
+        )
+
+    @property
+    def _base(self) -> str:
+        return self.public_base_url.rstrip("/")
