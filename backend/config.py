@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     # "starttls" upgrades a plain connection, "tls" connects with TLS (port 465), "none" neither.
     smtp_security: Literal["none", "starttls", "tls"] = "none"
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Webhooks: an endpoint failing without a break for this long is disabled.
+    webhook_disable_after_seconds: int = Field(default=24 * 3600, ge=60)
+    # Let webhook URLs reach private, loopback and link-local addresses. Tests and local
+    # development only: in production this opens the door to SSRF.
+    webhooks_allow_private: bool = False
 
     # HTTP server.
     host: str = "127.0.0.1"

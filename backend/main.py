@@ -21,6 +21,7 @@ from backend.errors import install_error_handlers
 from backend.health.router import router as health_router
 from backend.logging_setup import configure_logging
 from backend.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from backend.notifications.router import document_webhooks, events_router, webhooks_router
 from backend.notifications.worker import OutboxWorker
 from backend.openapi import build_openapi
 from backend.redis_client import create_redis
@@ -110,6 +111,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(partner_router)
     app.include_router(shipments_router)
     app.include_router(tracking_router)
+    app.include_router(webhooks_router)
+    app.include_router(events_router)
+    document_webhooks(app)
     _add_scalar(app, settings)
 
     def openapi() -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 from backend.accounts.models import Partner, Seller
 from backend.db import metadata
-from backend.notifications.models import OutboxMessage
+from backend.notifications.models import Event, OutboxMessage, WebhookDelivery, WebhookEndpoint
 from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentEvent, ShipmentTag, Tag
 
 __all__ = [
+    "Event",
     "IdempotencyRecord",
     "OutboxMessage",
     "Partner",
@@ -14,5 +15,7 @@ __all__ = [
     "ShipmentEvent",
     "ShipmentTag",
     "Tag",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "metadata",
 ]

@@ -111,6 +111,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         summary=app.summary,
         description=app.description,
         routes=app.routes,
+        webhooks=app.webhooks.routes,
         tags=app.openapi_tags,
         servers=app.servers,
     )
@@ -125,6 +126,10 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             operation["security"] = security
             _add_missing_responses(operation, problem_responses(*errors, *_body_errors(operation)))
             _describe_validation_errors_as_problems(operation)
+    for webhook in schema.get("webhooks", {}).values():
+        for operation in webhook.values():
+            # Sent by us: the receiver's answer is any 2xx, and it never sees our 422.
+            operation["responses"] = {"2XX": {"description": "Delivery acknowledged."}}
     schemas = schema["components"].setdefault("schemas", {})
     for default_schema in ("HTTPValidationError", "ValidationError"):
         schemas.pop(default_schema, None)

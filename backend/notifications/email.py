@@ -7,6 +7,7 @@ import logging
 import uuid
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +34,14 @@ class EmailRenderer:
         self._base_url = public_base_url.rstrip("/")
 
     def render(
-        self, template: str, to: str, context: dict[str, Any], *, sender: str, message_id: uuid.UUID
+        self,
+        template: str,
+        to: str,
+        context: dict[str, Any],
+        *,
+        sender: str,
+        message_id: uuid.UUID,
+        written_at: datetime,
     ) -> EmailMessage:
         variables = {**context, "base_url": self._base_url}
         text = self._environment.get_template(f"{template}.txt").render(variables)
@@ -48,6 +56,8 @@ class EmailRenderer:
         message["Subject"] = subject_line.removeprefix("Subject: ").strip()
         # Stable per outbox row, so a resend after a crash is recognisably the same message.
         message["Message-ID"] = f"<{message_id.hex}@shiptrack>"
+        # When the change behind it happened: the same on every retry, like the Message-ID.
+        message["Date"] = format_datetime(written_at)
         message.set_content(body.lstrip("\n"))
         message.add_alternative(html, subtype="html")
         return message

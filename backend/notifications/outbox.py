@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -38,6 +39,7 @@ class ClaimedMessage:
     payload: dict[str, Any]
     # Including this one.
     attempts: int
+    created_at: datetime
 
 
 # Due rows that nobody holds (or whose holder's lease ran out), oldest first. SKIP LOCKED lets
@@ -57,7 +59,7 @@ _CLAIM = text(
         FOR UPDATE SKIP LOCKED
     ) AS due
     WHERE m.id = due.id
-    RETURNING m.id, m.kind, m.payload, m.attempts
+    RETURNING m.id, m.kind, m.payload, m.attempts, m.created_at
     """
 )
 # Only the current holder may settle a row: a worker whose lease expired must not overwrite the
@@ -100,7 +102,10 @@ class OutboxClaims:
                 _CLAIM,
                 {"worker": self._worker, "lease_seconds": lease_seconds, "batch_size": batch_size},
             )
-            return [ClaimedMessage(row.id, row.kind, row.payload, row.attempts) for row in rows]
+            return [
+                ClaimedMessage(row.id, row.kind, row.payload, row.attempts, row.created_at)
+                for row in rows
+            ]
 
     async def mark_sent(self, message_id: uuid.UUID) -> None:
         async with self._session.begin():

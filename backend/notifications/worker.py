@@ -13,11 +13,14 @@ import os
 import socket
 import uuid
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.notifications.email import EmailRenderer, EmailSender, email_sender
+from backend.notifications.events import WEBHOOK
 from backend.notifications.outbox import EMAIL, ClaimedMessage, OutboxClaims, retry_delay
+from backend.notifications.webhooks import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +39,17 @@ class OutboxWorker:
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
         sender: EmailSender | None = None,
+        http: httpx.AsyncClient | None = None,
         worker_id: str | None = None,
     ) -> None:
         self._settings = settings
         self._sessionmaker = sessionmaker
         self._sender = sender or email_sender(settings)
         self._renderer = EmailRenderer(settings.public_base_url)
+        # Redirects are not followed: a receiver could bounce us into our own network.
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(follow_redirects=False)
+        self._webhooks = WebhookDispatcher(settings, sessionmaker, self._http)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stopping = asyncio.Event()
         self._sends = asyncio.Semaphore(CONCURRENT_SENDS)
@@ -61,7 +69,12 @@ class OutboxWorker:
                 handled = 0
             if handled < self._settings.outbox_batch_size:
                 await self._pause()
+        await self.aclose()
         logger.info("outbox worker %s stopped", self.worker_id)
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
 
     async def _pause(self) -> None:
         """Sleep until the next poll, waking at once if asked to stop."""
@@ -88,12 +101,27 @@ class OutboxWorker:
             await OutboxClaims(session, self.worker_id).mark_sent(message.id)
 
     async def _deliver(self, message: ClaimedMessage) -> None:
-        if message.kind != EMAIL:
+        if message.kind == EMAIL:
+            await self._send_email(message)
+        elif message.kind == WEBHOOK:
+            await self._webhooks.deliver(
+                uuid.UUID(message.payload["endpoint_id"]),
+                uuid.UUID(message.payload["event_id"]),
+                message.attempts,
+            )
+        else:
             raise UnknownMessageKind(message.kind)
+
+    async def _send_email(self, message: ClaimedMessage) -> None:
         payload = dict(message.payload)
         template, to = payload.pop("template"), payload.pop("to")
         email = self._renderer.render(
-            template, to, payload, sender=self._settings.email_from, message_id=message.id
+            template,
+            to,
+            payload,
+            sender=self._settings.email_from,
+            message_id=message.id,
+            written_at=message.created_at,
         )
         await self._sender.send(email)
 

@@ -17,6 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.accounts.models import Partner, Seller
 from backend.db import utcnow
+from backend.notifications.events import (
+    SHIPMENT_CANCELLED,
+    SHIPMENT_CREATED,
+    SHIPMENT_DELIVERED,
+    SHIPMENT_UPDATED,
+    EventPublisher,
+)
 from backend.notifications.outbox import enqueue_email
 from backend.notifications.wording import human_day, human_moment
 from backend.pagination import decode_cursor, encode_cursor
@@ -102,6 +109,7 @@ class ShipmentService:
     ) -> None:
         self._session = session
         self._shipments = ShipmentRepository(session)
+        self._events = EventPublisher(session)
         self._codes = codes
         self._public_base_url = public_base_url.rstrip("/")
         self._transit = timedelta(days=default_transit_days)
@@ -206,6 +214,7 @@ class ShipmentService:
             await self._shipments.record_idempotent_response(
                 seller.id, idempotency_key, shipment.id, created.model_dump(mode="json")
             )
+        await self._publish(created, [SHIPMENT_CREATED])
         return CreatedShipment(created, replayed=False)
 
     async def cancel(self, seller: Seller, shipment_id: uuid.UUID) -> ShipmentRead:
@@ -218,7 +227,9 @@ class ShipmentService:
             )
         await self._move(shipment, ShipmentStatus.cancelled, location_zip=None, note=None)
         await self._session.flush()
-        return self._read(shipment)
+        cancelled = self._read(shipment)
+        await self._publish(cancelled, [SHIPMENT_UPDATED, SHIPMENT_CANCELLED])
+        return cancelled
 
     async def replace_tags(
         self, seller: Seller, shipment_id: uuid.UUID, names: list[str]
@@ -258,9 +269,20 @@ class ShipmentService:
         elif change.status is ShipmentStatus.delivered:
             self._email_recipient(shipment, "delivered", partner_name=shipment.partner.name)
         await self._session.flush()
-        return self._read(shipment)
+        updated = self._read(shipment)
+        delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
+        await self._publish(updated, [SHIPMENT_UPDATED, *delivered])
+        return updated
 
     # --- internals -----------------------------------------------------------------------
+
+    async def _publish(self, shipment: ShipmentRead, types: list[str]) -> None:
+        """Events for the seller's feed and webhooks; last, as it serializes the seller's events."""
+        data = {
+            "shipment": shipment.model_dump(mode="json", exclude={"timeline"}),
+            "timeline_event": shipment.timeline[-1].model_dump(mode="json"),
+        }
+        await self._events.publish(shipment.seller_id, types, data, shipment_id=shipment.id)
 
     async def _locked(self, shipment_id: uuid.UUID, visibility: Visibility) -> Shipment:
         shipment = await self._shipments.lock(shipment_id, visibility)

@@ -1,0 +1,156 @@
+"""HTTP routes for webhook endpoints and the event feed."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Query, status
+
+from backend.accounts.dependencies import CurrentSeller, SettingsDep
+from backend.db import SessionDep
+from backend.errors import problem_responses
+from backend.notifications.events import (
+    SHIPMENT_CANCELLED,
+    SHIPMENT_CREATED,
+    SHIPMENT_DELIVERED,
+    SHIPMENT_UPDATED,
+)
+from backend.notifications.schemas import (
+    EventPage,
+    WebhookDeliveryPage,
+    WebhookEndpointCreate,
+    WebhookEndpointCreated,
+    WebhookEndpointList,
+    WebhookPayload,
+    WebhookTestQueued,
+)
+from backend.notifications.service import (
+    TooManyWebhookEndpoints,
+    UnknownEvent,
+    WebhookEndpointDisabled,
+    WebhookEndpointNotFound,
+    WebhookService,
+)
+from backend.notifications.webhooks import UnsafeWebhookUrl
+from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
+
+webhooks_router = APIRouter(prefix="/seller/webhooks", tags=["Webhooks"])
+events_router = APIRouter(prefix="/events", tags=["Events"])
+
+
+def webhook_service(session: SessionDep, settings: SettingsDep) -> WebhookService:
+    return WebhookService(session, allow_private=settings.webhooks_allow_private)
+
+
+WebhookServiceDep = Annotated[WebhookService, Depends(webhook_service)]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
+
+
+@webhooks_router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=WebhookEndpointCreated,
+    responses=problem_responses(UnsafeWebhookUrl, TooManyWebhookEndpoints),
+)
+async def create_webhook_endpoint(
+    body: WebhookEndpointCreate, seller: CurrentSeller, webhooks: WebhookServiceDep
+) -> WebhookEndpointCreated:
+    """Register a URL to receive your events, signed per Standard Webhooks.
+
+    The response carries the signing `secret`, shown only this once. Each delivery has
+    `webhook-id` (the event id, the same on every retry), `webhook-timestamp` and
+    `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">` keyed with the bytes of
+    the secret after `whsec_`. Answer 2xx within 10 s; anything else is retried with backoff
+    for about a day, after which the endpoint is disabled (see `disabled_reason`).
+    """
+    return await webhooks.register(seller, body)
+
+
+@webhooks_router.get("", response_model=WebhookEndpointList)
+async def list_webhook_endpoints(
+    seller: CurrentSeller, webhooks: WebhookServiceDep
+) -> WebhookEndpointList:
+    """Your endpoints, oldest first (secrets are never shown again)."""
+    return WebhookEndpointList(items=await webhooks.list_endpoints(seller))
+
+
+@webhooks_router.delete(
+    "/{endpoint_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(WebhookEndpointNotFound),
+)
+async def delete_webhook_endpoint(
+    endpoint_id: uuid.UUID, seller: CurrentSeller, webhooks: WebhookServiceDep
+) -> None:
+    """Stop sending to this endpoint; deliveries still queued for it are dropped."""
+    await webhooks.delete(seller, endpoint_id)
+
+
+@webhooks_router.get(
+    "/{endpoint_id}/deliveries",
+    response_model=WebhookDeliveryPage,
+    responses=problem_responses(WebhookEndpointNotFound, InvalidCursor),
+)
+async def list_webhook_deliveries(
+    endpoint_id: uuid.UUID,
+    seller: CurrentSeller,
+    webhooks: WebhookServiceDep,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> WebhookDeliveryPage:
+    """Every delivery attempt to this endpoint, newest first: status code, error and timing."""
+    return await webhooks.deliveries(seller, endpoint_id, limit=limit, cursor=cursor)
+
+
+@webhooks_router.post(
+    "/{endpoint_id}/test",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=WebhookTestQueued,
+    responses=problem_responses(WebhookEndpointNotFound, WebhookEndpointDisabled),
+)
+async def send_webhook_test(
+    endpoint_id: uuid.UUID, seller: CurrentSeller, webhooks: WebhookServiceDep
+) -> WebhookTestQueued:
+    """Queue a `webhook.test` event to this endpoint only; watch its deliveries for the result."""
+    return WebhookTestQueued(event_id=await webhooks.send_test(seller, endpoint_id))
+
+
+@events_router.get("", response_model=EventPage, responses=problem_responses(UnknownEvent))
+async def list_events(
+    seller: CurrentSeller,
+    webhooks: WebhookServiceDep,
+    after: Annotated[
+        uuid.UUID | None, Query(description="The last event id you processed; omit to start.")
+    ] = None,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+) -> EventPage:
+    """Your events in the order they happened: catch up after an outage with the last id you
+    saw. The ids are those of the webhook deliveries (`webhook-id`)."""
+    return await webhooks.feed(seller, after=after, limit=limit)
+
+
+WEBHOOK_DESCRIPTIONS = {
+    SHIPMENT_CREATED: "A shipment was created and assigned to a partner.",
+    SHIPMENT_UPDATED: "A timeline event was added: a new status, a scan, a note or a new ETA.",
+    SHIPMENT_DELIVERED: "The recipient received the shipment (sent with its shipment.updated).",
+    SHIPMENT_CANCELLED: "The seller cancelled the shipment (sent with its shipment.updated).",
+}
+SIGNATURE_HEADERS = """
+Headers: `webhook-id` (the event id, identical on every retry: deduplicate on it),
+`webhook-timestamp` (Unix seconds; reject old ones), `webhook-signature`
+(`v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{raw body}">`, keyed with the
+base64-decoded part of your secret after `whsec_`). Answer 2xx within 10 seconds.
+"""
+
+
+def document_webhooks(app: FastAPI) -> None:
+    """Describe the deliveries in the OpenAPI `webhooks` section, so Scalar shows them."""
+    for event_type, summary in WEBHOOK_DESCRIPTIONS.items():
+
+        async def delivery(body: WebhookPayload) -> None:  # documentation only, never routed
+            """Sent to your endpoint."""
+
+        app.webhooks.post(
+            event_type, summary=summary, description=summary + SIGNATURE_HEADERS, tags=["Webhooks"]
+        )(delivery)

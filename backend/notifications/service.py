@@ -1,0 +1,157 @@
+"""Webhook endpoints and the event feed, for sellers."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from backend.accounts.models import Seller
+from backend.errors import Conflict, DomainError, NotFound
+from backend.notifications.events import WEBHOOK_TEST, EventPublisher
+from backend.notifications.models import Event, WebhookDelivery, WebhookEndpoint
+from backend.notifications.schemas import (
+    EventPage,
+    EventRead,
+    WebhookDeliveryPage,
+    WebhookDeliveryRead,
+    WebhookEndpointCreate,
+    WebhookEndpointCreated,
+    WebhookEndpointRead,
+)
+from backend.notifications.webhooks import check_destination, new_secret
+from backend.pagination import decode_cursor, encode_cursor
+
+MAX_ENDPOINTS_PER_SELLER = 10
+
+
+class WebhookEndpointNotFound(NotFound):
+    code = "webhook_endpoint_not_found"
+    title = "Webhook endpoint not found"
+    default_detail = "No webhook endpoint with this id belongs to this seller."
+
+
+class TooManyWebhookEndpoints(Conflict):
+    code = "too_many_webhook_endpoints"
+    title = "Too many webhook endpoints"
+    default_detail = f"A seller may register at most {MAX_ENDPOINTS_PER_SELLER} endpoints."
+
+
+class WebhookEndpointDisabled(Conflict):
+    code = "webhook_endpoint_disabled"
+    title = "Webhook endpoint disabled"
+    default_detail = "This endpoint was disabled after failing for too long; register it again."
+
+
+class UnknownEvent(DomainError):
+    status_code = 422
+    code = "unknown_event"
+    title = "Unknown event"
+    default_detail = "`after` must be the id of one of your events."
+
+
+class WebhookService:
+    def __init__(self, session: AsyncSession, *, allow_private: bool) -> None:
+        self._session = session
+        self._allow_private = allow_private
+
+    async def register(self, seller: Seller, body: WebhookEndpointCreate) -> WebhookEndpointCreated:
+        await check_destination(body.url, allow_private=self._allow_private)
+        count = await self._session.scalar(
+            select(func.count()).where(col(WebhookEndpoint.seller_id) == seller.id)
+        )
+        if (count or 0) >= MAX_ENDPOINTS_PER_SELLER:
+            raise TooManyWebhookEndpoints()
+        endpoint = WebhookEndpoint(
+            seller_id=seller.id, url=body.url, description=body.description, secret=new_secret()
+        )
+        self._session.add(endpoint)
+        await self._session.flush()
+        return WebhookEndpointCreated.model_validate(endpoint)
+
+    async def list_endpoints(self, seller: Seller) -> list[WebhookEndpointRead]:
+        statement = (
+            select(WebhookEndpoint)
+            .where(col(WebhookEndpoint.seller_id) == seller.id)
+            .order_by(col(WebhookEndpoint.created_at))
+        )
+        endpoints = (await self._session.execute(statement)).scalars()
+        return [WebhookEndpointRead.model_validate(endpoint) for endpoint in endpoints]
+
+    async def delete(self, seller: Seller, endpoint_id: uuid.UUID) -> None:
+        endpoint = await self._owned(seller, endpoint_id)
+        await self._session.delete(endpoint)
+        await self._session.flush()
+
+    async def deliveries(
+        self, seller: Seller, endpoint_id: uuid.UUID, *, limit: int, cursor: str | None
+    ) -> WebhookDeliveryPage:
+        await self._owned(seller, endpoint_id)
+        statement = select(WebhookDelivery).where(col(WebhookDelivery.endpoint_id) == endpoint_id)
+        if cursor:
+            created_at, last_id = decode_cursor(cursor)
+            statement = statement.where(
+                (col(WebhookDelivery.created_at) < created_at)
+                | (
+                    (col(WebhookDelivery.created_at) == created_at)
+                    & (col(WebhookDelivery.id) < last_id)
+                )
+            )
+        statement = statement.order_by(
+            col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc()
+        ).limit(limit + 1)
+        rows = list((await self._session.execute(statement)).scalars())
+        items, more = rows[:limit], len(rows) > limit
+        next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
+        return WebhookDeliveryPage(
+            items=[WebhookDeliveryRead.model_validate(row) for row in items],
+            next_cursor=next_cursor,
+        )
+
+    async def send_test(self, seller: Seller, endpoint_id: uuid.UUID) -> uuid.UUID:
+        endpoint = await self._owned(seller, endpoint_id)
+        if not endpoint.enabled:
+            raise WebhookEndpointDisabled()
+        data: dict[str, Any] = {
+            "message": "A test event from Shiptrack.",
+            "endpoint_id": str(endpoint.id),
+        }
+        [event] = await EventPublisher(self._session).publish(
+            seller.id, [WEBHOOK_TEST], data, only_endpoint=endpoint.id
+        )
+        return event.id
+
+    async def feed(self, seller: Seller, *, after: uuid.UUID | None, limit: int) -> EventPage:
+        statement = select(Event).where(col(Event.seller_id) == seller.id)
+        if after is not None:
+            position = await self._session.scalar(
+                select(col(Event.position)).where(
+                    col(Event.id) == after, col(Event.seller_id) == seller.id
+                )
+            )
+            if position is None:
+                raise UnknownEvent()
+            statement = statement.where(col(Event.position) > position)
+        rows = list(
+            (
+                await self._session.execute(
+                    statement.order_by(col(Event.position)).limit(limit + 1)
+                )
+            ).scalars()
+        )
+        return EventPage(
+            items=[EventRead.model_validate(row) for row in rows[:limit]],
+            has_more=len(rows) > limit,
+        )
+
+    async def _owned(self, seller: Seller, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+        statement = select(WebhookEndpoint).where(
+            col(WebhookEndpoint.id) == endpoint_id, col(WebhookEndpoint.seller_id) == seller.id
+        )
+        endpoint = (await self._session.execute(statement)).scalars().first()
+        if endpoint is None:
+            raise WebhookEndpointNotFound()
+        return endpoint

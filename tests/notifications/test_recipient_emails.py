@@ -1,0 +1,435 @@
+"""The recipient's emails, from the API change that queues them to the message an SMTP server
+receives: shipment created (tracking link), out for delivery (the code), delivered. And what
+is not sent: nothing for a change that was refused or rolled back.
+
+Sign-ups queue account emails of their own, so these tests look at what was sent to the
+shipment's recipient and at the outbox rows of the shipment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backend.notifications.models import OutboxStatus
+from tests.assertions import assert_problem
+from tests.conftest import count_rows
+from tests.notifications.conftest import (
+    PUBLIC_BASE_URL,
+    OutboxRow,
+    ReceivedMail,
+    SmtpServer,
+    TrackApp,
+    WorkerFactory,
+    drain,
+    outbox_rows,
+)
+from tests.shipments.factories import (
+    Parties,
+    bring_to,
+    create_shipment,
+    delivery_code,
+    make_parties,
+    patch_shipment,
+    shipment_body,
+)
+
+EMAIL_FROM = "Shiptrack <notify@track.example>"
+SIX_DIGITS = re.compile(r"(?<![0-9])[0-9]{6}(?![0-9])")
+
+
+def recipient_of(shipment: dict[str, Any]) -> str:
+    address: str = shipment["recipient"]["email"]
+    return address
+
+
+async def rows_to(db_engine: AsyncEngine, address: str) -> list[OutboxRow]:
+    return [row for row in await outbox_rows(db_engine) if row.payload.get("to") == address]
+
+
+async def assert_all_sent(db_engine: AsyncEngine, shipment: dict[str, Any], count: int) -> None:
+    rows = await outbox_rows(db_engine, shipment["id"])
+    assert len(rows) == count
+    for row in rows:
+        assert row.payload["to"] == recipient_of(shipment)
+        assert row.status == OutboxStatus.sent, row
+        assert row.sent_at is not None
+        assert row.claimed_by is None
+        assert row.last_error is None
+
+
+def only_mail(smtp_server: SmtpServer, shipment: dict[str, Any], subject_part: str) -> ReceivedMail:
+    """The one message to the shipment's recipient whose subject has `subject_part`."""
+    mails = [
+        mail
+        for mail in smtp_server.received_by(recipient_of(shipment))
+        if subject_part in mail.subject
+    ]
+    assert len(mails) == 1, [mail.subject for mail in mails]
+    mail = mails[0]
+    recipient = recipient_of(shipment)
+    assert mail.rcpt_tos == [recipient]
+    assert mail.message["To"] == recipient
+    assert mail.message["From"] == EMAIL_FROM
+    assert mail.mail_from == "notify@track.example"
+    assert mail.message.get_content_type() == "multipart/alternative"
+    assert shipment["tracking_number"] in mail.subject
+    return mail
+
+
+async def new_shipment(track: TrackApp, **overrides: Any) -> tuple[Parties, dict[str, Any]]:
+    parties = await make_parties(track.client, name="Speedy Couriers")
+    shipment = await create_shipment(track.client, parties.seller_headers, **overrides)
+    return parties, shipment
+
+
+# --- the three emails ------------------------------------------------------------------------
+
+
+async def test_shipment_created_email_links_to_the_configured_public_url(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties = await make_parties(track_app.client, name="Speedy Couriers")
+    body = shipment_body(recipient={"name": "Grace Hopper", "email": "grace@example.com"})
+    # The request names another host, in every way a client can: links must not follow it.
+    response = await track_app.client.post(
+        "/shipments",
+        json=body,
+        headers={
+            **parties.seller_headers,
+            "Host": "evil.example",
+            "X-Forwarded-Host": "evil.example",
+            "X-Forwarded-Proto": "http",
+        },
+    )
+    assert response.status_code == 201, response.text
+    shipment = response.json()
+    link = f"{PUBLIC_BASE_URL}/t/{shipment['tracking_number']}"
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+
+    [mail] = smtp_server.received_by("grace@example.com")
+    assert mail is only_mail(smtp_server, shipment, "on its way")
+    plain, html = mail.part("plain"), mail.part("html")
+    assert link in plain
+    assert f'href="{link}"' in html
+    for part in (plain, html):
+        assert "Grace Hopper" in part
+        assert parties.seller["name"] in part
+        assert "Speedy Couriers" in part
+        assert "2 paperback books" in part
+    raw = mail.message.as_string()
+    assert "evil.example" not in raw
+    assert "testserver" not in raw
+    await assert_all_sent(db_engine, shipment, 1)
+    [row] = await outbox_rows(db_engine, shipment["id"])
+    assert mail.message_id == row.message_id
+
+
+async def test_html_part_escapes_what_the_seller_wrote(
+    track_app: TrackApp,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    content = '<img src=x onerror="alert(1)"> & "friends"'
+    _, shipment = await new_shipment(track_app, content=content)
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+
+    mail = only_mail(smtp_server, shipment, "on its way")
+    assert content in mail.part("plain")
+    html = mail.part("html")
+    assert "<img" not in html
+    assert "&lt;img src=x onerror=" in html
+    assert "&amp;" in html
+
+
+async def test_out_for_delivery_email_carries_the_code_that_delivers(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    tracking_number = shipment["tracking_number"]
+    await bring_to(track_app.client, db_engine, parties, shipment["id"], "out_for_delivery")
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+
+    assert len(smtp_server.received_by(recipient_of(shipment))) == 2
+    mail = only_mail(smtp_server, shipment, "delivery code")
+    plain, html = mail.part("plain"), mail.part("html")
+    codes = set(SIX_DIGITS.findall(plain))
+    assert len(codes) == 1, plain
+    [code] = codes
+    assert code in html
+    assert code in mail.subject
+    assert f"{PUBLIC_BASE_URL}/t/{tracking_number}" in plain
+    assert f'href="{PUBLIC_BASE_URL}/t/{tracking_number}"' in html
+    await assert_all_sent(db_engine, shipment, 2)
+
+    # The code read from the email is the one the partner's delivery needs.
+    response = await patch_shipment(
+        track_app.client,
+        parties.partner_headers,
+        shipment["id"],
+        status="delivered",
+        verification_code=code,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "delivered"
+
+
+async def test_delivered_email_reaches_the_recipient(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    tracking_number = shipment["tracking_number"]
+    await bring_to(track_app.client, db_engine, parties, shipment["id"], "delivered")
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+
+    mails = smtp_server.received_by(recipient_of(shipment))
+    assert len(mails) == 3
+    assert len({mail.message_id for mail in mails}) == 3  # one message per step
+    mail = only_mail(smtp_server, shipment, "was delivered")
+    plain, html = mail.part("plain"), mail.part("html")
+    for part in (plain, html):
+        assert "Grace Hopper" in part
+        assert "Speedy Couriers" in part
+        assert "2 paperback books" in part
+    assert f"{PUBLIC_BASE_URL}/t/{tracking_number}" in plain
+    assert f'href="{PUBLIC_BASE_URL}/t/{tracking_number}"' in html
+    await assert_all_sent(db_engine, shipment, 3)
+
+
+async def test_emails_wait_in_the_outbox_until_a_worker_runs(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    _, shipment = await new_shipment(track_app)
+
+    [row] = await outbox_rows(db_engine, shipment["id"])
+    assert row.kind == "email"
+    assert row.status == OutboxStatus.pending
+    assert row.payload["template"] == "shipment_created"
+    assert row.payload["to"] == recipient_of(shipment)
+    assert row.payload["tracking_url"] == f"{PUBLIC_BASE_URL}/t/{shipment['tracking_number']}"
+    assert smtp_server.received == []
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+    mail = only_mail(smtp_server, shipment, "on its way")
+    assert mail.message_id == row.message_id
+
+
+# --- nothing for a change that did not happen --------------------------------------------------
+
+
+async def test_a_create_refused_for_want_of_a_partner_queues_nothing(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties = await make_parties(track_app.client, max_handling_capacity=1)
+    first = await create_shipment(track_app.client, parties.seller_headers)
+
+    # The only partner serving the zip code is full; and nobody serves the other zip code.
+    full_body = shipment_body()
+    full = await track_app.client.post("/shipments", json=full_body, headers=parties.seller_headers)
+    assert_problem(full, 409, "no_partner_available")
+    unserved_body = shipment_body(
+        destination={"zip_code": "99501", "address_line": "1 Far Rd", "city": "Anchorage"}
+    )
+    unserved = await track_app.client.post(
+        "/shipments", json=unserved_body, headers=parties.seller_headers
+    )
+    assert_problem(unserved, 409, "no_partner_available")
+
+    assert await count_rows(db_engine, "shipments") == 1
+    [row] = [row for row in await outbox_rows(db_engine) if row.shipment_id is not None]
+    assert str(row.shipment_id) == first["id"]
+    refused_recipients = [
+        full_body["recipient"]["email"],
+        unserved_body["recipient"]["email"],
+    ]
+    for address in refused_recipients:
+        assert await rows_to(db_engine, address) == []
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+    only_mail(smtp_server, first, "on its way")
+    for address in refused_recipients:
+        assert smtp_server.received_by(address) == []
+
+
+async def test_refused_transitions_queue_nothing(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    shipment_id = shipment["id"]
+    client, partner = track_app.client, parties.partner_headers
+
+    async def templates() -> list[str]:
+        return [row.payload["template"] for row in await outbox_rows(db_engine, shipment_id)]
+
+    # Skipping ahead is refused: no delivered email, no code.
+    skipped = await patch_shipment(client, partner, shipment_id, status="delivered")
+    assert_problem(skipped, 409, "invalid_transition")
+    in_transit = await patch_shipment(client, partner, shipment_id, status="in_transit")
+    assert in_transit.status_code == 200, in_transit.text
+    # A stale version is refused: no delivery code is issued, so none is sent.
+    stale = await client.patch(
+        f"/shipments/{shipment_id}",
+        json={"status": "out_for_delivery"},
+        headers={**partner, "If-Match": '"1"'},
+    )
+    assert_problem(stale, 412, "version_mismatch")
+    assert await templates() == ["shipment_created"]
+
+    out = await patch_shipment(client, partner, shipment_id, status="out_for_delivery")
+    assert out.status_code == 200, out.text
+    code = await delivery_code(db_engine, shipment_id)
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    # A wrong code is refused (the try is counted and committed), yet nothing is delivered.
+    refused = await patch_shipment(
+        client, partner, shipment_id, status="delivered", verification_code=wrong
+    )
+    assert_problem(refused, 422, "invalid_verification_code")
+    assert await templates() == ["shipment_created", "delivery_code"]
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+    mails = smtp_server.received_by(recipient_of(shipment))
+    assert len(mails) == 2
+    assert not any("delivered" in mail.subject for mail in mails)
+
+
+async def test_a_refused_step_after_cancelling_sends_no_code(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    await bring_to(track_app.client, db_engine, parties, shipment["id"], "cancelled")
+    refused = await patch_shipment(
+        track_app.client, parties.partner_headers, shipment["id"], status="out_for_delivery"
+    )
+    assert_problem(refused, 409, "invalid_transition")
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+    templates = [row.payload["template"] for row in await outbox_rows(db_engine, shipment["id"])]
+    assert "delivery_code" not in templates
+    assert not any(
+        "delivery code" in mail.subject for mail in smtp_server.received_by(recipient_of(shipment))
+    )
+
+
+async def test_a_replayed_create_sends_one_email(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties = await make_parties(track_app.client)
+    body = shipment_body()
+    headers = {**parties.seller_headers, "Idempotency-Key": "order-1042-attempt"}
+    first = await track_app.client.post("/shipments", json=body, headers=headers)
+    again = await track_app.client.post("/shipments", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == first.json()["id"]
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+    assert len(await rows_to(db_engine, body["recipient"]["email"])) == 1
+    only_mail(smtp_server, first.json(), "on its way")
+
+
+async def test_simultaneous_creates_beyond_capacity_email_only_the_assigned(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties = await make_parties(track_app.client, max_handling_capacity=3)
+    bodies = [shipment_body() for _ in range(10)]
+    responses = await asyncio.gather(
+        *(
+            track_app.client.post("/shipments", json=body, headers=parties.seller_headers)
+            for body in bodies
+        )
+    )
+    created = [response.json() for response in responses if response.status_code == 201]
+    assert len(created) == 3
+    for response in responses:
+        if response.status_code != 201:
+            assert_problem(response, 409, "no_partner_available")
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+    created_recipients = {recipient_of(shipment) for shipment in created}
+    for body in bodies:
+        address = body["recipient"]["email"]
+        expected = 1 if address in created_recipients else 0
+        assert len(await rows_to(db_engine, address)) == expected
+        assert len(smtp_server.received_by(address)) == expected
+
+
+async def test_a_second_trip_out_sends_a_fresh_code_and_only_it_delivers(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    shipment_id = shipment["id"]
+    client, partner = track_app.client, parties.partner_headers
+    worker = make_worker(email_from=EMAIL_FROM)
+
+    async def code_from_newest_email() -> str:
+        await drain(worker)
+        mails = [
+            mail
+            for mail in smtp_server.received_by(recipient_of(shipment))
+            if "delivery code" in mail.subject
+        ]
+        found: set[str] = set(SIX_DIGITS.findall(mails[-1].part("plain")))
+        assert len(found) == 1
+        return found.pop()
+
+    await bring_to(client, db_engine, parties, shipment_id, "out_for_delivery")
+    first_code = await code_from_newest_email()
+    # A failed attempt: back in transit, then out again with a new code.
+    for step in ("in_transit", "out_for_delivery"):
+        response = await patch_shipment(client, partner, shipment_id, status=step)
+        assert response.status_code == 200, response.text
+    second_code = await code_from_newest_email()
+    codes = [
+        mail
+        for mail in smtp_server.received_by(recipient_of(shipment))
+        if "delivery code" in mail.subject
+    ]
+    assert len(codes) == 2
+    assert codes[0].message_id != codes[1].message_id
+
+    if first_code != second_code:  # one chance in a million that they coincide
+        stale = await patch_shipment(
+            client, partner, shipment_id, status="delivered", verification_code=first_code
+        )
+        assert_problem(stale, 422, "invalid_verification_code")
+    delivered = await patch_shipment(
+        client, partner, shipment_id, status="delivered", verification_code=second_code
+    )
+    assert delivered.status_code == 200, delivered.text
