@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     # development only: in production this opens the door to SSRF.
     webhooks_allow_private: bool = False
 
+    # Live updates: a comment on idle Server-Sent Event streams this often keeps proxies from
+    # closing them.
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+
     # HTTP server.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -19,6 +20,8 @@ from sqlmodel import SQLModel
 
 from backend.config import Settings
 from backend.errors import DomainError
+
+logger = logging.getLogger(__name__)
 
 # Stable constraint names, so migrations can drop and alter what they created.
 SQLModel.metadata.naming_convention = {
@@ -80,6 +83,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         try:
             yield session
             await session.commit()
+            await _run_after_commit(session)
         except DomainError as error:
             await (session.commit() if error.keep_changes else session.rollback())
             raise
@@ -89,3 +93,23 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+def after_commit(session: AsyncSession, action: AfterCommit) -> None:
+    """Run `action` once the request's transaction has committed (never if it rolls back).
+
+    For side effects that must not announce uncommitted data, such as live-update messages.
+    Best effort: a failing action is logged, the response still succeeds.
+    """
+    session.info.setdefault("after_commit", []).append(action)
+
+
+async def _run_after_commit(session: AsyncSession) -> None:
+    actions: list[AfterCommit] = session.info.pop("after_commit", [])
+    for action in actions:
+        try:
+            await action()
+        except Exception:
+            logger.warning("after-commit action failed", exc_info=True)

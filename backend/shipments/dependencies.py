@@ -7,12 +7,15 @@ from fastapi import Depends
 from backend.accounts.dependencies import CurrentAccount, SettingsDep
 from backend.accounts.models import Seller
 from backend.db import SessionDep
+from backend.redis_client import RedisDep
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.repository import Visibility
 from backend.shipments.service import ShipmentService
 
 
-def shipment_service(session: SessionDep, settings: SettingsDep) -> ShipmentService:
+def shipment_service(
+    session: SessionDep, settings: SettingsDep, redis: RedisDep
+) -> ShipmentService:
     codes = DeliveryCodes(
         settings.jwt_secret_key.get_secret_value(),
         ttl_seconds=settings.delivery_code_ttl_seconds,
@@ -21,6 +24,7 @@ def shipment_service(session: SessionDep, settings: SettingsDep) -> ShipmentServ
     return ShipmentService(
         session,
         codes,
+        redis,
         public_base_url=settings.public_base_url,
         default_transit_days=settings.default_transit_days,
     )

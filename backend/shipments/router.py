@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 
 from backend.accounts.dependencies import CurrentPartner, CurrentSeller
 from backend.errors import problem_responses
+from backend.notifications.live import SSE_RESPONSES, LastEventId, stream_response
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
 from backend.shipments.dependencies import ShipmentServiceDep, VisibilityDep
 from backend.shipments.errors import (
@@ -130,6 +132,27 @@ async def get_shipment(
     Anyone else gets 404, whether or not the id exists.
     """
     return _etag(await shipments.get(shipment_id, visibility), response)
+
+
+@router.get(
+    "/{shipment_id}/stream",
+    response_class=StreamingResponse,
+    responses={**SSE_RESPONSES, **problem_responses(ShipmentNotFound)},
+)
+async def stream_shipment(
+    request: Request,
+    shipment_id: uuid.UUID,
+    visibility: VisibilityDep,
+    shipments: ShipmentServiceDep,
+    last_event_id: LastEventId = None,
+) -> StreamingResponse:
+    """Live timeline of a shipment for its seller or assigned partner (Server-Sent Events).
+
+    Starts with every event after `Last-Event-ID` (all of them without it), then each new one
+    as it happens, on whichever replica it happened.
+    """
+    await shipments.get(shipment_id, visibility)  # 404 unless the caller may see it
+    return stream_response(request, shipment_id, last_event_id or 0)
 
 
 @router.patch(

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.accounts.models import Partner, Seller
@@ -24,6 +25,7 @@ from backend.notifications.events import (
     SHIPMENT_UPDATED,
     EventPublisher,
 )
+from backend.notifications.live import announce_after_commit
 from backend.notifications.outbox import enqueue_email
 from backend.notifications.wording import human_day, human_moment
 from backend.pagination import decode_cursor, encode_cursor
@@ -103,12 +105,14 @@ class ShipmentService:
         self,
         session: AsyncSession,
         codes: DeliveryCodes,
+        redis: Redis,
         *,
         public_base_url: str,
         default_transit_days: int,
     ) -> None:
         self._session = session
         self._shipments = ShipmentRepository(session)
+        self._redis = redis
         self._events = EventPublisher(session)
         self._codes = codes
         self._public_base_url = public_base_url.rstrip("/")
@@ -142,6 +146,12 @@ class ShipmentService:
             last = items[-1]
             next_cursor = encode_cursor(last.created_at, last.id)
         return ShipmentPage(items=[self._read(item) for item in items], next_cursor=next_cursor)
+
+    async def shipment_id_for(self, tracking_number: str) -> uuid.UUID:
+        shipment = await self._shipments.get_by_tracking_number(tracking_number.strip().upper())
+        if shipment is None:
+            raise TrackingNumberNotFound()
+        return shipment.id
 
     async def track(self, tracking_number: str) -> TrackingView:
         shipment = await self._shipments.get_by_tracking_number(tracking_number.strip().upper())
@@ -277,7 +287,9 @@ class ShipmentService:
     # --- internals -----------------------------------------------------------------------
 
     async def _publish(self, shipment: ShipmentRead, types: list[str]) -> None:
-        """Events for the seller's feed and webhooks; last, as it serializes the seller's events."""
+        """Events for the feed, webhooks and live streams; last, as it serializes the seller's
+        events until the commit."""
+        announce_after_commit(self._session, self._redis, shipment.id, shipment.timeline[-1:])
         data = {
             "shipment": shipment.model_dump(mode="json", exclude={"timeline"}),
             "timeline_event": shipment.timeline[-1].model_dump(mode="json"),

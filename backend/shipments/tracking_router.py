@@ -11,10 +11,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from backend.db import utcnow
 from backend.errors import problem_responses
+from backend.notifications.live import SSE_RESPONSES, LastEventId, stream_response
 from backend.pages import page_templates
 from backend.shipments.dependencies import ShipmentServiceDep
 from backend.shipments.errors import TrackingNumberNotFound
@@ -58,6 +59,25 @@ async def track_shipment(
     Public: anyone with the tracking number may look, so no personal data is included.
     """
     return await shipments.track(tracking_number)
+
+
+@router.get(
+    "/track/{tracking_number}/stream",
+    response_class=StreamingResponse,
+    responses={**SSE_RESPONSES, **problem_responses(TrackingNumberNotFound)},
+)
+async def stream_tracking(
+    request: Request,
+    tracking_number: TrackingNumber,
+    shipments: ShipmentServiceDep,
+    last_event_id: LastEventId = None,
+) -> StreamingResponse:
+    """The public timeline as it grows (Server-Sent Events): what the tracking page listens to.
+
+    Carries only the public timeline fields; `Last-Event-ID` resumes without gaps.
+    """
+    shipment_id = await shipments.shipment_id_for(tracking_number)
+    return stream_response(request, shipment_id, last_event_id or 0)
 
 
 @router.get("/t/{tracking_number}", response_class=HTMLResponse, include_in_schema=False)
