@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -60,6 +60,11 @@ class WebhookService:
 
     async def register(self, seller: Seller, body: WebhookEndpointCreate) -> WebhookEndpointCreated:
         await check_destination(body.url, allow_private=self._allow_private)
+        # One registration per seller at a time, so concurrent ones cannot pass the cap together.
+        await self._session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"webhook-endpoints:{seller.id}"},
+        )
         count = await self._session.scalar(
             select(func.count()).where(col(WebhookEndpoint.seller_id) == seller.id)
         )

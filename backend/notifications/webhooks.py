@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import random
 import secrets
 import socket
 import time
@@ -26,6 +27,18 @@ from backend.notifications.models import Event, WebhookDelivery, WebhookEndpoint
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks format, not a secret
 RECEIVER_TIMEOUT_SECONDS = 10.0
+
+
+# Delays between webhook attempts (the Standard Webhooks schedule): 8 attempts over ~28 hours,
+# longer than the day after which a failing endpoint is disabled.
+WEBHOOK_RETRY_DELAYS = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
+
+
+def webhook_retry_plan(attempts: int) -> tuple[int, float]:
+    """(the attempt cap, the delay after attempt number `attempts`), with ±10 % jitter."""
+    index = min(attempts, len(WEBHOOK_RETRY_DELAYS)) - 1
+    delay = WEBHOOK_RETRY_DELAYS[index] * random.uniform(0.9, 1.1)  # noqa: S311 - jitter
+    return len(WEBHOOK_RETRY_DELAYS) + 1, delay
 
 
 class UnsafeWebhookUrl(DomainError):

@@ -19,8 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.config import Settings
 from backend.notifications.email import EmailRenderer, EmailSender, email_sender
 from backend.notifications.events import WEBHOOK
-from backend.notifications.outbox import EMAIL, ClaimedMessage, OutboxClaims, retry_delay
-from backend.notifications.webhooks import WebhookDispatcher
+from backend.notifications.outbox import (
+    EMAIL,
+    REDACT,
+    ClaimedMessage,
+    OutboxClaims,
+    retry_delay,
+)
+from backend.notifications.webhooks import WebhookDispatcher, webhook_retry_plan
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +121,7 @@ class OutboxWorker:
     async def _send_email(self, message: ClaimedMessage) -> None:
         payload = dict(message.payload)
         template, to = payload.pop("template"), payload.pop("to")
+        payload.pop(REDACT, None)
         email = self._renderer.render(
             template,
             to,
@@ -125,17 +132,22 @@ class OutboxWorker:
         )
         await self._sender.send(email)
 
-    async def _record_failure(self, message: ClaimedMessage, error: Exception) -> None:
+    def _retry_plan(self, message: ClaimedMessage) -> tuple[int, float]:
+        """(the attempt cap, the delay before the next attempt) for this kind of message."""
+        if message.kind == WEBHOOK:
+            # Spans more than the day after which a failing endpoint is disabled.
+            return webhook_retry_plan(message.attempts)
         settings = self._settings
-        final = (
-            isinstance(error, UnknownMessageKind)
-            or message.attempts >= settings.outbox_max_attempts
-        )
         delay = retry_delay(
             message.attempts,
             base=settings.outbox_backoff_base_seconds,
             cap=settings.outbox_backoff_cap_seconds,
         )
+        return settings.outbox_max_attempts, delay
+
+    async def _record_failure(self, message: ClaimedMessage, error: Exception) -> None:
+        max_attempts, delay = self._retry_plan(message)
+        final = isinstance(error, UnknownMessageKind) or message.attempts >= max_attempts
         description = f"{type(error).__name__}: {error}"
         log = logger.error if final else logger.warning
         log(
@@ -151,5 +163,5 @@ class OutboxWorker:
                 message.id,
                 description,
                 delay_seconds=delay,
-                max_attempts=message.attempts if final else settings.outbox_max_attempts,
+                max_attempts=message.attempts if final else max_attempts,
             )
