@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
+# The local commands run in development mode (the embedded services, a dev-only JWT key);
+# anything else must say ENVIRONMENT=production and bring its own JWT_SECRET_KEY.
+export ENVIRONMENT ?= dev
 SCALAR_VERSION := 1.72.1
 SCALAR_JS := backend/static/scalar/standalone.js
 

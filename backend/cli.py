@@ -65,7 +65,16 @@ def connected_settings() -> Iterator[tuple[Settings, bool]]:
 
 
 class DrainingServer(uvicorn.Server):
-    """Turns readiness to 503 as soon as shutdown starts, while in-flight requests finish."""
+    """Turns readiness to 503 as soon as shutdown starts, while in-flight requests finish.
+
+    With a drain delay, the first SIGTERM only flips readiness and keeps serving for that long,
+    so a load balancer polling /health/ready stops sending traffic before the sockets close.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, drain_seconds: float = 0.0) -> None:
+        super().__init__(config)
+        self._drain_seconds = drain_seconds
+        self._drain_started = False
 
     def handle_exit(self, sig: int, frame: object) -> None:
         app = getattr(self.config, "loaded_app", None)
@@ -73,6 +82,14 @@ class DrainingServer(uvicorn.Server):
             app = getattr(app, "app", None)  # unwrap uvicorn's proxy-header middleware
         if app is not None:
             app.state.draining = True
+        if self._drain_seconds > 0 and not self._drain_started:
+            self._drain_started = True
+            loop = asyncio.get_event_loop()
+            loop.call_soon_threadsafe(loop.call_later, self._drain_seconds, self._stop, sig, frame)
+            return
+        self._stop(sig, frame)
+
+    def _stop(self, sig: int, frame: object) -> None:
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
 
@@ -97,7 +114,7 @@ def serve(args: argparse.Namespace) -> None:
         # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets
         # the embedded services stop on the way out instead of being orphaned.
         signal.signal(signal.SIGTERM, _exit_on_signal)
-        DrainingServer(config).run()
+        DrainingServer(config, drain_seconds=settings.shutdown_drain_seconds).run()
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    environment: Environment = "dev"
+    # Production unless told otherwise: a forgotten setting must fail safe. `make` sets dev.
+    environment: Environment = "production"
 
     # Connections. Left empty, `shiptrack serve` starts embedded PostgreSQL and Redis.
     database_url: str | None = None
@@ -100,6 +101,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     graceful_shutdown_seconds: int = Field(default=20, ge=1)
+    # After SIGTERM, answer /health/ready with 503 for this long before closing the sockets, so
+    # a load balancer stops routing here first. 0 stops at once (a single local process).
+    shutdown_drain_seconds: float = Field(default=0.0, ge=0, le=60)
     # Proxies whose X-Forwarded-For is believed; anyone else could fake their IP past rate limits.
     forwarded_allow_ips: str = "127.0.0.1"
 

@@ -41,6 +41,8 @@ def utcnow() -> datetime:
 def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
     return create_async_engine(
         database_url,
+        # Bound values (emails, password hashes, recipients' phones) never reach error logs.
+        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,

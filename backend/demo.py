@@ -67,8 +67,9 @@ class DemoClient:
         token = (await self.call("POST", f"/{kind}/token", data=form))["access_token"]
         return DemoAccount(kind, account["id"], name, email, token)
 
-    async def latest_delivery_code(self, shipment_id: str) -> str:
-        # The code goes to the recipient by email; the demo reads it where the email waits.
+    async def latest_delivery_code(self, shipment_id: str) -> str | None:
+        """The code, read where the email waits in the outbox; None once the email is gone
+        (a running worker erases it from the stored row after sending)."""
         async with self._app.state.sessionmaker() as session:
             statement = (
                 select(col(OutboxMessage.payload))
@@ -78,7 +79,21 @@ class DemoClient:
                 .limit(1)
             )
             payload = (await session.execute(statement)).scalar_one()
-        return str(payload["verification_code"])
+        code = payload.get("verification_code")
+        return str(code) if code else None
+
+    async def deliver(self, shipment_id: str, partner_token: str) -> Any:
+        """Deliver an out-for-delivery shipment with the recipient's code, as a courier would."""
+        path = f"/shipments/{shipment_id}"
+        for _ in range(5):
+            code = await self.latest_delivery_code(shipment_id)
+            if code is not None:
+                body = {"status": "delivered", "verification_code": code}
+                return await self.call("PATCH", path, partner_token, json=body)
+            # The worker sent it first: a failed attempt and a new run issue a fresh code.
+            await self.call("PATCH", path, partner_token, json={"status": "in_transit"})
+            await self.call("PATCH", path, partner_token, json={"status": "out_for_delivery"})
+        raise RuntimeError("could not read a delivery code before the worker sent it")
 
 
 # Each shipment's path through the status machine, as its partner reports it.
@@ -153,11 +168,11 @@ async def _ship(
     shipment = await demo.call("POST", "/shipments", data.seller.token, json=body)
     partner_token = next(p.token for p in data.partners if p.id == shipment["partner"]["id"])
     for step in steps:
-        report = dict(step)
-        if report.get("status") == "delivered":
-            report["verification_code"] = await demo.latest_delivery_code(shipment["id"])
+        if step.get("status") == "delivered":
+            shipment = await demo.deliver(shipment["id"], partner_token)
+            continue
         shipment = await demo.call(
-            "PATCH", f"/shipments/{shipment['id']}", partner_token, json=report
+            "PATCH", f"/shipments/{shipment['id']}", partner_token, json=step
         )
     return DemoShipment(
         shipment["status"], shipment["id"], shipment["tracking_number"], shipment["tracking_url"]

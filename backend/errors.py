@@ -16,8 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -294,6 +293,12 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def handle_network_error(request: Request, exc: Exception) -> Response:
+    """A socket-level failure talking to a backing service that no other handler claimed."""
+    logger.warning("backing service unreachable: %s", type(exc).__name__)
+    return await handle_domain_error(request, DependencyUnavailable())
+
+
 async def handle_redis_error(request: Request, exc: Exception) -> Response:
     logger.warning("redis unavailable: %s", type(exc).__name__)
     return await handle_domain_error(
@@ -321,9 +326,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(DBAPIError, handle_database_error)
     app.add_exception_handler(PoolTimeoutError, handle_database_error)
-    app.add_exception_handler(OSError, handle_database_error)
-    app.add_exception_handler(RedisConnectionError, handle_redis_error)
-    app.add_exception_handler(RedisTimeoutError, handle_redis_error)
+    app.add_exception_handler(OSError, handle_network_error)
+    # Any Redis failure (unreachable, full, read-only after a failover): fail closed with 503.
+    app.add_exception_handler(RedisError, handle_redis_error)
     app.add_exception_handler(Exception, handle_unexpected_error)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from backend.errors import DomainError
 
@@ -32,6 +32,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         moment = datetime.fromisoformat(created_at)
         if moment.tzinfo is None:
             raise ValueError("naive timestamp")
-        return moment, uuid.UUID(item_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        # In UTC, as stored: an offset near the ends of the calendar overflows here, not later.
+        return moment.astimezone(UTC), uuid.UUID(item_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise InvalidCursor() from None

@@ -8,6 +8,11 @@ from redis.asyncio import Redis
 
 from backend.errors import RateLimited
 
+_DECREMENT_IF_PRESENT = """
+if redis.call('exists', KEYS[1]) == 1 then return redis.call('decr', KEYS[1]) end
+return 0
+"""
+
 
 class FixedWindowLimiter:
     def __init__(self, redis: Redis, name: str, limit: int, window_seconds: int) -> None:
@@ -33,12 +38,7 @@ class FixedWindowLimiter:
         if count > self._limit:
             raise RateLimited(ttl if ttl > 0 else self._window)
 
-    async def check(self, subject: str) -> None:
-        """Raise `RateLimited` if the budget is already spent, without counting an attempt."""
-        key = self._key(subject)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(key)
-            pipe.ttl(key)
-            count, ttl = await pipe.execute()
-        if count is not None and int(count) >= self._limit:
-            raise RateLimited(ttl if ttl > 0 else self._window)
+    async def give_back(self, subject: str) -> None:
+        """Return one counted attempt, e.g. a login that turned out to be right."""
+        # Only while the window exists: a bare DECR would recreate the key without a TTL.
+        await self._redis.eval(_DECREMENT_IF_PRESENT, 1, self._key(subject))

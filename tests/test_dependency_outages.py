@@ -203,3 +203,22 @@ async def test_postgres_outage_with_a_valid_token_gives_503(
         response = await http.get("/seller/me", headers=headers)
     assert_unavailable(response)
     assert account["email"] not in response.text
+
+
+async def test_a_redis_that_refuses_writes_is_a_503_not_a_500(
+    database_url: str, owned_redis: OwnedRedis
+) -> None:
+    settings = make_settings(database_url, owned_redis.url)
+    app = create_app(settings)
+    async with running_client(app) as http:
+        account = await sign_up(http, "seller")
+        # Full and not allowed to evict: every write fails (OOM), as after a misconfiguration.
+        await app.state.redis.config_set("maxmemory", 1)
+        await app.state.redis.config_set("maxmemory-policy", "noeviction")
+
+        response = await http.post(
+            "/seller/token", data={"username": account["email"], "password": PASSWORD}
+        )
+
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "service_unavailable"

@@ -93,10 +93,11 @@ def test_development_accepts_the_default_key() -> None:
     assert settings.jwt_secret_key.get_secret_value() == DEV_JWT_SECRET_KEY
 
 
-def test_default_environment_is_development_with_the_default_key() -> None:
-    settings = settings_from()
-    assert settings.environment == "dev"
-    assert settings.jwt_secret_key.get_secret_value() == DEV_JWT_SECRET_KEY
+def test_without_an_environment_the_published_dev_key_is_refused() -> None:
+    # Forgetting ENVIRONMENT must not run a deployment on the key printed in the repository.
+    with pytest.raises(ValidationError):
+        settings_from()
+    assert settings_from(jwt_secret_key="k" * 32).environment == "production"
 
 
 def test_an_unknown_environment_is_refused() -> None:
@@ -115,24 +116,26 @@ def test_cors_origins_from_a_comma_separated_environment_string(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CORS_ORIGINS", "https://shop.example, https://admin.example ,,")
-    settings = settings_from()
+    settings = settings_from(environment="dev")
     assert settings.cors_origins == ["https://shop.example", "https://admin.example"]
 
 
 def test_cors_origins_with_a_single_origin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CORS_ORIGINS", "https://shop.example")
-    assert settings_from().cors_origins == ["https://shop.example"]
+    assert settings_from(environment="dev").cors_origins == ["https://shop.example"]
 
 
 def test_cors_origins_empty_string_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CORS_ORIGINS", "")
-    assert settings_from().cors_origins == []
+    assert settings_from(environment="dev").cors_origins == []
 
 
 def test_cors_origins_default_is_empty() -> None:
-    assert settings_from().cors_origins == []
+    assert settings_from(environment="dev").cors_origins == []
 
 
 def test_cors_origins_given_as_a_list_in_code_are_kept() -> None:
-    settings = settings_from(cors_origins=["https://a.example", "https://b.example"])
+    settings = settings_from(
+        environment="dev", cors_origins=["https://a.example", "https://b.example"]
+    )
     assert settings.cors_origins == ["https://a.example", "https://b.example"]

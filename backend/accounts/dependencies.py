@@ -162,7 +162,7 @@ def login_limits(
     window = settings.rate_limit_window_seconds
     return LoginLimits(
         per_ip=FixedWindowLimiter(redis, f"{purpose}-ip", settings.token_attempts_per_ip, window),
-        failures_per_account=FixedWindowLimiter(
+        per_account=FixedWindowLimiter(
             redis, f"{purpose}-{kind.value}", settings.token_attempts_per_account, window
         ),
     )

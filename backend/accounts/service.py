@@ -25,8 +25,9 @@ from backend.rate_limit import FixedWindowLimiter
 @dataclass(frozen=True, slots=True)
 class LoginLimits:
     per_ip: FixedWindowLimiter
-    # Counts wrong passwords only: a user's own successful logins never lock them out.
-    failures_per_account: FixedWindowLimiter
+    # Counted before the password is checked, so a burst of parallel guesses is capped too;
+    # a successful login gives its attempt back, so users never lock themselves out.
+    per_account: FixedWindowLimiter
 
 
 class AccountService(Generic[AccountT]):
@@ -74,7 +75,7 @@ class AccountService(Generic[AccountT]):
         if account is None:
             return
         try:
-            await limits.failures_per_account.hit(email)
+            await limits.per_account.hit(email)
         except RateLimited:
             return  # enough reset emails for now; saying so would reveal the account exists
         self._emails.send_password_reset(self.kind, account)
@@ -97,12 +98,12 @@ class AccountService(Generic[AccountT]):
     ) -> IssuedToken:
         # Limits are checked before hashing: a flood must not buy CPU time.
         await limits.per_ip.hit(client_ip)
-        await limits.failures_per_account.check(email)
+        await limits.per_account.hit(email)
         account = await self._accounts.get_by_email(email)
         password_hash = account.password_hash if account else None
         if not await self._hasher.verify(password, password_hash) or account is None:
-            await limits.failures_per_account.hit(email)
             raise InvalidCredentials()
+        await limits.per_account.give_back(email)
         return self._tokens.issue(account.id, self.kind, account.token_version)
 
     async def log_out(self, claims: AccessClaims) -> None:

@@ -114,7 +114,7 @@ class LinkTokens:
     """Signed, expiring tokens for links in emails: verifying an address, resetting a password.
 
     Each purpose has its own audience and token type, so no link token ever passes as an access
-    token (or as a link token of another purpose or account kind).
+    token (or as a link token of another purpose or account kind). Also for recipients' links.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -122,21 +122,21 @@ class LinkTokens:
         self._issuer = settings.jwt_issuer
 
     @staticmethod
-    def _audience(purpose: str, kind: AccountKind) -> str:
-        return f"shiptrack:{purpose}:{kind.value}"
+    def _audience(purpose: str, scope: str) -> str:
+        return f"shiptrack:{purpose}:{scope}"
 
     def issue(
         self,
         purpose: str,
-        kind: AccountKind,
-        account_id: uuid.UUID,
+        scope: str,
+        subject: uuid.UUID,
         lifetime: timedelta,
         **claims: str,
     ) -> str:
         now = datetime.now(UTC)
         payload = {
-            "sub": str(account_id),
-            "aud": self._audience(purpose, kind),
+            "sub": str(subject),
+            "aud": self._audience(purpose, scope),
             "iat": now,
             "exp": now + lifetime,
             "iss": self._issuer,
@@ -147,9 +147,12 @@ class LinkTokens:
         )
 
     def decode(
-        self, token: str, purpose: str, kind: AccountKind, required: list[str]
+        self, token: str, purpose: str, scope: str, required: list[str]
     ) -> tuple[uuid.UUID, dict[str, str]]:
-        """(account id, the purpose's own claims), or `InvalidLinkToken`."""
+        """(subject id, the purpose's own claims), or `InvalidLinkToken`.
+
+        `scope` narrows the audience further: the account kind, or "shipment".
+        """
         try:
             if jwt.get_unverified_header(token).get("typ") != f"{purpose}+jwt":
                 raise InvalidLinkToken()
@@ -157,7 +160,7 @@ class LinkTokens:
                 token,
                 self._key,
                 algorithms=[ALGORITHM],
-                audience=self._audience(purpose, kind),
+                audience=self._audience(purpose, scope),
                 issuer=self._issuer,
                 options={"require": ["sub", "aud", "iat", "exp", "iss", *required]},
             )

@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.notifications.models import OutboxMessage
 
 EMAIL = "email"
+# Payload key listing the fields to erase once a message is sent.
+REDACT = "redact_after_send"
 
 
 def enqueue_email(
@@ -22,13 +24,15 @@ def enqueue_email(
     to: str,
     *,
     shipment_id: uuid.UUID | None = None,
+    secret_fields: tuple[str, ...] = (),
     **context: Any,
 ) -> None:
     """Queue an email in the caller's transaction: it is sent only if that transaction commits.
 
-    `context` must be JSON-serializable; it is what the template sees.
+    `context` must be JSON-serializable; it is what the template sees. `secret_fields` name
+    context values (a delivery code) erased from the stored row once the email is sent.
     """
-    payload = {"template": template, "to": to, **context}
+    payload = {"template": template, "to": to, **context, REDACT: list(secret_fields)}
     session.add(OutboxMessage(kind=EMAIL, shipment_id=shipment_id, payload=payload))
 
 
@@ -68,7 +72,10 @@ _MARK_SENT = text(
     """
     UPDATE outbox_messages
     SET status = 'sent', sent_at = now(), claimed_by = NULL, claimed_until = NULL,
-        last_error = NULL
+        last_error = NULL,
+        payload = payload - ARRAY(
+            SELECT jsonb_array_elements_text(COALESCE(payload -> 'redact_after_send', '[]'))
+        )
     WHERE id = :id AND claimed_by = :worker
     """
 )

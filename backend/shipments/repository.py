@@ -166,7 +166,8 @@ class ShipmentRepository:
         if not names:
             return []
         await self._session.execute(
-            insert(Tag).values([{"name": name} for name in names]).on_conflict_do_nothing()
+            # Sorted: concurrent inserts of the same new tags lock them in one order (no deadlock).
+            insert(Tag).values([{"name": name} for name in sorted(names)]).on_conflict_do_nothing()
         )
         tags = (
             (await self._session.execute(select(Tag).where(col(Tag.name).in_(names))))

@@ -361,17 +361,27 @@ class ShipmentService:
         self._email_recipient(
             shipment,
             "delivery_code",
+            # Stored hashed on the shipment; in the outbox only until the email has gone.
+            secret_fields=("verification_code",),
             verification_code=code,
             expires_at_text=human_moment(expires_at),
         )
 
-    def _email_recipient(self, shipment: Shipment, template: str, **context: str) -> None:
+    def _email_recipient(
+        self,
+        shipment: Shipment,
+        template: str,
+        *,
+        secret_fields: tuple[str, ...] = (),
+        **context: str,
+    ) -> None:
         """Queue an email to the recipient, sent only if this change commits."""
         enqueue_email(
             self._session,
             template,
             shipment.recipient_email,
             shipment_id=shipment.id,
+            secret_fields=secret_fields,
             recipient_name=shipment.recipient_name,
             tracking_number=shipment.tracking_number,
             tracking_url=self._tracking_url(shipment),

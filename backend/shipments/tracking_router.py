@@ -5,6 +5,7 @@ Neither shows the recipient's name, email or phone, nor any internal id.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +26,7 @@ from backend.shipments.status import PROGRESS_STEPS, TERMINAL, ShipmentStatus
 router = APIRouter(tags=["Public tracking"])
 templates = page_templates(Path(__file__).parent / "templates")
 
+TRACKING_NUMBER_FORMAT = re.compile(r"[A-Za-z0-9]{6,20}")
 TrackingNumber = Annotated[
     str,
     PathParam(
@@ -86,6 +88,9 @@ async def tracking_page(
 ) -> HTMLResponse:
     """The recipient's tracking page (server-rendered, no external assets)."""
     try:
+        # Checked like the JSON route's parameter: anything else cannot be a tracking number.
+        if not TRACKING_NUMBER_FORMAT.fullmatch(tracking_number):
+            raise TrackingNumberNotFound()
         view = await shipments.track(tracking_number)
     except TrackingNumberNotFound:
         return templates.TemplateResponse(

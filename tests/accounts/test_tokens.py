@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -14,7 +15,9 @@ import pytest
 from redis.asyncio import Redis
 
 from backend.config import Settings
+from backend.main import create_app
 from tests.assertions import assert_problem
+from tests.conftest import make_settings, running_client
 from tests.factories import PASSWORD, account_with_token, bearer, log_in, sign_up
 
 KINDS = ["seller", "partner"]
@@ -421,3 +424,26 @@ async def test_login_attempts_beyond_the_per_ip_limit_get_429(
         blocked = await token_response(client, kind, account["email"])
         assert_problem(blocked, 429, "rate_limited")
         assert int(blocked.headers["retry-after"]) > 0
+
+
+async def test_parallel_guesses_are_capped_before_any_password_is_checked(
+    database_url: str, redis_url: str
+) -> None:
+    # A burst must not slip past the per-account limit by arriving before any failure counted.
+    settings = make_settings(
+        database_url, redis_url, token_attempts_per_account=3, token_attempts_per_ip=1000
+    )
+    app = create_app(settings)
+    async with running_client(app) as http:
+        account = await sign_up(http, "seller")
+        wrong = {"username": account["email"], "password": "not the password"}
+        right = {"username": account["email"], "password": account["password"]}
+
+        answers = await asyncio.gather(
+            *(http.post("/seller/token", data=wrong) for _ in range(29)),
+            http.post("/seller/token", data=right),
+        )
+
+    statuses = [answer.status_code for answer in answers]
+    assert statuses.count(401) + statuses.count(200) <= 3  # only 3 passwords were ever checked
+    assert statuses.count(429) >= 27

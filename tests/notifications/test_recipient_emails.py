@@ -12,6 +12,7 @@ import asyncio
 import re
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.notifications.models import OutboxStatus
@@ -173,6 +174,13 @@ async def test_out_for_delivery_email_carries_the_code_that_delivers(
     assert f"{PUBLIC_BASE_URL}/t/{tracking_number}" in plain
     assert f'href="{PUBLIC_BASE_URL}/t/{tracking_number}"' in html
     await assert_all_sent(db_engine, shipment, 2)
+    # Once sent, the outbox keeps no copy of the code (the shipment has only its hash).
+    async with db_engine.connect() as connection:
+        stored = await connection.scalar(
+            text("SELECT count(*) FROM outbox_messages WHERE payload::text LIKE :code"),
+            {"code": f"%{code}%"},
+        )
+    assert stored == 0
 
     # The code read from the email is the one the partner's delivery needs.
     response = await patch_shipment(

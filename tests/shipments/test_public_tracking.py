@@ -511,3 +511,12 @@ async def test_tracking_numbers_are_random_unambiguous_and_unique(
     # Not a counter or a shared prefix: 50 numbers use most of the alphabet in every position.
     assert len({number[0] for number in numbers}) > 10
     assert len(set("".join(numbers))) == len(set(TRACKING_ALPHABET))
+
+
+@pytest.mark.parametrize("number", ["%00", "ab%00cd", "ABCDEFGHJKMNPQ%00"])
+async def test_page_for_a_number_with_a_nul_is_not_found(
+    client: httpx.AsyncClient, number: str
+) -> None:
+    response = await client.get(f"/t/{number}")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/html")

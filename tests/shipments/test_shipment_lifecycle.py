@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,6 +49,11 @@ SHIPMENT_FIELDS = [
     "timeline",
 ]
 STORED_TABLES = ("shipments", "shipment_events", "shipment_tags", "tags", "outbox_messages")
+
+
+def encode_cursor_text(raw: str) -> str:
+    """A cursor as the API encodes one, around any text."""
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 async def stored_counts(db_engine: AsyncEngine) -> dict[str, int]:
@@ -262,6 +269,15 @@ async def test_list_pages_newest_first_with_cursor(client: httpx.AsyncClient) ->
         ({"cursor": "garbage"}, "invalid_cursor"),
         ({"cursor": "bm90fGF8dXVpZA"}, "invalid_cursor"),  # "not|a|uuid"
         ({"cursor": "MjAyNi0wMS0wMXwxMjM"}, "invalid_cursor"),  # "2026-01-01|123"
+        # Timestamps at the ends of the calendar, whose offset would overflow once in UTC.
+        (
+            {"cursor": encode_cursor_text(f"0001-01-01T00:00:00+14:00|{uuid.UUID(int=1)}")},
+            "invalid_cursor",
+        ),
+        (
+            {"cursor": encode_cursor_text(f"9999-12-31T23:59:59-14:00|{uuid.UUID(int=1)}")},
+            "invalid_cursor",
+        ),
     ],
 )
 async def test_list_rejects_bad_parameters(
