@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     default_transit_days: int = Field(default=3, ge=1, le=60)
     delivery_code_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     delivery_code_max_attempts: int = Field(default=5, ge=1, le=20)
+    # How long the review link in the delivery email works.
+    review_link_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=3600)
 
     # Notifications: the outbox worker and email.
     worker_poll_seconds: float = Field(default=1.0, gt=0)

@@ -3,13 +3,21 @@
 from backend.accounts.models import Partner, Seller
 from backend.db import metadata
 from backend.notifications.models import Event, OutboxMessage, WebhookDelivery, WebhookEndpoint
-from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentEvent, ShipmentTag, Tag
+from backend.shipments.models import (
+    IdempotencyRecord,
+    Review,
+    Shipment,
+    ShipmentEvent,
+    ShipmentTag,
+    Tag,
+)
 
 __all__ = [
     "Event",
     "IdempotencyRecord",
     "OutboxMessage",
     "Partner",
+    "Review",
     "Seller",
     "Shipment",
     "ShipmentEvent",

@@ -6,6 +6,7 @@ from fastapi import Depends
 
 from backend.accounts.dependencies import CurrentAccount, SettingsDep
 from backend.accounts.models import Seller
+from backend.accounts.tokens import LinkTokens
 from backend.db import SessionDep
 from backend.redis_client import RedisDep
 from backend.shipments.delivery_codes import DeliveryCodes
@@ -25,8 +26,10 @@ def shipment_service(
         session,
         codes,
         redis,
+        links=LinkTokens(settings),
         public_base_url=settings.public_base_url,
         default_transit_days=settings.default_transit_days,
+        review_link_ttl_seconds=settings.review_link_ttl_seconds,
     )
 
 

@@ -68,3 +68,15 @@ class VerificationCodeBurned(RateLimited):
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(retry_after_seconds=3600, detail=detail)
+
+
+class ShipmentNotDelivered(Conflict):
+    code = "shipment_not_delivered"
+    title = "Not delivered yet"
+    default_detail = "A shipment can be reviewed once it has been delivered."
+
+
+class ReviewAlreadyGiven(Conflict):
+    code = "review_already_given"
+    title = "Already reviewed"
+    default_detail = "This shipment has been reviewed already; a review cannot be changed."

@@ -8,7 +8,7 @@ relationship raises if touched without being loaded explicitly, so no query hide
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Optional
 
 from sqlalchemy import (
     CheckConstraint,
@@ -130,6 +130,9 @@ class Shipment(SQLModel, table=True):
         }
     )
     tags: list[Tag] = Relationship(link_model=ShipmentTag, sa_relationship_kwargs={"lazy": "raise"})
+    review: Optional["Review"] = Relationship(
+        sa_relationship_kwargs={"lazy": "raise", "uselist": False}
+    )
     partner: Partner = Relationship(sa_relationship_kwargs={"lazy": "raise"})
 
 
@@ -147,4 +150,21 @@ class IdempotencyRecord(SQLModel, table=True):
     shipment_id: uuid.UUID | None = Field(default=None, foreign_key="shipments.id")
     response_status: int | None = None
     response_body: dict[str, Any] | None = Field(default=None, sa_type=JSONB)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class Review(SQLModel, table=True):
+    """The recipient's rating of a delivered shipment: one per shipment."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (CheckConstraint("rating BETWEEN 1 AND 5", name="rating_range"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    shipment_id: uuid.UUID = Field(
+        sa_column=Column(
+            ForeignKey("shipments.id", ondelete="CASCADE"), nullable=False, unique=True
+        )
+    )
+    rating: int
+    comment: str | None = Field(default=None, max_length=1000)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

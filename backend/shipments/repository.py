@@ -10,12 +10,13 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 from sqlmodel import col
 
 from backend.accounts.models import Partner
-from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentTag, Tag
+from backend.shipments.models import IdempotencyRecord, Review, Shipment, ShipmentTag, Tag
 from backend.shipments.status import ShipmentStatus
 
 # Lock the least-loaded partner serving the zip that still has room, and take one slot. A
@@ -67,8 +68,13 @@ class Visibility:
 
 
 def _with_read_relations(statement: Any) -> Any:
-    # The partner joins into the same query; tags take one more; the timeline loads by itself.
-    return statement.options(joinedload(Shipment.partner), selectinload(Shipment.tags))  # type: ignore[arg-type]
+    # Partner and review join into the same query; tags take one more; the timeline loads itself.
+    # SQLModel types relationship attributes as their values; they are instrumented attributes.
+    return statement.options(
+        joinedload(Shipment.partner),  # type: ignore[arg-type]
+        joinedload(Shipment.review),  # type: ignore[arg-type]
+        selectinload(Shipment.tags),  # type: ignore[arg-type]
+    )
 
 
 class ShipmentRepository:
@@ -157,6 +163,16 @@ class ShipmentRepository:
         return (
             (await self._session.execute(_with_read_relations(statement))).scalars().unique().all()
         )
+
+    async def add_review(self, review: Review) -> bool:
+        """Store the review; False if the shipment already has one (a unique constraint)."""
+        self._session.add(review)
+        try:
+            async with self._session.begin_nested():
+                await self._session.flush()
+        except IntegrityError:
+            return False
+        return True
 
     async def replace_tags(self, shipment: Shipment, names: list[str]) -> list[Tag]:
         """Point the shipment at exactly these tags, creating the ones that do not exist yet."""

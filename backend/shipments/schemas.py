@@ -177,6 +177,40 @@ class TagsReplace(RequestBody):
     tags: TagList
 
 
+class ReviewCreate(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"token": "eyJhbGciOiJIUzI1NiIs...", "rating": 5, "comment": "Fast!"}]
+        }
+    )
+
+    token: Annotated[
+        str, Field(min_length=1, max_length=2000, description="From the delivery email's link.")
+    ]
+    rating: Annotated[int, Strict(), Field(ge=1, le=5, description="1 (poor) to 5 (excellent).")]
+    comment: (
+        Annotated[
+            str,
+            StringConstraints(strip_whitespace=True, min_length=1, max_length=1000),
+            AfterValidator(reject_unstorable),
+        ]
+        | None
+    ) = None
+
+
+class ReviewRead(BaseModel):
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [{"rating": 5, "comment": "Fast!", "created_at": "2026-11-25T18:00:00Z"}]
+        },
+    )
+
+    rating: int
+    comment: str | None
+    created_at: datetime
+
+
 class DestinationRead(BaseModel):
     zip_code: str
     address_line: str | None
@@ -270,6 +304,9 @@ class ShipmentRead(BaseModel):
     created_at: datetime
     updated_at: datetime
     tracking_url: str
+    review: ReviewRead | None = Field(
+        default=None, description="The recipient's rating, once given after delivery."
+    )
     timeline: list[TimelineEvent] = Field(description="Oldest first.")
 
 

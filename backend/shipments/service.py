@@ -16,7 +16,9 @@ from datetime import timedelta
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.accounts.errors import InvalidLinkToken
 from backend.accounts.models import Partner, Seller
+from backend.accounts.tokens import LinkTokens
 from backend.db import utcnow
 from backend.notifications.events import (
     SHIPMENT_CANCELLED,
@@ -34,11 +36,13 @@ from backend.shipments.errors import (
     IdempotencyKeyReused,
     InvalidTransition,
     NoPartnerAvailable,
+    ReviewAlreadyGiven,
+    ShipmentNotDelivered,
     ShipmentNotFound,
     TrackingNumberNotFound,
     VersionMismatch,
 )
-from backend.shipments.models import Shipment, ShipmentEvent
+from backend.shipments.models import Review, Shipment, ShipmentEvent
 from backend.shipments.repository import ShipmentRepository, Visibility
 from backend.shipments.schemas import (
     DestinationRead,
@@ -46,6 +50,8 @@ from backend.shipments.schemas import (
     PublicDestination,
     PublicPartner,
     RecipientRead,
+    ReviewCreate,
+    ReviewRead,
     ShipmentCreate,
     ShipmentPage,
     ShipmentRead,
@@ -64,6 +70,8 @@ from backend.shipments.status import (
 # No 0/O, 1/I/L or U: readable over the phone. 14 of 30 symbols is about 68 bits.
 TRACKING_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
 TRACKING_NUMBER_LENGTH = 14
+
+REVIEW_LINK = "review"
 
 EVENT_DESCRIPTIONS = {
     ShipmentStatus.placed: "Shipment created",
@@ -107,8 +115,10 @@ class ShipmentService:
         codes: DeliveryCodes,
         redis: Redis,
         *,
+        links: LinkTokens,
         public_base_url: str,
         default_transit_days: int,
+        review_link_ttl_seconds: int,
     ) -> None:
         self._session = session
         self._shipments = ShipmentRepository(session)
@@ -116,6 +126,8 @@ class ShipmentService:
         self._events = EventPublisher(session)
         self._codes = codes
         self._public_base_url = public_base_url.rstrip("/")
+        self._links = links
+        self._review_lifetime = timedelta(seconds=review_link_ttl_seconds)
         self._transit = timedelta(days=default_transit_days)
 
     # --- reading -------------------------------------------------------------------------
@@ -204,6 +216,7 @@ class ShipmentService:
             estimated_delivery=now + self._transit,
             created_at=now,
             updated_at=now,
+            review=None,  # known, so reading it never needs a query
         )
         self._append_event(shipment, ShipmentStatus.placed, location_zip=None, note=None)
         await self._shipments.add(shipment)
@@ -250,6 +263,23 @@ class ShipmentService:
         await self._session.flush()
         return self._read(shipment, tags=[tag.name for tag in tags])
 
+    # --- recipients ----------------------------------------------------------------------
+
+    async def review(self, tracking_number: str, body: ReviewCreate) -> ReviewRead:
+        """The recipient's rating, with the signed link from the delivery email; once only."""
+        shipment_id, _ = self._links.decode(body.token, REVIEW_LINK, "shipment", [])
+        shipment = await self._shipments.get_by_tracking_number(tracking_number.strip().upper())
+        if shipment is None:
+            raise TrackingNumberNotFound()
+        if shipment.id != shipment_id:
+            raise InvalidLinkToken()
+        if shipment.status is not ShipmentStatus.delivered:
+            raise ShipmentNotDelivered()
+        review = Review(shipment_id=shipment.id, rating=body.rating, comment=body.comment)
+        if not await self._shipments.add_review(review):
+            raise ReviewAlreadyGiven()
+        return ReviewRead.model_validate(review)
+
     # --- partners ------------------------------------------------------------------------
 
     async def report(
@@ -277,7 +307,12 @@ class ShipmentService:
         if change.status is ShipmentStatus.out_for_delivery:
             self._send_delivery_code(shipment)
         elif change.status is ShipmentStatus.delivered:
-            self._email_recipient(shipment, "delivered", partner_name=shipment.partner.name)
+            self._email_recipient(
+                shipment,
+                "delivered",
+                partner_name=shipment.partner.name,
+                review_url=self._review_url(shipment),
+            )
         await self._session.flush()
         updated = self._read(shipment)
         delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
@@ -389,6 +424,10 @@ class ShipmentService:
             **context,
         )
 
+    def _review_url(self, shipment: Shipment) -> str:
+        token = self._links.issue(REVIEW_LINK, "shipment", shipment.id, self._review_lifetime)
+        return f"{self._tracking_url(shipment)}?review={token}"
+
     def _tracking_url(self, shipment: Shipment) -> str:
         return f"{self._public_base_url}/t/{shipment.tracking_number}"
 
@@ -425,5 +464,6 @@ class ShipmentService:
             created_at=shipment.created_at,
             updated_at=shipment.updated_at,
             tracking_url=self._tracking_url(shipment),
+            review=ReviewRead.model_validate(shipment.review) if shipment.review else None,
             timeline=[TimelineEvent.model_validate(event) for event in shipment.timeline],
         )

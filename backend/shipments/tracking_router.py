@@ -10,17 +10,22 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from backend.accounts.errors import InvalidLinkToken
 from backend.db import utcnow
 from backend.errors import problem_responses
 from backend.notifications.live import SSE_RESPONSES, LastEventId, stream_response
 from backend.pages import page_templates
 from backend.shipments.dependencies import ShipmentServiceDep
-from backend.shipments.errors import TrackingNumberNotFound
-from backend.shipments.schemas import TrackingView
+from backend.shipments.errors import (
+    ReviewAlreadyGiven,
+    ShipmentNotDelivered,
+    TrackingNumberNotFound,
+)
+from backend.shipments.schemas import ReviewCreate, ReviewRead, TrackingView
 from backend.shipments.status import PROGRESS_STEPS, TERMINAL, ShipmentStatus
 
 router = APIRouter(tags=["Public tracking"])
@@ -63,6 +68,23 @@ async def track_shipment(
     return await shipments.track(tracking_number)
 
 
+@router.post(
+    "/track/{tracking_number}/review",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ReviewRead,
+    responses=problem_responses(
+        TrackingNumberNotFound, InvalidLinkToken, ShipmentNotDelivered, ReviewAlreadyGiven
+    ),
+)
+async def review_shipment(
+    tracking_number: TrackingNumber, body: ReviewCreate, shipments: ShipmentServiceDep
+) -> ReviewRead:
+    """Rate a delivered shipment from 1 to 5, with an optional comment. Needs the `token` from
+    the link in the delivery email; each shipment can be reviewed once. The seller sees the
+    review on the shipment."""
+    return await shipments.review(tracking_number, body)
+
+
 @router.get(
     "/track/{tracking_number}/stream",
     response_class=StreamingResponse,
@@ -84,7 +106,10 @@ async def stream_tracking(
 
 @router.get("/t/{tracking_number}", response_class=HTMLResponse, include_in_schema=False)
 async def tracking_page(
-    request: Request, tracking_number: str, shipments: ShipmentServiceDep
+    request: Request,
+    tracking_number: str,
+    shipments: ShipmentServiceDep,
+    review: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> HTMLResponse:
     """The recipient's tracking page (server-rendered, no external assets)."""
     try:
@@ -99,7 +124,10 @@ async def tracking_page(
             {"tracking_number": tracking_number[:40]},
             status_code=404,
         )
-    return templates.TemplateResponse(request, "tracking.html", page_context(view))
+    context = page_context(view)
+    # The link in the delivery email: the page offers the review form (the API checks the token).
+    context["review_token"] = review if view.status is ShipmentStatus.delivered else None
+    return templates.TemplateResponse(request, "tracking.html", context)
 
 
 def page_context(view: TrackingView, now: datetime | None = None) -> dict[str, object]:

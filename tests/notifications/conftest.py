@@ -314,6 +314,7 @@ async def queue_emails(
                 tracking_url=f"{PUBLIC_BASE_URL}/t/TEST{number:010d}",
                 content=f"parcel {number}",
                 partner_name="Speedy Couriers",
+                review_url=f"{PUBLIC_BASE_URL}/t/TEST{number:010d}?review=token",
             )
         queued = [item.id for item in session.new if isinstance(item, OutboxMessage)]
     assert len(queued) == count

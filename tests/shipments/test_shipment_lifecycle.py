@@ -46,6 +46,7 @@ SHIPMENT_FIELDS = [
     "created_at",
     "updated_at",
     "tracking_url",
+    "review",
     "timeline",
 ]
 STORED_TABLES = ("shipments", "shipment_events", "shipment_tags", "tags", "outbox_messages")
@@ -87,6 +88,7 @@ async def test_create_returns_the_whole_shipment(
     assert set(shipment) == {*SHIPMENT_FIELDS}
     assert response.headers["location"] == f"/shipments/{shipment['id']}"
     assert response.headers["etag"] == '"1"'
+    assert shipment["review"] is None  # until the recipient rates the delivery
     number = shipment["tracking_number"]
     assert len(number) == 14
     assert set(number) <= set(TRACKING_ALPHABET)
