@@ -57,14 +57,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.draining = False
     await app.state.password_hasher.warm_up()
-    worker_task = None
-    if app.state.run_worker:
-        worker = OutboxWorker(settings, app.state.sessionmaker)
-        worker_task = asyncio.create_task(worker.run(), name="outbox-worker")
+    worker = OutboxWorker(settings, app.state.sessionmaker) if app.state.run_worker else None
+    worker_task = asyncio.create_task(worker.run(), name="outbox-worker") if worker else None
     try:
         yield
     finally:
-        if worker_task is not None:
+        if worker is not None and worker_task is not None:
             worker.stop()
             await worker_task
         await app.state.redis.aclose()

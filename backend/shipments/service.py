@@ -160,15 +160,11 @@ class ShipmentService:
         return ShipmentPage(items=[self._read(item) for item in items], next_cursor=next_cursor)
 
     async def shipment_id_for(self, tracking_number: str) -> uuid.UUID:
-        shipment = await self._shipments.get_by_tracking_number(tracking_number.strip().upper())
-        if shipment is None:
-            raise TrackingNumberNotFound()
+        shipment = await self._by_tracking_number(tracking_number)
         return shipment.id
 
     async def track(self, tracking_number: str) -> TrackingView:
-        shipment = await self._shipments.get_by_tracking_number(tracking_number.strip().upper())
-        if shipment is None:
-            raise TrackingNumberNotFound()
+        shipment = await self._by_tracking_number(tracking_number)
         return TrackingView(
             tracking_number=shipment.tracking_number,
             status=shipment.status,
@@ -268,9 +264,7 @@ class ShipmentService:
     async def review(self, tracking_number: str, body: ReviewCreate) -> ReviewRead:
         """The recipient's rating, with the signed link from the delivery email; once only."""
         shipment_id, _ = self._links.decode(body.token, REVIEW_LINK, "shipment", [])
-        shipment = await self._shipments.get_by_tracking_number(tracking_number.strip().upper())
-        if shipment is None:
-            raise TrackingNumberNotFound()
+        shipment = await self._by_tracking_number(tracking_number)
         if shipment.id != shipment_id:
             raise InvalidLinkToken()
         if shipment.status is not ShipmentStatus.delivered:
@@ -330,6 +324,12 @@ class ShipmentService:
             "timeline_event": shipment.timeline[-1].model_dump(mode="json"),
         }
         await self._events.publish(shipment.seller_id, types, data, shipment_id=shipment.id)
+
+    async def _by_tracking_number(self, tracking_number: str) -> Shipment:
+        shipment = await self._shipments.get_by_tracking_number(tracking_number.strip().upper())
+        if shipment is None:
+            raise TrackingNumberNotFound()
+        return shipment
 
     async def _locked(self, shipment_id: uuid.UUID, visibility: Visibility) -> Shipment:
         shipment = await self._shipments.lock(shipment_id, visibility)
