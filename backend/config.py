@@ -75,8 +75,9 @@ class Settings(BaseSettings):
     outbox_batch_size: int = Field(default=20, ge=1, le=500)
     # How long a worker may hold claimed rows before another worker may take them.
     outbox_lease_seconds: int = Field(default=60, ge=5)
-    # Attempts before a message is dead-lettered; with the backoff below, about a day.
-    outbox_max_attempts: int = Field(default=12, ge=1)
+    # Attempts before an email is dead-lettered; with the backoff below, 16 to 32 hours (a day
+    # on average). Webhooks keep their own schedule (notifications/webhooks.py).
+    outbox_max_attempts: int = Field(default=14, ge=1)
     outbox_backoff_base_seconds: float = Field(default=30.0, gt=0)
     outbox_backoff_cap_seconds: float = Field(default=8 * 3600.0, gt=0)
     # "file" writes each message under DATA_DIR/mail (dev); "smtp" sends it.
