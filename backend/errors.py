@@ -87,6 +87,16 @@ class Conflict(DomainError):
     title = "Conflict"
 
 
+class MalformedBody(DomainError):
+    """Documents the 400 that FastAPI answers when a body cannot even be decoded (bytes that
+    are not UTF-8, a broken multipart form); `handle_http_error` renders it with this code."""
+
+    status_code = 400
+    code = "bad_request"
+    title = "Bad request"
+    default_detail = "There was an error parsing the body."
+
+
 class PayloadTooLarge(DomainError):
     status_code = 413
     code = "payload_too_large"

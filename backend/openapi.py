@@ -19,6 +19,7 @@ from backend.errors import (
     DependencyUnavailable,
     DomainError,
     Forbidden,
+    MalformedBody,
     PayloadTooLarge,
     Problem,
     Unauthorized,
@@ -96,9 +97,9 @@ def _body_errors(operation: dict[str, Any]) -> list[type[DomainError]]:
         return []
     # Only JSON routes answer a body of another type with 415; forms validate field by field.
     return (
-        [PayloadTooLarge, UnsupportedMediaType]
+        [MalformedBody, PayloadTooLarge, UnsupportedMediaType]
         if "application/json" in body_types
-        else [PayloadTooLarge]
+        else [MalformedBody, PayloadTooLarge]
     )
 
 

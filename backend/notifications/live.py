@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import Header, Request
 from fastapi.responses import StreamingResponse
+from pydantic.json_schema import SkipJsonSchema
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -111,7 +112,7 @@ async def timeline_stream(
 
 
 LastEventId = Annotated[
-    int | None,
+    int | SkipJsonSchema[None],
     Header(
         alias="Last-Event-ID",
         ge=0,

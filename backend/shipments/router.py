@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic.json_schema import SkipJsonSchema
 
 from backend.accounts.dependencies import CurrentPartner, CurrentSeller
 from backend.errors import problem_responses
@@ -35,8 +36,9 @@ from backend.shipments.status import STATUS_MACHINE_DOC, ShipmentStatus
 
 router = APIRouter(prefix="/shipments", tags=["Shipments"])
 
+# `SkipJsonSchema[None]`: a header is absent or a string, never JSON null.
 IdempotencyKey = Annotated[
-    str | None,
+    str | SkipJsonSchema[None],
     Header(
         alias="Idempotency-Key",
         min_length=1,
@@ -47,7 +49,7 @@ IdempotencyKey = Annotated[
     ),
 ]
 IfMatch = Annotated[
-    str | None,
+    str | SkipJsonSchema[None],
     Header(
         alias="If-Match",
         pattern=r'^(\*|(W/)?"?[0-9]{1,9}"?)$',
