@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.json_schema import SkipJsonSchema
 
 from backend.fields import AddressLine, Email, Name, Password, ZipCode
 
@@ -108,8 +107,7 @@ class PartnerCreate(RequestBody):
 
 
 class PartnerUpdate(RequestBody):
-    """Only the fields sent are changed; `null` is not a value any of them can take (so the
-    schema does not offer it)."""
+    """Only the fields sent are changed; `null` is not a value any of them can take."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -117,9 +115,9 @@ class PartnerUpdate(RequestBody):
         }
     )
 
-    name: Name | SkipJsonSchema[None] = None
-    serviceable_zip_codes: ZipCodeList | SkipJsonSchema[None] = None
-    max_handling_capacity: Capacity | SkipJsonSchema[None] = None
+    name: Name | None = None
+    serviceable_zip_codes: ZipCodeList | None = None
+    max_handling_capacity: Capacity | None = None
 
     @model_validator(mode="after")
     def refuse_nulls(self) -> Self:

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 from fastapi import Header, Request
 from fastapi.responses import StreamingResponse
-from pydantic.json_schema import SkipJsonSchema
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -112,7 +111,7 @@ async def timeline_stream(
 
 
 LastEventId = Annotated[
-    int | SkipJsonSchema[None],
+    int | None,
     Header(
         alias="Last-Event-ID",
         ge=0,

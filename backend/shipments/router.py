@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic.json_schema import SkipJsonSchema
 
 from backend.accounts.dependencies import CurrentPartner, CurrentSeller
 from backend.errors import problem_responses
@@ -36,9 +35,8 @@ from backend.shipments.status import STATUS_MACHINE_DOC, ShipmentStatus
 
 router = APIRouter(prefix="/shipments", tags=["Shipments"])
 
-# `SkipJsonSchema[None]`: a header is absent or a string, never JSON null.
 IdempotencyKey = Annotated[
-    str | SkipJsonSchema[None],
+    str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
@@ -49,7 +47,7 @@ IdempotencyKey = Annotated[
     ),
 ]
 IfMatch = Annotated[
-    str | SkipJsonSchema[None],
+    str | None,
     Header(
         alias="If-Match",
         pattern=r'^(\*|(W/)?"?[0-9]{1,9}"?)$',

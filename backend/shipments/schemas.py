@@ -18,7 +18,6 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
 
 from backend.accounts.schemas import RequestBody
 from backend.fields import AddressLine, Email, Name, ZipCode, reject_unstorable
@@ -156,11 +155,11 @@ class ShipmentUpdate(RequestBody):
         }
     )
 
-    status: ShipmentStatus | SkipJsonSchema[None] = None
-    location_zip: ZipCode | SkipJsonSchema[None] = None
-    note: Note | SkipJsonSchema[None] = None
-    estimated_delivery: FutureUtcDatetime | SkipJsonSchema[None] = None
-    verification_code: VerificationCode | SkipJsonSchema[None] = None
+    status: ShipmentStatus | None = None
+    location_zip: ZipCode | None = None
+    note: Note | None = None
+    estimated_delivery: FutureUtcDatetime | None = None
+    verification_code: VerificationCode | None = None
 
     @model_validator(mode="after")
     def require_a_change(self) -> Self:
