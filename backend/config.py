@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +16,24 @@ DEV_JWT_SECRET_KEY = "dev-only-insecure-key-change-me-0123456789abcdef"  # noqa:
 MIN_JWT_KEY_BYTES = 32
 
 Environment = Literal["dev", "test", "production"]
+CGROUP_CPU_LIMIT = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cores() -> int:
+    """Cores this process may really use: its CPU affinity, capped by a cgroup v2 CPU quota.
+
+    `os.cpu_count()` counts the host's cores, which in a container limited to one CPU would let
+    several bcrypt hashes run at once and starve the event loop.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:
+        quota, period = CGROUP_CPU_LIMIT.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit visible: the affinity is the limit
+    return cores
 
 
 class Settings(BaseSettings):
@@ -55,7 +74,7 @@ class Settings(BaseSettings):
     password_reset_ttl_seconds: int = Field(default=30 * 60, ge=60, le=24 * 3600)
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
     # Concurrent bcrypt hashes; each occupies a core, so keep one free for the event loop.
-    password_hash_concurrency: int = Field(default=max(1, (os.cpu_count() or 2) - 1), ge=1)
+    password_hash_concurrency: int = Field(default_factory=lambda: max(1, usable_cores() - 1), ge=1)
 
     # Fixed-window rate limits on the token and sign-up endpoints.
     rate_limit_window_seconds: int = Field(default=60, ge=1)

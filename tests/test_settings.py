@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from backend import config
 from backend.config import DEV_JWT_SECRET_KEY, MIN_JWT_KEY_BYTES, Settings
 
 # Variables that would change what these tests read if the developer's shell had them set.
@@ -139,3 +142,23 @@ def test_cors_origins_given_as_a_list_in_code_are_kept() -> None:
         environment="dev", cors_origins=["https://a.example", "https://b.example"]
     )
     assert settings.cors_origins == ["https://a.example", "https://b.example"]
+
+
+def test_hash_concurrency_leaves_a_core_for_the_event_loop() -> None:
+    settings = settings_from(environment="dev")
+    assert settings.password_hash_concurrency == max(1, config.usable_cores() - 1)
+    assert 1 <= config.usable_cores() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("150000 100000", 2), ("50000 100000", 1), ("max 100000", None), ("garbage", None)],
+)
+def test_usable_cores_respect_a_container_cpu_quota(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpu_max: str, expected: int | None
+) -> None:
+    limit = tmp_path / "cpu.max"
+    limit.write_text(cpu_max + "\n")
+    monkeypatch.setattr(config, "CGROUP_CPU_LIMIT", limit)
+    affinity = len(os.sched_getaffinity(0))
+    assert config.usable_cores() == (affinity if expected is None else min(affinity, expected))
