@@ -9,7 +9,7 @@ export ENVIRONMENT ?= dev
 SCALAR_VERSION := 1.72.1
 SCALAR_JS := backend/static/scalar/standalone.js
 
-.PHONY: run test demo check lint typecheck fmt migrate revision openapi install scalar clean
+.PHONY: run test demo check lint typecheck fmt migrate revision openapi install scalar clean bench
 
 run: install ## Serve the API on 127.0.0.1:8000 (embedded PostgreSQL + Redis unless URLs are set)
 	$(BIN)/shiptrack serve
@@ -41,6 +41,9 @@ revision: install ## New migration from model changes: make revision m="add ship
 
 openapi: install
 	@$(BIN)/shiptrack openapi
+
+bench: install ## API vs the floor app under wrk (local PostgreSQL + Redis, scratch database)
+	bash bench/run.sh
 
 install: $(VENV)/.synced scalar
 

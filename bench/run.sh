@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Shiptrack benchmark: the API and the floor app (bench/floor.py) side by side, in one run.
+# Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth), Redis on 127.0.0.1:6379 (db 9
+# is flushed), and wrk. Run from the repository root: `make bench` or `bash bench/run.sh`.
+# Knobs: DURATION (10s), THREADS (2), CONNECTIONS (32), SHIPMENTS (20).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+SHIPMENTS=${SHIPMENTS:-20}
+PG_HOST=127.0.0.1
+PG_PORT=5432
+REDIS_URL=redis://127.0.0.1:6379/9
+
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "wrk is not installed. On Debian/Ubuntu: sudo apt-get update && sudo apt-get install -y wrk" >&2
+    exit 1
+fi
+for tool in psql redis-cli; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "$tool is needed (postgresql-client, redis-tools)" >&2; exit 1; }
+done
+
+DB=shiptrack_bench_$$
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+    redis-cli -u "$REDIS_URL" flushdb >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() {  # URL PID
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "$1" && return 0
+        kill -0 "$2" 2>/dev/null || { echo "server $2 died" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "server at $1 did not start" >&2; return 1
+}
+
+psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB" >/dev/null
+redis-cli -u "$REDIS_URL" flushdb >/dev/null
+export DATABASE_URL="postgresql+asyncpg://postgres@$PG_HOST:$PG_PORT/$DB"
+export REDIS_URL ENVIRONMENT=dev LOG_LEVEL=WARNING
+export JWT_SECRET_KEY="bench-only-key-$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+ENVIRONMENT=dev "$BIN/shiptrack" migrate >/dev/null
+
+API_PORT=$(free_port)
+FLOOR_PORT=$(free_port)
+# Production bcrypt cost (12, the default). The login rate limits are raised only so that the
+# login stream measures hashing rather than 429s.
+TOKEN_ATTEMPTS_PER_IP=1000000 TOKEN_ATTEMPTS_PER_ACCOUNT=1000000 SIGNUPS_PER_IP=1000000 \
+    "$BIN/shiptrack" serve --host 127.0.0.1 --port "$API_PORT" >"$WORK/api.log" 2>&1 &
+API_PID=$!
+PIDS+=("$API_PID")
+FLOOR_DATABASE_URL="$DATABASE_URL" FLOOR_REDIS_URL="$REDIS_URL" \
+    "$BIN/uvicorn" --app-dir bench floor:app --host 127.0.0.1 --port "$FLOOR_PORT" \
+    --workers 1 --no-access-log --log-level warning >"$WORK/floor.log" 2>&1 &
+FLOOR_PID=$!
+PIDS+=("$FLOOR_PID")
+wait_up "http://127.0.0.1:$API_PORT/health/live" "$API_PID" || { cat "$WORK/api.log"; exit 1; }
+wait_up "http://127.0.0.1:$FLOOR_PORT/shipments" "$FLOOR_PID" || { cat "$WORK/floor.log"; exit 1; }
+# uvicorn's worker may be a child of the launcher; measure the process that serves.
+API_SERVER=$API_PID
+
+"$BIN/python" bench/seed.py "http://127.0.0.1:$API_PORT" "$WORK" "$SHIPMENTS"
+echo "seeded $SHIPMENTS shipments x 10 events into $DB"
+
+RESULTS="$WORK/results.md"
+echo "| workload | app | req/s | p50 | p99 | non-2xx | socket errors | peak RSS (MiB) |" >"$RESULTS"
+echo "|---|---|---:|---:|---:|---:|---:|---:|" >>"$RESULTS"
+
+rss_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+# NAME APP PID OUTFILE: one table row from wrk's output.
+row() {
+    local out=$4
+    local rps p50 p99 non2xx errs
+    rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
+    p50=$(awk '$1=="50%" {print $2}' "$out")
+    p99=$(awk '$1=="99%" {print $2}' "$out")
+    non2xx=$(awk '/Non-2xx/ {print $NF}' "$out"); non2xx=${non2xx:-0}
+    errs=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' "$out"); errs=${errs:-0}
+    echo "| $1 | $2 | $rps | $p50 | $p99 | $non2xx | $errs | $(rss_mib "$3") |" >>"$RESULTS"
+}
+run_wrk() {  # PORT SCRIPT OUTFILE ARGS...
+    local port=$1 script=$2 out=$3
+    shift 3
+    # A short warm-up, then the measured run.
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$script" "http://127.0.0.1:$port" -- "$@" >/dev/null
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" \
+        "http://127.0.0.1:$port" -- "$@" >"$out"
+}
+
+for app in api floor; do
+    if [ $app = api ]; then port=$API_PORT; pid=$API_SERVER; else port=$FLOOR_PORT; pid=$FLOOR_PID; fi
+    run_wrk "$port" bench/read_one.lua "$WORK/read_$app.txt" "$WORK/token" "$WORK/ids"
+    row "read one (10 events)" "$app" "$pid" "$WORK/read_$app.txt"
+    run_wrk "$port" bench/list_page.lua "$WORK/list_$app.txt" "$WORK/token"
+    row "list 20" "$app" "$pid" "$WORK/list_$app.txt"
+done
+
+# Reads while a stream of logins (bcrypt cost 12) runs on the API: two connections logging in
+# back to back for the whole read run.
+wrk -t1 -c2 -d"$(( ${DURATION%s} + 4 ))s" --latency -s bench/login.lua \
+    "http://127.0.0.1:$API_PORT" -- "$WORK/login" >"$WORK/logins.txt" &
+LOGIN_PID=$!
+PIDS+=("$LOGIN_PID")
+sleep 2
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/read_one.lua \
+    "http://127.0.0.1:$API_PORT" -- "$WORK/token" "$WORK/ids" >"$WORK/read_logins.txt"
+row "read one under logins" api "$API_SERVER" "$WORK/read_logins.txt"
+wait "$LOGIN_PID" || true
+row "login stream (2 conns, during the above)" api "$API_SERVER" "$WORK/logins.txt"
+
+echo
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; peak RSS = VmHWM after the row (cumulative per process)"
+cat "$RESULTS"
+if [ -n "${BENCH_OUT:-}" ]; then mkdir -p "$BENCH_OUT" && cp "$WORK"/*.txt "$RESULTS" "$BENCH_OUT"/; fi
