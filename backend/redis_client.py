@@ -24,7 +24,7 @@ def create_redis(settings: Settings, redis_url: str) -> Redis:
     )
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     redis: Redis = request.app.state.redis
     return redis
 

@@ -22,17 +22,19 @@ from backend.rate_limit import FixedWindowLimiter
 from backend.redis_client import RedisDep
 
 
-def get_app_settings(request: Request) -> Settings:
+# Every dependency here is `async def`, even when it awaits nothing: FastAPI runs plain `def`
+# dependencies on a worker thread, and a thread hop per dependency per request is measurable.
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_token_codec(request: Request) -> TokenCodec:
+async def get_token_codec(request: Request) -> TokenCodec:
     codec: TokenCodec = request.app.state.token_codec
     return codec
 
 
-def get_password_hasher(request: Request) -> PasswordHasher:
+async def get_password_hasher(request: Request) -> PasswordHasher:
     hasher: PasswordHasher = request.app.state.password_hasher
     return hasher
 
@@ -42,7 +44,7 @@ TokenCodecDep = Annotated[TokenCodec, Depends(get_token_codec)]
 PasswordHasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 
 
-def get_revocations(redis: RedisDep) -> RevocationList:
+async def get_revocations(redis: RedisDep) -> RevocationList:
     return RevocationList(redis)
 
 
@@ -109,7 +111,7 @@ CurrentPartner = Annotated[Partner, Depends(current_partner)]
 CurrentAccount = Annotated[Seller | Partner, Depends(current_account)]
 
 
-def account_emails(session: SessionDep, settings: SettingsDep) -> AccountEmails:
+async def account_emails(session: SessionDep, settings: SettingsDep) -> AccountEmails:
     return AccountEmails(
         session=session,
         links=LinkTokens(settings),
@@ -122,7 +124,7 @@ def account_emails(session: SessionDep, settings: SettingsDep) -> AccountEmails:
 AccountEmailsDep = Annotated[AccountEmails, Depends(account_emails)]
 
 
-def seller_service(
+async def seller_service(
     session: SessionDep,
     hasher: PasswordHasherDep,
     codec: TokenCodecDep,
@@ -133,7 +135,7 @@ def seller_service(
     return AccountService(AccountKind.seller, repository, hasher, codec, revocations, emails)
 
 
-def partner_service(
+async def partner_service(
     session: SessionDep,
     hasher: PasswordHasherDep,
     codec: TokenCodecDep,
@@ -148,7 +150,7 @@ SellerServiceDep = Annotated[AccountService[Seller], Depends(seller_service)]
 PartnerServiceDep = Annotated[AccountService[Partner], Depends(partner_service)]
 
 
-def partner_repository(session: SessionDep) -> AccountRepository[Partner]:
+async def partner_repository(session: SessionDep) -> AccountRepository[Partner]:
     return AccountRepository(session, Partner)
 
 
@@ -168,7 +170,7 @@ def login_limits(
     )
 
 
-def get_signup_limiter(settings: SettingsDep, redis: RedisDep) -> FixedWindowLimiter:
+async def get_signup_limiter(settings: SettingsDep, redis: RedisDep) -> FixedWindowLimiter:
     return FixedWindowLimiter(
         redis, "signup-ip", settings.signups_per_ip, settings.rate_limit_window_seconds
     )
@@ -177,7 +179,7 @@ def get_signup_limiter(settings: SettingsDep, redis: RedisDep) -> FixedWindowLim
 SignupLimiterDep = Annotated[FixedWindowLimiter, Depends(get_signup_limiter)]
 
 
-def client_ip(request: Request) -> str:
+async def client_ip(request: Request) -> str:
     # uvicorn rewrites the client address from X-Forwarded-For only for trusted proxies.
     return request.client.host if request.client else "unknown"
 

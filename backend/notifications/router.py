@@ -39,7 +39,7 @@ webhooks_router = APIRouter(prefix="/seller/webhooks", tags=["Webhooks"])
 events_router = APIRouter(prefix="/events", tags=["Events"])
 
 
-def webhook_service(session: SessionDep, settings: SettingsDep) -> WebhookService:
+async def webhook_service(session: SessionDep, settings: SettingsDep) -> WebhookService:
     return WebhookService(session, allow_private=settings.webhooks_allow_private)
 
 

@@ -14,7 +14,7 @@ from backend.shipments.repository import Visibility
 from backend.shipments.service import ShipmentService
 
 
-def shipment_service(
+async def shipment_service(
     session: SessionDep, settings: SettingsDep, redis: RedisDep
 ) -> ShipmentService:
     codes = DeliveryCodes(
@@ -33,7 +33,7 @@ def shipment_service(
     )
 
 
-def visibility(account: CurrentAccount) -> Visibility:
+async def visibility(account: CurrentAccount) -> Visibility:
     """Sellers see the shipments they created; partners the ones assigned to them."""
     if isinstance(account, Seller):
         return Visibility(seller_id=account.id)
