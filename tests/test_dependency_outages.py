@@ -222,3 +222,34 @@ async def test_a_redis_that_refuses_writes_is_a_503_not_a_500(
 
         assert response.status_code == 503, response.text
         assert response.json()["code"] == "service_unavailable"
+
+
+async def test_pooled_connections_closed_by_postgres_are_replaced_unseen(
+    database_url: str, redis_url: str, db_engine: AsyncEngine
+) -> None:
+    """What a PostgreSQL restart leaves in the pool: connections the server has hung up on.
+
+    There is no ping per checkout; such a connection is noticed as closed and replaced, so the
+    next request succeeds instead of failing on it.
+    """
+    settings = make_settings(database_url, redis_url, db_pool_size=1, db_max_overflow=0)
+    app = create_app(settings)
+    async with running_client(app) as http:
+        account = await sign_up(http, "seller")
+        headers = bearer(await log_in(http, "seller", account["email"]))
+        assert (await http.get("/shipments", headers=headers)).status_code == 200
+        async with app.state.engine.connect() as pooled:
+            pid = (await pooled.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+
+        async with db_engine.connect() as admin:
+            # Waits (up to 5 s) until the server process has exited, as after a restart.
+            ended = await admin.execute(
+                text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid}
+            )
+            assert ended.scalar_one() is True
+
+        for _ in range(3):
+            response = await http.get("/shipments", headers=headers)
+            assert response.status_code == 200, response.text
+        async with app.state.engine.connect() as pooled:
+            assert (await pooled.execute(text("SELECT pg_backend_pid()"))).scalar_one() != pid

@@ -16,7 +16,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from backend.accounts.dependencies import (
-    current_account,
+    current_caller,
     current_partner,
     current_seller,
     get_access_claims,
@@ -73,7 +73,7 @@ def _expected_security_by_operation(app: FastAPI) -> dict[tuple[str, str], set[s
             schemes = {"sellerAuth"} | (schemes or set())
         if current_partner in calls:
             schemes = {"partnerAuth"} | (schemes or set())
-        if current_account in calls:
+        if current_caller in calls:
             schemes = {"sellerAuth", "partnerAuth"}
         if not schemes and get_access_claims in calls:
             schemes = None

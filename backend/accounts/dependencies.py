@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
@@ -58,12 +60,13 @@ def _bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def get_access_claims(
-    request: Request, codec: TokenCodecDep, revocations: RevocationsDep
-) -> AccessClaims:
+async def get_access_claims(request: Request) -> AccessClaims:
+    # The codec and Redis come straight from the app state rather than as sub-dependencies:
+    # this runs on every authenticated request, and each dependency FastAPI resolves costs.
+    codec: TokenCodec = request.app.state.token_codec
     claims = codec.decode(_bearer_token(request))
     # Fails closed: if Redis cannot answer, the request gets a 503, never a pass.
-    if await revocations.is_revoked(claims.jti):
+    if await RevocationList(request.app.state.redis).is_revoked(claims.jti):
         raise InvalidToken("This token has been revoked.")
     return claims
 
@@ -76,11 +79,16 @@ def _require_kind(claims: AccessClaims, kind: AccountKind) -> None:
         raise WrongAccountKind(f"This operation needs a {kind.value} token.")
 
 
-def _still_valid(account: AccountT | None, claims: AccessClaims) -> AccountT:
-    if account is None:
+def _check_version(token_version: int | None, claims: AccessClaims) -> None:
+    if token_version is None:
         raise InvalidToken("The account behind this token no longer exists.")
-    if account.token_version != claims.token_version:
+    if token_version != claims.token_version:
         raise InvalidToken("This token was issued before the password was reset.")
+
+
+def _still_valid(account: AccountT | None, claims: AccessClaims) -> AccountT:
+    _check_version(None if account is None else account.token_version, claims)
+    assert account is not None  # _check_version raised otherwise
     return account
 
 
@@ -98,17 +106,29 @@ async def current_partner(claims: AccessClaimsDep, session: SessionDep) -> Partn
     return _still_valid(partner, claims)
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling, checked against the database, without the account's entity."""
+
+    kind: AccountKind
+    account_id: uuid.UUID
+
+
 @requires_auth(SELLER_AUTH, PARTNER_AUTH)
-async def current_account(claims: AccessClaimsDep, session: SessionDep) -> Seller | Partner:
-    """A seller or a partner: for routes that serve both, each seeing only its own data."""
+async def current_caller(claims: AccessClaimsDep, session: SessionDep) -> Caller:
+    """A seller or a partner, for routes that serve both, each seeing only its own data.
+
+    Checks that the account exists and that the token is not older than a password reset from
+    one indexed column: loading the ORM entity cost a fifth of a read.
+    """
     model = Seller if claims.kind is AccountKind.seller else Partner
-    account = await AccountRepository(session, model).get(claims.account_id)
-    return _still_valid(account, claims)
+    _check_version(await AccountRepository(session, model).token_version(claims.account_id), claims)
+    return Caller(kind=claims.kind, account_id=claims.account_id)
 
 
 CurrentSeller = Annotated[Seller, Depends(current_seller)]
 CurrentPartner = Annotated[Partner, Depends(current_partner)]
-CurrentAccount = Annotated[Seller | Partner, Depends(current_account)]
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
 
 
 async def account_emails(session: SessionDep, settings: SettingsDep) -> AccountEmails:

@@ -5,14 +5,27 @@ from __future__ import annotations
 import uuid
 from typing import Generic, TypeVar
 
+from sqlalchemy import Select, bindparam
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import select
+from sqlmodel import SQLModel, select
 
 from backend.accounts.models import Partner, Seller
-from backend.db import violated_constraint
+from backend.db import table_of, violated_constraint
 
 AccountT = TypeVar("AccountT", bound=Seller | Partner)
+
+
+def _token_version_query(model: type[SQLModel]) -> Select[int]:
+    table = table_of(model)
+    return sa_select(table.c.token_version).where(table.c.id == bindparam("id"))
+
+
+# Built once: SQLAlchemy then reuses each statement's cache key instead of deriving it per request.
+_TOKEN_VERSION_QUERIES: dict[type[SQLModel], Select[int]] = {
+    model: _token_version_query(model) for model in (Seller, Partner)
+}
 
 
 class DuplicateEmail(Exception):
@@ -27,6 +40,12 @@ class AccountRepository(Generic[AccountT]):
     async def get(self, account_id: uuid.UUID) -> AccountT | None:
         """One primary-key lookup, no relationships."""
         return await self._session.get(self._model, account_id)
+
+    async def token_version(self, account_id: uuid.UUID) -> int | None:
+        """The account's current token version, or None if it does not exist: all that checking
+        an access token needs, without building the entity (a Core query on the table)."""
+        statement = _TOKEN_VERSION_QUERIES[self._model]
+        return (await self._session.execute(statement, {"id": account_id})).scalar()
 
     async def lock(self, account_id: uuid.UUID) -> AccountT | None:
         """The account, locked until the transaction ends."""

@@ -43,6 +43,7 @@ class TokenCodec:
         self._key = settings.jwt_secret_key.get_secret_value()
         self._issuer = settings.jwt_issuer
         self._lifetime = timedelta(seconds=settings.access_token_ttl_seconds)
+        self._audiences = [audience(kind) for kind in AccountKind]
 
     def issue(self, account_id: uuid.UUID, kind: AccountKind, token_version: int) -> IssuedToken:
         now = datetime.now(UTC)
@@ -61,16 +62,18 @@ class TokenCodec:
 
     def decode(self, token: str) -> AccessClaims:
         try:
-            if jwt.get_unverified_header(token).get("typ") != TOKEN_TYPE:
-                raise InvalidToken()
-            payload = jwt.decode(
+            # One parse for the header and the claims (this runs on every authenticated request).
+            decoded = jwt.decode_complete(
                 token,
                 self._key,
                 algorithms=[ALGORITHM],
-                audience=[audience(kind) for kind in AccountKind],
+                audience=self._audiences,
                 issuer=self._issuer,
                 options={"require": REQUIRED_CLAIMS},
             )
+            if decoded["header"].get("typ") != TOKEN_TYPE:
+                raise InvalidToken()
+            payload = decoded["payload"]
             kind = AccountKind(payload["kind"])
             if payload["aud"] != audience(kind):
                 raise InvalidToken()

@@ -2,21 +2,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
+from redis.asyncio import Redis
 
-from backend.accounts.dependencies import CurrentAccount, SettingsDep
-from backend.accounts.models import Seller
+from backend.accounts.dependencies import CurrentCaller
+from backend.accounts.models import AccountKind
 from backend.accounts.tokens import LinkTokens
+from backend.config import Settings
 from backend.db import SessionDep
-from backend.redis_client import RedisDep
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.repository import Visibility
 from backend.shipments.service import ShipmentService
 
 
-async def shipment_service(
-    session: SessionDep, settings: SettingsDep, redis: RedisDep
-) -> ShipmentService:
+async def shipment_service(session: SessionDep, request: Request) -> ShipmentService:
+    # Settings and Redis straight from the app state: every shipment request resolves this, and
+    # each sub-dependency FastAPI resolves costs more than the attribute lookup.
+    settings: Settings = request.app.state.settings
+    redis: Redis = request.app.state.redis
     codes = DeliveryCodes(
         settings.jwt_secret_key.get_secret_value(),
         ttl_seconds=settings.delivery_code_ttl_seconds,
@@ -33,11 +36,11 @@ async def shipment_service(
     )
 
 
-async def visibility(account: CurrentAccount) -> Visibility:
+async def visibility(caller: CurrentCaller) -> Visibility:
     """Sellers see the shipments they created; partners the ones assigned to them."""
-    if isinstance(account, Seller):
-        return Visibility(seller_id=account.id)
-    return Visibility(partner_id=account.id)
+    if caller.kind is AccountKind.seller:
+        return Visibility(seller_id=caller.account_id)
+    return Visibility(partner_id=caller.account_id)
 
 
 ShipmentServiceDep = Annotated[ShipmentService, Depends(shipment_service)]

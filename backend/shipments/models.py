@@ -1,7 +1,8 @@
 """Shipments, their timeline, tags and idempotency records.
 
-Only the timeline loads by itself (`lazy="selectin"`, one query for a whole page); every other
-relationship raises if touched without being loaded explicitly, so no query hides in a loop.
+Only the timeline loads by itself (`lazy="selectin"`); every other relationship raises if touched
+without being loaded explicitly, so no query hides in a loop. Reads for the API do not load these
+objects at all: backend/shipments/views.py selects the view in one Core query.
 """
 
 # No `from __future__ import annotations`: SQLModel resolves relationship types at runtime.

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, text, update
+from sqlalchemy import ColumnElement, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload, selectinload
+from sqlalchemy.orm import joinedload
 from sqlmodel import col
 
 from backend.accounts.models import Partner
+from backend.db import table_of
 from backend.shipments.models import IdempotencyRecord, Review, Shipment, ShipmentTag, Tag
-from backend.shipments.status import ShipmentStatus
 
 # Lock the least-loaded partner serving the zip that still has room, and take one slot. A
 # concurrent creator waits on the row lock, then PostgreSQL re-checks `active_shipments <
@@ -60,21 +58,17 @@ class Visibility:
     seller_id: uuid.UUID | None = None
     partner_id: uuid.UUID | None = None
 
-    def condition(self) -> ColumnElement[bool]:
+    @property
+    def owner(self) -> tuple[str, uuid.UUID]:
+        """The shipments column that names the owner, and the owner's id."""
         if self.seller_id is not None:
-            return col(Shipment.seller_id) == self.seller_id
+            return "seller_id", self.seller_id
         assert self.partner_id is not None
-        return col(Shipment.partner_id) == self.partner_id
+        return "partner_id", self.partner_id
 
-
-def _with_read_relations(statement: Any) -> Any:
-    # Partner and review join into the same query; tags take one more; the timeline loads itself.
-    # SQLModel types relationship attributes as their values; they are instrumented attributes.
-    return statement.options(
-        joinedload(Shipment.partner),  # type: ignore[arg-type]
-        joinedload(Shipment.review),  # type: ignore[arg-type]
-        selectinload(Shipment.tags),  # type: ignore[arg-type]
-    )
+    def condition(self) -> ColumnElement[bool]:
+        column, owner_id = self.owner
+        return table_of(Shipment).c[column] == owner_id
 
 
 class ShipmentRepository:
@@ -106,10 +100,6 @@ class ShipmentRepository:
         self._session.add(shipment)
         await self._session.flush()
 
-    async def get(self, shipment_id: uuid.UUID, visibility: Visibility) -> Shipment | None:
-        statement = select(Shipment).where(col(Shipment.id) == shipment_id, visibility.condition())
-        return (await self._session.execute(_with_read_relations(statement))).scalars().first()
-
     async def lock(self, shipment_id: uuid.UUID, visibility: Visibility) -> Shipment | None:
         """The shipment, locked against concurrent changes until the transaction ends."""
         statement = (
@@ -117,7 +107,9 @@ class ShipmentRepository:
             .where(col(Shipment.id) == shipment_id, visibility.condition())
             .with_for_update(of=Shipment)
         )
-        result = await self._session.execute(_with_read_relations(statement))
+        # The partner's name goes into the recipient's emails; the timeline loads itself.
+        statement = statement.options(joinedload(Shipment.partner))  # type: ignore[arg-type]
+        result = await self._session.execute(statement)
         return result.scalars().first()
 
     async def get_by_tracking_number(self, tracking_number: str) -> Shipment | None:
@@ -127,42 +119,6 @@ class ShipmentRepository:
             .options(joinedload(Shipment.partner))  # type: ignore[arg-type]
         )
         return (await self._session.execute(statement)).scalars().first()
-
-    async def page(
-        self,
-        visibility: Visibility,
-        *,
-        limit: int,
-        after: tuple[datetime, uuid.UUID] | None,
-        status: ShipmentStatus | None,
-        tag: str | None,
-    ) -> Sequence[Shipment]:
-        """Newest first; `after` is the (created_at, id) of the last item of the previous page."""
-        statement = select(Shipment).where(visibility.condition())
-        if status is not None:
-            statement = statement.where(col(Shipment.status) == status)
-        if tag is not None:
-            tagged = (
-                select(col(ShipmentTag.shipment_id))
-                .join(Tag, col(Tag.id) == col(ShipmentTag.tag_id))
-                .where(col(Tag.name) == tag)
-            )
-            statement = statement.where(col(Shipment.id).in_(tagged))
-        if after is not None:
-            created_at, last_id = after
-            statement = statement.where(
-                or_(
-                    col(Shipment.created_at) < created_at,
-                    and_(col(Shipment.created_at) == created_at, col(Shipment.id) < last_id),
-                )
-            )
-        statement = statement.order_by(
-            col(Shipment.created_at).desc(),
-            col(Shipment.id).desc(),
-        ).limit(limit)
-        return (
-            (await self._session.execute(_with_read_relations(statement))).scalars().unique().all()
-        )
 
     async def add_review(self, review: Review) -> bool:
         """Store the review; False if the shipment already has one (a unique constraint)."""

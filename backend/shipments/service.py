@@ -45,11 +45,8 @@ from backend.shipments.errors import (
 from backend.shipments.models import Review, Shipment, ShipmentEvent
 from backend.shipments.repository import ShipmentRepository, Visibility
 from backend.shipments.schemas import (
-    DestinationRead,
-    PartnerSummary,
     PublicDestination,
     PublicPartner,
-    RecipientRead,
     ReviewCreate,
     ReviewRead,
     ShipmentCreate,
@@ -66,6 +63,7 @@ from backend.shipments.status import (
     ShipmentStatus,
     allowed_next,
 )
+from backend.shipments.views import ShipmentViews
 
 # No 0/O, 1/I/L or U: readable over the phone. 14 of 30 symbols is about 68 bits.
 TRACKING_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -126,6 +124,7 @@ class ShipmentService:
         self._events = EventPublisher(session)
         self._codes = codes
         self._public_base_url = public_base_url.rstrip("/")
+        self._views = ShipmentViews(session, self._public_base_url)
         self._links = links
         self._review_lifetime = timedelta(seconds=review_link_ttl_seconds)
         self._transit = timedelta(days=default_transit_days)
@@ -133,10 +132,10 @@ class ShipmentService:
     # --- reading -------------------------------------------------------------------------
 
     async def get(self, shipment_id: uuid.UUID, visibility: Visibility) -> ShipmentRead:
-        shipment = await self._shipments.get(shipment_id, visibility)
-        if shipment is None:
+        view = await self._views.one(shipment_id, visibility)
+        if view is None:
             raise ShipmentNotFound()
-        return self._read(shipment)
+        return view
 
     async def list_page(
         self,
@@ -149,15 +148,15 @@ class ShipmentService:
     ) -> ShipmentPage:
         after = decode_cursor(cursor) if cursor else None
         # One more than asked for tells whether another page follows.
-        rows = await self._shipments.page(
+        views = await self._views.page(
             visibility, limit=limit + 1, after=after, status=status, tag=tag
         )
-        items = list(rows[:limit])
+        items = views[:limit]
         next_cursor = None
-        if len(rows) > limit:
+        if len(views) > limit:
             last = items[-1]
             next_cursor = encode_cursor(last.created_at, last.id)
-        return ShipmentPage(items=[self._read(item) for item in items], next_cursor=next_cursor)
+        return ShipmentPage(items=items, next_cursor=next_cursor)
 
     async def shipment_id_for(self, tracking_number: str) -> uuid.UUID:
         shipment = await self._by_tracking_number(tracking_number)
@@ -212,16 +211,11 @@ class ShipmentService:
             estimated_delivery=now + self._transit,
             created_at=now,
             updated_at=now,
-            review=None,  # known, so reading it never needs a query
         )
         self._append_event(shipment, ShipmentStatus.placed, location_zip=None, note=None)
         await self._shipments.add(shipment)
-        tags = await self._shipments.replace_tags(shipment, body.tags)
-        created = self._read(
-            shipment,
-            partner=PartnerSummary(id=partner.id, name=partner.name),
-            tags=[t.name for t in tags],
-        )
+        await self._shipments.replace_tags(shipment, body.tags)
+        created = await self._view_of(shipment)
         self._email_recipient(
             shipment,
             "shipment_created",
@@ -245,8 +239,7 @@ class ShipmentService:
                 allowed_next=[],
             )
         await self._move(shipment, ShipmentStatus.cancelled, location_zip=None, note=None)
-        await self._session.flush()
-        cancelled = self._read(shipment)
+        cancelled = await self._view_of(shipment)
         await self._publish(cancelled, [SHIPMENT_UPDATED, SHIPMENT_CANCELLED])
         return cancelled
 
@@ -254,10 +247,9 @@ class ShipmentService:
         self, seller: Seller, shipment_id: uuid.UUID, names: list[str]
     ) -> ShipmentRead:
         shipment = await self._locked(shipment_id, Visibility(seller_id=seller.id))
-        tags = await self._shipments.replace_tags(shipment, names)
+        await self._shipments.replace_tags(shipment, names)
         self._bump_version(shipment)
-        await self._session.flush()
-        return self._read(shipment, tags=[tag.name for tag in tags])
+        return await self._view_of(shipment)
 
     # --- recipients ----------------------------------------------------------------------
 
@@ -307,8 +299,7 @@ class ShipmentService:
                 partner_name=shipment.partner.name,
                 review_url=self._review_url(shipment),
             )
-        await self._session.flush()
-        updated = self._read(shipment)
+        updated = await self._view_of(shipment)
         delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
         await self._publish(updated, [SHIPMENT_UPDATED, *delivered])
         return updated
@@ -431,39 +422,9 @@ class ShipmentService:
     def _tracking_url(self, shipment: Shipment) -> str:
         return f"{self._public_base_url}/t/{shipment.tracking_number}"
 
-    def _read(
-        self,
-        shipment: Shipment,
-        *,
-        partner: PartnerSummary | None = None,
-        tags: list[str] | None = None,
-    ) -> ShipmentRead:
-        """The API view; `partner` and `tags` default to the loaded relationships."""
-        return ShipmentRead(
-            id=shipment.id,
-            tracking_number=shipment.tracking_number,
-            status=shipment.status,
-            content=shipment.content,
-            weight_kg=shipment.weight_kg,
-            destination=DestinationRead(
-                zip_code=shipment.destination_zip,
-                address_line=shipment.destination_address_line,
-                city=shipment.destination_city,
-            ),
-            recipient=RecipientRead(
-                name=shipment.recipient_name,
-                email=shipment.recipient_email,
-                phone=shipment.recipient_phone,
-            ),
-            tags=sorted(tags if tags is not None else [tag.name for tag in shipment.tags]),
-            reference=shipment.reference,
-            seller_id=shipment.seller_id,
-            partner=partner or PartnerSummary(id=shipment.partner.id, name=shipment.partner.name),
-            estimated_delivery=shipment.estimated_delivery,
-            version=shipment.version,
-            created_at=shipment.created_at,
-            updated_at=shipment.updated_at,
-            tracking_url=self._tracking_url(shipment),
-            review=ReviewRead.model_validate(shipment.review) if shipment.review else None,
-            timeline=[TimelineEvent.model_validate(event) for event in shipment.timeline],
-        )
+    async def _view_of(self, shipment: Shipment) -> ShipmentRead:
+        """The changed shipment exactly as reads will show it (the same query builds both)."""
+        await self._session.flush()
+        view = await self._views.one(shipment.id, Visibility(seller_id=shipment.seller_id))
+        assert view is not None  # created or locked by this very transaction
+        return view

@@ -591,6 +591,8 @@ async def test_reset_sets_the_new_password_and_retires_every_earlier_access_toke
     assert_problem(await login_response(client, kind, email, PASSWORD), 401, "invalid_credentials")
     for access_token in earlier:
         assert_invalid_token(await client.get(f"/{kind}/me", headers=bearer(access_token)))
+        # Routes that check only the caller's identity (not its entity) refuse it too.
+        assert_invalid_token(await client.get("/shipments", headers=bearer(access_token)))
         assert_invalid_token(await client.post(f"/{kind}/logout", headers=bearer(access_token)))
 
     new_login = await login_response(client, kind, email, NEW_PASSWORD)

@@ -1,7 +1,7 @@
 """Reading shipments costs a constant number of queries, whatever the page or timeline size.
 
-The timeline loads with `selectin` (one query for a whole page) and tags with one more, so a
-page of 20 shipments with 10 events and 2 tags each costs what a page of one does.
+One query reads the shipments with their timelines and tags aggregated per row, so a page of 20
+shipments with 10 events and 2 tags each costs what a page of one does: two queries in all.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from tests.conftest import StatementLog
 from tests.shipments.factories import Parties, create_shipment, make_parties
 
 EVENTS_PER_SHIPMENT = 10
-# The current account's primary-key query, plus at most three to read the shipments.
-MAX_QUERIES = 4
+# The caller's token version by primary key, plus one to read the shipments.
+MAX_QUERIES = 2
 
 
 async def shipments_with_long_timelines(
@@ -57,8 +57,8 @@ async def measured_get(
 
 
 def assert_lean(queries: list[str], account_table: str) -> None:
-    """Few queries, none repeated, and the first one loads the account by primary key."""
-    assert len(queries) <= MAX_QUERIES, "\n".join(queries)
+    """Two queries: the caller's account by primary key first, then the shipments."""
+    assert len(queries) == MAX_QUERIES, "\n".join(queries)
     assert len(set(queries)) == len(queries), "\n".join(queries)
     assert f"FROM {account_table}" in queries[0]
     assert f"WHERE {account_table}.id = " in queries[0]
