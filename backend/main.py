@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse
-from scalar_fastapi import get_scalar_api_reference
+from scalar_fastapi import AgentScalarConfig, get_scalar_api_reference
 
 from backend.accounts.passwords import PasswordHasher
 from backend.accounts.router import partner_router, seller_router
@@ -121,6 +121,15 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     return app
 
 
+# A parcel-brown square with a white "S": inline, so the reference asks no other host for it.
+FAVICON_DATA_URL = (
+    "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E"
+    "%3Crect width='32' height='32' rx='6' fill='%238a5a2b'/%3E%3Ctext x='16' y='23' "
+    "font-family='sans-serif' font-size='20' font-weight='700' text-anchor='middle' "
+    "fill='white'%3ES%3C/text%3E%3C/svg%3E"
+)
+
+
 def _add_scalar(app: FastAPI, settings: Settings) -> None:
     bundle = settings.scalar_js_path
     # Served by us when `make` fetched it from npm, so the reference works offline.
@@ -135,6 +144,11 @@ def _add_scalar(app: FastAPI, settings: Settings) -> None:
             telemetry=False,
             persist_auth=False,
             with_default_fonts=False,
+            # Nothing leaves the page: the default favicon lives on a third-party site, and the
+            # hosted AI agent and developer toolbar serve no one reading a self-hosted reference.
+            scalar_favicon_url=FAVICON_DATA_URL,
+            agent=AgentScalarConfig(disabled=True),
+            show_developer_tools="never",
         )
 
     if local_bundle:

@@ -1,0 +1,196 @@
+"""Fixtures for browser tests: a real server on loopback and Debian's headless Chromium.
+
+The browser talks TCP, so the app runs under uvicorn on 127.0.0.1 (as a task on the session's
+event loop, like the live-update tests). Playwright drives /usr/bin/chromium and never downloads
+a browser. Every request a page makes to anything but loopback is aborted and recorded, so a test
+can assert that the page needs no network beyond this machine.
+
+Screenshots are written only when SHIPTRACK_SCREENSHOTS names a folder, e.g.
+`SHIPTRACK_SCREENSHOTS=docs/screenshots pytest tests/browser`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import uvicorn
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Route,
+    ViewportSize,
+    async_playwright,
+    expect,
+)
+
+from backend.main import create_app
+from tests.conftest import make_settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Upper bound for anything that waits (a guard against hanging, never a measurement).
+SAFETY_SECONDS = 10.0
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True, slots=True)
+class Screen:
+    name: str
+    width: int
+    height: int
+    # Honours <meta name="viewport"> and has touch, as a real phone does.
+    mobile: bool
+
+    @property
+    def viewport(self) -> ViewportSize:
+        return ViewportSize(width=self.width, height=self.height)
+
+
+PHONE = Screen("phone", 390, 844, mobile=True)
+DESKTOP = Screen("desktop", 1280, 900, mobile=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveServer:
+    """The app served on a free 127.0.0.1 port, and a plain HTTP client for it."""
+
+    base_url: str
+    http: httpx.AsyncClient
+
+
+@pytest.fixture(scope="session")
+async def live_server(database_url: str, redis_url: str) -> AsyncIterator[LiveServer]:
+    """Shared by every browser test (each still starts from empty tables and Redis)."""
+    # A stream notices that its page has gone only when its next heartbeat fails to send; a
+    # short heartbeat lets the server stop at once at the end of the run instead of waiting.
+    app = create_app(make_settings(database_url, redis_url, sse_heartbeat_seconds=0.5))
+    # Bound before uvicorn starts, so no other process can take the port in between; the
+    # explicit IPPROTO_TCP makes asyncio set TCP_NODELAY on accepted connections.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await _started(server, task)
+        base_url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base_url, timeout=SAFETY_SECONDS) as http:
+            yield LiveServer(base_url, http)
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(SAFETY_SECONDS):
+            await task
+        sock.close()
+
+
+async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    # uvicorn offers no "started" event to await, only a flag.
+    async with asyncio.timeout(SAFETY_SECONDS):
+        while not server.started:
+            assert not task.done(), "the server stopped before it started"
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> Path:
+    """Debian's Chromium, which CI installs: its absence is a broken setup, never a skip."""
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"{CHROMIUM} is missing: browser tests drive Debian's Chromium "
+            "(apt-get install chromium); Playwright never downloads a browser of its own.",
+            pytrace=False,
+        )
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+async def browser(chromium_path: Path) -> AsyncIterator[Browser]:
+    """One headless Chromium for the whole run (a context per test keeps tests apart)."""
+    # Assertions retry until the page shows what they expect, up to the same safety bound.
+    expect.set_options(timeout=SAFETY_SECONDS * 1000)
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=chromium_path, headless=True)
+        yield chromium
+        await chromium.close()
+
+
+@dataclass(slots=True)
+class OfflinePage:
+    """A page that may reach only loopback, with what it tried beyond and what broke."""
+
+    page: Page
+    blocked: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+OpenPage = Callable[[Screen], Awaitable[OfflinePage]]
+
+
+@pytest.fixture
+async def open_page(browser: Browser, live_server: LiveServer) -> AsyncIterator[OpenPage]:
+    """Opens pages on the live server; each in a fresh context, closed after the test."""
+    async with AsyncExitStack() as contexts:
+
+        async def open_with(screen: Screen) -> OfflinePage:
+            context = await browser.new_context(
+                base_url=live_server.base_url,
+                viewport=screen.viewport,
+                is_mobile=screen.mobile,
+                has_touch=screen.mobile,
+                locale="en-US",
+                timezone_id="UTC",
+            )
+            contexts.push_async_callback(context.close)
+            context.set_default_timeout(SAFETY_SECONDS * 1000)
+            return await _offline_page(context)
+
+        yield open_with
+
+
+async def _offline_page(context: BrowserContext) -> OfflinePage:
+    blocked: list[str] = []
+
+    async def loopback_only(route: Route) -> None:
+        url = route.request.url
+        if urlsplit(url).hostname in LOOPBACK_HOSTS:
+            await route.continue_()
+        else:
+            blocked.append(url)
+            await route.abort("internetdisconnected")
+
+    # Routed before the page exists, so that not even its first request slips past.
+    await context.route("**/*", loopback_only)
+    offline = OfflinePage(await context.new_page(), blocked)
+    offline.page.on("pageerror", lambda error: offline.errors.append(str(error)))
+    return offline
+
+
+class SaveScreenshot(Protocol):
+    async def __call__(self, page: Page, name: str, *, full_page: bool = True) -> None: ...
+
+
+@pytest.fixture
+def save_screenshot() -> SaveScreenshot:
+    """Writes `<name>.png` into $SHIPTRACK_SCREENSHOTS when it is set; does nothing otherwise."""
+    folder = os.environ.get("SHIPTRACK_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+
+    async def save(page: Page, name: str, *, full_page: bool = True) -> None:
+        if folder:
+            await page.screenshot(path=Path(folder) / f"{name}.png", full_page=full_page)
+
+    return save

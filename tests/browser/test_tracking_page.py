@@ -1,0 +1,143 @@
+"""The recipient's tracking page in headless Chromium, on a phone and on a desktop.
+
+What is checked is what a recipient sees: the status heading, the progress steps (as a screen
+reader reads them), the history, and the page changing by itself when the partner reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from playwright.async_api import Locator, Page, expect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.browser.conftest import (
+    DESKTOP,
+    PHONE,
+    LiveServer,
+    OfflinePage,
+    OpenPage,
+    SaveScreenshot,
+    Screen,
+)
+from tests.shipments.factories import (
+    Parties,
+    bring_to,
+    create_shipment,
+    make_parties,
+    patch_shipment,
+)
+
+pytestmark = pytest.mark.browser
+
+SCREENS = pytest.mark.parametrize("screen", [PHONE, DESKTOP], ids=lambda screen: screen.name)
+
+
+def status_heading(page: Page) -> Locator:
+    return page.get_by_role("heading", level=1)
+
+
+def progress(page: Page) -> Locator:
+    return page.get_by_role("list", name="Delivery progress")
+
+
+def history(page: Page) -> Locator:
+    """The history entries, newest first."""
+    return page.get_by_role("region", name="History").get_by_role("listitem")
+
+
+async def report(
+    live_server: LiveServer, parties: Parties, shipment: dict[str, Any], **body: Any
+) -> None:
+    response = await patch_shipment(
+        live_server.http, parties.partner_headers, shipment["id"], **body
+    )
+    assert response.status_code == 200, response.text
+
+
+async def open_tracking_page(open_page: OpenPage, screen: Screen, number: str) -> OfflinePage:
+    opened = await open_page(screen)
+    response = await opened.page.goto(f"/t/{number}")
+    assert response is not None
+    assert response.status == 200
+    return opened
+
+
+async def assert_fits_the_screen(page: Page, screen: Screen) -> None:
+    """Nothing sticks out sideways: a phone user never has to scroll horizontally."""
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= screen.width, f"page is {width}px wide on a {screen.width}px wide screen"
+
+
+@SCREENS
+async def test_shows_status_progress_and_history(
+    open_page: OpenPage, live_server: LiveServer, db_engine: AsyncEngine, screen: Screen
+) -> None:
+    parties = await make_parties(live_server.http)
+    created = await create_shipment(live_server.http, parties.seller_headers)
+    shipment = await bring_to(live_server.http, db_engine, parties, created["id"], "in_transit")
+    await report(live_server, parties, shipment, location_zip="02110", note="Left the Boston hub")
+
+    opened = await open_tracking_page(open_page, screen, shipment["tracking_number"])
+    page = opened.page
+
+    await expect(status_heading(page)).to_have_text("In transit")
+    await expect(page.get_by_text(shipment["tracking_number"]).first).to_be_visible()
+    await expect(progress(page)).to_be_visible()
+    await expect(progress(page)).to_match_aria_snapshot(
+        """
+        - list "Delivery progress":
+          - listitem: "Step 1 of 4, done: Order placed"
+          - listitem: "Step 2 of 4, current: In transit"
+          - listitem: "Step 3 of 4, not yet: Out for delivery"
+          - listitem: "Step 4 of 4, not yet: Delivered"
+        """
+    )
+    await expect(history(page)).to_have_count(3)
+    await expect(history(page).nth(0)).to_contain_text("Left the Boston hub")
+    await expect(history(page).nth(0)).to_contain_text("ZIP 02110")
+    await expect(history(page).nth(1)).to_contain_text("In transit")
+    await expect(history(page).nth(2)).to_contain_text("Shipment created")
+    await expect(history(page).nth(2)).to_be_visible()
+    await assert_fits_the_screen(page, screen)
+    assert opened.blocked == [], "the page reached beyond loopback"
+    assert opened.errors == []
+
+
+@SCREENS
+async def test_updates_itself_when_the_partner_reports(
+    open_page: OpenPage,
+    live_server: LiveServer,
+    screen: Screen,
+    save_screenshot: SaveScreenshot,
+) -> None:
+    parties = await make_parties(live_server.http)
+    shipment = await create_shipment(live_server.http, parties.seller_headers)
+    opened = await open_tracking_page(open_page, screen, shipment["tracking_number"])
+    page = opened.page
+    await expect(status_heading(page)).to_have_text("Order placed")
+    await expect(history(page)).to_have_count(1)
+    # Survives only if the page is never reloaded: the update must happen in place.
+    await page.evaluate("window.sameDocument = true")
+
+    await report(live_server, parties, shipment, status="in_transit", note="Left the Boston hub")
+
+    await expect(status_heading(page)).to_have_text("In transit")
+    await expect(progress(page).locator('[aria-current="step"]')).to_contain_text("In transit")
+    await expect(history(page)).to_have_count(2)
+    await expect(history(page).first).to_contain_text("Left the Boston hub")
+
+    # Still listening after the first swap: a scan without a status change shows up too.
+    await report(
+        live_server, parties, shipment, location_zip="02139", note="At the Cambridge depot"
+    )
+
+    await expect(history(page)).to_have_count(3)
+    await expect(history(page).first).to_contain_text("At the Cambridge depot")
+    await expect(page).to_have_title(f"In transit · {shipment['tracking_number']} · Shiptrack")
+    assert await page.evaluate("window.sameDocument") is True, "the page reloaded"
+    await assert_fits_the_screen(page, screen)
+    assert opened.blocked == [], "the page reached beyond loopback"
+    assert opened.errors == []
+    await save_screenshot(page, f"tracking-{screen.name}")
