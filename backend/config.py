@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     # HTTP.
     cors_origins: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # The whole header block (names and values) and the number of fields; a bearer token is
+    # about 400 bytes. uvicorn's default parser limits neither.
+    max_header_bytes: int = Field(default=16 * 1024, ge=4096)
+    max_header_count: int = Field(default=100, ge=20)
     public_base_url: str = "http://127.0.0.1:8000"
     log_format: Literal["console", "json"] | None = None
     log_level: str = "INFO"

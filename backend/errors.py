@@ -104,6 +104,13 @@ class PayloadTooLarge(DomainError):
     default_detail = "The request body is larger than this API accepts."
 
 
+class HeadersTooLarge(DomainError):
+    status_code = 431
+    code = "headers_too_large"
+    title = "Request header fields too large"
+    default_detail = "The request headers are larger than this API accepts."
+
+
 class UnsupportedMediaType(DomainError):
     status_code = 415
     code = "unsupported_media_type"

@@ -20,7 +20,7 @@ from backend.db import create_engine, create_sessionmaker
 from backend.errors import install_error_handlers
 from backend.health.router import router as health_router
 from backend.logging_setup import configure_logging
-from backend.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from backend.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from backend.notifications.router import document_webhooks, events_router, webhooks_router
 from backend.notifications.worker import OutboxWorker
 from backend.openapi import build_openapi
@@ -87,7 +87,12 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     install_error_handlers(app)
 
     # Added innermost first: the request context wraps everything, so even a 413 has an id.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

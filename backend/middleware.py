@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.errors import PayloadTooLarge, handle_domain_error
+from backend.errors import DomainError, HeadersTooLarge, PayloadTooLarge, handle_domain_error
 from backend.logging_setup import request_id_var
 
 access_logger = logging.getLogger("shiptrack.access")
@@ -99,29 +99,52 @@ class RequestContextMiddleware:
         return uuid.uuid4().hex
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies over the limit, whether announced by Content-Length or streamed chunked.
+class RequestLimitsMiddleware:
+    """Refuse requests over the size limits, in problem+json like every other error.
 
-    Starlette's own limiter answers in plain text; this one answers problem+json like the rest.
+    Headers: the whole block over `max_header_bytes`, or more than `max_header_count` fields,
+    gets 431 (uvicorn's httptools parser has no limit of its own). Bodies over `max_body_bytes`
+    get 413, whether announced by Content-Length or streamed chunked (Starlette's own limiter
+    answers in plain text).
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, max_header_bytes: int, max_header_count: int
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_header_count = max_header_count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = PayloadTooLarge(
-            f"The request body must not exceed {self.max_body_bytes} bytes."
-        )
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            response = await handle_domain_error(Request(scope), too_large)
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            response = await handle_domain_error(Request(scope), refusal)
             await response(scope, receive, send)
             return
+        await self.app(scope, self._receive_within_limit(receive), send)
 
+    def _refusal(self, scope: Scope) -> DomainError | None:
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if len(headers) > self.max_header_count or (
+            sum(len(name) + len(value) for name, value in headers) > self.max_header_bytes
+        ):
+            return HeadersTooLarge(
+                f"Send at most {self.max_header_count} header fields and "
+                f"{self.max_header_bytes} bytes of headers."
+            )
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return self._body_too_large()
+        return None
+
+    def _body_too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"The request body must not exceed {self.max_body_bytes} bytes.")
+
+    def _receive_within_limit(self, receive: Receive) -> Receive:
         received = 0
 
         async def receive_within_limit() -> Message:
@@ -132,7 +155,7 @@ class BodyLimitMiddleware:
                 if received > self.max_body_bytes:
                     # FastAPI's body reader lets only HTTPException through (anything else
                     # becomes a 400); the error handlers render it as payload_too_large.
-                    raise HTTPException(status_code=413, detail=too_large.detail)
+                    raise HTTPException(status_code=413, detail=self._body_too_large().detail)
             return message
 
-        await self.app(scope, receive_within_limit, send)
+        return receive_within_limit

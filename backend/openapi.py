@@ -27,6 +27,7 @@ from backend.errors import (
     problem_responses,
 )
 from backend.redis_client import get_redis
+from backend.request_body import refuse_request_body
 
 SELLER_AUTH = "sellerAuth"
 PARTNER_AUTH = "partnerAuth"
@@ -55,6 +56,7 @@ _AUTH_ERRORS: tuple[type[DomainError], ...] = (Unauthorized, Forbidden, Dependen
 _DEPENDENCY_ERRORS: dict[Callable[..., Any], tuple[type[DomainError], ...]] = {
     get_session: (DependencyUnavailable,),
     get_redis: (DependencyUnavailable,),
+    refuse_request_body: (PayloadTooLarge, UnsupportedMediaType),
 }
 
 

@@ -42,6 +42,7 @@ from backend.accounts.service import AccountService, update_partner
 from backend.errors import RateLimited, problem_responses
 from backend.pages import page_templates
 from backend.redis_client import RedisDep
+from backend.request_body import NO_REQUEST_BODY
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 templates = page_templates(Path(__file__).parent / "templates")
@@ -157,6 +158,7 @@ def add_session_routes(
     @router.post(
         "/logout",
         status_code=status.HTTP_204_NO_CONTENT,
+        dependencies=[NO_REQUEST_BODY],
         summary=f"Log out a {kind.value}",
         operation_id=f"{kind.value}_logout",
     )

@@ -34,6 +34,7 @@ from backend.notifications.service import (
 )
 from backend.notifications.webhooks import UnsafeWebhookUrl
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
+from backend.request_body import NO_REQUEST_BODY
 
 webhooks_router = APIRouter(prefix="/seller/webhooks", tags=["Webhooks"])
 events_router = APIRouter(prefix="/events", tags=["Events"])
@@ -78,6 +79,7 @@ async def list_webhook_endpoints(
 @webhooks_router.delete(
     "/{endpoint_id}",
     status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[NO_REQUEST_BODY],
     responses=problem_responses(WebhookEndpointNotFound),
 )
 async def delete_webhook_endpoint(
@@ -106,6 +108,7 @@ async def list_webhook_deliveries(
 @webhooks_router.post(
     "/{endpoint_id}/test",
     status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[NO_REQUEST_BODY],
     response_model=WebhookTestQueued,
     responses=problem_responses(WebhookEndpointNotFound, WebhookEndpointDisabled),
 )

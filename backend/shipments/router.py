@@ -12,6 +12,7 @@ from backend.accounts.dependencies import CurrentPartner, CurrentSeller
 from backend.errors import problem_responses
 from backend.notifications.live import SSE_RESPONSES, LastEventId, stream_response
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
+from backend.request_body import NO_REQUEST_BODY
 from backend.shipments.dependencies import ShipmentServiceDep, VisibilityDep
 from backend.shipments.errors import (
     IdempotencyKeyReused,
@@ -190,6 +191,7 @@ async def update_shipment(
 @router.post(
     "/{shipment_id}/cancel",
     response_model=ShipmentRead,
+    dependencies=[NO_REQUEST_BODY],
     responses=problem_responses(ShipmentNotFound, InvalidTransition),
 )
 async def cancel_shipment(
