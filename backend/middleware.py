@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -13,7 +14,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.errors import DomainError, HeadersTooLarge, PayloadTooLarge, handle_domain_error
+from backend.errors import (
+    DependencyUnavailable,
+    DomainError,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    handle_domain_error,
+)
 from backend.logging_setup import request_id_var
 
 access_logger = logging.getLogger("shiptrack.access")
@@ -55,11 +62,13 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         status = 500
+        response_started = False
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-ID"] = request_id
                 headers["X-Process-Time"] = f"{time.perf_counter() - started:.6f}"
@@ -67,6 +76,15 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except asyncio.CancelledError:
+            # uvicorn cancels requests still running when its graceful shutdown times out and
+            # would answer a bare text 500. Their transaction was rolled back, so tell the
+            # client to retry (another replica) instead.
+            if response_started:
+                raise
+            shutting_down = DependencyUnavailable("The server is shutting down; retry the request.")
+            response = await handle_domain_error(Request(scope), shutting_down)
+            await response(scope, receive, send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
             method = scope["method"]

@@ -1,0 +1,216 @@
+"""Fixtures for fault injection: a PostgreSQL cluster and a Redis server per test, owned by it.
+
+Each test gets a fresh cluster copied from one migrated at the start of the session (a copy and
+a start take a fraction of a second), and its own redis-server with an fsynced append-only file.
+The app under test runs with short deadlines, so every wait is bounded by a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from backend.cli import migrate
+from backend.config import Settings
+from backend.main import create_app
+from tests.conftest import create_database, make_settings
+from tests.faults.load import Load
+from tests.faults.records import unexpected_exchanges
+from tests.faults.servers import (
+    DATABASE_NAME,
+    DurableRedis,
+    OwnedPostgres,
+    free_tcp_port,
+    postgres_bindir,
+    postgres_system_user,
+    scratch_folder,
+    serving,
+)
+
+# The app's deadlines under test: short, so that an outage costs seconds, not minutes. The server
+# cancels a slow statement first; the client's command timeout is the backstop for a server that
+# cannot answer at all (the same order as the production defaults).
+POOL_TIMEOUT_SECONDS = 1.0
+CONNECT_TIMEOUT_SECONDS = 1.0
+STATEMENT_TIMEOUT_SECONDS = 2.0
+COMMAND_TIMEOUT_SECONDS = 3.0
+REDIS_TIMEOUT_SECONDS = 0.5
+FAULT_SETTINGS: dict[str, object] = {
+    "db_pool_size": 8,
+    "db_max_overflow": 4,
+    "db_pool_timeout_seconds": POOL_TIMEOUT_SECONDS,
+    "db_connect_timeout_seconds": CONNECT_TIMEOUT_SECONDS,
+    "db_statement_timeout_ms": int(STATEMENT_TIMEOUT_SECONDS * 1000),
+    "db_command_timeout_seconds": COMMAND_TIMEOUT_SECONDS,
+    "redis_timeout_seconds": REDIS_TIMEOUT_SECONDS,
+    "health_check_timeout_seconds": 0.5,
+    # The load logs in and signs up far more often than a person: no rate limit in the way.
+    "token_attempts_per_ip": 1_000_000,
+    "token_attempts_per_account": 1_000_000,
+    "signups_per_ip": 1_000_000,
+    "webhooks_allow_private": True,
+    # Outages make every layer log warnings by design; only errors say something here.
+    "log_level": "ERROR",
+}
+# SQLAlchemy closes an invalidated asyncpg connection gracefully first, waiting up to this long.
+SQLALCHEMY_GRACEFUL_CLOSE_SECONDS = 2.0
+# The longest a request may take while a dependency is down, from the app's own deadlines: a wait
+# for a pooled connection, a statement that times out on a frozen server, closing that connection,
+# connecting anew, two Redis round trips, and a second of slack for a busy machine. Longer
+# counts as a hang.
+REQUEST_DEADLINE_SECONDS = (
+    POOL_TIMEOUT_SECONDS
+    + COMMAND_TIMEOUT_SECONDS
+    + SQLALCHEMY_GRACEFUL_CLOSE_SECONDS
+    + CONNECT_TIMEOUT_SECONDS
+    + 2 * REDIS_TIMEOUT_SECONDS
+    + 1.0
+)
+# From the dependency being back to the app serving again, without a restart of the app.
+RECOVERY_SECONDS = 10.0
+# Bound on a whole phase of a test (warm-up, detection of an outage): a hang guard only.
+PHASE_SECONDS = 30.0
+
+
+@pytest.fixture(autouse=True)
+def clean_state() -> None:
+    """Replaces the suite's: these tests use only servers they own, never the shared ones."""
+
+
+@pytest.fixture(scope="session")
+async def golden_postgres() -> AsyncIterator[OwnedPostgres]:
+    """A stopped cluster with the migrated `shiptrack` database, copied by every test."""
+    with scratch_folder("shiptrack-faults-") as root:
+        cluster = OwnedPostgres(
+            postgres_bindir(), root / "golden", postgres_system_user(), free_tcp_port()
+        )
+        cluster.initdb()
+        cluster.start()
+        try:
+            await create_database(cluster.url("postgres"), DATABASE_NAME)
+            # Alembic's env.py runs its own event loop, so it cannot run on this one.
+            await asyncio.to_thread(migrate, cluster.url())
+        finally:
+            cluster.stop("fast")
+        yield cluster
+
+
+@pytest.fixture
+def postgres(golden_postgres: OwnedPostgres) -> Iterator[OwnedPostgres]:
+    with scratch_folder("shiptrack-pg-") as root:
+        cluster = golden_postgres.copy_to(root / "cluster", free_tcp_port())
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.destroy()
+
+
+@pytest.fixture
+def durable_redis() -> Iterator[DurableRedis]:
+    with scratch_folder("shiptrack-redis-") as root:
+        server = DurableRedis(root)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+async def inspector(postgres: OwnedPostgres) -> AsyncIterator[AsyncEngine]:
+    """The test's own view of the database, with short timeouts of its own."""
+    engine = create_async_engine(
+        postgres.url(),
+        pool_pre_ping=True,
+        connect_args={"timeout": 1.0, "command_timeout": 2.0},
+    )
+    yield engine
+    await engine.dispose()
+
+
+def fault_settings(database_url: str, redis_url: str, **overrides: object) -> Settings:
+    return make_settings(database_url, redis_url, **{**FAULT_SETTINGS, **overrides})
+
+
+@asynccontextmanager
+async def served_client(
+    settings: Settings, *, run_worker: bool = False
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in a real uvicorn on loopback, and a client whose timeout is the deadline.
+
+    `run_worker`: the outbox worker runs in the same process, as in embedded mode.
+    """
+    app = create_app(settings, run_worker=run_worker)
+    async with (
+        serving(app) as base_url,
+        httpx.AsyncClient(
+            base_url=base_url,
+            # A little over the deadline, so a slow answer is told apart from a lost one.
+            timeout=REQUEST_DEADLINE_SECONDS + 2.0,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+        ) as http,
+    ):
+        yield http
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """Moments of a fault: injected, known to be in effect, lifted, and the app recovered."""
+
+    injected: float
+    down: float
+    up: float
+    recovered: float
+
+
+async def wait_for_outage_seen(load: Load, down: float) -> None:
+    """Until requests and the readiness probe have met the outage (so it really happened)."""
+    await load.wait_for(
+        lambda: load.unavailable(down) >= 3 and 503 in load.readiness(down),
+        PHASE_SECONDS,
+        "503s from requests and /health/ready during the outage",
+    )
+
+
+async def wait_for_recovery(load: Load, up: float) -> float:
+    """Until readiness is 200 and writes succeed again; returns when (within RECOVERY_SECONDS)."""
+    await load.wait_for(
+        lambda: 200 in load.readiness(up) and load.successes(up) >= 3,
+        RECOVERY_SECONDS,
+        "readiness and writes to recover without restarting the app",
+    )
+    return time.monotonic()
+
+
+def assert_outage_contract(
+    load: Load, outage: Outage, *, ready_never_while_down: bool = True
+) -> None:
+    """503s only while the fault lasted, never a 500 or a hang; readiness followed reality.
+
+    `ready_never_while_down`: every readiness probe during the outage must be 503 (a server that
+    is down or frozen); off where a probe may legitimately get through (an exhausted pool).
+    """
+    problems = unexpected_exchanges(load.exchanges, REQUEST_DEADLINE_SECONDS)
+    assert not problems, f"{len(problems)} bad exchanges:\n" + "\n".join(problems[:40])
+
+    early = [str(e) for e in load.exchanges if e.unavailable and e.finished < outage.injected]
+    assert not early, "503s before the fault:\n" + "\n".join(early[:20])
+
+    while_down = load.readiness(outage.down, finished_before=outage.up)
+    assert while_down, "no readiness probe ran during the outage"
+    assert 503 in while_down, f"/health/ready said {while_down} while a dependency was down"
+    if ready_never_while_down:
+        assert set(while_down) == {503}, f"/health/ready said {while_down} during the outage"
+
+    # Once recovered, no new request fails: dead connections were weeded out on the way.
+    late = [str(e) for e in load.since(outage.recovered) if e.unavailable]
+    assert not late, "503s after recovery:\n" + "\n".join(late[:20])
+    assert load.successes(outage.recovered) > 0
