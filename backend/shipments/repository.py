@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, raiseload
 from sqlmodel import col
 
 from backend.accounts.models import Partner
@@ -107,8 +107,12 @@ class ShipmentRepository:
             .where(col(Shipment.id) == shipment_id, visibility.condition())
             .with_for_update(of=Shipment)
         )
-        # The partner's name goes into the recipient's emails; the timeline loads itself.
-        statement = statement.options(joinedload(Shipment.partner))  # type: ignore[arg-type]
+        # The partner's name goes into the recipient's emails. The timeline is not loaded: a
+        # change appends one event (by sequence), and the response reads the view afresh.
+        statement = statement.options(
+            joinedload(Shipment.partner),  # type: ignore[arg-type]
+            raiseload(Shipment.timeline),  # type: ignore[arg-type]
+        )
         result = await self._session.execute(statement)
         return result.scalars().first()
 

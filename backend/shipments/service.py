@@ -366,13 +366,19 @@ class ShipmentService:
         shipment.version += 1
         shipment.updated_at = utcnow()
 
-    @staticmethod
     def _append_event(
-        shipment: Shipment, status: ShipmentStatus, *, location_zip: str | None, note: str | None
+        self,
+        shipment: Shipment,
+        status: ShipmentStatus,
+        *,
+        location_zip: str | None,
+        note: str | None,
     ) -> None:
         # Under the shipment's row lock (or in its creating transaction): no gaps, no duplicates.
+        # Added to the session rather than to `shipment.timeline`, so a change never loads the
+        # whole timeline; the unit of work still inserts the shipment first.
         shipment.last_sequence += 1
-        shipment.timeline.append(
+        self._session.add(
             ShipmentEvent(
                 shipment_id=shipment.id,
                 sequence=shipment.last_sequence,
