@@ -1,11 +1,10 @@
 -- GET /shipments?limit=20 as the seller: a page of 20 shipments, 10 events each.
 -- wrk ... -s bench/list_page.lua URL -- TOKEN_FILE
+local lib = dofile("bench/lib.lua")
 local token
 
 function init(args)
-  local f = assert(io.open(args[1], "r"))
-  token = f:read("*a"):gsub("%s+", "")
-  f:close()
+  token = lib.slurp(args[1], true)
 end
 
 function request()

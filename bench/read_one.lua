@@ -1,21 +1,13 @@
 -- GET /shipments/<id> as the owner: a shipment with a 10-event timeline.
 -- wrk ... -s bench/read_one.lua URL -- TOKEN_FILE IDS_FILE
-local ids = {}
+local lib = dofile("bench/lib.lua")
+local ids
 local token
 local counter = 0
 
-local function slurp(path)
-  local f = assert(io.open(path, "r"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
 function init(args)
-  token = slurp(args[1]):gsub("%s+", "")
-  for line in io.lines(args[2]) do
-    if #line > 0 then ids[#ids + 1] = line end
-  end
+  token = lib.slurp(args[1], true)
+  ids = lib.lines(args[2])
   counter = math.random(#ids)
 end
 

@@ -60,8 +60,9 @@ TOKEN_ATTEMPTS_PER_IP=1000000 TOKEN_ATTEMPTS_PER_ACCOUNT=1000000 SIGNUPS_PER_IP=
     "$BIN/shiptrack" serve --host 127.0.0.1 --port "$API_PORT" >"$WORK/api.log" 2>&1 &
 API_PID=$!
 PIDS+=("$API_PID")
-FLOOR_DATABASE_URL="$DATABASE_URL" FLOOR_REDIS_URL="$REDIS_URL" \
-    "$BIN/uvicorn" --app-dir bench floor:app --host 127.0.0.1 --port "$FLOOR_PORT" \
+"$BIN/python" bench/floor_sql.py >"$WORK/floor_sql.json"
+FLOOR_DATABASE_URL="$DATABASE_URL" FLOOR_REDIS_URL="$REDIS_URL" FLOOR_SQL="$WORK/floor_sql.json" \
+    TOKEN_ATTEMPTS_PER_IP=1000000 "$BIN/uvicorn" --app-dir bench floor:app --host 127.0.0.1 --port "$FLOOR_PORT" \
     --workers 1 --no-access-log --log-level warning >"$WORK/floor.log" 2>&1 &
 FLOOR_PID=$!
 PIDS+=("$FLOOR_PID")
@@ -71,7 +72,7 @@ wait_up "http://127.0.0.1:$FLOOR_PORT/shipments" "$FLOOR_PID" || { cat "$WORK/fl
 API_SERVER=$API_PID
 
 "$BIN/python" bench/seed.py "http://127.0.0.1:$API_PORT" "$WORK" "$SHIPMENTS"
-echo "seeded $SHIPMENTS shipments x 10 events into $DB"
+echo "seeded $SHIPMENTS shipments x 10 events (and 100 to update) into $DB"
 
 RESULTS="$WORK/results.md"
 echo "| workload | app | req/s | p50 | p99 | non-2xx | socket errors | peak RSS (MiB) |" >"$RESULTS"
@@ -98,12 +99,32 @@ run_wrk() {  # PORT SCRIPT OUTFILE ARGS...
         "http://127.0.0.1:$port" -- "$@" >"$out"
 }
 
+# Each workload runs on the API, then on the floor. Reads first, while the seeded timelines
+# are exactly ten events long; the writes then add shipments and events.
+port_of() { if [ "$1" = api ]; then echo "$API_PORT"; else echo "$FLOOR_PORT"; fi; }
+pid_of() { if [ "$1" = api ]; then echo "$API_SERVER"; else echo "$FLOOR_PID"; fi; }
 for app in api floor; do
-    if [ $app = api ]; then port=$API_PORT; pid=$API_SERVER; else port=$FLOOR_PORT; pid=$FLOOR_PID; fi
-    run_wrk "$port" bench/read_one.lua "$WORK/read_$app.txt" "$WORK/token" "$WORK/ids"
-    row "read one (10 events)" "$app" "$pid" "$WORK/read_$app.txt"
-    run_wrk "$port" bench/list_page.lua "$WORK/list_$app.txt" "$WORK/token"
-    row "list 20" "$app" "$pid" "$WORK/list_$app.txt"
+    run_wrk "$(port_of $app)" bench/read_one.lua "$WORK/read_$app.txt" "$WORK/token" "$WORK/ids"
+    row "read one (10 events)" "$app" "$(pid_of $app)" "$WORK/read_$app.txt"
+done
+for app in api floor; do
+    run_wrk "$(port_of $app)" bench/list_page.lua "$WORK/list_$app.txt" "$WORK/token"
+    row "list 20" "$app" "$(pid_of $app)" "$WORK/list_$app.txt"
+done
+for app in api floor; do
+    run_wrk "$(port_of $app)" bench/create.lua "$WORK/create_$app.txt" \
+        "$WORK/token" "$WORK/create_body.json"
+    row "create" "$app" "$(pid_of $app)" "$WORK/create_$app.txt"
+done
+for app in api floor; do
+    run_wrk "$(port_of $app)" bench/update.lua "$WORK/update_$app.txt" \
+        "$WORK/partner_token" "$WORK/update_ids" "$WORK/update_body.json"
+    row "status update" "$app" "$(pid_of $app)" "$WORK/update_$app.txt"
+done
+# Logins are bcrypt at cost 12 on a thread: a few connections saturate the cores.
+for app in api floor; do
+    CONNECTIONS=4 run_wrk "$(port_of $app)" bench/login.lua "$WORK/login_$app.txt" "$WORK/login"
+    row "log in" "$app" "$(pid_of $app)" "$WORK/login_$app.txt"
 done
 
 # Reads while a stream of logins (bcrypt cost 12) runs on the API: two connections logging in
@@ -119,7 +140,36 @@ row "read one under logins" api "$API_SERVER" "$WORK/read_logins.txt"
 wait "$LOGIN_PID" || true
 row "login stream (2 conns, during the above)" api "$API_SERVER" "$WORK/logins.txt"
 
+# Brute force, on a second API process with the production rate limits: one address guesses
+# one seller's password on 16 connections, while a bystander (another address, another seller)
+# logs in once a second and the seller's reads run as before. The API trusts X-Forwarded-For
+# from 127.0.0.1, which gives each side its own address.
+GUARDED_PORT=$(free_port)
+"$BIN/shiptrack" serve --host 127.0.0.1 --port "$GUARDED_PORT" >"$WORK/guarded.log" 2>&1 &
+GUARDED_PID=$!
+PIDS+=("$GUARDED_PID")
+wait_up "http://127.0.0.1:$GUARDED_PORT/health/live" "$GUARDED_PID" || { cat "$WORK/guarded.log"; exit 1; }
+wrk -t1 -c16 -d"$(( ${DURATION%s} + 4 ))s" --latency -s bench/login.lua \
+    "http://127.0.0.1:$GUARDED_PORT" -- "$WORK/wrong_login" 203.0.113.66 >"$WORK/attack.txt" &
+ATTACK_PID=$!
+PIDS+=("$ATTACK_PID")
+wrk -t1 -c1 -d"$(( ${DURATION%s} + 4 ))s" --latency -s bench/login.lua \
+    "http://127.0.0.1:$GUARDED_PORT" -- "$WORK/bystander_login" 198.51.100.7 1000 \
+    >"$WORK/bystander.txt" &
+BYSTANDER_PID=$!
+PIDS+=("$BYSTANDER_PID")
+sleep 2
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/read_one.lua \
+    "http://127.0.0.1:$GUARDED_PORT" -- "$WORK/token" "$WORK/ids" >"$WORK/read_attack.txt"
+row "read one under brute force" api "$GUARDED_PID" "$WORK/read_attack.txt"
+wait "$ATTACK_PID" "$BYSTANDER_PID" || true
+row "brute force (16 conns, wrong password)" api "$GUARDED_PID" "$WORK/attack.txt"
+row "bystander logins (1/s, during the above)" api "$GUARDED_PID" "$WORK/bystander.txt"
+
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; peak RSS = VmHWM after the row (cumulative per process)"
 cat "$RESULTS"
+echo
+echo "brute force statuses: $(grep '^status' "$WORK/attack.txt" | tr '\n' ' ')"
+echo "bystander statuses:   $(grep '^status' "$WORK/bystander.txt" | tr '\n' ' ')"
 if [ -n "${BENCH_OUT:-}" ]; then mkdir -p "$BENCH_OUT" && cp "$WORK"/*.txt "$RESULTS" "$BENCH_OUT"/; fi

@@ -17,14 +17,14 @@ from backend.db import table_of, violated_constraint
 AccountT = TypeVar("AccountT", bound=Seller | Partner)
 
 
-def _token_version_query(model: type[SQLModel]) -> Select[int]:
+def token_version_query(model: type[SQLModel]) -> Select[int]:
     table = table_of(model)
     return sa_select(table.c.token_version).where(table.c.id == bindparam("id"))
 
 
 # Built once: SQLAlchemy then reuses each statement's cache key instead of deriving it per request.
 _TOKEN_VERSION_QUERIES: dict[type[SQLModel], Select[int]] = {
-    model: _token_version_query(model) for model in (Seller, Partner)
+    model: token_version_query(model) for model in (Seller, Partner)
 }
 
 

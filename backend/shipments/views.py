@@ -103,7 +103,7 @@ _VIEW = select(
 # The statements are built once, with bound parameters: SQLAlchemy then reuses each one's cache
 # key and compiled form instead of deriving them again on every request.
 @functools.cache
-def _one(owner_column: str) -> Select[Any]:
+def one_query(owner_column: str) -> Select[Any]:
     return _VIEW.where(
         _shipments.c.id == bindparam("shipment_id"),
         _shipments.c[owner_column] == bindparam("owner_id"),
@@ -111,7 +111,7 @@ def _one(owner_column: str) -> Select[Any]:
 
 
 @functools.cache
-def _page(owner_column: str, *, by_status: bool, by_tag: bool, after: bool) -> Select[Any]:
+def page_query(owner_column: str, *, by_status: bool, by_tag: bool, after: bool) -> Select[Any]:
     """Newest first, keyset-paginated on (created_at, id)."""
     statement = _VIEW.where(_shipments.c[owner_column] == bindparam("owner_id"))
     if by_status:
@@ -145,7 +145,7 @@ class ShipmentViews:
     async def one(self, shipment_id: uuid.UUID, visibility: Visibility) -> ShipmentRead | None:
         owner_column, owner_id = visibility.owner
         parameters = {"shipment_id": shipment_id, "owner_id": owner_id}
-        row = (await self._session.execute(_one(owner_column), parameters)).first()
+        row = (await self._session.execute(one_query(owner_column), parameters)).first()
         return None if row is None else self._view(row)
 
     async def page(
@@ -159,7 +159,7 @@ class ShipmentViews:
     ) -> list[ShipmentRead]:
         """Newest first; `after` is the (created_at, id) of the last item of the previous page."""
         owner_column, owner_id = visibility.owner
-        statement = _page(
+        statement = page_query(
             owner_column, by_status=status is not None, by_tag=tag is not None, after=bool(after)
         )
         parameters: dict[str, Any] = {"owner_id": owner_id, "limit": limit}
