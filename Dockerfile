@@ -4,14 +4,6 @@
 
 ARG PYTHON_VERSION=3.11
 ARG UV_VERSION=0.13.9
-ARG SCALAR_VERSION=1.72.1
-
-# --- Scalar's browser bundle, so /scalar works without reaching a CDN --------------------------
-FROM node:20-slim AS scalar
-ARG SCALAR_VERSION
-WORKDIR /scalar
-RUN npm pack --silent "@scalar/api-reference@${SCALAR_VERSION}" \
- && tar -xzf "scalar-api-reference-${SCALAR_VERSION}.tgz" package/dist/browser/standalone.js
 
 # --- Dependencies and the application, installed from the lock into /app/.venv --------------
 FROM python:${PYTHON_VERSION}-slim AS build
@@ -24,6 +16,10 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY backend ./backend
 RUN uv sync --frozen --no-dev --no-editable
+# Scalar's browser bundle (pinned and checked against its sha512), so /scalar needs no CDN.
+# Standard library only; a failed download or checksum fails the build.
+RUN python -c "from pathlib import Path; from backend.scalar_bundle import fetch; \
+fetch(Path('/scalar/standalone.js'))"
 
 # --- Runtime -------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim AS runtime
@@ -33,7 +29,7 @@ WORKDIR /app
 COPY --from=build /app/.venv /app/.venv
 COPY alembic.ini ./
 COPY migrations ./migrations
-COPY --from=scalar /scalar/package/dist/browser/standalone.js /app/static/scalar/standalone.js
+COPY --from=build /scalar/standalone.js /app/static/scalar/standalone.js
 ENV PATH="/app/.venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

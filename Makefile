@@ -6,15 +6,13 @@ UV_VERSION := 0.13.9
 # The local commands run in development mode (the embedded services, a dev-only JWT key);
 # anything else must say ENVIRONMENT=production and bring its own JWT_SECRET_KEY.
 export ENVIRONMENT ?= dev
-SCALAR_VERSION := 1.72.1
-SCALAR_JS := backend/static/scalar/standalone.js
 
-.PHONY: run test demo check lint typecheck fmt migrate revision openapi install scalar clean bench
+.PHONY: run test demo check lint typecheck fmt migrate revision openapi install scalar browser clean bench
 
 run: install ## Serve the API on 127.0.0.1:8000 (embedded PostgreSQL + Redis unless URLs are set)
 	$(BIN)/shiptrack serve
 
-test: install ## Run the whole test suite (embedded services unless TEST_DATABASE_URL/TEST_REDIS_URL)
+test: install browser ## Run the whole test suite (embedded services unless TEST_DATABASE_URL/TEST_REDIS_URL)
 	$(BIN)/pytest
 
 demo: install ## Seed demo accounts and shipments into the service's database; prints tokens and links
@@ -54,17 +52,18 @@ $(VENV)/.synced: uv.lock pyproject.toml
 	$(BIN)/uv sync --frozen --inexact --all-extras
 	@touch $@
 
-# The Scalar bundle is fetched from npm when npm is available, so /scalar works offline;
-# without npm the page loads it from the CDN instead. Never committed.
-scalar:
-	@if [ ! -f $(SCALAR_JS) ] && command -v npm >/dev/null 2>&1; then \
-		tmp=$$(mktemp -d) && \
-		(cd $$tmp && npm pack --silent @scalar/api-reference@$(SCALAR_VERSION) >/dev/null 2>&1) && \
-		tar -xzf $$tmp/scalar-api-reference-$(SCALAR_VERSION).tgz -C $$tmp package/dist/browser/standalone.js && \
-		mkdir -p $(dir $(SCALAR_JS)) && mv $$tmp/package/dist/browser/standalone.js $(SCALAR_JS) && \
-		echo "Scalar $(SCALAR_VERSION) bundle installed for offline /scalar"; \
-		rm -rf $$tmp; \
-	fi; true
+# The Scalar bundle comes from the npm registry (checked against its published sha512), so
+# /scalar works offline; without network access the page loads it from the CDN instead.
+# Never committed.
+scalar: $(VENV)/.synced
+	@$(BIN)/python -m backend.scalar_bundle
+
+# Browser tests drive Debian's Chromium where it is installed (CI: apt-get install chromium);
+# elsewhere Playwright installs its own build once, so `make test` needs only Python and make.
+browser: $(VENV)/.synced
+	@if [ -z "$$CHROMIUM" ] && [ ! -x /usr/bin/chromium ]; then \
+		$(BIN)/playwright install chromium; \
+	fi
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

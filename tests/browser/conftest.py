@@ -1,9 +1,10 @@
 """Fixtures for browser tests: a real server on loopback and Debian's headless Chromium.
 
 The browser talks TCP, so the app runs under uvicorn on 127.0.0.1 (as a task on the session's
-event loop, like the live-update tests). Playwright drives /usr/bin/chromium and never downloads
-a browser. Every request a page makes to anything but loopback is aborted and recorded, so a test
-can assert that the page needs no network beyond this machine.
+event loop, like the live-update tests). Playwright drives Debian's /usr/bin/chromium where it
+exists (as in CI) and never downloads a browser itself. Every request a page makes to anything
+but loopback is aborted and recorded, so a test can assert that the page needs no network
+beyond this machine.
 
 Screenshots are written only when SHIPTRACK_SCREENSHOTS names a folder, e.g.
 `SHIPTRACK_SCREENSHOTS=docs/screenshots pytest tests/browser`.
@@ -37,7 +38,7 @@ from playwright.async_api import (
 from backend.main import create_app
 from tests.conftest import make_settings
 
-CHROMIUM = Path("/usr/bin/chromium")
+DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 # Upper bound for anything that waits (a guard against hanging, never a measurement).
 SAFETY_SECONDS = 10.0
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -105,23 +106,29 @@ async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
 
 
 @pytest.fixture(scope="session")
-def chromium_path() -> Path:
-    """Debian's Chromium, which CI installs: its absence is a broken setup, never a skip."""
-    if not CHROMIUM.is_file():
-        pytest.fail(
-            f"{CHROMIUM} is missing: browser tests drive Debian's Chromium "
-            "(apt-get install chromium); Playwright never downloads a browser of its own.",
-            pytrace=False,
-        )
-    return CHROMIUM
+def chromium_path() -> Path | None:
+    """$CHROMIUM, else Debian's Chromium (CI installs it), else None: the build Playwright
+    installed for `make test` on a machine without one (see the Makefile's `browser`)."""
+    chosen = os.environ.get("CHROMIUM")
+    if chosen:
+        return Path(chosen)
+    return DEBIAN_CHROMIUM if DEBIAN_CHROMIUM.is_file() else None
 
 
 @pytest.fixture(scope="session")
-async def browser(chromium_path: Path) -> AsyncIterator[Browser]:
+async def browser(chromium_path: Path | None) -> AsyncIterator[Browser]:
     """One headless Chromium for the whole run (a context per test keeps tests apart)."""
     # Assertions retry until the page shows what they expect, up to the same safety bound.
     expect.set_options(timeout=SAFETY_SECONDS * 1000)
     async with async_playwright() as playwright:
+        installed = Path(playwright.chromium.executable_path).is_file()  # noqa: ASYNC240
+        if chromium_path is None and not installed:
+            # A broken setup, never a skip.
+            pytest.fail(
+                f"No Chromium: install Debian's ({DEBIAN_CHROMIUM}), set CHROMIUM, or run "
+                "`make test`, which has Playwright install its own where neither exists.",
+                pytrace=False,
+            )
         chromium = await playwright.chromium.launch(executable_path=chromium_path, headless=True)
         yield chromium
         await chromium.close()
