@@ -97,7 +97,7 @@ ADVISORY_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 ENABLED_ENDPOINTS = "SELECT id FROM webhook_endpoints WHERE seller_id = $1 AND enabled"
 INSERT_FEED_EVENT = """
     INSERT INTO events (id, seller_id, shipment_id, type, data, created_at)
-    VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING position
+    VALUES ($1, $2, $3, $4, $5::jsonb, $6)
 """
 INSERT_OUTBOX = """
     INSERT INTO outbox_messages (id, kind, shipment_id, payload, status, attempts,

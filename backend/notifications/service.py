@@ -124,10 +124,10 @@ class WebhookService:
             "message": "A test event from Shiptrack.",
             "endpoint_id": str(endpoint.id),
         }
-        [event] = await EventPublisher(self._session).publish(
+        [event_id] = await EventPublisher(self._session).publish(
             seller.id, [WEBHOOK_TEST], data, only_endpoint=endpoint.id
         )
-        return event.id
+        return event_id
 
     async def feed(self, seller: Seller, *, after: uuid.UUID | None, limit: int) -> EventPage:
         statement = select(Event).where(col(Event.seller_id) == seller.id)

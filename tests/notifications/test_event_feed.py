@@ -290,7 +290,7 @@ async def test_a_change_committing_after_a_slower_one_comes_after_it_in_the_feed
     final = await whole_feed(client, parties.seller_headers)
     assert len(final) == 4
     assert [item["id"] for item in seen] == [item["id"] for item in final]
-    assert final[2]["id"] == str(slow.id)
+    assert final[2]["id"] == str(slow)
     assert (final[3]["shipment_id"], final[3]["type"]) == (reported["id"], "shipment.updated")
 
 
