@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -324,7 +325,18 @@ async def handle_redis_error(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error", exc_info=exc)
+    if isinstance(exc, DBAPIError):
+        # PostgreSQL's and asyncpg's messages may quote a bound value (`invalid input syntax for
+        # type integer: "..."`), which hide_parameters cannot reach: log the error's kind, its
+        # SQLSTATE and where it was raised, never its text.
+        logger.error(
+            "unhandled database error: %s (SQLSTATE %s)\n%s",
+            type(exc.orig).__name__,
+            getattr(exc.orig, "sqlstate", None),
+            "".join(traceback.format_tb(exc.__traceback__)),
+        )
+    else:
+        logger.exception("unhandled error", exc_info=exc)
     request_id = getattr(request.state, "request_id", None)
     return problem_response(
         request,

@@ -1,0 +1,53 @@
+"""Bound values (emails, phones, password hashes) stay out of errors and the logs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from fastapi import Request
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from backend.config import Settings
+from backend.db import create_engine
+from backend.errors import handle_unexpected_error
+
+SECRET = "grace-hopper-secret-phone-5550100"
+
+
+async def failing_statement_error(settings: Settings) -> DBAPIError:
+    """The error of a statement PostgreSQL refuses because of the value bound to it."""
+    assert settings.database_url is not None
+    engine = create_engine(settings, settings.database_url)
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(DBAPIError) as raised:
+                await connection.execute(text("SELECT CAST(:value AS integer)"), {"value": SECRET})
+    finally:
+        await engine.dispose()
+    return raised.value
+
+
+async def test_sqlalchemy_does_not_list_the_parameters(settings: Settings) -> None:
+    error = await failing_statement_error(settings)
+    assert "SQL parameters hidden" in str(error)
+
+
+async def test_an_unexpected_database_error_is_logged_without_its_values(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = await failing_statement_error(settings)
+    # The driver's own message quotes the value: exactly what must not reach the log.
+    assert SECRET in str(error)
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "state": {}})
+
+    with caplog.at_level(logging.ERROR, logger="backend.errors"):
+        response = await handle_unexpected_error(request, error)
+
+    assert response.status_code == 500
+    assert SECRET.encode() not in bytes(response.body)
+    logged = caplog.text
+    assert "unhandled database error" in logged
+    assert "test_db_engine.py" in logged  # where it was raised is still there
+    assert SECRET not in logged
