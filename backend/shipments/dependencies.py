@@ -11,6 +11,7 @@ from backend.accounts.tokens import LinkTokens
 from backend.config import Settings
 from backend.db import SessionDep
 from backend.shipments.delivery_codes import DeliveryCodes
+from backend.shipments.public import PublicTracking
 from backend.shipments.repository import Visibility
 from backend.shipments.service import ShipmentService
 
@@ -43,5 +44,11 @@ async def visibility(caller: CurrentCaller) -> Visibility:
     return Visibility(partner_id=caller.account_id)
 
 
+async def public_tracking(session: SessionDep, request: Request) -> PublicTracking:
+    settings: Settings = request.app.state.settings
+    return PublicTracking(session, LinkTokens(settings))
+
+
 ShipmentServiceDep = Annotated[ShipmentService, Depends(shipment_service)]
+PublicTrackingDep = Annotated[PublicTracking, Depends(public_tracking)]
 VisibilityDep = Annotated[Visibility, Depends(visibility)]

@@ -16,7 +16,6 @@ from datetime import timedelta
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.accounts.errors import InvalidLinkToken
 from backend.accounts.models import Partner, Seller
 from backend.accounts.tokens import LinkTokens
 from backend.db import utcnow
@@ -28,33 +27,24 @@ from backend.notifications.events import (
     EventPublisher,
 )
 from backend.notifications.live import announce_after_commit
-from backend.notifications.outbox import enqueue_email
-from backend.notifications.wording import human_day, human_moment
+from backend.notifications.wording import human_day
 from backend.pagination import decode_cursor, encode_cursor
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.errors import (
     IdempotencyKeyReused,
     InvalidTransition,
     NoPartnerAvailable,
-    ReviewAlreadyGiven,
-    ShipmentNotDelivered,
     ShipmentNotFound,
-    TrackingNumberNotFound,
     VersionMismatch,
 )
-from backend.shipments.models import Review, Shipment, ShipmentEvent
+from backend.shipments.models import Shipment, ShipmentEvent
+from backend.shipments.recipient_emails import RecipientEmails
 from backend.shipments.repository import ShipmentRepository, Visibility
 from backend.shipments.schemas import (
-    PublicDestination,
-    PublicPartner,
-    ReviewCreate,
-    ReviewRead,
     ShipmentCreate,
     ShipmentPage,
     ShipmentRead,
     ShipmentUpdate,
-    TimelineEvent,
-    TrackingView,
 )
 from backend.shipments.status import (
     CANCELLABLE,
@@ -68,8 +58,6 @@ from backend.shipments.views import ShipmentViews
 # No 0/O, 1/I/L or U: readable over the phone. 14 of 30 symbols is about 68 bits.
 TRACKING_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
 TRACKING_NUMBER_LENGTH = 14
-
-REVIEW_LINK = "review"
 
 EVENT_DESCRIPTIONS = {
     ShipmentStatus.placed: "Shipment created",
@@ -123,10 +111,15 @@ class ShipmentService:
         self._redis = redis
         self._events = EventPublisher(session)
         self._codes = codes
-        self._public_base_url = public_base_url.rstrip("/")
-        self._views = ShipmentViews(session, self._public_base_url)
-        self._links = links
-        self._review_lifetime = timedelta(seconds=review_link_ttl_seconds)
+        public_base_url = public_base_url.rstrip("/")
+        self._views = ShipmentViews(session, public_base_url)
+        self._emails = RecipientEmails(
+            session,
+            codes,
+            links=links,
+            public_base_url=public_base_url,
+            review_link_ttl_seconds=review_link_ttl_seconds,
+        )
         self._transit = timedelta(days=default_transit_days)
 
     # --- reading -------------------------------------------------------------------------
@@ -157,23 +150,6 @@ class ShipmentService:
             last = items[-1]
             next_cursor = encode_cursor(last.created_at, last.id)
         return ShipmentPage(items=items, next_cursor=next_cursor)
-
-    async def shipment_id_for(self, tracking_number: str) -> uuid.UUID:
-        shipment = await self._by_tracking_number(tracking_number)
-        return shipment.id
-
-    async def track(self, tracking_number: str) -> TrackingView:
-        shipment = await self._by_tracking_number(tracking_number)
-        return TrackingView(
-            tracking_number=shipment.tracking_number,
-            status=shipment.status,
-            estimated_delivery=shipment.estimated_delivery,
-            destination=PublicDestination(
-                zip_code=shipment.destination_zip, city=shipment.destination_city
-            ),
-            partner=PublicPartner(name=shipment.partner.name),
-            timeline=[TimelineEvent.model_validate(event) for event in shipment.timeline],
-        )
 
     # --- sellers -------------------------------------------------------------------------
 
@@ -216,12 +192,11 @@ class ShipmentService:
         await self._shipments.add(shipment)
         await self._shipments.replace_tags(shipment, body.tags)
         created = await self._view_of(shipment)
-        self._email_recipient(
+        self._emails.created(
             shipment,
-            "shipment_created",
             partner_name=partner.name,
             seller_name=seller.name,
-            estimated_delivery_day=human_day(shipment.estimated_delivery),
+            delivery_day=human_day(shipment.estimated_delivery),
         )
         if idempotency_key is not None:
             await self._shipments.record_idempotent_response(
@@ -251,21 +226,6 @@ class ShipmentService:
         self._bump_version(shipment)
         return await self._view_of(shipment)
 
-    # --- recipients ----------------------------------------------------------------------
-
-    async def review(self, tracking_number: str, body: ReviewCreate) -> ReviewRead:
-        """The recipient's rating, with the signed link from the delivery email; once only."""
-        shipment_id, _ = self._links.decode(body.token, REVIEW_LINK, "shipment", [])
-        shipment = await self._by_tracking_number(tracking_number)
-        if shipment.id != shipment_id:
-            raise InvalidLinkToken()
-        if shipment.status is not ShipmentStatus.delivered:
-            raise ShipmentNotDelivered()
-        review = Review(shipment_id=shipment.id, rating=body.rating, comment=body.comment)
-        if not await self._shipments.add_review(review):
-            raise ReviewAlreadyGiven()
-        return ReviewRead.model_validate(review)
-
     # --- partners ------------------------------------------------------------------------
 
     async def report(
@@ -291,14 +251,9 @@ class ShipmentService:
         note = change.note or _describe_update_without_status(change)
         await self._move(shipment, target, location_zip=change.location_zip, note=note)
         if change.status is ShipmentStatus.out_for_delivery:
-            self._send_delivery_code(shipment)
+            self._emails.delivery_code(shipment)
         elif change.status is ShipmentStatus.delivered:
-            self._email_recipient(
-                shipment,
-                "delivered",
-                partner_name=shipment.partner.name,
-                review_url=self._review_url(shipment),
-            )
+            self._emails.delivered(shipment, partner_name=shipment.partner.name)
         updated = await self._view_of(shipment)
         delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
         await self._publish(updated, [SHIPMENT_UPDATED, *delivered])
@@ -315,12 +270,6 @@ class ShipmentService:
             "timeline_event": shipment.timeline[-1].model_dump(mode="json"),
         }
         await self._events.publish(shipment.seller_id, types, data, shipment_id=shipment.id)
-
-    async def _by_tracking_number(self, tracking_number: str) -> Shipment:
-        shipment = await self._shipments.get_by_tracking_number(tracking_number.strip().upper())
-        if shipment is None:
-            raise TrackingNumberNotFound()
-        return shipment
 
     async def _locked(self, shipment_id: uuid.UUID, visibility: Visibility) -> Shipment:
         shipment = await self._shipments.lock(shipment_id, visibility)
@@ -387,46 +336,6 @@ class ShipmentService:
                 description=note or EVENT_DESCRIPTIONS[status],
             )
         )
-
-    def _send_delivery_code(self, shipment: Shipment) -> None:
-        code, expires_at = self._codes.issue(shipment)
-        self._email_recipient(
-            shipment,
-            "delivery_code",
-            # Stored hashed on the shipment; in the outbox only until the email has gone.
-            secret_fields=("verification_code",),
-            verification_code=code,
-            expires_at_text=human_moment(expires_at),
-        )
-
-    def _email_recipient(
-        self,
-        shipment: Shipment,
-        template: str,
-        *,
-        secret_fields: tuple[str, ...] = (),
-        **context: str,
-    ) -> None:
-        """Queue an email to the recipient, sent only if this change commits."""
-        enqueue_email(
-            self._session,
-            template,
-            shipment.recipient_email,
-            shipment_id=shipment.id,
-            secret_fields=secret_fields,
-            recipient_name=shipment.recipient_name,
-            tracking_number=shipment.tracking_number,
-            tracking_url=self._tracking_url(shipment),
-            content=shipment.content,
-            **context,
-        )
-
-    def _review_url(self, shipment: Shipment) -> str:
-        token = self._links.issue(REVIEW_LINK, "shipment", shipment.id, self._review_lifetime)
-        return f"{self._tracking_url(shipment)}?review={token}"
-
-    def _tracking_url(self, shipment: Shipment) -> str:
-        return f"{self._public_base_url}/t/{shipment.tracking_number}"
 
     async def _view_of(self, shipment: Shipment) -> ShipmentRead:
         """The changed shipment exactly as reads will show it (the same query builds both)."""

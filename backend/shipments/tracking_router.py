@@ -19,7 +19,7 @@ from backend.db import utcnow
 from backend.errors import problem_responses
 from backend.notifications.live import SSE_RESPONSES, LastEventId, stream_response
 from backend.pages import page_templates
-from backend.shipments.dependencies import ShipmentServiceDep
+from backend.shipments.dependencies import PublicTrackingDep
 from backend.shipments.errors import (
     ReviewAlreadyGiven,
     ShipmentNotDelivered,
@@ -59,7 +59,7 @@ STATUS_LABELS = {
     responses=problem_responses(TrackingNumberNotFound),
 )
 async def track_shipment(
-    tracking_number: TrackingNumber, shipments: ShipmentServiceDep
+    tracking_number: TrackingNumber, shipments: PublicTrackingDep
 ) -> TrackingView:
     """Where a parcel is: status, ETA, destination city and zip, carrier and timeline.
 
@@ -77,7 +77,7 @@ async def track_shipment(
     ),
 )
 async def review_shipment(
-    tracking_number: TrackingNumber, body: ReviewCreate, shipments: ShipmentServiceDep
+    tracking_number: TrackingNumber, body: ReviewCreate, shipments: PublicTrackingDep
 ) -> ReviewRead:
     """Rate a delivered shipment from 1 to 5, with an optional comment. Needs the `token` from
     the link in the delivery email; each shipment can be reviewed once. The seller sees the
@@ -93,7 +93,7 @@ async def review_shipment(
 async def stream_tracking(
     request: Request,
     tracking_number: TrackingNumber,
-    shipments: ShipmentServiceDep,
+    shipments: PublicTrackingDep,
     last_event_id: LastEventId = None,
 ) -> StreamingResponse:
     """The public timeline as it grows (Server-Sent Events): what the tracking page listens to.
@@ -108,7 +108,7 @@ async def stream_tracking(
 async def tracking_page(
     request: Request,
     tracking_number: str,
-    shipments: ShipmentServiceDep,
+    shipments: PublicTrackingDep,
     review: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> HTMLResponse:
     """The recipient's tracking page (server-rendered, no external assets)."""

@@ -1,0 +1,75 @@
+"""The recipient's side: tracking by number (no personal data) and the review after delivery.
+
+Public routes: the caller proves nothing but the tracking number, or, for a review, the signed
+link from the delivery email.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.accounts.errors import InvalidLinkToken
+from backend.accounts.tokens import LinkTokens
+from backend.shipments.errors import (
+    ReviewAlreadyGiven,
+    ShipmentNotDelivered,
+    TrackingNumberNotFound,
+)
+from backend.shipments.models import Review, Shipment
+from backend.shipments.repository import ShipmentRepository
+from backend.shipments.schemas import (
+    PublicDestination,
+    PublicPartner,
+    ReviewCreate,
+    ReviewRead,
+    TimelineEvent,
+    TrackingView,
+)
+from backend.shipments.status import ShipmentStatus
+
+# The purpose of the signed link in the delivery email (LinkTokens).
+REVIEW_LINK = "review"
+
+
+class PublicTracking:
+    def __init__(self, session: AsyncSession, links: LinkTokens) -> None:
+        self._shipments = ShipmentRepository(session)
+        self._links = links
+
+    async def shipment_id_for(self, tracking_number: str) -> uuid.UUID:
+        shipment = await self._by_tracking_number(tracking_number)
+        return shipment.id
+
+    async def track(self, tracking_number: str) -> TrackingView:
+        shipment = await self._by_tracking_number(tracking_number)
+        return TrackingView(
+            tracking_number=shipment.tracking_number,
+            status=shipment.status,
+            estimated_delivery=shipment.estimated_delivery,
+            destination=PublicDestination(
+                zip_code=shipment.destination_zip, city=shipment.destination_city
+            ),
+            partner=PublicPartner(name=shipment.partner.name),
+            timeline=[TimelineEvent.model_validate(event) for event in shipment.timeline],
+        )
+
+    async def review(self, tracking_number: str, body: ReviewCreate) -> ReviewRead:
+        """The recipient's rating, with the signed link from the delivery email; once only."""
+        shipment_id, _ = self._links.decode(body.token, REVIEW_LINK, "shipment", [])
+        shipment = await self._by_tracking_number(tracking_number)
+        if shipment.id != shipment_id:
+            raise InvalidLinkToken()
+        if shipment.status is not ShipmentStatus.delivered:
+            raise ShipmentNotDelivered()
+        review = Review(shipment_id=shipment.id, rating=body.rating, comment=body.comment)
+        if not await self._shipments.add_review(review):
+            raise ReviewAlreadyGiven()
+        return ReviewRead.model_validate(review)
+
+    async def _by_tracking_number(self, tracking_number: str) -> Shipment:
+        shipment = await self._shipments.get_by_tracking_number(tracking_number.strip().upper())
+        if shipment is None:
+            raise TrackingNumberNotFound()
+        return shipment

@@ -1,0 +1,86 @@
+"""Emails to a shipment's recipient, queued in the outbox of the change that causes them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.accounts.tokens import LinkTokens
+from backend.notifications.outbox import enqueue_email
+from backend.notifications.wording import human_moment
+from backend.shipments.delivery_codes import DeliveryCodes
+from backend.shipments.models import Shipment
+from backend.shipments.public import REVIEW_LINK
+
+
+class RecipientEmails:
+    def __init__(
+        self,
+        session: AsyncSession,
+        codes: DeliveryCodes,
+        *,
+        links: LinkTokens,
+        public_base_url: str,
+        review_link_ttl_seconds: int,
+    ) -> None:
+        self._session = session
+        self._codes = codes
+        self._links = links
+        self._public_base_url = public_base_url
+        self._review_lifetime = timedelta(seconds=review_link_ttl_seconds)
+
+    def created(
+        self, shipment: Shipment, *, partner_name: str, seller_name: str, delivery_day: str
+    ) -> None:
+        """The shipment is on its way: who sends it, who carries it, when it should arrive."""
+        self._queue(
+            shipment,
+            "shipment_created",
+            partner_name=partner_name,
+            seller_name=seller_name,
+            estimated_delivery_day=delivery_day,
+        )
+
+    def delivery_code(self, shipment: Shipment) -> None:
+        """A new delivery code, which the partner asks for at the door."""
+        code, expires_at = self._codes.issue(shipment)
+        self._queue(
+            shipment,
+            "delivery_code",
+            # Stored hashed on the shipment; in the outbox only until the email has gone.
+            secret_fields=("verification_code",),
+            verification_code=code,
+            expires_at_text=human_moment(expires_at),
+        )
+
+    def delivered(self, shipment: Shipment, *, partner_name: str) -> None:
+        """The delivery notice, with the signed link to review the shipment."""
+        token = self._links.issue(REVIEW_LINK, "shipment", shipment.id, self._review_lifetime)
+        review_url = f"{self._tracking_url(shipment)}?review={token}"
+        self._queue(shipment, "delivered", partner_name=partner_name, review_url=review_url)
+
+    def _queue(
+        self,
+        shipment: Shipment,
+        template: str,
+        *,
+        secret_fields: tuple[str, ...] = (),
+        **context: str,
+    ) -> None:
+        """Queue an email to the recipient, sent only if this change commits."""
+        enqueue_email(
+            self._session,
+            template,
+            shipment.recipient_email,
+            shipment_id=shipment.id,
+            secret_fields=secret_fields,
+            recipient_name=shipment.recipient_name,
+            tracking_number=shipment.tracking_number,
+            tracking_url=self._tracking_url(shipment),
+            content=shipment.content,
+            **context,
+        )
+
+    def _tracking_url(self, shipment: Shipment) -> str:
+        return f"{self._public_base_url}/t/{shipment.tracking_number}"
