@@ -17,7 +17,7 @@ from backend.accounts.router import partner_router, seller_router
 from backend.accounts.tokens import TokenCodec
 from backend.config import Settings, get_settings
 from backend.db import create_engine, create_sessionmaker
-from backend.errors import install_error_handlers
+from backend.error_handlers import install_error_handlers
 from backend.health.router import router as health_router
 from backend.logging_setup import configure_logging
 from backend.middleware import RequestContextMiddleware, RequestLimitsMiddleware

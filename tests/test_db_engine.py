@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from backend.config import Settings
 from backend.db import create_engine
-from backend.errors import handle_unexpected_error
+from backend.error_handlers import handle_unexpected_error
 
 SECRET = "grace-hopper-secret-phone-5550100"
 
@@ -42,7 +42,7 @@ async def test_an_unexpected_database_error_is_logged_without_its_values(
     assert SECRET in str(error)
     request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "state": {}})
 
-    with caplog.at_level(logging.ERROR, logger="backend.errors"):
+    with caplog.at_level(logging.ERROR, logger="backend.error_handlers"):
         response = await handle_unexpected_error(request, error)
 
     assert response.status_code == 500
