@@ -127,7 +127,24 @@ def _is_database_outage(exc: DBAPIError) -> bool:
     return bool(names & outage_names)
 
 
+# PostgreSQL rolled the transaction back to settle a conflict with a concurrent one: nothing
+# was changed, and the same request may well succeed when sent again.
+_RETRYABLE_SQLSTATES = {
+    "40P01": "deadlock_detected",
+    "40001": "serialization_failure",
+}
+
+
 async def handle_database_error(request: Request, exc: Exception) -> Response:
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        logger.warning("transaction rolled back by PostgreSQL: %s", _RETRYABLE_SQLSTATES[sqlstate])
+        return await handle_domain_error(
+            request,
+            DependencyUnavailable(
+                "The change met a concurrent one and was rolled back; send it again."
+            ),
+        )
     if isinstance(exc, DBAPIError) and not _is_database_outage(exc):
         return await handle_unexpected_error(request, exc)
     logger.warning("database unavailable: %s", type(exc).__name__)

@@ -61,14 +61,14 @@ ACCOUNT = {
     ),
 }
 CLAIM_PARTNER = """
-    WITH candidate AS (
+    UPDATE partners SET active_shipments = active_shipments + 1
+    WHERE id = (
         SELECT id FROM partners
         WHERE $1 = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
-        ORDER BY active_shipments, id LIMIT 1 FOR UPDATE
+        ORDER BY active_shipments, id LIMIT 1
     )
-    UPDATE partners SET active_shipments = partners.active_shipments + 1
-    FROM candidate WHERE partners.id = candidate.id
-    RETURNING partners.id, partners.name
+    AND active_shipments < max_handling_capacity
+    RETURNING id, name
 """
 INSERT_SHIPMENT = """
     INSERT INTO shipments (id, tracking_number, seller_id, partner_id, status, content, weight_kg,
@@ -338,7 +338,9 @@ async def create_shipment(request: Request) -> Response:
         tags = sorted({tag.lower() for tag in body.get("tags", [])})
         async with request.app.state.pool.acquire() as conn, conn.transaction():
             seller = await _account(request, conn, "seller")
-            partner = await conn.fetchrow(CLAIM_PARTNER, destination["zip_code"])
+            # In a savepoint, as the API claims (asyncpg nests transactions as savepoints).
+            async with conn.transaction():
+                partner = await conn.fetchrow(CLAIM_PARTNER, destination["zip_code"])
             if partner is None:
                 raise Refused(409, "Conflict")
             shipment_id, now = uuid.uuid4(), datetime.now(UTC)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 
 import pytest
 from fastapi import Request
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.config import Settings
 from backend.db import create_engine
-from backend.error_handlers import handle_unexpected_error
+from backend.error_handlers import handle_database_error, handle_unexpected_error
 
 SECRET = "grace-hopper-secret-phone-5550100"
 
@@ -51,3 +54,44 @@ async def test_an_unexpected_database_error_is_logged_without_its_values(
     assert "unhandled database error" in logged
     assert "test_db_engine.py" in logged  # where it was raised is still there
     assert SECRET not in logged
+
+
+async def deadlock_error(db_engine: AsyncEngine) -> DBAPIError:
+    """A real deadlock: two transactions each hold a row the other one wants."""
+    async with db_engine.connect() as setup:
+        await setup.execute(text("CREATE TABLE deadlock_demo (id int PRIMARY KEY)"))
+        await setup.execute(
+            text("INSERT INTO deadlock_demo VALUES (1), (2) ON CONFLICT DO NOTHING")
+        )
+        await setup.commit()
+    lock = text("SELECT id FROM deadlock_demo WHERE id = :id FOR UPDATE")
+    try:
+        async with db_engine.connect() as first, db_engine.connect() as second:
+            await first.execute(lock, {"id": 1})
+            await second.execute(lock, {"id": 2})
+            outcomes = await asyncio.gather(
+                first.execute(lock, {"id": 2}),
+                second.execute(lock, {"id": 1}),
+                return_exceptions=True,
+            )
+    finally:
+        async with db_engine.connect() as cleanup:
+            await cleanup.execute(text("DROP TABLE deadlock_demo"))
+            await cleanup.commit()
+    [error] = [outcome for outcome in outcomes if isinstance(outcome, DBAPIError)]
+    return error
+
+
+async def test_a_deadlock_victim_is_told_to_retry_not_given_a_500(
+    db_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = await deadlock_error(db_engine)
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": [], "state": {}})
+
+    response = await handle_database_error(request, error)
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    problem = json.loads(bytes(response.body))
+    assert problem["code"] == "service_unavailable"
+    assert "send it again" in problem["detail"]

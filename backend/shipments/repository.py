@@ -17,22 +17,22 @@ from backend.accounts.models import Partner
 from backend.db import table_of
 from backend.shipments.models import IdempotencyRecord, Review, Shipment, ShipmentTag, Tag
 
-# Lock the least-loaded partner serving the zip that still has room, and take one slot. A
-# concurrent creator waits on the row lock, then PostgreSQL re-checks `active_shipments <
-# max_handling_capacity` on the updated row, so capacity can never be exceeded.
+# Take one slot from the least-loaded partner serving the zip that still has room. A concurrent
+# creator waits on the row lock, then PostgreSQL re-checks `active_shipments <
+# max_handling_capacity` on the updated row, so capacity can never be exceeded. The statement
+# considers exactly one partner: a locking query that moved on to the next candidate after a
+# failed re-check would wait for it while still holding the first, and deadlock.
 _CLAIM_PARTNER = text(
     """
-    WITH candidate AS (
+    UPDATE partners SET active_shipments = active_shipments + 1
+    WHERE id = (
         SELECT id FROM partners
         WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
         ORDER BY active_shipments, id
         LIMIT 1
-        FOR UPDATE
     )
-    UPDATE partners SET active_shipments = partners.active_shipments + 1
-    FROM candidate
-    WHERE partners.id = candidate.id
-    RETURNING partners.id, partners.name
+    AND active_shipments < max_handling_capacity
+    RETURNING id, name
     """
 )
 _PARTNER_WITH_ROOM_EXISTS = text(
@@ -77,16 +77,28 @@ class ShipmentRepository:
 
     async def claim_partner(self, zip_code: str) -> ClaimedPartner | None:
         """Take one slot of capacity from the best partner for `zip_code`, or return None."""
-        # A locked candidate that filled up while we waited drops out of LIMIT 1 instead of
-        # being replaced by the next one, so try again while any partner still has room.
+        # A candidate that filled up while we waited is not claimed; try again (a new snapshot)
+        # while any partner still has room.
         for _ in range(10):
-            claimed = (await self._session.execute(_CLAIM_PARTNER, {"zip": zip_code})).first()
+            claimed = await self._claim_attempt(zip_code)
             if claimed is not None:
-                return ClaimedPartner(id=claimed.id, name=claimed.name)
+                return claimed
             has_room = await self._session.execute(_PARTNER_WITH_ROOM_EXISTS, {"zip": zip_code})
             if not has_room.scalar():
                 return None
         return None
+
+    async def _claim_attempt(self, zip_code: str) -> ClaimedPartner | None:
+        # In a savepoint: a candidate that fails PostgreSQL's re-check after the wait is not
+        # updated but stays locked, and holding it while the next attempt waits for another
+        # partner could deadlock two creates; rolling the savepoint back frees it.
+        attempt = await self._session.begin_nested()
+        claimed = (await self._session.execute(_CLAIM_PARTNER, {"zip": zip_code})).first()
+        if claimed is None:
+            await attempt.rollback()
+            return None
+        await attempt.commit()
+        return ClaimedPartner(id=claimed.id, name=claimed.name)
 
     async def release_partner(self, partner_id: uuid.UUID) -> None:
         """Give back the slot of a shipment that reached a terminal status."""

@@ -227,6 +227,76 @@ async def test_fifteen_simultaneous_creates_fill_two_partners_exactly(
 # --- timeline and versions -----------------------------------------------------------------
 
 
+async def sessions_waiting_on_locks(engine: AsyncEngine) -> int:
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    async with engine.connect() as connection:
+        waiting: int = (await connection.execute(query)).scalar_one()
+    return waiting
+
+
+async def until_waiting_on_locks(engine: AsyncEngine, sessions: int) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            if await sessions_waiting_on_locks(engine) >= sessions:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_a_create_that_lost_its_partner_lets_go_of_it_before_trying_the_next(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    """A create waits on the best partner, which fills up meanwhile; it then tries the next.
+
+    PostgreSQL leaves the first partner's row locked by the create although it was not claimed.
+    Holding it while waiting for the second partner deadlocked against anyone holding the second
+    and waiting for the first (here: `other`), and one of them was aborted.
+    """
+    _, seller_headers = await account_with_token(client, "seller")
+    zip_code = "73301"
+    partners = [
+        (
+            await account_with_token(
+                client, "partner", serviceable_zip_codes=[zip_code], max_handling_capacity=1
+            )
+        )[0]["id"]
+        for _ in range(2)
+    ]
+    first, second = sorted(partners, key=uuid.UUID)  # equally free: the lower id comes first
+
+    async with db_engine.connect() as filler, db_engine.connect() as other:
+        # `filler` fills the first partner but has not committed: the create waits on it.
+        await filler.execute(
+            text("UPDATE partners SET active_shipments = 1 WHERE id = :id"), {"id": first}
+        )
+        create = asyncio.create_task(
+            client.post(
+                "/shipments",
+                json=shipment_body(destination={"zip_code": zip_code}),
+                headers=seller_headers,
+            )
+        )
+        await until_waiting_on_locks(db_engine, 1)
+        # `other` holds the second partner and queues for the first, behind the create.
+        lock_query = "SELECT id FROM partners WHERE id = :id FOR UPDATE"
+        await other.execute(text(lock_query), {"id": second})
+        other_waits = asyncio.create_task(other.execute(text(lock_query), {"id": first}))
+        await until_waiting_on_locks(db_engine, 2)
+
+        await filler.commit()
+        # The create finds the first partner full and must free its lock before waiting on the
+        # second: only then can `other` take the first partner and finish.
+        async with asyncio.timeout(10):
+            await other_waits
+        await other.commit()
+        response = await create
+
+    assert response.status_code == 201, response.text
+    assert response.json()["partner"]["id"] == second
+
+
 async def test_thirty_simultaneous_scans_get_gapless_unique_sequences(
     client: httpx.AsyncClient, db_engine: AsyncEngine
 ) -> None:
