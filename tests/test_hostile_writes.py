@@ -18,11 +18,9 @@ of its tables. Each test starts by checking the fingerprint and restores the cop
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import gzip
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +31,6 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from redis.asyncio import Redis
@@ -61,6 +58,7 @@ from tests.hostile_corpus import (
     assert_problem,
     value_cases,
 )
+from tests.servers import serving
 from tests.shipments.factories import (
     DESTINATION_ZIP,
     bring_to,
@@ -1195,28 +1193,11 @@ async def test_hostile_requests_are_refused_while_rate_limited(
 @pytest.fixture(scope="module")
 async def server(database_url: str, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(_settings(database_url, redis_url))
-    # Bound first, so no other process can take the port between choosing and listening.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5
-    )
-    served = uvicorn.Server(config)
-    task = asyncio.create_task(served.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(SAFETY_SECONDS):
-            while not served.started:
-                assert not task.done(), "the server stopped before it started"
-                await asyncio.sleep(0.01)
-        base_url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base_url, timeout=SAFETY_SECONDS) as http:
-            yield http
-    finally:
-        served.should_exit = True
-        async with asyncio.timeout(SAFETY_SECONDS):
-            await task
-        sock.close()
+    async with (
+        serving(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=SAFETY_SECONDS) as http,
+    ):
+        yield http
 
 
 OVERSIZED_HEADER_BLOCKS = [

@@ -12,9 +12,7 @@ Screenshots are written only when SHIPTRACK_SCREENSHOTS names a folder, e.g.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -24,7 +22,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -37,6 +34,7 @@ from playwright.async_api import (
 
 from backend.main import create_app
 from tests.conftest import make_settings
+from tests.servers import serving
 
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 # Upper bound for anything that waits (a guard against hanging, never a measurement).
@@ -75,34 +73,11 @@ async def live_server(database_url: str, redis_url: str) -> AsyncIterator[LiveSe
     # A stream notices that its page has gone only when its next heartbeat fails to send; a
     # short heartbeat lets the server stop at once at the end of the run instead of waiting.
     app = create_app(make_settings(database_url, redis_url, sse_heartbeat_seconds=0.5))
-    # Bound before uvicorn starts, so no other process can take the port in between; the
-    # explicit IPPROTO_TCP makes asyncio set TCP_NODELAY on accepted connections.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await _started(server, task)
-        base_url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base_url, timeout=SAFETY_SECONDS) as http:
-            yield LiveServer(base_url, http)
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(SAFETY_SECONDS):
-            await task
-        sock.close()
-
-
-async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
-    # uvicorn offers no "started" event to await, only a flag.
-    async with asyncio.timeout(SAFETY_SECONDS):
-        while not server.started:
-            assert not task.done(), "the server stopped before it started"
-            await asyncio.sleep(0.01)
+    async with (
+        serving(app, graceful_seconds=2) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=SAFETY_SECONDS) as http,
+    ):
+        yield LiveServer(base_url, http)
 
 
 @pytest.fixture(scope="session")

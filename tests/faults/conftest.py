@@ -31,8 +31,8 @@ from tests.faults.servers import (
     postgres_bindir,
     postgres_system_user,
     scratch_folder,
-    serving,
 )
+from tests.servers import serving
 
 # The app's deadlines under test: short, so that an outage costs seconds, not minutes. The server
 # cancels a slow statement first; the client's command timeout is the backstop for a server that

@@ -17,14 +17,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
-import uvicorn
-from fastapi import FastAPI
 
 from backend.embedded import redis_server_binary
 
@@ -285,36 +282,6 @@ def scratch_folder(prefix: str) -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@asynccontextmanager
-async def serving(app: FastAPI, *, graceful_seconds: int = 5) -> AsyncIterator[str]:
-    """`app` served by uvicorn on a free 127.0.0.1 port on this event loop; yields its base URL."""
-    # Bound before uvicorn starts, so nothing else takes the port meanwhile; IPPROTO_TCP makes
-    # asyncio set TCP_NODELAY as it does when uvicorn binds the socket itself.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=graceful_seconds,
-        log_config=None,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await wait_until(lambda: server.started or task.done(), START_SECONDS, "uvicorn start")
-        assert not task.done(), "the server stopped before it started"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(STOP_SECONDS + graceful_seconds):
-            await task
-        sock.close()
 
 
 async def wait_until(condition: Callable[[], bool], limit_seconds: float, what: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -21,13 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.main import create_app
 from tests.assertions import assert_problem
 from tests.conftest import make_settings
+from tests.servers import serving
 from tests.shipments.factories import (
     DESTINATION_ZIP,
     Parties,
@@ -67,30 +66,11 @@ async def running_replica(
     """An app served by uvicorn on a free 127.0.0.1 port (uvicorn runs the lifespan)."""
     values: dict[str, object] = {"sse_heartbeat_seconds": HEARTBEAT_SECONDS, **overrides}
     app = create_app(make_settings(database_url, redis_url, **values))
-    # Bound before uvicorn starts, so no other process can take the port in between. An explicit
-    # IPPROTO_TCP makes asyncio set TCP_NODELAY on accepted connections, as it does when uvicorn
-    # binds the socket itself (without it every keep-alive request waits for a delayed ACK).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(SAFETY_SECONDS):
-            while not server.started:
-                assert not task.done(), "the server stopped before it started"
-                await asyncio.sleep(0.01)
-        base_url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base_url, timeout=SAFETY_SECONDS) as http:
-            yield Replica(base_url, http)
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(SAFETY_SECONDS):
-            await task
-        sock.close()
+    async with (
+        serving(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=SAFETY_SECONDS) as http,
+    ):
+        yield Replica(base_url, http)
 
 
 @pytest.fixture(scope="module")
