@@ -146,29 +146,25 @@ class ShipmentRepository:
             return False
         return True
 
-    async def replace_tags(self, shipment: Shipment, names: list[str]) -> list[Tag]:
+    async def replace_tags(self, shipment: Shipment, names: list[str]) -> None:
         """Point the shipment at exactly these tags, creating the ones that do not exist yet."""
         await self._session.execute(
             delete(ShipmentTag).where(col(ShipmentTag.shipment_id) == shipment.id)
         )
         if not names:
-            return []
+            return
         await self._session.execute(
             # Sorted: concurrent inserts of the same new tags lock them in one order (no deadlock).
             insert(Tag).values([{"name": name} for name in sorted(names)]).on_conflict_do_nothing()
         )
-        tags = (
-            (await self._session.execute(select(Tag).where(col(Tag.name).in_(names))))
-            .scalars()
-            .all()
-        )
+        # A statement of its own, after the insert: its snapshot sees tags that a concurrent
+        # transaction created (and committed) while our insert waited on them.
+        tag_ids = await self._session.scalars(select(col(Tag.id)).where(col(Tag.name).in_(names)))
         await self._session.execute(
             insert(ShipmentTag).values(
-                [{"shipment_id": shipment.id, "tag_id": tag.id} for tag in tags]
+                [{"shipment_id": shipment.id, "tag_id": tag_id} for tag_id in tag_ids]
             )
         )
-        by_name = {tag.name: tag for tag in tags}
-        return [by_name[name] for name in names]
 
     async def claim_idempotency_key(
         self, seller_id: uuid.UUID, key: str, fingerprint: str
