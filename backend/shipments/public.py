@@ -33,6 +33,11 @@ from backend.shipments.status import ShipmentStatus
 REVIEW_LINK = "review"
 
 
+def tracking_url(public_base_url: str, tracking_number: str) -> str:
+    """The recipient's tracking page (tracking_router's /t/{tracking_number})."""
+    return f"{public_base_url}/t/{tracking_number}"
+
+
 class PublicTracking:
     def __init__(self, session: AsyncSession, links: LinkTokens) -> None:
         self._shipments = ShipmentRepository(session)

@@ -11,7 +11,7 @@ from backend.notifications.outbox import enqueue_email
 from backend.notifications.wording import human_moment
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.models import Shipment
-from backend.shipments.public import REVIEW_LINK
+from backend.shipments.public import REVIEW_LINK, tracking_url
 
 
 class RecipientEmails:
@@ -57,7 +57,7 @@ class RecipientEmails:
     def delivered(self, shipment: Shipment, *, partner_name: str) -> None:
         """The delivery notice, with the signed link to review the shipment."""
         token = self._links.issue(REVIEW_LINK, "shipment", shipment.id, self._review_lifetime)
-        review_url = f"{self._tracking_url(shipment)}?review={token}"
+        review_url = f"{self._page(shipment)}?review={token}"
         self._queue(shipment, "delivered", partner_name=partner_name, review_url=review_url)
 
     def _queue(
@@ -77,10 +77,10 @@ class RecipientEmails:
             secret_fields=secret_fields,
             recipient_name=shipment.recipient_name,
             tracking_number=shipment.tracking_number,
-            tracking_url=self._tracking_url(shipment),
+            tracking_url=self._page(shipment),
             content=shipment.content,
             **context,
         )
 
-    def _tracking_url(self, shipment: Shipment) -> str:
-        return f"{self._public_base_url}/t/{shipment.tracking_number}"
+    def _page(self, shipment: Shipment) -> str:
+        return tracking_url(self._public_base_url, shipment.tracking_number)

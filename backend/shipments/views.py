@@ -22,6 +22,7 @@ from sqlalchemy.types import NullType
 from backend.accounts.models import Partner
 from backend.db import table_of
 from backend.shipments.models import Review, Shipment, ShipmentEvent, ShipmentTag, Tag
+from backend.shipments.public import tracking_url
 from backend.shipments.repository import Visibility
 from backend.shipments.schemas import (
     DestinationRead,
@@ -195,7 +196,7 @@ class ShipmentViews:
             version=row.version,
             created_at=row.created_at,
             updated_at=row.updated_at,
-            tracking_url=f"{self._public_base_url}/t/{row.tracking_number}",
+            tracking_url=tracking_url(self._public_base_url, row.tracking_number),
             review=_review(row),
             timeline=_timeline(row.timeline or ()),
         )
