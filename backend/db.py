@@ -1,22 +1,35 @@
-"""Database plumbing: metadata naming, the async engine, and the per-request session."""
+"""Database plumbing: metadata naming, the async engine, and each request's unit of work.
+
+A request works on one pooled connection in one transaction (`Database`), committed before the
+response is sent. Its statements are SQLAlchemy Core statements compiled once (`Statement`) and
+run on the asyncpg connection underneath: SQLAlchemy's execution layer costs about twice the
+database round trip for every statement it runs, and that decided whether the API kept up with
+the benchmark's floor app at all (bench/README.md). ORM code still has a session, bound to the
+same connection and transaction (`Database.session`).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
-from sqlalchemy import MetaData, Table, event
+from sqlalchemy import ClauseElement, MetaData, Table, event
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlmodel import SQLModel
 
 from backend.config import Settings
@@ -36,7 +49,7 @@ metadata: MetaData = SQLModel.metadata
 
 
 def table_of(model: type[SQLModel]) -> Table:
-    """The Core table behind a table model, for Core queries on hot paths."""
+    """The Core table behind a table model, for Core statements."""
     table: Table = model.__table__  # type: ignore[attr-defined]
     return table
 
@@ -54,7 +67,7 @@ def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
         # No pool_pre_ping: its round trip per checkout cost ~8% of a read (bench/README.md).
-        # `_discard_closed_connection` below catches what a restart leaves behind instead.
+        # `_discard_unusable_connection` below catches what a restart leaves behind instead.
         pool_recycle=30 * 60,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
@@ -68,23 +81,25 @@ def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
             },
         },
     )
-    event.listen(engine.sync_engine, "checkout", _discard_closed_connection)
+    event.listen(engine.sync_engine, "checkout", _discard_unusable_connection)
     return engine
 
 
-def _discard_closed_connection(
+def _discard_unusable_connection(
     dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
 ) -> None:
-    """Hand out only connections the server has not hung up on.
+    """Hand out only connections that are open and idle.
 
     A restarting PostgreSQL terminates every session and closes its socket; asyncpg sees that as
-    soon as the event loop runs, so `is_closed()` answers without a round trip. Raising
-    DisconnectionError makes the pool drop this connection and check out (or open) another. A
-    connection that dies silently (a network black hole) fails its first query within
-    `command_timeout` instead, which answers 503 and makes the pool replace its connections.
+    soon as the event loop runs, so `is_closed()` answers without a round trip. A connection
+    still inside a transaction was given back by a request whose rollback could not finish. In
+    both cases DisconnectionError makes the pool drop the connection and check out (or open)
+    another. A connection that dies silently (a network black hole) fails its first query
+    within `command_timeout` instead, which answers 503.
     """
-    if dbapi_connection.driver_connection.is_closed():
-        raise DisconnectionError("PostgreSQL closed this pooled connection")
+    driver = dbapi_connection.driver_connection
+    if driver.is_closed() or driver.is_in_transaction():
+        raise DisconnectionError("this pooled connection cannot be used again")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -98,44 +113,198 @@ def violated_constraint(error: IntegrityError) -> str | None:
     return name if isinstance(name, str) else None
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request, committed once before the response is sent.
+# asyncpg's flavour of PostgreSQL: `$1` placeholders and the casts asyncpg needs.
+_ASYNCPG = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 
-    Used with `scope="function"`, so the commit runs as soon as the handler returns and a
-    failed commit becomes an error response instead of a 200 for work that was lost.
+
+class Statement:
+    """A Core statement compiled once into asyncpg's SQL, for `Database` to run on the driver.
+
+    What SQLAlchemy would do at every execution happens here once (the SQL text and the order
+    of the parameters) or is the caller's to do: values go in as asyncpg takes them (JSONB as
+    JSON text, see `json_text`), and rows come back as asyncpg records holding what asyncpg
+    decodes (a status is a plain string, JSONB a parsed value).
     """
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
-        try:
-            yield session
-            await session.commit()
-            await _run_after_commit(session)
-        except DomainError as error:
-            await (session.commit() if error.keep_changes else session.rollback())
-            raise
-        except BaseException:
-            await session.rollback()
-            raise
+
+    __slots__ = ("_parameters", "sql")
+
+    def __init__(self, statement: ClauseElement) -> None:
+        compiled = statement.compile(dialect=_ASYNCPG)
+        assert isinstance(compiled, SQLCompiler)
+        computed = [*compiled.insert_prefetch, *compiled.update_prefetch]
+        if computed:
+            # SQLAlchemy fills these from Python-side column defaults at each execution, which
+            # the driver will not: the statement must give them values of its own.
+            names = ", ".join(column.name for column in computed)
+            raise ValueError(f"give {names} a value in the statement: {compiled}")
+        self.sql = str(compiled)
+        # In `$n` order: (name, given by the caller?, value fixed in the statement). Literals
+        # written into a statement, such as `hashtextextended(:key, 0)`, are parameters too.
+        self._parameters = tuple(
+            (name, bind.required, bind.effective_value)
+            for name in compiled.positiontup or ()
+            for bind in [compiled.binds[name]]
+        )
+
+    def arguments(self, params: Mapping[str, Any]) -> list[Any]:
+        """The values for `$1, $2, ...`: the caller's by name, and the statement's literals."""
+        return [params[name] if given else literal for name, given, literal in self._parameters]
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+class Record(Protocol):
+    """A row as asyncpg returns it: by column name or position."""
+
+    def __getitem__(self, key: str | int, /) -> Any: ...
+
 
 AfterCommit = Callable[[], Awaitable[None]]
 
 
-def after_commit(session: AsyncSession, action: AfterCommit) -> None:
-    """Run `action` once the request's transaction has committed (never if it rolls back).
+class Database:
+    """One request's unit of work: one pooled connection and one transaction on it.
 
-    For side effects that must not announce uncommitted data, such as live-update messages.
-    Best effort: a failing action is logged, the response still succeeds.
+    The transaction is the driver's; `get_database` opens it and ends it. ORM code gets a
+    session in the same transaction (`session()`): SQLAlchemy is told the connection is in
+    autocommit mode, so it never begins or commits anything by itself.
     """
-    session.info.setdefault("after_commit", []).append(action)
 
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+        pooled = connection.sync_connection
+        assert pooled is not None  # the connection has been started
+        # The asyncpg connection under SQLAlchemy's: an attribute read, no round trip.
+        driver = pooled.connection.driver_connection
+        assert driver is not None
+        self._driver: Any = driver
+        self._transaction = self._driver.transaction()
+        self._open = False
+        self._session: AsyncSession | None = None
+        self._after_commit: list[AfterCommit] = []
 
-async def _run_after_commit(session: AsyncSession) -> None:
-    actions: list[AfterCommit] = session.info.pop("after_commit", [])
-    for action in actions:
+    # --- statements --------------------------------------------------------------------
+
+    async def fetch_one(self, statement: Statement, /, **params: Any) -> Record | None:
+        row: Record | None = await self._driver.fetchrow(
+            statement.sql, *statement.arguments(params)
+        )
+        return row
+
+    async def fetch_all(self, statement: Statement, /, **params: Any) -> list[Record]:
+        rows: list[Record] = await self._driver.fetch(statement.sql, *statement.arguments(params))
+        return rows
+
+    async def fetch_value(self, statement: Statement, /, **params: Any) -> Any:
+        return await self._driver.fetchval(statement.sql, *statement.arguments(params))
+
+    async def execute(self, statement: Statement, /, **params: Any) -> None:
+        await self._driver.execute(statement.sql, *statement.arguments(params))
+
+    async def execute_many(self, statement: Statement, rows: Iterable[Mapping[str, Any]]) -> None:
+        await self._driver.executemany(statement.sql, [statement.arguments(row) for row in rows])
+
+    def savepoint(self) -> Any:
+        """A nested transaction (SAVEPOINT): `start()`, then `commit()` or `rollback()`."""
+        return self._driver.transaction()
+
+    async def session(self) -> AsyncSession:
+        """An ORM session in this unit's transaction, made on first use."""
+        if self._session is None:
+            await self._connection.execution_options(isolation_level="AUTOCOMMIT")
+            self._session = AsyncSession(
+                bind=self._connection, expire_on_commit=False, autoflush=False
+            )
+        return self._session
+
+    def after_commit(self, action: AfterCommit) -> None:
+        """Run `action` once this unit has committed (never if it rolls back).
+
+        For side effects that must not announce uncommitted data, such as live-update messages.
+        Best effort: a failing action is logged, the response still succeeds.
+        """
+        self._after_commit.append(action)
+
+    # --- the transaction, for get_database ----------------------------------------------
+
+    async def begin(self) -> None:
+        await self._transaction.start()
+        self._open = True
+
+    async def commit(self) -> None:
+        """Commit; if that fails, the transaction is rolled back and the error raised."""
         try:
-            await action()
-        except Exception:
-            logger.warning("after-commit action failed", exc_info=True)
+            if self._session is not None:
+                # Writes what the ORM still holds; SQLAlchemy's own COMMIT is a no-op here.
+                await self._session.commit()
+        except BaseException:
+            await self.rollback()
+            raise
+        await self._end(self._transaction.commit)
+
+    async def rollback(self) -> None:
+        if self._open:
+            await self._end(self._transaction.rollback)
+
+    async def _end(self, finish: Callable[[], Awaitable[None]]) -> None:
+        self._open = False
+        if self._session is not None:
+            await self._session.close()
+        try:
+            await finish()
+        except BaseException:
+            # The COMMIT or ROLLBACK itself failed (the connection died or hung): the
+            # connection's state is unknown, so it must not serve another request.
+            await self._connection.invalidate()
+            raise
+
+    async def run_after_commit(self) -> None:
+        for action in self._after_commit:
+            try:
+                await action()
+            except Exception:
+                logger.warning("after-commit action failed", exc_info=True)
+
+
+@asynccontextmanager
+async def unit_of_work(engine: AsyncEngine) -> AsyncIterator[Database]:
+    """A `Database`, committed when the block ends, or rolled back if it raises (unless the
+    error is a DomainError that keeps its changes); after-commit actions then run."""
+    async with engine.connect() as connection:
+        database = Database(connection)
+        await database.begin()
+        try:
+            yield database
+        except DomainError as error:
+            await (database.commit() if error.keep_changes else database.rollback())
+            raise
+        except BaseException:
+            await database.rollback()
+            raise
+        await database.commit()
+    await database.run_after_commit()
+
+
+async def get_database(request: Request) -> AsyncIterator[Database]:
+    """The request's unit of work, committed once before the response is sent.
+
+    Used with `scope="function"`, so the commit runs as soon as the handler returns and a
+    failed commit becomes an error response instead of a 200 for work that was lost.
+    """
+    async with unit_of_work(request.app.state.engine) as database:
+        yield database
+
+
+DatabaseDep = Annotated[Database, Depends(get_database, scope="function")]
+
+
+async def get_session(database: DatabaseDep) -> AsyncSession:
+    """The ORM session of the request's unit of work."""
+    return await database.session()
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def json_text(value: Any) -> str:
+    """A value for a JSONB parameter: asyncpg takes it as JSON text, through the codec that
+    SQLAlchemy's dialect installs on every connection."""
+    return json.dumps(value, separators=(",", ":"))

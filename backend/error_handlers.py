@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import iter_route_contexts
@@ -107,11 +108,20 @@ def _methods_of_path(request: Request) -> list[str]:
     return sorted(methods)
 
 
-def _is_database_outage(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated:
+def _driver_errors(exc: Exception) -> list[BaseException]:
+    """asyncpg's error: raised as is on the request paths (backend/db.py), or wrapped by
+    SQLAlchemy (its DBAPI-level error, and asyncpg's beneath that)."""
+    if isinstance(exc, DBAPIError):
+        wrapped = exc.orig
+        return [error for error in (wrapped, getattr(wrapped, "__cause__", None)) if error]
+    return [exc]
+
+
+def _is_database_outage(exc: Exception) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     # asyncpg's connection errors, timeouts and server-side cancellations (statement_timeout).
-    names = {type(exc.orig).__name__, type(getattr(exc.orig, "__cause__", None)).__name__}
+    names = {type(error).__name__ for error in _driver_errors(exc)}
     outage_names = {
         "ConnectionDoesNotExistError",
         "ConnectionFailureError",
@@ -135,8 +145,16 @@ _RETRYABLE_SQLSTATES = {
 }
 
 
+def _sqlstate(exc: Exception) -> str | None:
+    for error in _driver_errors(exc):
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str):
+            return sqlstate
+    return None
+
+
 async def handle_database_error(request: Request, exc: Exception) -> Response:
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    sqlstate = _sqlstate(exc)
     if sqlstate in _RETRYABLE_SQLSTATES:
         logger.warning("transaction rolled back by PostgreSQL: %s", _RETRYABLE_SQLSTATES[sqlstate])
         return await handle_domain_error(
@@ -145,7 +163,7 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
                 "The change met a concurrent one and was rolled back; send it again."
             ),
         )
-    if isinstance(exc, DBAPIError) and not _is_database_outage(exc):
+    if isinstance(exc, DBAPIError | asyncpg.PostgresError) and not _is_database_outage(exc):
         return await handle_unexpected_error(request, exc)
     logger.warning("database unavailable: %s", type(exc).__name__)
     return await handle_domain_error(
@@ -167,14 +185,14 @@ async def handle_redis_error(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, DBAPIError):
+    if isinstance(exc, DBAPIError | asyncpg.PostgresError):
         # PostgreSQL's and asyncpg's messages may quote a bound value (`invalid input syntax for
         # type integer: "..."`), which hide_parameters cannot reach: log the error's kind, its
         # SQLSTATE and where it was raised, never its text.
         logger.error(
             "unhandled database error: %s (SQLSTATE %s)\n%s",
-            type(exc.orig).__name__,
-            getattr(exc.orig, "sqlstate", None),
+            type(_driver_errors(exc)[0]).__name__,
+            _sqlstate(exc),
             "".join(traceback.format_tb(exc.__traceback__)),
         )
     else:
@@ -197,6 +215,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(DBAPIError, handle_database_error)
     app.add_exception_handler(PoolTimeoutError, handle_database_error)
+    # The request paths run their statements on asyncpg itself (backend/db.py). Its
+    # client-side deadline (command_timeout) raises TimeoutError, an OSError (below).
+    app.add_exception_handler(asyncpg.PostgresError, handle_database_error)
+    app.add_exception_handler(asyncpg.InterfaceError, handle_database_error)
     app.add_exception_handler(OSError, handle_network_error)
     # Any Redis failure (unreachable, full, read-only after a failover): fail closed with 503.
     app.add_exception_handler(RedisError, handle_redis_error)

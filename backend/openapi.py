@@ -12,7 +12,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
-from backend.db import get_session
+from backend.db import get_database
 from backend.errors import (
     PROBLEM_MEDIA_TYPE,
     PROBLEM_SCHEMA_REF,
@@ -54,7 +54,7 @@ _REQUIREMENTS: dict[Callable[..., Any], list[SecurityRequirement]] = {}
 _AUTH_ERRORS: tuple[type[DomainError], ...] = (Unauthorized, Forbidden, DependencyUnavailable)
 # Errors a route can answer with because of a dependency it uses (directly or not).
 _DEPENDENCY_ERRORS: dict[Callable[..., Any], tuple[type[DomainError], ...]] = {
-    get_session: (DependencyUnavailable,),
+    get_database: (DependencyUnavailable,),
     get_redis: (DependencyUnavailable,),
     refuse_request_body: (PayloadTooLarge, UnsupportedMediaType),
 }

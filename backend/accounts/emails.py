@@ -6,11 +6,9 @@ import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from backend.accounts.models import AccountKind, Partner, Seller
 from backend.accounts.tokens import LinkTokens
-from backend.db import utcnow
+from backend.db import Database, utcnow
 from backend.notifications.outbox import enqueue_email
 from backend.notifications.wording import human_moment
 
@@ -25,18 +23,18 @@ def password_fingerprint(password_hash: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AccountEmails:
-    session: AsyncSession
+    database: Database
     links: LinkTokens
     public_base_url: str
     verification_lifetime: timedelta
     reset_lifetime: timedelta
 
-    def send_verification(self, kind: AccountKind, account: Seller | Partner) -> None:
+    async def send_verification(self, kind: AccountKind, account: Seller | Partner) -> None:
         token = self.links.issue(
             VERIFY_EMAIL, kind, account.id, self.verification_lifetime, email=account.email
         )
-        enqueue_email(
-            self.session,
+        await enqueue_email(
+            self.database,
             "verify_email",
             account.email,
             name=account.name,
@@ -44,7 +42,7 @@ class AccountEmails:
             expires_at_text=human_moment(utcnow() + self.verification_lifetime),
         )
 
-    def send_password_reset(self, kind: AccountKind, account: Seller | Partner) -> None:
+    async def send_password_reset(self, kind: AccountKind, account: Seller | Partner) -> None:
         token = self.links.issue(
             PASSWORD_RESET,
             kind,
@@ -52,8 +50,8 @@ class AccountEmails:
             self.reset_lifetime,
             pwd=password_fingerprint(account.password_hash),
         )
-        enqueue_email(
-            self.session,
+        await enqueue_email(
+            self.database,
             "password_reset",
             account.email,
             name=account.name,

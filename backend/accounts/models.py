@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ARRAY, CheckConstraint, DateTime, Index, String
@@ -15,6 +16,15 @@ from backend.db import utcnow
 class AccountKind(enum.StrEnum):
     seller = "seller"
     partner = "partner"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: an account whose access token was checked against the database."""
+
+    kind: AccountKind
+    account_id: uuid.UUID
+    name: str
 
 
 class Seller(SQLModel, table=True):

@@ -5,27 +5,38 @@ from __future__ import annotations
 import uuid
 from typing import Generic, TypeVar
 
-from sqlalchemy import Select, bindparam
+from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import SQLModel, select
+from sqlmodel import select
 
-from backend.accounts.models import Partner, Seller
-from backend.db import table_of, violated_constraint
+from backend.accounts.models import AccountKind, Partner, Seller
+from backend.db import Database, Record, Statement, table_of, violated_constraint
 
 AccountT = TypeVar("AccountT", bound=Seller | Partner)
 
-
-def token_version_query(model: type[SQLModel]) -> Select[int]:
-    table = table_of(model)
-    return sa_select(table.c.token_version).where(table.c.id == bindparam("id"))
-
-
-# Built once: SQLAlchemy then reuses each statement's cache key instead of deriving it per request.
-_TOKEN_VERSION_QUERIES: dict[type[SQLModel], Select[int]] = {
-    model: token_version_query(model) for model in (Seller, Partner)
+MODELS: dict[AccountKind, type[Seller] | type[Partner]] = {
+    AccountKind.seller: Seller,
+    AccountKind.partner: Partner,
 }
+
+
+def _caller_statement(model: type[Seller] | type[Partner]) -> Statement:
+    table = table_of(model)
+    return Statement(
+        sa_select(table.c.token_version, table.c.name).where(table.c.id == bindparam("id"))
+    )
+
+
+# What checking an access token needs, by primary key: the account's token version (and its
+# name, which a shipment's emails show), without building the entity.
+CALLER_STATEMENTS = {kind: _caller_statement(model) for kind, model in MODELS.items()}
+
+
+async def caller_row(database: Database, kind: AccountKind, account_id: uuid.UUID) -> Record | None:
+    """The account's `token_version` and `name`, or None if it does not exist."""
+    return await database.fetch_one(CALLER_STATEMENTS[kind], id=account_id)
 
 
 class DuplicateEmail(Exception):
@@ -40,12 +51,6 @@ class AccountRepository(Generic[AccountT]):
     async def get(self, account_id: uuid.UUID) -> AccountT | None:
         """One primary-key lookup, no relationships."""
         return await self._session.get(self._model, account_id)
-
-    async def token_version(self, account_id: uuid.UUID) -> int | None:
-        """The account's current token version, or None if it does not exist: all that checking
-        an access token needs, without building the entity (a Core query on the table)."""
-        statement = _TOKEN_VERSION_QUERIES[self._model]
-        return (await self._session.execute(statement, {"id": account_id})).scalar()
 
     async def lock(self, account_id: uuid.UUID) -> AccountT | None:
         """The account, locked until the transaction ends."""

@@ -53,7 +53,7 @@ class AccountService(Generic[AccountT]):
             await self._accounts.add(account)
         except DuplicateEmail:
             raise EmailTaken() from None
-        self._emails.send_verification(self.kind, account)
+        await self._emails.send_verification(self.kind, account)
         return account
 
     async def verify_email(self, token: str) -> AccountT:
@@ -78,7 +78,7 @@ class AccountService(Generic[AccountT]):
             await limits.per_account.hit(email)
         except RateLimited:
             return  # enough reset emails for now; saying so would reveal the account exists
-        self._emails.send_password_reset(self.kind, account)
+        await self._emails.send_password_reset(self.kind, account)
 
     async def reset_password(self, token: str, new_password: str) -> None:
         """Set the password and invalidate every token the account had."""

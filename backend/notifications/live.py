@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from backend.db import after_commit
+from backend.db import Database
 from backend.shipments.models import ShipmentEvent
 from backend.shipments.schemas import TimelineEvent
 
@@ -42,7 +42,7 @@ def event_json(event: ShipmentEvent | TimelineEvent) -> dict[str, Any]:
 
 
 def announce_after_commit(
-    session: AsyncSession, redis: Redis, shipment_id: uuid.UUID, events: Sequence[TimelineEvent]
+    database: Database, redis: Redis, shipment_id: uuid.UUID, events: Sequence[TimelineEvent]
 ) -> None:
     """Publish the new timeline events once (and only if) the change has committed."""
     messages = [json.dumps(event_json(event)) for event in events]
@@ -51,7 +51,7 @@ def announce_after_commit(
         for message in messages:
             await redis.publish(channel(shipment_id), message)
 
-    after_commit(session, publish)
+    database.after_commit(publish)
 
 
 def sse(event: dict[str, Any]) -> str:

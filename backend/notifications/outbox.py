@@ -8,32 +8,77 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import BindParameter, bindparam, insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.notifications.models import OutboxMessage
+from backend.db import Database, Statement, json_text, table_of, utcnow
+from backend.notifications.models import OutboxMessage, OutboxStatus
 
 EMAIL = "email"
 # Payload key listing the fields to erase once a message is sent.
 REDACT = "redact_after_send"
 
+_now: BindParameter[datetime] = bindparam("now")
+_QUEUE = Statement(
+    insert(table_of(OutboxMessage)).values(
+        id=bindparam("id"),
+        kind=bindparam("kind"),
+        shipment_id=bindparam("shipment_id"),
+        payload=bindparam("payload"),
+        status=OutboxStatus.pending.value,
+        attempts=0,
+        next_attempt_at=_now,
+        created_at=_now,
+    )
+)
 
-def enqueue_email(
-    session: AsyncSession,
+
+async def enqueue(
+    database: Database,
+    kind: str,
+    payloads: list[dict[str, Any]],
+    *,
+    shipment_id: uuid.UUID | None = None,
+) -> list[uuid.UUID]:
+    """Queue messages in the caller's transaction: they are sent only if it commits. Returns
+    the messages' ids."""
+    now = utcnow()
+    ids = [uuid.uuid4() for _ in payloads]
+    rows = [
+        {
+            "id": message_id,
+            "kind": kind,
+            "shipment_id": shipment_id,
+            "payload": json_text(payload),
+            "now": now,
+        }
+        for message_id, payload in zip(ids, payloads, strict=True)
+    ]
+    if len(rows) == 1:
+        await database.execute(_QUEUE, **rows[0])
+    elif rows:
+        await database.execute_many(_QUEUE, rows)
+    return ids
+
+
+async def enqueue_email(
+    database: Database,
     template: str,
     to: str,
     *,
     shipment_id: uuid.UUID | None = None,
     secret_fields: tuple[str, ...] = (),
     **context: Any,
-) -> None:
+) -> uuid.UUID:
     """Queue an email in the caller's transaction: it is sent only if that transaction commits.
+    Returns the message's id.
 
     `context` must be JSON-serializable; it is what the template sees. `secret_fields` name
     context values (a delivery code) erased from the stored row once the email is sent.
     """
     payload = {"template": template, "to": to, **context, REDACT: list(secret_fields)}
-    session.add(OutboxMessage(kind=EMAIL, shipment_id=shipment_id, payload=payload))
+    [message_id] = await enqueue(database, EMAIL, [payload], shipment_id=shipment_id)
+    return message_id
 
 
 @dataclass(frozen=True, slots=True)

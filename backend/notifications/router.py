@@ -8,13 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Query, status
 
 from backend.accounts.dependencies import CurrentSeller, SettingsDep
-from backend.db import SessionDep
+from backend.db import DatabaseDep, SessionDep
 from backend.errors import problem_responses
 from backend.notifications.events import (
     SHIPMENT_CANCELLED,
     SHIPMENT_CREATED,
     SHIPMENT_DELIVERED,
     SHIPMENT_UPDATED,
+    EventPublisher,
 )
 from backend.notifications.schemas import (
     EventPage,
@@ -40,8 +41,12 @@ webhooks_router = APIRouter(prefix="/seller/webhooks", tags=["Webhooks"])
 events_router = APIRouter(prefix="/events", tags=["Events"])
 
 
-async def webhook_service(session: SessionDep, settings: SettingsDep) -> WebhookService:
-    return WebhookService(session, allow_private=settings.webhooks_allow_private)
+async def webhook_service(
+    database: DatabaseDep, session: SessionDep, settings: SettingsDep
+) -> WebhookService:
+    return WebhookService(
+        session, EventPublisher(database), allow_private=settings.webhooks_allow_private
+    )
 
 
 WebhookServiceDep = Annotated[WebhookService, Depends(webhook_service)]

@@ -54,8 +54,11 @@ class UnknownEvent(DomainError):
 
 
 class WebhookService:
-    def __init__(self, session: AsyncSession, *, allow_private: bool) -> None:
+    def __init__(
+        self, session: AsyncSession, events: EventPublisher, *, allow_private: bool
+    ) -> None:
         self._session = session
+        self._events = events
         self._allow_private = allow_private
 
     async def register(self, seller: Seller, body: WebhookEndpointCreate) -> WebhookEndpointCreated:
@@ -124,7 +127,7 @@ class WebhookService:
             "message": "A test event from Shiptrack.",
             "endpoint_id": str(endpoint.id),
         }
-        [event_id] = await EventPublisher(self._session).publish(
+        [event_id] = await self._events.publish(
             seller.id, [WEBHOOK_TEST], data, only_endpoint=endpoint.id
         )
         return event_id

@@ -14,7 +14,7 @@ from backend.shipments.errors import (
     VerificationCodeBurned,
     VerificationCodeRequired,
 )
-from backend.shipments.models import Shipment
+from backend.shipments.repository import ShipmentState
 
 
 class DeliveryCodes:
@@ -24,11 +24,11 @@ class DeliveryCodes:
         self._ttl = timedelta(seconds=ttl_seconds)
         self._max_attempts = max_attempts
 
-    def _digest(self, shipment: Shipment, code: str) -> str:
+    def _digest(self, shipment: ShipmentState, code: str) -> str:
         message = f"{shipment.id}:{code}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
-    def issue(self, shipment: Shipment) -> tuple[str, datetime]:
+    def issue(self, shipment: ShipmentState) -> tuple[str, datetime]:
         """A fresh code for the shipment (replacing any earlier one) and when it expires."""
         code = f"{secrets.randbelow(10**6):06d}"
         shipment.delivery_code_hash = self._digest(shipment, code)
@@ -36,7 +36,7 @@ class DeliveryCodes:
         shipment.delivery_code_attempts = 0
         return code, shipment.delivery_code_expires_at
 
-    def redeem(self, shipment: Shipment, code: str | None) -> None:
+    def redeem(self, shipment: ShipmentState, code: str | None) -> None:
         """Accept the code (which burns it) or raise; a wrong try is recorded on the shipment."""
         if code is None:
             raise VerificationCodeRequired()
@@ -56,6 +56,6 @@ class DeliveryCodes:
         raise InvalidVerificationCode(f"Wrong verification code; {remaining} tries left.")
 
     @staticmethod
-    def _burn(shipment: Shipment) -> None:
+    def _burn(shipment: ShipmentState) -> None:
         shipment.delivery_code_hash = None
         shipment.delivery_code_expires_at = None

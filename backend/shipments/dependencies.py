@@ -5,18 +5,15 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
-from backend.accounts.dependencies import CurrentCaller
-from backend.accounts.models import AccountKind
 from backend.accounts.tokens import LinkTokens
 from backend.config import Settings
-from backend.db import SessionDep
+from backend.db import DatabaseDep, SessionDep
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.public import PublicTracking
-from backend.shipments.repository import Visibility
 from backend.shipments.service import ShipmentService
 
 
-async def shipment_service(session: SessionDep, request: Request) -> ShipmentService:
+async def shipment_service(database: DatabaseDep, request: Request) -> ShipmentService:
     # Settings and Redis straight from the app state: every shipment request resolves this, and
     # each sub-dependency FastAPI resolves costs more than the attribute lookup.
     settings: Settings = request.app.state.settings
@@ -27,7 +24,7 @@ async def shipment_service(session: SessionDep, request: Request) -> ShipmentSer
         max_attempts=settings.delivery_code_max_attempts,
     )
     return ShipmentService(
-        session,
+        database,
         codes,
         redis,
         links=LinkTokens(settings),
@@ -37,13 +34,6 @@ async def shipment_service(session: SessionDep, request: Request) -> ShipmentSer
     )
 
 
-async def visibility(caller: CurrentCaller) -> Visibility:
-    """Sellers see the shipments they created; partners the ones assigned to them."""
-    if caller.kind is AccountKind.seller:
-        return Visibility(seller_id=caller.account_id)
-    return Visibility(partner_id=caller.account_id)
-
-
 async def public_tracking(session: SessionDep, request: Request) -> PublicTracking:
     settings: Settings = request.app.state.settings
     return PublicTracking(session, LinkTokens(settings))
@@ -51,4 +41,3 @@ async def public_tracking(session: SessionDep, request: Request) -> PublicTracki
 
 ShipmentServiceDep = Annotated[ShipmentService, Depends(shipment_service)]
 PublicTrackingDep = Annotated[PublicTracking, Depends(public_tracking)]
-VisibilityDep = Annotated[Visibility, Depends(visibility)]

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import uuid
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
+from sqlmodel import col
 
 from backend.accounts.errors import InvalidLinkToken
 from backend.accounts.tokens import LinkTokens
@@ -18,7 +22,6 @@ from backend.shipments.errors import (
     TrackingNumberNotFound,
 )
 from backend.shipments.models import Review, Shipment
-from backend.shipments.repository import ShipmentRepository
 from backend.shipments.schemas import (
     PublicDestination,
     PublicPartner,
@@ -39,8 +42,10 @@ def tracking_url(public_base_url: str, tracking_number: str) -> str:
 
 
 class PublicTracking:
+    """Reads through the ORM: the timeline loads with the shipment (`lazy="selectin"`)."""
+
     def __init__(self, session: AsyncSession, links: LinkTokens) -> None:
-        self._shipments = ShipmentRepository(session)
+        self._session = session
         self._links = links
 
     async def shipment_id_for(self, tracking_number: str) -> uuid.UUID:
@@ -69,12 +74,23 @@ class PublicTracking:
         if shipment.status is not ShipmentStatus.delivered:
             raise ShipmentNotDelivered()
         review = Review(shipment_id=shipment.id, rating=body.rating, comment=body.comment)
-        if not await self._shipments.add_review(review):
-            raise ReviewAlreadyGiven()
+        self._session.add(review)
+        try:
+            # A savepoint: a second review is refused by the unique constraint, and the
+            # request's transaction stays usable.
+            async with self._session.begin_nested():
+                await self._session.flush()
+        except IntegrityError:
+            raise ReviewAlreadyGiven() from None
         return ReviewRead.model_validate(review)
 
     async def _by_tracking_number(self, tracking_number: str) -> Shipment:
-        shipment = await self._shipments.get_by_tracking_number(tracking_number.strip().upper())
+        statement = (
+            select(Shipment)
+            .where(col(Shipment.tracking_number) == tracking_number.strip().upper())
+            .options(joinedload(Shipment.partner))  # type: ignore[arg-type]
+        )
+        shipment = (await self._session.execute(statement)).scalars().first()
         if shipment is None:
             raise TrackingNumberNotFound()
         return shipment

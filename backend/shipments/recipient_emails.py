@@ -2,75 +2,73 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from sqlalchemy.ext.asyncio import AsyncSession
+from datetime import datetime, timedelta
 
 from backend.accounts.tokens import LinkTokens
+from backend.db import Database
 from backend.notifications.outbox import enqueue_email
 from backend.notifications.wording import human_moment
-from backend.shipments.delivery_codes import DeliveryCodes
-from backend.shipments.models import Shipment
 from backend.shipments.public import REVIEW_LINK, tracking_url
+from backend.shipments.repository import ShipmentState
 
 
 class RecipientEmails:
     def __init__(
         self,
-        session: AsyncSession,
-        codes: DeliveryCodes,
+        database: Database,
         *,
         links: LinkTokens,
         public_base_url: str,
         review_link_ttl_seconds: int,
     ) -> None:
-        self._session = session
-        self._codes = codes
+        self._database = database
         self._links = links
         self._public_base_url = public_base_url
         self._review_lifetime = timedelta(seconds=review_link_ttl_seconds)
 
-    def created(
-        self, shipment: Shipment, *, partner_name: str, seller_name: str, delivery_day: str
+    async def created(
+        self, shipment: ShipmentState, *, seller_name: str, delivery_day: str
     ) -> None:
         """The shipment is on its way: who sends it, who carries it, when it should arrive."""
-        self._queue(
+        await self._queue(
             shipment,
             "shipment_created",
-            partner_name=partner_name,
+            partner_name=shipment.partner_name,
             seller_name=seller_name,
             estimated_delivery_day=delivery_day,
         )
 
-    def delivery_code(self, shipment: Shipment) -> None:
+    async def delivery_code(self, shipment: ShipmentState, code: tuple[str, datetime]) -> None:
         """A new delivery code, which the partner asks for at the door."""
-        code, expires_at = self._codes.issue(shipment)
-        self._queue(
+        verification_code, expires_at = code
+        await self._queue(
             shipment,
             "delivery_code",
             # Stored hashed on the shipment; in the outbox only until the email has gone.
             secret_fields=("verification_code",),
-            verification_code=code,
+            verification_code=verification_code,
             expires_at_text=human_moment(expires_at),
         )
 
-    def delivered(self, shipment: Shipment, *, partner_name: str) -> None:
+    async def delivered(self, shipment: ShipmentState) -> None:
         """The delivery notice, with the signed link to review the shipment."""
         token = self._links.issue(REVIEW_LINK, "shipment", shipment.id, self._review_lifetime)
         review_url = f"{self._page(shipment)}?review={token}"
-        self._queue(shipment, "delivered", partner_name=partner_name, review_url=review_url)
+        await self._queue(
+            shipment, "delivered", partner_name=shipment.partner_name, review_url=review_url
+        )
 
-    def _queue(
+    async def _queue(
         self,
-        shipment: Shipment,
+        shipment: ShipmentState,
         template: str,
         *,
         secret_fields: tuple[str, ...] = (),
         **context: str,
     ) -> None:
         """Queue an email to the recipient, sent only if this change commits."""
-        enqueue_email(
-            self._session,
+        await enqueue_email(
+            self._database,
             template,
             shipment.recipient_email,
             shipment_id=shipment.id,
@@ -82,5 +80,5 @@ class RecipientEmails:
             **context,
         )
 
-    def _page(self, shipment: Shipment) -> str:
+    def _page(self, shipment: ShipmentState) -> str:
         return tracking_url(self._public_base_url, shipment.tracking_number)

@@ -1,47 +1,141 @@
-"""Queries for shipments. Every lookup by id carries the caller's ownership in its WHERE clause."""
+"""Statements for changing shipments. Every lookup by id carries the caller's ownership in its
+WHERE clause.
+
+Each statement is built with SQLAlchemy Core and compiled once (`backend.db.Statement`); they
+run on the request's unit of work (`backend.db.Database`).
+"""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, select, text, update
+from sqlalchemy import ARRAY, String, any_, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload, raiseload
-from sqlmodel import col
 
-from backend.accounts.models import Partner
-from backend.db import table_of
-from backend.shipments.models import IdempotencyRecord, Review, Shipment, ShipmentTag, Tag
+from backend.accounts.models import AccountKind, Caller, Partner
+from backend.db import Database, Record, Statement, json_text, table_of
+from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentEvent, ShipmentTag, Tag
+from backend.shipments.status import ShipmentStatus
+
+_shipments = table_of(Shipment)
+_events = table_of(ShipmentEvent)
+_partners = table_of(Partner)
+_tags = table_of(Tag)
+_shipment_tags = table_of(ShipmentTag)
+_idempotency = table_of(IdempotencyRecord)
 
 # Take one slot from the least-loaded partner serving the zip that still has room. A concurrent
 # creator waits on the row lock, then PostgreSQL re-checks `active_shipments <
 # max_handling_capacity` on the updated row, so capacity can never be exceeded. The statement
 # considers exactly one partner: a locking query that moved on to the next candidate after a
 # failed re-check would wait for it while still holding the first, and deadlock.
-_CLAIM_PARTNER = text(
-    """
-    UPDATE partners SET active_shipments = active_shipments + 1
-    WHERE id = (
-        SELECT id FROM partners
-        WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
-        ORDER BY active_shipments, id
-        LIMIT 1
+_CLAIM_PARTNER = Statement(
+    text(
+        """
+        UPDATE partners SET active_shipments = active_shipments + 1
+        WHERE id = (
+            SELECT id FROM partners
+            WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+            ORDER BY active_shipments, id
+            LIMIT 1
+        )
+        AND active_shipments < max_handling_capacity
+        RETURNING id, name
+        """
     )
-    AND active_shipments < max_handling_capacity
-    RETURNING id, name
-    """
 )
-_PARTNER_WITH_ROOM_EXISTS = text(
-    """
-    SELECT EXISTS (
-        SELECT 1 FROM partners
-        WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+_PARTNER_WITH_ROOM_EXISTS = Statement(
+    text(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM partners
+            WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+        )
+        """
     )
-    """
+)
+_RELEASE_PARTNER = Statement(
+    update(_partners)
+    .where(_partners.c.id == bindparam("partner_id"))
+    .values(active_shipments=_partners.c.active_shipments - 1)
+)
+
+_INSERT_SHIPMENT = Statement(
+    insert(_shipments).values({column.name: bindparam(column.name) for column in _shipments.c})
+)
+# What a change may alter; the rest of a shipment is fixed at creation.
+_CHANGEABLE = (
+    "status",
+    "estimated_delivery",
+    "version",
+    "last_sequence",
+    "delivery_code_hash",
+    "delivery_code_expires_at",
+    "delivery_code_attempts",
+    "updated_at",
+)
+_SAVE_SHIPMENT = Statement(
+    update(_shipments)
+    .where(_shipments.c.id == bindparam("shipment_id"))
+    .values({name: bindparam(name) for name in _CHANGEABLE})
+)
+_APPEND_EVENT = Statement(
+    insert(_events).values({column.name: bindparam(column.name) for column in _events.c})
+)
+
+_names = bindparam("names", type_=ARRAY(String))
+_UNLINK_TAGS = Statement(
+    delete(_shipment_tags).where(_shipment_tags.c.shipment_id == bindparam("shipment_id"))
+)
+# Sorted names: concurrent first uses of the same tags lock them in one order (no deadlock).
+_CREATE_TAGS = Statement(
+    insert(_tags).from_select(["name"], select(func.unnest(_names))).on_conflict_do_nothing()
+)
+# A statement of its own, after the insert: its snapshot sees tags that a concurrent transaction
+# created (and committed) while our insert waited on them.
+_LINK_TAGS = Statement(
+    insert(_shipment_tags).from_select(
+        ["shipment_id", "tag_id"],
+        select(bindparam("shipment_id", type_=_shipments.c.id.type), _tags.c.id).where(
+            _tags.c.name == any_(_names)
+        ),
+    )
+)
+
+_CLAIM_IDEMPOTENCY_KEY = Statement(
+    insert(_idempotency)
+    .values(
+        seller_id=bindparam("seller_id"),
+        key=bindparam("key"),
+        request_fingerprint=bindparam("fingerprint"),
+        shipment_id=None,
+        response_status=None,
+        response_body=None,
+        created_at=bindparam("created_at"),
+    )
+    .on_conflict_do_nothing()
+    .returning(_idempotency.c.key)
+)
+_EARLIER_REQUEST = Statement(
+    select(_idempotency.c.request_fingerprint, _idempotency.c.response_body).where(
+        _idempotency.c.seller_id == bindparam("seller_id"),
+        _idempotency.c.key == bindparam("key"),
+    )
+)
+_RECORD_RESPONSE = Statement(
+    update(_idempotency)
+    .where(
+        _idempotency.c.seller_id == bindparam("seller_id"),
+        _idempotency.c.key == bindparam("key"),
+    )
+    .values(
+        shipment_id=bindparam("shipment_id"),
+        response_status=201,
+        response_body=bindparam("response_body"),
+    )
 )
 
 
@@ -58,6 +152,15 @@ class Visibility:
     seller_id: uuid.UUID | None = None
     partner_id: uuid.UUID | None = None
 
+    OWNERS = ("seller_id", "partner_id")
+
+    @classmethod
+    def of(cls, caller: Caller) -> Visibility:
+        """Sellers see the shipments they created; partners the ones assigned to them."""
+        if caller.kind is AccountKind.seller:
+            return cls(seller_id=caller.account_id)
+        return cls(partner_id=caller.account_id)
+
     @property
     def owner(self) -> tuple[str, uuid.UUID]:
         """The shipments column that names the owner, and the owner's id."""
@@ -66,14 +169,71 @@ class Visibility:
         assert self.partner_id is not None
         return "partner_id", self.partner_id
 
-    def condition(self) -> ColumnElement[bool]:
-        column, owner_id = self.owner
-        return table_of(Shipment).c[column] == owner_id
+
+@dataclass(slots=True)
+class ShipmentState:
+    """What a change reads and may alter of a shipment it holds (locked, or being created)."""
+
+    id: uuid.UUID
+    seller_id: uuid.UUID
+    partner_id: uuid.UUID
+    partner_name: str
+    tracking_number: str
+    status: ShipmentStatus
+    content: str
+    recipient_name: str
+    recipient_email: str
+    estimated_delivery: datetime
+    version: int
+    last_sequence: int
+    delivery_code_hash: str | None
+    delivery_code_expires_at: datetime | None
+    delivery_code_attempts: int
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Record) -> ShipmentState:
+        values = {name: row[name] for name in _STATE_FIELDS}
+        values["status"] = ShipmentStatus(values["status"])
+        return cls(**values)
+
+
+_STATE_FIELDS = tuple(field.name for field in fields(ShipmentState))
+# Read from the shipments table (the partner's name comes from a join).
+_STORED_FIELDS = tuple(name for name in _STATE_FIELDS if name != "partner_name")
+
+
+def _lock_statement(owner_column: str) -> Statement:
+    # The partner's name goes into the recipient's emails. The timeline is not read: a change
+    # appends one event (by sequence), and the response reads the view afresh.
+    return Statement(
+        select(
+            *(_shipments.c[name] for name in _STORED_FIELDS),
+            _partners.c.name.label("partner_name"),
+        )
+        .join(_partners, _partners.c.id == _shipments.c.partner_id)
+        .where(
+            _shipments.c.id == bindparam("shipment_id"),
+            _shipments.c[owner_column] == bindparam("owner_id"),
+        )
+        .with_for_update(of=_shipments)
+    )
+
+
+_LOCK = {owner_column: _lock_statement(owner_column) for owner_column in Visibility.OWNERS}
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierRequest:
+    """The request that already holds an idempotency key, and the response it got."""
+
+    fingerprint: str
+    response_body: dict[str, Any] | None
 
 
 class ShipmentRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     async def claim_partner(self, zip_code: str) -> ClaimedPartner | None:
         """Take one slot of capacity from the best partner for `zip_code`, or return None."""
@@ -83,8 +243,7 @@ class ShipmentRepository:
             claimed = await self._claim_attempt(zip_code)
             if claimed is not None:
                 return claimed
-            has_room = await self._session.execute(_PARTNER_WITH_ROOM_EXISTS, {"zip": zip_code})
-            if not has_room.scalar():
+            if not await self._database.fetch_value(_PARTNER_WITH_ROOM_EXISTS, zip=zip_code):
                 return None
         return None
 
@@ -92,105 +251,94 @@ class ShipmentRepository:
         # In a savepoint: a candidate that fails PostgreSQL's re-check after the wait is not
         # updated but stays locked, and holding it while the next attempt waits for another
         # partner could deadlock two creates; rolling the savepoint back frees it.
-        attempt = await self._session.begin_nested()
-        claimed = (await self._session.execute(_CLAIM_PARTNER, {"zip": zip_code})).first()
+        attempt = self._database.savepoint()
+        await attempt.start()
+        claimed = await self._database.fetch_one(_CLAIM_PARTNER, zip=zip_code)
         if claimed is None:
             await attempt.rollback()
             return None
         await attempt.commit()
-        return ClaimedPartner(id=claimed.id, name=claimed.name)
+        return ClaimedPartner(id=claimed["id"], name=claimed["name"])
 
     async def release_partner(self, partner_id: uuid.UUID) -> None:
         """Give back the slot of a shipment that reached a terminal status."""
-        await self._session.execute(
-            update(Partner)
-            .where(col(Partner.id) == partner_id)
-            .values(active_shipments=Partner.active_shipments - 1)
-        )
+        await self._database.execute(_RELEASE_PARTNER, partner_id=partner_id)
 
-    async def add(self, shipment: Shipment) -> None:
-        self._session.add(shipment)
-        await self._session.flush()
+    async def insert(self, shipment: ShipmentState, **fixed: Any) -> None:
+        """Store a new shipment: its state, plus the columns only creation sets (`fixed`)."""
+        state = {name: getattr(shipment, name) for name in _STORED_FIELDS}
+        await self._database.execute(_INSERT_SHIPMENT, **state, **fixed)
 
-    async def lock(self, shipment_id: uuid.UUID, visibility: Visibility) -> Shipment | None:
+    async def lock(self, shipment_id: uuid.UUID, visibility: Visibility) -> ShipmentState | None:
         """The shipment, locked against concurrent changes until the transaction ends."""
-        statement = (
-            select(Shipment)
-            .where(col(Shipment.id) == shipment_id, visibility.condition())
-            .with_for_update(of=Shipment)
+        owner_column, owner_id = visibility.owner
+        row = await self._database.fetch_one(
+            _LOCK[owner_column], shipment_id=shipment_id, owner_id=owner_id
         )
-        # The partner's name goes into the recipient's emails. The timeline is not loaded: a
-        # change appends one event (by sequence), and the response reads the view afresh.
-        statement = statement.options(
-            joinedload(Shipment.partner),  # type: ignore[arg-type]
-            raiseload(Shipment.timeline),  # type: ignore[arg-type]
+        return None if row is None else ShipmentState.from_row(row)
+
+    async def save(self, shipment: ShipmentState) -> None:
+        """Write back what a change altered."""
+        changed = {name: getattr(shipment, name) for name in _CHANGEABLE}
+        await self._database.execute(_SAVE_SHIPMENT, shipment_id=shipment.id, **changed)
+
+    async def append_event(
+        self,
+        shipment: ShipmentState,
+        *,
+        location_zip: str | None,
+        description: str,
+    ) -> None:
+        """The timeline event for the shipment's current status and `last_sequence`."""
+        await self._database.execute(
+            _APPEND_EVENT,
+            id=uuid.uuid4(),
+            shipment_id=shipment.id,
+            sequence=shipment.last_sequence,
+            status=shipment.status,
+            location_zip=location_zip,
+            description=description,
+            created_at=shipment.updated_at,
         )
-        result = await self._session.execute(statement)
-        return result.scalars().first()
 
-    async def get_by_tracking_number(self, tracking_number: str) -> Shipment | None:
-        statement = (
-            select(Shipment)
-            .where(col(Shipment.tracking_number) == tracking_number)
-            .options(joinedload(Shipment.partner))  # type: ignore[arg-type]
-        )
-        return (await self._session.execute(statement)).scalars().first()
-
-    async def add_review(self, review: Review) -> bool:
-        """Store the review; False if the shipment already has one (a unique constraint)."""
-        self._session.add(review)
-        try:
-            async with self._session.begin_nested():
-                await self._session.flush()
-        except IntegrityError:
-            return False
-        return True
-
-    async def replace_tags(self, shipment: Shipment, names: list[str]) -> None:
+    async def replace_tags(self, shipment_id: uuid.UUID, names: list[str]) -> None:
         """Point the shipment at exactly these tags, creating the ones that do not exist yet."""
-        await self._session.execute(
-            delete(ShipmentTag).where(col(ShipmentTag.shipment_id) == shipment.id)
-        )
-        if not names:
-            return
-        await self._session.execute(
-            # Sorted: concurrent inserts of the same new tags lock them in one order (no deadlock).
-            insert(Tag).values([{"name": name} for name in sorted(names)]).on_conflict_do_nothing()
-        )
-        # A statement of its own, after the insert: its snapshot sees tags that a concurrent
-        # transaction created (and committed) while our insert waited on them.
-        tag_ids = await self._session.scalars(select(col(Tag.id)).where(col(Tag.name).in_(names)))
-        await self._session.execute(
-            insert(ShipmentTag).values(
-                [{"shipment_id": shipment.id, "tag_id": tag_id} for tag_id in tag_ids]
-            )
-        )
+        await self._database.execute(_UNLINK_TAGS, shipment_id=shipment_id)
+        await self.add_tags(shipment_id, names)
+
+    async def add_tags(self, shipment_id: uuid.UUID, names: list[str]) -> None:
+        if names:
+            await self._database.execute(_CREATE_TAGS, names=sorted(names))
+            await self._database.execute(_LINK_TAGS, shipment_id=shipment_id, names=names)
 
     async def claim_idempotency_key(
-        self, seller_id: uuid.UUID, key: str, fingerprint: str
-    ) -> IdempotencyRecord | None:
-        """Reserve `key` for this request, or return the record of the request that holds it.
+        self, seller_id: uuid.UUID, key: str, fingerprint: str, now: datetime
+    ) -> EarlierRequest | None:
+        """Reserve `key` for this request, or return the request that holds it.
 
         A concurrent request with the same key waits on the unique key until the first one
         commits (and then sees its record) or rolls back (and then takes the key itself).
         """
-        inserted = await self._session.execute(
-            insert(IdempotencyRecord)
-            .values(seller_id=seller_id, key=key, request_fingerprint=fingerprint)
-            .on_conflict_do_nothing()
-            .returning(col(IdempotencyRecord.key))
+        claimed = await self._database.fetch_value(
+            _CLAIM_IDEMPOTENCY_KEY,
+            seller_id=seller_id,
+            key=key,
+            fingerprint=fingerprint,
+            created_at=now,
         )
-        if inserted.scalar() is not None:
+        if claimed is not None:
             return None
-        existing = await self._session.get(IdempotencyRecord, (seller_id, key))
-        assert existing is not None
-        return existing
+        earlier = await self._database.fetch_one(_EARLIER_REQUEST, seller_id=seller_id, key=key)
+        assert earlier is not None
+        return EarlierRequest(earlier["request_fingerprint"], earlier["response_body"])
 
     async def record_idempotent_response(
         self, seller_id: uuid.UUID, key: str, shipment_id: uuid.UUID, body: dict[str, Any]
     ) -> None:
-        await self._session.execute(
-            update(IdempotencyRecord)
-            .where(col(IdempotencyRecord.seller_id) == seller_id, col(IdempotencyRecord.key) == key)
-            .values(shipment_id=shipment_id, response_status=201, response_body=body)
+        await self._database.execute(
+            _RECORD_RESPONSE,
+            seller_id=seller_id,
+            key=key,
+            shipment_id=shipment_id,
+            response_body=json_text(body),
         )

@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from backend.accounts.dependencies import CurrentPartner, CurrentSeller
+from backend.accounts.dependencies import CurrentCaller, PartnerCaller, SellerCaller
 from backend.errors import problem_responses
 from backend.notifications.live import SSE_RESPONSES, LastEventId, stream_response
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
 from backend.request_body import NO_REQUEST_BODY
-from backend.shipments.dependencies import ShipmentServiceDep, VisibilityDep
+from backend.shipments.dependencies import ShipmentServiceDep
 from backend.shipments.errors import (
     IdempotencyKeyReused,
     InvalidTransition,
@@ -78,7 +78,7 @@ def _etag(shipment: ShipmentRead, response: Response) -> ShipmentRead:
 )
 async def create_shipment(
     body: ShipmentCreate,
-    seller: CurrentSeller,
+    seller: SellerCaller,
     shipments: ShipmentServiceDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
@@ -101,7 +101,7 @@ async def create_shipment(
 
 @router.get("", response_model=ShipmentPage, responses=problem_responses(InvalidCursor))
 async def list_shipments(
-    visibility: VisibilityDep,
+    caller: CurrentCaller,
     shipments: ShipmentServiceDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[
@@ -115,7 +115,7 @@ async def list_shipments(
     Filter by `status` and by `tag`; follow `next_cursor` until it is null.
     """
     return await shipments.list_page(
-        visibility, limit=limit, cursor=cursor, status=status_filter, tag=tag
+        caller, limit=limit, cursor=cursor, status=status_filter, tag=tag
     )
 
 
@@ -124,7 +124,7 @@ async def list_shipments(
 )
 async def get_shipment(
     shipment_id: uuid.UUID,
-    visibility: VisibilityDep,
+    caller: CurrentCaller,
     shipments: ShipmentServiceDep,
     response: Response,
 ) -> ShipmentRead:
@@ -132,7 +132,7 @@ async def get_shipment(
 
     Anyone else gets 404, whether or not the id exists.
     """
-    return _etag(await shipments.get(shipment_id, visibility), response)
+    return _etag(await shipments.get(shipment_id, caller), response)
 
 
 @router.get(
@@ -143,7 +143,7 @@ async def get_shipment(
 async def stream_shipment(
     request: Request,
     shipment_id: uuid.UUID,
-    visibility: VisibilityDep,
+    caller: CurrentCaller,
     shipments: ShipmentServiceDep,
     last_event_id: LastEventId = None,
 ) -> StreamingResponse:
@@ -152,7 +152,7 @@ async def stream_shipment(
     Starts with every event after `Last-Event-ID` (all of them without it), then each new one
     as it happens, on whichever replica it happened.
     """
-    await shipments.get(shipment_id, visibility)  # 404 unless the caller may see it
+    await shipments.get(shipment_id, caller)  # 404 unless the caller may see it
     return stream_response(request, shipment_id, last_event_id or 0)
 
 
@@ -172,7 +172,7 @@ async def stream_shipment(
 async def update_shipment(
     shipment_id: uuid.UUID,
     body: ShipmentUpdate,
-    partner: CurrentPartner,
+    partner: PartnerCaller,
     shipments: ShipmentServiceDep,
     response: Response,
     if_match: IfMatch = None,
@@ -195,7 +195,7 @@ async def update_shipment(
     responses=problem_responses(ShipmentNotFound, InvalidTransition),
 )
 async def cancel_shipment(
-    shipment_id: uuid.UUID, seller: CurrentSeller, shipments: ShipmentServiceDep, response: Response
+    shipment_id: uuid.UUID, seller: SellerCaller, shipments: ShipmentServiceDep, response: Response
 ) -> ShipmentRead:
     """Cancel a shipment that is still `placed`; its partner's capacity is freed at once."""
     return _etag(await shipments.cancel(seller, shipment_id), response)
@@ -209,7 +209,7 @@ async def cancel_shipment(
 async def replace_shipment_tags(
     shipment_id: uuid.UUID,
     body: TagsReplace,
-    seller: CurrentSeller,
+    seller: SellerCaller,
     shipments: ShipmentServiceDep,
     response: Response,
 ) -> ShipmentRead:

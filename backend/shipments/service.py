@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.accounts.models import Partner, Seller
+from backend.accounts.models import Caller
 from backend.accounts.tokens import LinkTokens
-from backend.db import utcnow
+from backend.db import Database, utcnow
 from backend.notifications.events import (
     SHIPMENT_CANCELLED,
     SHIPMENT_CREATED,
@@ -33,13 +32,14 @@ from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.errors import (
     IdempotencyKeyReused,
     InvalidTransition,
+    InvalidVerificationCode,
     NoPartnerAvailable,
     ShipmentNotFound,
+    VerificationCodeBurned,
     VersionMismatch,
 )
-from backend.shipments.models import Shipment, ShipmentEvent
 from backend.shipments.recipient_emails import RecipientEmails
-from backend.shipments.repository import ShipmentRepository, Visibility
+from backend.shipments.repository import ShipmentRepository, ShipmentState, Visibility
 from backend.shipments.schemas import (
     ShipmentCreate,
     ShipmentPage,
@@ -97,7 +97,7 @@ class CreatedShipment:
 class ShipmentService:
     def __init__(
         self,
-        session: AsyncSession,
+        database: Database,
         codes: DeliveryCodes,
         redis: Redis,
         *,
@@ -106,16 +106,15 @@ class ShipmentService:
         default_transit_days: int,
         review_link_ttl_seconds: int,
     ) -> None:
-        self._session = session
-        self._shipments = ShipmentRepository(session)
+        self._database = database
+        self._shipments = ShipmentRepository(database)
         self._redis = redis
-        self._events = EventPublisher(session)
+        self._events = EventPublisher(database)
         self._codes = codes
         public_base_url = public_base_url.rstrip("/")
-        self._views = ShipmentViews(session, public_base_url)
+        self._views = ShipmentViews(database, public_base_url)
         self._emails = RecipientEmails(
-            session,
-            codes,
+            database,
             links=links,
             public_base_url=public_base_url,
             review_link_ttl_seconds=review_link_ttl_seconds,
@@ -124,15 +123,15 @@ class ShipmentService:
 
     # --- reading -------------------------------------------------------------------------
 
-    async def get(self, shipment_id: uuid.UUID, visibility: Visibility) -> ShipmentRead:
-        view = await self._views.one(shipment_id, visibility)
+    async def get(self, shipment_id: uuid.UUID, viewer: Caller) -> ShipmentRead:
+        view = await self._views.one(shipment_id, Visibility.of(viewer))
         if view is None:
             raise ShipmentNotFound()
         return view
 
     async def list_page(
         self,
-        visibility: Visibility,
+        viewer: Caller,
         *,
         limit: int,
         cursor: str | None,
@@ -142,7 +141,7 @@ class ShipmentService:
         after = decode_cursor(cursor) if cursor else None
         # One more than asked for tells whether another page follows.
         views = await self._views.page(
-            visibility, limit=limit + 1, after=after, status=status, tag=tag
+            Visibility.of(viewer), limit=limit + 1, after=after, status=status, tag=tag
         )
         items = views[:limit]
         next_cursor = None
@@ -154,59 +153,67 @@ class ShipmentService:
     # --- sellers -------------------------------------------------------------------------
 
     async def create(
-        self, seller: Seller, body: ShipmentCreate, idempotency_key: str | None
+        self, seller: Caller, body: ShipmentCreate, idempotency_key: str | None
     ) -> CreatedShipment:
+        now = utcnow()
         if idempotency_key is not None:
             fingerprint = request_fingerprint(body)
             earlier = await self._shipments.claim_idempotency_key(
-                seller.id, idempotency_key, fingerprint
+                seller.account_id, idempotency_key, fingerprint, now
             )
             if earlier is not None:
-                if earlier.request_fingerprint != fingerprint:
+                if earlier.fingerprint != fingerprint:
                     raise IdempotencyKeyReused()
                 return CreatedShipment(ShipmentRead.model_validate(earlier.response_body), True)
 
         partner = await self._shipments.claim_partner(body.destination.zip_code)
         if partner is None:
             raise NoPartnerAvailable()
-        now = utcnow()
-        shipment = Shipment(
-            tracking_number=new_tracking_number(),
-            seller_id=seller.id,
+        shipment = ShipmentState(
+            id=uuid.uuid4(),
+            seller_id=seller.account_id,
             partner_id=partner.id,
+            partner_name=partner.name,
+            tracking_number=new_tracking_number(),
             status=ShipmentStatus.placed,
             content=body.content,
+            recipient_name=body.recipient.name,
+            recipient_email=body.recipient.email,
+            estimated_delivery=now + self._transit,
+            version=1,
+            last_sequence=1,
+            delivery_code_hash=None,
+            delivery_code_expires_at=None,
+            delivery_code_attempts=0,
+            updated_at=now,
+        )
+        await self._shipments.insert(
+            shipment,
             weight_kg=body.weight_kg,
             destination_zip=body.destination.zip_code,
             destination_address_line=body.destination.address_line,
             destination_city=body.destination.city,
-            recipient_name=body.recipient.name,
-            recipient_email=body.recipient.email,
             recipient_phone=body.recipient.phone,
             reference=body.reference,
-            estimated_delivery=now + self._transit,
             created_at=now,
-            updated_at=now,
         )
-        self._append_event(shipment, ShipmentStatus.placed, location_zip=None, note=None)
-        await self._shipments.add(shipment)
-        await self._shipments.replace_tags(shipment, body.tags)
+        await self._shipments.append_event(
+            shipment, location_zip=None, description=EVENT_DESCRIPTIONS[ShipmentStatus.placed]
+        )
+        await self._shipments.add_tags(shipment.id, body.tags)
         created = await self._view_of(shipment)
-        self._emails.created(
-            shipment,
-            partner_name=partner.name,
-            seller_name=seller.name,
-            delivery_day=human_day(shipment.estimated_delivery),
+        await self._emails.created(
+            shipment, seller_name=seller.name, delivery_day=human_day(shipment.estimated_delivery)
         )
         if idempotency_key is not None:
             await self._shipments.record_idempotent_response(
-                seller.id, idempotency_key, shipment.id, created.model_dump(mode="json")
+                seller.account_id, idempotency_key, shipment.id, created.model_dump(mode="json")
             )
         await self._publish(created, [SHIPMENT_CREATED])
         return CreatedShipment(created, replayed=False)
 
-    async def cancel(self, seller: Seller, shipment_id: uuid.UUID) -> ShipmentRead:
-        shipment = await self._locked(shipment_id, Visibility(seller_id=seller.id))
+    async def cancel(self, seller: Caller, shipment_id: uuid.UUID) -> ShipmentRead:
+        shipment = await self._locked(shipment_id, Visibility.of(seller))
         if shipment.status not in CANCELLABLE:
             raise InvalidTransition(
                 f"Only placed shipments can be cancelled; this one is {shipment.status.value}.",
@@ -219,24 +226,25 @@ class ShipmentService:
         return cancelled
 
     async def replace_tags(
-        self, seller: Seller, shipment_id: uuid.UUID, names: list[str]
+        self, seller: Caller, shipment_id: uuid.UUID, names: list[str]
     ) -> ShipmentRead:
-        shipment = await self._locked(shipment_id, Visibility(seller_id=seller.id))
-        await self._shipments.replace_tags(shipment, names)
+        shipment = await self._locked(shipment_id, Visibility.of(seller))
+        await self._shipments.replace_tags(shipment.id, names)
         self._bump_version(shipment)
+        await self._shipments.save(shipment)
         return await self._view_of(shipment)
 
     # --- partners ------------------------------------------------------------------------
 
     async def report(
         self,
-        partner: Partner,
+        partner: Caller,
         shipment_id: uuid.UUID,
         change: ShipmentUpdate,
         *,
         expected_version: int | None,
     ) -> ShipmentRead:
-        shipment = await self._locked(shipment_id, Visibility(partner_id=partner.id))
+        shipment = await self._locked(shipment_id, Visibility.of(partner))
         if expected_version is not None and shipment.version != expected_version:
             raise VersionMismatch(
                 f"The shipment is at version {shipment.version}, not {expected_version}.",
@@ -245,15 +253,18 @@ class ShipmentService:
         target = change.status or shipment.status
         self._check_transition(shipment, change.status)
         if target is ShipmentStatus.delivered:
-            self._codes.redeem(shipment, change.verification_code)
+            await self._redeem_code(shipment, change.verification_code)
         if change.estimated_delivery is not None:
             shipment.estimated_delivery = change.estimated_delivery
+        # Going out for delivery (again): a fresh code, stored hashed with this change.
+        going_out = change.status is ShipmentStatus.out_for_delivery
+        code = self._codes.issue(shipment) if going_out else None
         note = change.note or _describe_update_without_status(change)
         await self._move(shipment, target, location_zip=change.location_zip, note=note)
-        if change.status is ShipmentStatus.out_for_delivery:
-            self._emails.delivery_code(shipment)
+        if code is not None:
+            await self._emails.delivery_code(shipment, code)
         elif change.status is ShipmentStatus.delivered:
-            self._emails.delivered(shipment, partner_name=shipment.partner.name)
+            await self._emails.delivered(shipment)
         updated = await self._view_of(shipment)
         delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
         await self._publish(updated, [SHIPMENT_UPDATED, *delivered])
@@ -264,21 +275,29 @@ class ShipmentService:
     async def _publish(self, shipment: ShipmentRead, types: list[str]) -> None:
         """Events for the feed, webhooks and live streams; last, as it serializes the seller's
         events until the commit."""
-        announce_after_commit(self._session, self._redis, shipment.id, shipment.timeline[-1:])
+        announce_after_commit(self._database, self._redis, shipment.id, shipment.timeline[-1:])
         data = {
             "shipment": shipment.model_dump(mode="json", exclude={"timeline"}),
             "timeline_event": shipment.timeline[-1].model_dump(mode="json"),
         }
         await self._events.publish(shipment.seller_id, types, data, shipment_id=shipment.id)
 
-    async def _locked(self, shipment_id: uuid.UUID, visibility: Visibility) -> Shipment:
+    async def _locked(self, shipment_id: uuid.UUID, visibility: Visibility) -> ShipmentState:
         shipment = await self._shipments.lock(shipment_id, visibility)
         if shipment is None:
             raise ShipmentNotFound()
         return shipment
 
+    async def _redeem_code(self, shipment: ShipmentState, code: str | None) -> None:
+        try:
+            self._codes.redeem(shipment, code)
+        except (InvalidVerificationCode, VerificationCodeBurned):
+            # The wrong try counts although the request fails (these errors keep changes).
+            await self._shipments.save(shipment)
+            raise
+
     @staticmethod
-    def _check_transition(shipment: Shipment, target: ShipmentStatus | None) -> None:
+    def _check_transition(shipment: ShipmentState, target: ShipmentStatus | None) -> None:
         current = shipment.status
         if target is None and current not in TERMINAL:
             return  # a note, a location or a new ETA for the current state
@@ -295,7 +314,7 @@ class ShipmentService:
 
     async def _move(
         self,
-        shipment: Shipment,
+        shipment: ShipmentState,
         target: ShipmentStatus,
         *,
         location_zip: str | None,
@@ -305,41 +324,23 @@ class ShipmentService:
         reaches_final_state = target in TERMINAL and shipment.status not in TERMINAL
         shipment.status = target
         self._bump_version(shipment)
-        self._append_event(shipment, target, location_zip=location_zip, note=note)
+        # Under the shipment's row lock: no gaps, no duplicates.
+        shipment.last_sequence += 1
+        await self._shipments.save(shipment)
+        await self._shipments.append_event(
+            shipment, location_zip=location_zip, description=note or EVENT_DESCRIPTIONS[target]
+        )
         if reaches_final_state:
             # The partner's slot is free the moment this commits.
             await self._shipments.release_partner(shipment.partner_id)
 
     @staticmethod
-    def _bump_version(shipment: Shipment) -> None:
+    def _bump_version(shipment: ShipmentState) -> None:
         shipment.version += 1
         shipment.updated_at = utcnow()
 
-    def _append_event(
-        self,
-        shipment: Shipment,
-        status: ShipmentStatus,
-        *,
-        location_zip: str | None,
-        note: str | None,
-    ) -> None:
-        # Under the shipment's row lock (or in its creating transaction): no gaps, no duplicates.
-        # Added to the session rather than to `shipment.timeline`, so a change never loads the
-        # whole timeline; the unit of work still inserts the shipment first.
-        shipment.last_sequence += 1
-        self._session.add(
-            ShipmentEvent(
-                shipment_id=shipment.id,
-                sequence=shipment.last_sequence,
-                status=status,
-                location_zip=location_zip,
-                description=note or EVENT_DESCRIPTIONS[status],
-            )
-        )
-
-    async def _view_of(self, shipment: Shipment) -> ShipmentRead:
+    async def _view_of(self, shipment: ShipmentState) -> ShipmentRead:
         """The changed shipment exactly as reads will show it (the same query builds both)."""
-        await self._session.flush()
         view = await self._views.one(shipment.id, Visibility(seller_id=shipment.seller_id))
         assert view is not None  # created or locked by this very transaction
         return view

@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, and_, bindparam, func, or_, select, tuple_, type_coerce
+from sqlalchemy import Select, and_, bindparam, func, or_, select, tuple_, type_coerce
 from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import NullType
 
 from backend.accounts.models import Partner
-from backend.db import table_of
+from backend.db import Database, Record, Statement, table_of
 from backend.shipments.models import Review, Shipment, ShipmentEvent, ShipmentTag, Tag
 from backend.shipments.public import tracking_url
 from backend.shipments.repository import Visibility
@@ -101,9 +100,6 @@ _VIEW = select(
 )
 
 
-# The statements are built once, with bound parameters: SQLAlchemy then reuses each one's cache
-# key and compiled form instead of deriving them again on every request.
-@functools.cache
 def one_query(owner_column: str) -> Select[Any]:
     return _VIEW.where(
         _shipments.c.id == bindparam("shipment_id"),
@@ -111,7 +107,6 @@ def one_query(owner_column: str) -> Select[Any]:
     )
 
 
-@functools.cache
 def page_query(owner_column: str, *, by_status: bool, by_tag: bool, after: bool) -> Select[Any]:
     """Newest first, keyset-paginated on (created_at, id)."""
     statement = _VIEW.where(_shipments.c[owner_column] == bindparam("owner_id"))
@@ -138,15 +133,24 @@ def page_query(owner_column: str, *, by_status: bool, by_tag: bool, after: bool)
     )
 
 
+_ONE = {owner_column: Statement(one_query(owner_column)) for owner_column in Visibility.OWNERS}
+
+
+@functools.cache
+def _page_statement(owner_column: str, *, by_status: bool, by_tag: bool, after: bool) -> Statement:
+    return Statement(page_query(owner_column, by_status=by_status, by_tag=by_tag, after=after))
+
+
 class ShipmentViews:
-    def __init__(self, session: AsyncSession, public_base_url: str) -> None:
-        self._session = session
+    def __init__(self, database: Database, public_base_url: str) -> None:
+        self._database = database
         self._public_base_url = public_base_url
 
     async def one(self, shipment_id: uuid.UUID, visibility: Visibility) -> ShipmentRead | None:
         owner_column, owner_id = visibility.owner
-        parameters = {"shipment_id": shipment_id, "owner_id": owner_id}
-        row = (await self._session.execute(one_query(owner_column), parameters)).first()
+        row = await self._database.fetch_one(
+            _ONE[owner_column], shipment_id=shipment_id, owner_id=owner_id
+        )
         return None if row is None else self._view(row)
 
     async def page(
@@ -160,7 +164,7 @@ class ShipmentViews:
     ) -> list[ShipmentRead]:
         """Newest first; `after` is the (created_at, id) of the last item of the previous page."""
         owner_column, owner_id = visibility.owner
-        statement = page_query(
+        statement = _page_statement(
             owner_column, by_status=status is not None, by_tag=tag is not None, after=bool(after)
         )
         parameters: dict[str, Any] = {"owner_id": owner_id, "limit": limit}
@@ -170,43 +174,47 @@ class ShipmentViews:
             parameters["tag"] = tag
         if after is not None:
             parameters["last_created_at"], parameters["last_id"] = after
-        rows = (await self._session.execute(statement, parameters)).all()
+        rows = await self._database.fetch_all(statement, **parameters)
         return [self._view(row) for row in rows]
 
-    def _view(self, row: Row[Any]) -> ShipmentRead:
+    def _view(self, row: Record) -> ShipmentRead:
         return ShipmentRead(
-            id=row.id,
-            tracking_number=row.tracking_number,
-            status=row.status,
-            content=row.content,
-            weight_kg=row.weight_kg,
+            id=row["id"],
+            tracking_number=row["tracking_number"],
+            status=row["status"],
+            content=row["content"],
+            weight_kg=row["weight_kg"],
             destination=DestinationRead(
-                zip_code=row.destination_zip,
-                address_line=row.destination_address_line,
-                city=row.destination_city,
+                zip_code=row["destination_zip"],
+                address_line=row["destination_address_line"],
+                city=row["destination_city"],
             ),
             recipient=RecipientRead(
-                name=row.recipient_name, email=row.recipient_email, phone=row.recipient_phone
+                name=row["recipient_name"],
+                email=row["recipient_email"],
+                phone=row["recipient_phone"],
             ),
-            tags=row.tags,
-            reference=row.reference,
-            seller_id=row.seller_id,
-            partner=PartnerSummary(id=row.partner_id, name=row.partner_name),
-            estimated_delivery=row.estimated_delivery,
-            version=row.version,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            tracking_url=tracking_url(self._public_base_url, row.tracking_number),
+            tags=row["tags"],
+            reference=row["reference"],
+            seller_id=row["seller_id"],
+            partner=PartnerSummary(id=row["partner_id"], name=row["partner_name"]),
+            estimated_delivery=row["estimated_delivery"],
+            version=row["version"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            tracking_url=tracking_url(self._public_base_url, row["tracking_number"]),
             review=_review(row),
-            timeline=_timeline(row.timeline or ()),
+            timeline=_timeline(row["timeline"] or ()),
         )
 
 
-def _review(row: Row[Any]) -> ReviewRead | None:
-    if row.review_rating is None:
+def _review(row: Record) -> ReviewRead | None:
+    if row["review_rating"] is None:
         return None
     return ReviewRead(
-        rating=row.review_rating, comment=row.review_comment, created_at=row.review_created_at
+        rating=row["review_rating"],
+        comment=row["review_comment"],
+        created_at=row["review_created_at"],
     )
 
 

@@ -25,8 +25,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
+from backend.db import unit_of_work
 from backend.main import create_app
-from backend.notifications.models import OutboxMessage
 from backend.notifications.outbox import enqueue_email
 from backend.notifications.worker import OutboxWorker
 from tests.conftest import make_settings, running_client
@@ -300,13 +300,13 @@ async def expire_claims(engine: AsyncEngine) -> None:
 
 
 async def queue_emails(
-    sessionmaker: async_sessionmaker[AsyncSession], count: int, *, to: str = "grace@example.com"
+    engine: AsyncEngine, count: int, *, to: str = "grace@example.com"
 ) -> list[uuid.UUID]:
     """Queue `count` 'delivered' emails in one committed transaction; returns their row ids."""
-    async with sessionmaker() as session, session.begin():
-        for number in range(count):
-            enqueue_email(
-                session,
+    async with unit_of_work(engine) as database:
+        return [
+            await enqueue_email(
+                database,
                 "delivered",
                 to,
                 recipient_name="Grace Hopper",
@@ -316,6 +316,5 @@ async def queue_emails(
                 partner_name="Speedy Couriers",
                 review_url=f"{PUBLIC_BASE_URL}/t/TEST{number:010d}?review=token",
             )
-        queued = [item.id for item in session.new if isinstance(item, OutboxMessage)]
-    assert len(queued) == count
-    return queued
+            for number in range(count)
+        ]

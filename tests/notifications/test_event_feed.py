@@ -12,8 +12,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend.db import unit_of_work
 from backend.notifications.events import EventPublisher
 from backend.notifications.worker import OutboxWorker
 from tests.assertions import assert_problem
@@ -265,12 +266,9 @@ async def test_a_change_committing_after_a_slower_one_comes_after_it_in_the_feed
     other = await create_shipment(client, parties.seller_headers)
     seen = (await feed_page(client, parties.seller_headers))["items"]
     assert len(seen) == 2
-    sessionmaker: async_sessionmaker[AsyncSession] = app.state.sessionmaker
-
-    async with sessionmaker() as session:
-        slow_transaction = await session.begin()
+    async with unit_of_work(app.state.engine) as slow_transaction:
         # What every change of a shipment does last, for another shipment of the same seller.
-        [slow] = await EventPublisher(session).publish(
+        [slow] = await EventPublisher(slow_transaction).publish(
             uuid.UUID(parties.seller["id"]),
             ["shipment.updated"],
             {"shipment": {"id": other["id"]}, "timeline_event": {"note": "slow"}},
@@ -280,9 +278,8 @@ async def test_a_change_committing_after_a_slower_one_comes_after_it_in_the_feed
             patch_shipment(client, parties.partner_headers, reported["id"], status="in_transit")
         )
         await until_blocked_or_done(db_engine, patch)
-        # A reader catching up while the slow transaction is still open.
+        # A reader catching up while the slow transaction is still open; it commits next.
         seen += (await feed_page(client, parties.seller_headers, after=seen[-1]["id"]))["items"]
-        await slow_transaction.commit()
     response = await patch
     assert response.status_code == 200, response.text
     seen += (await feed_page(client, parties.seller_headers, after=seen[-1]["id"]))["items"]

@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from backend.db import unit_of_work
 from backend.notifications.models import OutboxMessage, OutboxStatus
 from backend.notifications.outbox import OutboxClaims, enqueue_email, retry_delay
 from backend.notifications.worker import OutboxWorker
@@ -37,6 +38,11 @@ def sessionmaker_of(app: FastAPI) -> async_sessionmaker[AsyncSession]:
     return sessionmaker
 
 
+def engine_of(app: FastAPI) -> AsyncEngine:
+    engine: AsyncEngine = app.state.engine
+    return engine
+
+
 # --- delivery --------------------------------------------------------------------------------
 
 
@@ -46,7 +52,7 @@ async def test_a_queued_email_is_sent_once_and_marked_sent(
     smtp_server: SmtpServer,
     make_worker: WorkerFactory,
 ) -> None:
-    [message_id] = await queue_emails(sessionmaker_of(app), 1, to="ada@example.com")
+    [message_id] = await queue_emails(engine_of(app), 1, to="ada@example.com")
     worker = make_worker(email_from="Parcels <parcels@shop.example>")
 
     assert await worker.run_once() == 1
@@ -80,7 +86,7 @@ async def test_sent_messages_carry_the_headers_rfc_5322_requires(
     make_worker: WorkerFactory,
 ) -> None:
     """RFC 5322 §3.6: the origination date (Date) and originator (From) are required."""
-    await queue_emails(sessionmaker_of(app), 1)
+    await queue_emails(engine_of(app), 1)
     before = datetime.now(UTC).replace(microsecond=0)
 
     assert await make_worker().run_once() == 1
@@ -104,9 +110,9 @@ async def test_rows_queued_in_a_rolled_back_transaction_are_never_sent(
         pass
 
     async def failing_change() -> None:
-        async with sessionmaker_of(app)() as session, session.begin():
-            enqueue_email(session, "delivered", "ada@example.com", recipient_name="Ada")
-            await session.flush()  # the row reached PostgreSQL, then the change fails
+        async with unit_of_work(engine_of(app)) as database:
+            # The row reaches PostgreSQL, then the change fails.
+            await enqueue_email(database, "delivered", "ada@example.com", recipient_name="Ada")
             raise Abandoned
 
     with pytest.raises(Abandoned):
@@ -124,7 +130,7 @@ async def test_a_worker_takes_at_most_a_batch_at_a_time(
     smtp_server: SmtpServer,
     make_worker: WorkerFactory,
 ) -> None:
-    await queue_emails(sessionmaker_of(app), 7)
+    await queue_emails(engine_of(app), 7)
     worker = make_worker(outbox_batch_size=3)
 
     assert await worker.run_once() == 3
@@ -145,7 +151,7 @@ async def test_a_refused_message_is_retried_with_growing_backoff_until_accepted(
     smtp_server: SmtpServer,
     make_worker: WorkerFactory,
 ) -> None:
-    [message_id] = await queue_emails(sessionmaker_of(app), 1)
+    [message_id] = await queue_emails(engine_of(app), 1)
     smtp_server.fail_next(2)
     # A large base so the delays are far apart from the time the test itself takes.
     worker = make_worker(outbox_backoff_base_seconds=60.0, outbox_backoff_cap_seconds=3600.0)
@@ -196,7 +202,7 @@ async def test_retries_of_many_messages_are_spread_by_jitter(
     smtp_server: SmtpServer,
     make_worker: WorkerFactory,
 ) -> None:
-    await queue_emails(sessionmaker_of(app), 8)
+    await queue_emails(engine_of(app), 8)
     smtp_server.fail_always()
     worker = make_worker(outbox_backoff_base_seconds=600.0, outbox_backoff_cap_seconds=3600.0)
 
@@ -228,7 +234,7 @@ async def test_a_message_is_dead_lettered_after_the_configured_attempts(
     smtp_server: SmtpServer,
     make_worker: WorkerFactory,
 ) -> None:
-    [message_id] = await queue_emails(sessionmaker_of(app), 1)
+    [message_id] = await queue_emails(engine_of(app), 1)
     smtp_server.fail_always()
     worker = make_worker(outbox_max_attempts=2)
 
@@ -285,7 +291,7 @@ async def test_an_unreachable_smtp_server_is_a_retry_not_a_loss(
     smtp_server: SmtpServer,
     make_worker: WorkerFactory,
 ) -> None:
-    [message_id] = await queue_emails(sessionmaker_of(app), 1)
+    [message_id] = await queue_emails(engine_of(app), 1)
     # Port 1 on loopback: nothing listens there, the connection is refused.
     assert await make_worker(smtp_port=1).run_once() == 1
 
@@ -310,7 +316,7 @@ async def test_two_workers_at_once_send_every_message_exactly_once(
     smtp_server: SmtpServer,
     make_worker: WorkerFactory,
 ) -> None:
-    queued = await queue_emails(sessionmaker_of(app), 40)
+    queued = await queue_emails(engine_of(app), 40)
     first = make_worker(worker_id="worker-1", outbox_batch_size=7)
     second = make_worker(worker_id="worker-2", outbox_batch_size=7)
 
@@ -337,7 +343,7 @@ async def test_running_workers_deliver_everything_and_stop_when_asked(
     tasks = [asyncio.create_task(worker.run()) for worker in workers]
     try:
         # Queued while the workers are already polling.
-        queued = await queue_emails(sessionmaker_of(app), 40)
+        queued = await queue_emails(engine_of(app), 40)
         await smtp_server.wait_for(40)
     finally:
         for worker in workers:
@@ -361,7 +367,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing(
     smtp_server: SmtpServer,
     make_worker: WorkerFactory,
 ) -> None:
-    queued = await queue_emails(sessionmaker_of(app), 5)
+    queued = await queue_emails(engine_of(app), 5)
     # Worker A claims a batch, as `run_once` would, and dies before settling any of it.
     async with sessionmaker_of(app)() as session:
         dead_claims = await OutboxClaims(session, "worker-a").claim(batch_size=20, lease_seconds=5)
@@ -398,7 +404,7 @@ async def test_a_stale_worker_cannot_settle_rows_another_worker_holds(
     db_engine: AsyncEngine,
     smtp_server: SmtpServer,
 ) -> None:
-    [message_id] = await queue_emails(sessionmaker_of(app), 1)
+    [message_id] = await queue_emails(engine_of(app), 1)
     sessionmaker = sessionmaker_of(app)
     async with sessionmaker() as session:
         assert len(await OutboxClaims(session, "worker-a").claim(20, 5)) == 1
@@ -441,7 +447,7 @@ async def test_the_file_backend_writes_each_message_as_an_eml_file(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="backend.notifications.email")
-    [message_id] = await queue_emails(sessionmaker_of(app), 1, to="ada@example.com")
+    [message_id] = await queue_emails(engine_of(app), 1, to="ada@example.com")
     settings = worker_settings(email_backend="file", data_dir=tmp_path)
     worker = OutboxWorker(settings, sessionmaker_of(app))
 
@@ -475,9 +481,9 @@ async def test_a_template_error_is_recorded_and_retried(
     smtp_server: SmtpServer,
     make_worker: WorkerFactory,
 ) -> None:
-    async with sessionmaker_of(app)() as session, session.begin():
+    async with unit_of_work(engine_of(app)) as database:
         # 'delivered' needs partner_name, tracking_url and more: a missing variable is a bug.
-        enqueue_email(session, "delivered", "ada@example.com", recipient_name="Ada")
+        await enqueue_email(database, "delivered", "ada@example.com", recipient_name="Ada")
     [row] = await outbox_rows(db_engine)
 
     assert await make_worker().run_once() == 1
