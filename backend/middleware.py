@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
 import uuid
 
 from prometheus_client import Counter, Histogram
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,6 +40,17 @@ LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+
+# The labelled series, looked up once per (method, route, status) rather than on every request.
+@functools.cache
+def _request_counter(method: str, route: str, status: int) -> Counter:
+    return REQUESTS.labels(method, route, str(status))
+
+
+@functools.cache
+def _latency_histogram(method: str, route: str) -> Histogram:
+    return LATENCY.labels(method, route)
 
 
 def _route_label(scope: Scope) -> str:
@@ -89,21 +101,22 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             method = scope["method"]
             route = _route_label(scope)
-            REQUESTS.labels(method, route, str(status)).inc()
-            LATENCY.labels(method, route).observe(elapsed)
-            access_logger.info(
-                "%s %s %s %.1fms",
-                method,
-                scope["path"],
-                status,
-                elapsed * 1000,
-                extra={
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
+            _request_counter(method, route, status).inc()
+            _latency_histogram(method, route).observe(elapsed)
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(
+                    "%s %s %s %.1fms",
+                    method,
+                    scope["path"],
+                    status,
+                    elapsed * 1000,
+                    extra={
+                        "method": method,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
             request_id_var.reset(token)
 
     @staticmethod
@@ -147,15 +160,18 @@ class RequestLimitsMiddleware:
 
     def _refusal(self, scope: Scope) -> DomainError | None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        if len(headers) > self.max_header_count or (
-            sum(len(name) + len(value) for name, value in headers) > self.max_header_bytes
-        ):
+        # One pass over the raw headers (ASGI names them in lower case): every request runs it.
+        size, declared = 0, None
+        for name, value in headers:
+            size += len(name) + len(value)
+            if name == b"content-length" and declared is None:
+                declared = value
+        if len(headers) > self.max_header_count or size > self.max_header_bytes:
             return HeadersTooLarge(
                 f"Send at most {self.max_header_count} header fields and "
                 f"{self.max_header_bytes} bytes of headers."
             )
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             return self._body_too_large()
         return None
 
