@@ -139,8 +139,26 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(problem.pop("$defs", {}))
     schemas["Problem"] = problem
+    schema["paths"] = _in_section_order(schema["paths"], app.openapi_tags or [])
     app.openapi_schema = schema
     return schema
+
+
+def _in_section_order(
+    paths: dict[str, dict[str, Any]], sections: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Paths in the order of their sections (`openapi_tags`), each section's in route order.
+
+    Routers are included busiest first, for matching; readers and client generators should
+    meet the operations in the order the reference explains them, sign-up first.
+    """
+    rank = {section["name"]: position for position, section in enumerate(sections)}
+
+    def section_of(item: tuple[str, dict[str, Any]]) -> int:
+        tags = [tag for operation in item[1].values() for tag in operation.get("tags", [])]
+        return min((rank.get(tag, len(rank)) for tag in tags), default=len(rank))
+
+    return dict(sorted(paths.items(), key=section_of))
 
 
 def _documented_routes(app: FastAPI) -> Iterator[RouteContext]:
