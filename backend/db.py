@@ -126,7 +126,7 @@ class Statement:
     decodes (a status is a plain string, JSONB a parsed value).
     """
 
-    __slots__ = ("_parameters", "sql")
+    __slots__ = ("parameters", "sql")
 
     def __init__(self, statement: ClauseElement) -> None:
         compiled = statement.compile(dialect=_ASYNCPG)
@@ -140,7 +140,7 @@ class Statement:
         self.sql = str(compiled)
         # In `$n` order: (name, given by the caller?, value fixed in the statement). Literals
         # written into a statement, such as `hashtextextended(:key, 0)`, are parameters too.
-        self._parameters = tuple(
+        self.parameters = tuple(
             (name, bind.required, bind.effective_value)
             for name in compiled.positiontup or ()
             for bind in [compiled.binds[name]]
@@ -148,7 +148,7 @@ class Statement:
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
         """The values for `$1, $2, ...`: the caller's by name, and the statement's literals."""
-        return [params[name] if given else literal for name, given, literal in self._parameters]
+        return [params[name] if given else literal for name, given, literal in self.parameters]
 
 
 class Record(Protocol):
@@ -163,52 +163,56 @@ AfterCommit = Callable[[], Awaitable[None]]
 class Database:
     """One request's unit of work: one pooled connection and one transaction on it.
 
-    The transaction is the driver's; `get_database` opens it and ends it. ORM code gets a
-    session in the same transaction (`session()`): SQLAlchemy is told the connection is in
+    The connection is taken from the pool at the first statement, so a request refused before
+    it reaches the database (a bad token, an invalid body) never holds one. The transaction is
+    the driver's: it begins with that statement and `unit_of_work` ends it. ORM code gets a
+    session in the same transaction (`session()`); SQLAlchemy is told the connection is in
     autocommit mode, so it never begins or commits anything by itself.
     """
 
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
-        pooled = connection.sync_connection
-        assert pooled is not None  # the connection has been started
-        # The asyncpg connection under SQLAlchemy's: an attribute read, no round trip.
-        driver = pooled.connection.driver_connection
-        assert driver is not None
-        self._driver: Any = driver
-        self._transaction = self._driver.transaction()
-        self._open = False
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._connection: AsyncConnection | None = None
+        self._driver: Any = None
+        self._transaction: Any = None
         self._session: AsyncSession | None = None
         self._after_commit: list[AfterCommit] = []
 
     # --- statements --------------------------------------------------------------------
 
     async def fetch_one(self, statement: Statement, /, **params: Any) -> Record | None:
-        row: Record | None = await self._driver.fetchrow(
-            statement.sql, *statement.arguments(params)
-        )
+        driver = self._driver or await self._begin()
+        row: Record | None = await driver.fetchrow(statement.sql, *statement.arguments(params))
         return row
 
     async def fetch_all(self, statement: Statement, /, **params: Any) -> list[Record]:
-        rows: list[Record] = await self._driver.fetch(statement.sql, *statement.arguments(params))
+        driver = self._driver or await self._begin()
+        rows: list[Record] = await driver.fetch(statement.sql, *statement.arguments(params))
         return rows
 
     async def fetch_value(self, statement: Statement, /, **params: Any) -> Any:
-        return await self._driver.fetchval(statement.sql, *statement.arguments(params))
+        driver = self._driver or await self._begin()
+        return await driver.fetchval(statement.sql, *statement.arguments(params))
 
     async def execute(self, statement: Statement, /, **params: Any) -> None:
-        await self._driver.execute(statement.sql, *statement.arguments(params))
+        driver = self._driver or await self._begin()
+        await driver.execute(statement.sql, *statement.arguments(params))
 
     async def execute_many(self, statement: Statement, rows: Iterable[Mapping[str, Any]]) -> None:
-        await self._driver.executemany(statement.sql, [statement.arguments(row) for row in rows])
+        driver = self._driver or await self._begin()
+        await driver.executemany(statement.sql, [statement.arguments(row) for row in rows])
 
-    def savepoint(self) -> Any:
+    async def savepoint(self) -> Any:
         """A nested transaction (SAVEPOINT): `start()`, then `commit()` or `rollback()`."""
-        return self._driver.transaction()
+        driver = self._driver or await self._begin()
+        return driver.transaction()
 
     async def session(self) -> AsyncSession:
         """An ORM session in this unit's transaction, made on first use."""
         if self._session is None:
+            if self._driver is None:
+                await self._begin()
+            assert self._connection is not None
             await self._connection.execution_options(isolation_level="AUTOCOMMIT")
             self._session = AsyncSession(
                 bind=self._connection, expire_on_commit=False, autoflush=False
@@ -223,11 +227,19 @@ class Database:
         """
         self._after_commit.append(action)
 
-    # --- the transaction, for get_database ----------------------------------------------
+    # --- the transaction, for unit_of_work ------------------------------------------------
 
-    async def begin(self) -> None:
-        await self._transaction.start()
-        self._open = True
+    async def _begin(self) -> Any:
+        connection = await self._engine.connect()
+        self._connection = connection
+        pooled = connection.sync_connection
+        assert pooled is not None  # a connected AsyncConnection
+        # The asyncpg connection under SQLAlchemy's: an attribute read, no round trip.
+        driver: Any = pooled.connection.driver_connection
+        transaction = driver.transaction()
+        await transaction.start()
+        self._driver, self._transaction = driver, transaction
+        return driver
 
     async def commit(self) -> None:
         """Commit; if that fails, the transaction is rolled back and the error raised."""
@@ -238,23 +250,30 @@ class Database:
         except BaseException:
             await self.rollback()
             raise
-        await self._end(self._transaction.commit)
+        await self._end(commit=True)
 
     async def rollback(self) -> None:
-        if self._open:
-            await self._end(self._transaction.rollback)
+        await self._end(commit=False)
 
-    async def _end(self, finish: Callable[[], Awaitable[None]]) -> None:
-        self._open = False
+    async def _end(self, *, commit: bool) -> None:
+        transaction, self._transaction = self._transaction, None
+        if transaction is None:
+            return  # nothing began, or it has ended already
         if self._session is not None:
             await self._session.close()
         try:
-            await finish()
+            await (transaction.commit() if commit else transaction.rollback())
         except BaseException:
             # The COMMIT or ROLLBACK itself failed (the connection died or hung): the
             # connection's state is unknown, so it must not serve another request.
+            assert self._connection is not None
             await self._connection.invalidate()
             raise
+
+    async def release(self) -> None:
+        """Give the connection back to the pool."""
+        if self._connection is not None:
+            await self._connection.close()
 
     async def run_after_commit(self) -> None:
         for action in self._after_commit:
@@ -268,9 +287,8 @@ class Database:
 async def unit_of_work(engine: AsyncEngine) -> AsyncIterator[Database]:
     """A `Database`, committed when the block ends, or rolled back if it raises (unless the
     error is a DomainError that keeps its changes); after-commit actions then run."""
-    async with engine.connect() as connection:
-        database = Database(connection)
-        await database.begin()
+    database = Database(engine)
+    try:
         try:
             yield database
         except DomainError as error:
@@ -280,6 +298,8 @@ async def unit_of_work(engine: AsyncEngine) -> AsyncIterator[Database]:
             await database.rollback()
             raise
         await database.commit()
+    finally:
+        await database.release()
     await database.run_after_commit()
 
 

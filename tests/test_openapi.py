@@ -15,14 +15,14 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from backend.accounts.dependencies import (
-    current_caller,
-    current_partner,
-    current_seller,
-    get_access_claims,
-)
+from backend.accounts.dependencies import current_partner, current_seller, get_access_claims
 from backend.config import Settings
 from backend.main import create_app
+from backend.shipments.dependencies import (
+    callers_shipments,
+    partners_shipments,
+    sellers_shipments,
+)
 from tests.conftest import make_settings
 
 PROBLEM = "application/problem+json"
@@ -69,11 +69,11 @@ def _expected_security_by_operation(app: FastAPI) -> dict[tuple[str, str], set[s
             continue
         calls = set(_dependency_calls(context.dependant))
         schemes: set[str] | None = set()
-        if current_seller in calls:
+        if calls & {current_seller, sellers_shipments}:
             schemes = {"sellerAuth"} | (schemes or set())
-        if current_partner in calls:
+        if calls & {current_partner, partners_shipments}:
             schemes = {"partnerAuth"} | (schemes or set())
-        if current_caller in calls:
+        if callers_shipments in calls:
             schemes = {"sellerAuth", "partnerAuth"}
         if not schemes and get_access_claims in calls:
             schemes = None

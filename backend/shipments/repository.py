@@ -251,7 +251,7 @@ class ShipmentRepository:
         # In a savepoint: a candidate that fails PostgreSQL's re-check after the wait is not
         # updated but stays locked, and holding it while the next attempt waits for another
         # partner could deadlock two creates; rolling the savepoint back frees it.
-        attempt = self._database.savepoint()
+        attempt = await self._database.savepoint()
         await attempt.start()
         claimed = await self._database.fetch_one(_CLAIM_PARTNER, zip=zip_code)
         if claimed is None:

@@ -8,12 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from backend.accounts.dependencies import CurrentCaller, PartnerCaller, SellerCaller
 from backend.errors import problem_responses
 from backend.notifications.live import SSE_RESPONSES, LastEventId, stream_response
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
 from backend.request_body import NO_REQUEST_BODY
-from backend.shipments.dependencies import ShipmentServiceDep
+from backend.shipments.dependencies import CallersShipments, PartnersShipments, SellersShipments
 from backend.shipments.errors import (
     IdempotencyKeyReused,
     InvalidTransition,
@@ -78,8 +77,7 @@ def _etag(shipment: ShipmentRead, response: Response) -> ShipmentRead:
 )
 async def create_shipment(
     body: ShipmentCreate,
-    seller: SellerCaller,
-    shipments: ShipmentServiceDep,
+    shipments: SellersShipments,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> ShipmentRead:
@@ -92,7 +90,7 @@ async def create_shipment(
     Send an `Idempotency-Key` to retry safely: the same key and body return the original 201
     (with `Idempotent-Replayed: true`); the same key with another body is 422.
     """
-    created = await shipments.create(seller, body, idempotency_key)
+    created = await shipments.create(body, idempotency_key)
     if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/shipments/{created.shipment.id}"
@@ -101,8 +99,7 @@ async def create_shipment(
 
 @router.get("", response_model=ShipmentPage, responses=problem_responses(InvalidCursor))
 async def list_shipments(
-    caller: CurrentCaller,
-    shipments: ShipmentServiceDep,
+    shipments: CallersShipments,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[
         str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
@@ -114,9 +111,7 @@ async def list_shipments(
 
     Filter by `status` and by `tag`; follow `next_cursor` until it is null.
     """
-    return await shipments.list_page(
-        caller, limit=limit, cursor=cursor, status=status_filter, tag=tag
-    )
+    return await shipments.list_page(limit=limit, cursor=cursor, status=status_filter, tag=tag)
 
 
 @router.get(
@@ -124,15 +119,14 @@ async def list_shipments(
 )
 async def get_shipment(
     shipment_id: uuid.UUID,
-    caller: CurrentCaller,
-    shipments: ShipmentServiceDep,
+    shipments: CallersShipments,
     response: Response,
 ) -> ShipmentRead:
     """One shipment with its whole timeline, for its seller or its assigned partner.
 
     Anyone else gets 404, whether or not the id exists.
     """
-    return _etag(await shipments.get(shipment_id, caller), response)
+    return _etag(await shipments.get(shipment_id), response)
 
 
 @router.get(
@@ -143,8 +137,7 @@ async def get_shipment(
 async def stream_shipment(
     request: Request,
     shipment_id: uuid.UUID,
-    caller: CurrentCaller,
-    shipments: ShipmentServiceDep,
+    shipments: CallersShipments,
     last_event_id: LastEventId = None,
 ) -> StreamingResponse:
     """Live timeline of a shipment for its seller or assigned partner (Server-Sent Events).
@@ -152,7 +145,7 @@ async def stream_shipment(
     Starts with every event after `Last-Event-ID` (all of them without it), then each new one
     as it happens, on whichever replica it happened.
     """
-    await shipments.get(shipment_id, caller)  # 404 unless the caller may see it
+    await shipments.get(shipment_id)  # 404 unless the caller may see it
     return stream_response(request, shipment_id, last_event_id or 0)
 
 
@@ -172,8 +165,7 @@ async def stream_shipment(
 async def update_shipment(
     shipment_id: uuid.UUID,
     body: ShipmentUpdate,
-    partner: PartnerCaller,
-    shipments: ShipmentServiceDep,
+    shipments: PartnersShipments,
     response: Response,
     if_match: IfMatch = None,
 ) -> ShipmentRead:
@@ -184,7 +176,7 @@ async def update_shipment(
     the code is burned (429) until the shipment goes out for delivery again.
     """
     expected = _expected_version(if_match)
-    updated = await shipments.report(partner, shipment_id, body, expected_version=expected)
+    updated = await shipments.report(shipment_id, body, expected_version=expected)
     return _etag(updated, response)
 
 
@@ -195,10 +187,10 @@ async def update_shipment(
     responses=problem_responses(ShipmentNotFound, InvalidTransition),
 )
 async def cancel_shipment(
-    shipment_id: uuid.UUID, seller: SellerCaller, shipments: ShipmentServiceDep, response: Response
+    shipment_id: uuid.UUID, shipments: SellersShipments, response: Response
 ) -> ShipmentRead:
     """Cancel a shipment that is still `placed`; its partner's capacity is freed at once."""
-    return _etag(await shipments.cancel(seller, shipment_id), response)
+    return _etag(await shipments.cancel(shipment_id), response)
 
 
 @router.put(
@@ -209,9 +201,8 @@ async def cancel_shipment(
 async def replace_shipment_tags(
     shipment_id: uuid.UUID,
     body: TagsReplace,
-    seller: SellerCaller,
-    shipments: ShipmentServiceDep,
+    shipments: SellersShipments,
     response: Response,
 ) -> ShipmentRead:
     """Replace the shipment's tags with exactly these (lower-case slugs, at most 10)."""
-    return _etag(await shipments.replace_tags(seller, shipment_id, body.tags), response)
+    return _etag(await shipments.replace_tags(shipment_id, body.tags), response)

@@ -95,8 +95,12 @@ class CreatedShipment:
 
 
 class ShipmentService:
+    """Shipments as one caller sees and changes them: a seller its own, a partner the ones
+    assigned to it. Every query carries that ownership (`Visibility`)."""
+
     def __init__(
         self,
+        caller: Caller,
         database: Database,
         codes: DeliveryCodes,
         redis: Redis,
@@ -106,6 +110,8 @@ class ShipmentService:
         default_transit_days: int,
         review_link_ttl_seconds: int,
     ) -> None:
+        self._caller = caller
+        self._visibility = Visibility.of(caller)
         self._database = database
         self._shipments = ShipmentRepository(database)
         self._redis = redis
@@ -123,15 +129,14 @@ class ShipmentService:
 
     # --- reading -------------------------------------------------------------------------
 
-    async def get(self, shipment_id: uuid.UUID, viewer: Caller) -> ShipmentRead:
-        view = await self._views.one(shipment_id, Visibility.of(viewer))
+    async def get(self, shipment_id: uuid.UUID) -> ShipmentRead:
+        view = await self._views.one(shipment_id, self._visibility)
         if view is None:
             raise ShipmentNotFound()
         return view
 
     async def list_page(
         self,
-        viewer: Caller,
         *,
         limit: int,
         cursor: str | None,
@@ -141,7 +146,7 @@ class ShipmentService:
         after = decode_cursor(cursor) if cursor else None
         # One more than asked for tells whether another page follows.
         views = await self._views.page(
-            Visibility.of(viewer), limit=limit + 1, after=after, status=status, tag=tag
+            self._visibility, limit=limit + 1, after=after, status=status, tag=tag
         )
         items = views[:limit]
         next_cursor = None
@@ -152,9 +157,8 @@ class ShipmentService:
 
     # --- sellers -------------------------------------------------------------------------
 
-    async def create(
-        self, seller: Caller, body: ShipmentCreate, idempotency_key: str | None
-    ) -> CreatedShipment:
+    async def create(self, body: ShipmentCreate, idempotency_key: str | None) -> CreatedShipment:
+        seller = self._caller
         now = utcnow()
         if idempotency_key is not None:
             fingerprint = request_fingerprint(body)
@@ -212,8 +216,8 @@ class ShipmentService:
         await self._publish(created, [SHIPMENT_CREATED])
         return CreatedShipment(created, replayed=False)
 
-    async def cancel(self, seller: Caller, shipment_id: uuid.UUID) -> ShipmentRead:
-        shipment = await self._locked(shipment_id, Visibility.of(seller))
+    async def cancel(self, shipment_id: uuid.UUID) -> ShipmentRead:
+        shipment = await self._locked(shipment_id)
         if shipment.status not in CANCELLABLE:
             raise InvalidTransition(
                 f"Only placed shipments can be cancelled; this one is {shipment.status.value}.",
@@ -225,10 +229,8 @@ class ShipmentService:
         await self._publish(cancelled, [SHIPMENT_UPDATED, SHIPMENT_CANCELLED])
         return cancelled
 
-    async def replace_tags(
-        self, seller: Caller, shipment_id: uuid.UUID, names: list[str]
-    ) -> ShipmentRead:
-        shipment = await self._locked(shipment_id, Visibility.of(seller))
+    async def replace_tags(self, shipment_id: uuid.UUID, names: list[str]) -> ShipmentRead:
+        shipment = await self._locked(shipment_id)
         await self._shipments.replace_tags(shipment.id, names)
         self._bump_version(shipment)
         await self._shipments.save(shipment)
@@ -238,13 +240,12 @@ class ShipmentService:
 
     async def report(
         self,
-        partner: Caller,
         shipment_id: uuid.UUID,
         change: ShipmentUpdate,
         *,
         expected_version: int | None,
     ) -> ShipmentRead:
-        shipment = await self._locked(shipment_id, Visibility.of(partner))
+        shipment = await self._locked(shipment_id)
         if expected_version is not None and shipment.version != expected_version:
             raise VersionMismatch(
                 f"The shipment is at version {shipment.version}, not {expected_version}.",
@@ -282,8 +283,8 @@ class ShipmentService:
         }
         await self._events.publish(shipment.seller_id, types, data, shipment_id=shipment.id)
 
-    async def _locked(self, shipment_id: uuid.UUID, visibility: Visibility) -> ShipmentState:
-        shipment = await self._shipments.lock(shipment_id, visibility)
+    async def _locked(self, shipment_id: uuid.UUID) -> ShipmentState:
+        shipment = await self._shipments.lock(shipment_id, self._visibility)
         if shipment is None:
             raise ShipmentNotFound()
         return shipment

@@ -133,11 +133,12 @@ def page_query(owner_column: str, *, by_status: bool, by_tag: bool, after: bool)
     )
 
 
-_ONE = {owner_column: Statement(one_query(owner_column)) for owner_column in Visibility.OWNERS}
+ONE = {owner_column: Statement(one_query(owner_column)) for owner_column in Visibility.OWNERS}
 
 
 @functools.cache
-def _page_statement(owner_column: str, *, by_status: bool, by_tag: bool, after: bool) -> Statement:
+def page_statement(owner_column: str, *, by_status: bool, by_tag: bool, after: bool) -> Statement:
+    """Compiled on first use: there are eight combinations of filters per kind of owner."""
     return Statement(page_query(owner_column, by_status=by_status, by_tag=by_tag, after=after))
 
 
@@ -149,7 +150,7 @@ class ShipmentViews:
     async def one(self, shipment_id: uuid.UUID, visibility: Visibility) -> ShipmentRead | None:
         owner_column, owner_id = visibility.owner
         row = await self._database.fetch_one(
-            _ONE[owner_column], shipment_id=shipment_id, owner_id=owner_id
+            ONE[owner_column], shipment_id=shipment_id, owner_id=owner_id
         )
         return None if row is None else self._view(row)
 
@@ -164,7 +165,7 @@ class ShipmentViews:
     ) -> list[ShipmentRead]:
         """Newest first; `after` is the (created_at, id) of the last item of the previous page."""
         owner_column, owner_id = visibility.owner
-        statement = _page_statement(
+        statement = page_statement(
             owner_column, by_status=status is not None, by_tag=tag is not None, after=bool(after)
         )
         parameters: dict[str, Any] = {"owner_id": owner_id, "limit": limit}
