@@ -56,8 +56,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
 
     # Database pool and timeouts: a dead or paused server must fail a request fast, never hang it.
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=0, ge=0)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     db_command_timeout_seconds: float = Field(default=10.0, gt=0)
