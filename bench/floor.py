@@ -4,17 +4,22 @@ Starlette + asyncpg + redis, no ORM, no validation layer, no dependency injectio
 For each request it does the work the API does, and no more:
 
 - authentication: decode the bearer JWT (HS256, typ at+jwt, audience per account kind, the same
-  required claims), Redis `EXISTS revoked-jti:<jti>`, then the account's token version (reads)
-  or the whole account row (writes), as the API loads them;
-- reads: the API's own read query, compiled from backend/shipments/views.py by floor_sql.py and
-  run verbatim (FLOOR_SQL names the JSON file);
-- create and status update: the statements the API's log shows, in its order (the partner
-  claim, the inserts, the tags, the view read back, the per-seller advisory lock, the webhook
-  lookup, the event row, the outbox row) and, after the commit, the live-update message;
+  required claims), Redis `EXISTS revoked-jti:<jti>`, then the account's token version and name
+  by primary key, as the API checks its caller;
+- reads, create and status update: the API's own statements, compiled by floor_sql.py from the
+  API's modules and run verbatim (FLOOR_SQL names the JSON file), in the API's order (the
+  caller, the partner claim in a savepoint, the inserts, the tags, the view read back, the
+  outbox row, the per-seller advisory lock, the event rows, the webhook lookup) and, after the
+  commit, the live-update message;
 - login: the same Redis window counters, the account by email, bcrypt on a thread, a new JWT.
+  At most PASSWORD_HASH_CONCURRENCY hashes run at once, the bound the API keeps so that logins
+  never take the event loop's core (run.sh gives both apps the API's default);
+- the clients: PostgreSQL and Redis with the API's settings (the pool bound, the per-command
+  deadlines), read from the same environment.
 
 Run: FLOOR_DATABASE_URL=postgresql://... FLOOR_REDIS_URL=redis://... FLOOR_SQL=floor_sql.json
-     JWT_SECRET_KEY=... uvicorn --app-dir bench floor:app
+     ENVIRONMENT=dev JWT_SECRET_KEY=... uvicorn --app-dir bench floor:app (from the repository
+     root, which puts `backend` on the path)
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import bcrypt
 import jwt
 from redis.asyncio import Redis
@@ -40,6 +45,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from backend.config import Settings
+from backend.redis_client import create_redis
 
 KINDS = ("seller", "partner")
 REQUIRED_CLAIMS = ["sub", "kind", "aud", "jti", "iat", "exp", "iss", "ver"]
@@ -49,61 +57,8 @@ PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 TOKEN_LIFETIME = timedelta(minutes=60)
 TRACKING_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
 
-ACCOUNT = {
-    "seller": (
-        "SELECT id, name, email, password_hash, zip_code, address, email_verified_at, "
-        "token_version, created_at, updated_at FROM sellers WHERE {key} = $1"
-    ),
-    "partner": (
-        "SELECT id, name, email, password_hash, serviceable_zip_codes, max_handling_capacity, "
-        "active_shipments, email_verified_at, token_version, created_at, updated_at "
-        "FROM partners WHERE {key} = $1"
-    ),
-}
-CLAIM_PARTNER = """
-    UPDATE partners SET active_shipments = active_shipments + 1
-    WHERE id = (
-        SELECT id FROM partners
-        WHERE $1 = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
-        ORDER BY active_shipments, id LIMIT 1
-    )
-    AND active_shipments < max_handling_capacity
-    RETURNING id, name
-"""
-INSERT_SHIPMENT = """
-    INSERT INTO shipments (id, tracking_number, seller_id, partner_id, status, content, weight_kg,
-        destination_zip, destination_address_line, destination_city, recipient_name,
-        recipient_email, recipient_phone, reference, estimated_delivery, version, last_sequence,
-        delivery_code_hash, delivery_code_expires_at, delivery_code_attempts, created_at,
-        updated_at)
-    VALUES ($1, $2, $3, $4, 'placed', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, 1, NULL,
-        NULL, 0, $15, $15)
-"""
-INSERT_EVENT = """
-    INSERT INTO shipment_events (id, shipment_id, sequence, status, location_zip, description,
-        created_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
-"""
-LOCK_SHIPMENT = """
-    SELECT s.id, s.seller_id, s.status, s.version, s.last_sequence, p.name AS partner_name
-    FROM shipments s JOIN partners p ON p.id = s.partner_id
-    WHERE s.id = $1 AND s.partner_id = $2 FOR UPDATE OF s
-"""
-UPDATE_SHIPMENT = (
-    "UPDATE shipments SET status = $1, version = $2, last_sequence = $3, updated_at = $4 "
-    "WHERE id = $5"
-)
-ADVISORY_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
-ENABLED_ENDPOINTS = "SELECT id FROM webhook_endpoints WHERE seller_id = $1 AND enabled"
-INSERT_FEED_EVENT = """
-    INSERT INTO events (id, seller_id, shipment_id, type, data, created_at)
-    VALUES ($1, $2, $3, $4, $5::jsonb, $6)
-"""
-INSERT_OUTBOX = """
-    INSERT INTO outbox_messages (id, kind, shipment_id, payload, status, attempts,
-        next_attempt_at, claimed_by, claimed_until, last_error, sent_at, created_at)
-    VALUES ($1, 'email', $2, $3::jsonb, 'pending', 0, $4, NULL, NULL, NULL, NULL, $4)
-"""
+# Only logins read an account by email; everything else runs the API's statements (FLOOR_SQL).
+SELLER_BY_EMAIL = "SELECT id, password_hash, token_version FROM sellers WHERE email = $1"
 # Partners may scan an in-transit shipment again, or move it on.
 PARTNER_NEXT = {
     "placed": {"in_transit"},
@@ -125,6 +80,25 @@ def _problem(error: Refused) -> JSONResponse:
         status_code=error.status,
         media_type="application/problem+json",
     )
+
+
+def _sql(request: Request, *path: str) -> tuple[str, list[list[Any]]]:
+    entry = request.app.state.sql
+    for key in path:
+        entry = entry[key]
+    return entry["sql"], entry["params"]
+
+
+def _args(params: list[list[Any]], **values: Any) -> list[Any]:
+    """The values for `$1, $2, ...`: by name, or the literal the statement was written with."""
+    return [values[name] if given else literal for name, given, literal in params]
+
+
+async def _run(
+    request: Request, conn: asyncpg.Connection, method: str, *path: str, **values: Any
+) -> Any:
+    sql, params = _sql(request, *path)
+    return await getattr(conn, method)(sql, *_args(params, **values))
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -170,26 +144,19 @@ async def _not_revoked(request: Request, jti: str) -> None:
         raise Refused(401, "Unauthorized")
 
 
-async def _caller(request: Request, conn: asyncpg.Connection) -> tuple[str, uuid.UUID]:
-    """Reads: the token, then only the account's token version (as the API's current_caller)."""
+async def _caller(
+    request: Request, conn: asyncpg.Connection, wanted: str | None = None
+) -> tuple[str, uuid.UUID, str]:
+    """(kind, account id, name): the token, then the account's token version and name by
+    primary key, as the API checks its caller."""
     kind, account_id, jti, version = _claims(request)
-    await _not_revoked(request, jti)
-    query = request.app.state.sql["token_version"][kind]["sql"]
-    if await conn.fetchval(query, account_id) != version:
-        raise Refused(401, "Unauthorized")
-    return kind, account_id
-
-
-async def _account(request: Request, conn: asyncpg.Connection, wanted: str) -> asyncpg.Record:
-    """Writes: the token, then the whole account row (as the API's current_seller/partner)."""
-    kind, account_id, jti, version = _claims(request)
-    if kind != wanted:
+    if wanted is not None and kind != wanted:
         raise Refused(403, "Forbidden")
     await _not_revoked(request, jti)
-    account = await conn.fetchrow(ACCOUNT[kind].format(key="id"), account_id)
+    account = await _run(request, conn, "fetchrow", "caller", kind, id=account_id)
     if account is None or account["token_version"] != version:
         raise Refused(401, "Unauthorized")
-    return account
+    return kind, account_id, account["name"]
 
 
 # --- the shipment view ------------------------------------------------------------------------
@@ -254,17 +221,34 @@ async def _view(
     kind: str,
     owner_id: uuid.UUID,
 ) -> dict[str, Any] | None:
-    row = await conn.fetchrow(request.app.state.sql["one"][kind]["sql"], shipment_id, owner_id)
+    row = await _run(
+        request, conn, "fetchrow", "one", kind, shipment_id=shipment_id, owner_id=owner_id
+    )
     return None if row is None else _render(row)
 
 
-async def _publish(
-    conn: asyncpg.Connection, shipment: dict[str, Any], types: Sequence[str]
+async def _queue_email(
+    request: Request, conn: asyncpg.Connection, shipment_id: uuid.UUID, payload: dict[str, Any]
 ) -> None:
-    """The API's event-feed write: serialize per seller, find endpoints, store the events."""
+    row = {"id": uuid.uuid4(), "kind": "email", "shipment_id": shipment_id}
+    payload = {**payload, "redact_after_send": []}
+    await _run(
+        request,
+        conn,
+        "execute",
+        "queue_message",
+        **row,
+        payload=json.dumps(payload),
+        now=datetime.now(UTC),
+    )
+
+
+async def _publish(
+    request: Request, conn: asyncpg.Connection, shipment: dict[str, Any], types: Sequence[str]
+) -> None:
+    """The API's event-feed write: serialize per seller, store the events, find endpoints."""
     seller_id = uuid.UUID(shipment["seller_id"])
-    await conn.execute(ADVISORY_LOCK, f"events:{seller_id}")
-    await conn.fetch(ENABLED_ENDPOINTS, seller_id)
+    await _run(request, conn, "execute", "serialize_seller_events", key=f"events:{seller_id}")
     data = json.dumps(
         {
             "shipment": {k: v for k, v in shipment.items() if k != "timeline"},
@@ -272,22 +256,39 @@ async def _publish(
         }
     )
     now = datetime.now(UTC)
-    for event_type in types:
-        await conn.fetchval(
-            INSERT_FEED_EVENT,
-            uuid.uuid4(),
-            seller_id,
-            uuid.UUID(shipment["id"]),
-            event_type,
-            data,
-            now,
+    sql, params = _sql(request, "record_event")
+    rows = [
+        _args(
+            params,
+            id=uuid.uuid4(),
+            seller_id=seller_id,
+            shipment_id=uuid.UUID(shipment["id"]),
+            type=event_type,
+            data=data,
+            created_at=now,
         )
+        for event_type in types
+    ]
+    await conn.executemany(sql, rows)
+    await _run(request, conn, "fetch", "enabled_endpoints", seller_id=seller_id)
 
 
 async def _announce(request: Request, shipment: dict[str, Any]) -> None:
     """After the commit, the live-update message the API publishes for open event streams."""
     message = json.dumps(shipment["timeline"][-1])
     await request.app.state.redis.publish(f"shipment-events:{shipment['id']}", message)
+
+
+async def _claim_partner(request: Request, conn: asyncpg.Connection, zip_code: str) -> Any:
+    """The API's claim: one candidate per attempt, each in a savepoint."""
+    for _ in range(10):
+        async with conn.transaction():
+            partner = await _run(request, conn, "fetchrow", "claim_partner", zip=zip_code)
+        if partner is not None:
+            return partner
+        if not await _run(request, conn, "fetchval", "partner_with_room", zip=zip_code):
+            return None
+    return None
 
 
 # --- routes -----------------------------------------------------------------------------------
@@ -297,7 +298,7 @@ async def get_shipment(request: Request) -> Response:
     try:
         shipment_id = uuid.UUID(request.path_params["shipment_id"])
         async with request.app.state.pool.acquire() as conn, conn.transaction():
-            kind, account_id = await _caller(request, conn)
+            kind, account_id, _ = await _caller(request, conn)
             body = await _view(request, conn, shipment_id, kind, account_id)
         if body is None:
             raise Refused(404, "Not Found")
@@ -314,10 +315,11 @@ async def list_shipments(request: Request) -> Response:
         if not 1 <= limit <= 100:
             raise ValueError(limit)
         async with request.app.state.pool.acquire() as conn, conn.transaction():
-            kind, account_id = await _caller(request, conn)
-            query = request.app.state.sql["page"][kind]["sql"]
+            kind, account_id, _ = await _caller(request, conn)
             # One more than asked for tells whether another page follows, as in the API.
-            rows = await conn.fetch(query, account_id, limit + 1)
+            rows = await _run(
+                request, conn, "fetch", "page", kind, owner_id=account_id, limit=limit + 1
+            )
     except ValueError:
         return _problem(Refused(422, "Unprocessable Content"))
     except Refused as error:
@@ -337,66 +339,77 @@ async def create_shipment(request: Request) -> Response:
         destination, recipient = body["destination"], body["recipient"]
         tags = sorted({tag.lower() for tag in body.get("tags", [])})
         async with request.app.state.pool.acquire() as conn, conn.transaction():
-            seller = await _account(request, conn, "seller")
-            # In a savepoint, as the API claims (asyncpg nests transactions as savepoints).
-            async with conn.transaction():
-                partner = await conn.fetchrow(CLAIM_PARTNER, destination["zip_code"])
+            _, seller_id, seller_name = await _caller(request, conn, "seller")
+            partner = await _claim_partner(request, conn, destination["zip_code"])
             if partner is None:
                 raise Refused(409, "Conflict")
             shipment_id, now = uuid.uuid4(), datetime.now(UTC)
             number = "".join(secrets.choice(TRACKING_ALPHABET) for _ in range(14))
-            await conn.execute(
-                INSERT_SHIPMENT,
-                shipment_id,
-                number,
-                seller["id"],
-                partner["id"],
-                body["content"],
-                float(body["weight_kg"]),
-                destination["zip_code"],
-                destination.get("address_line"),
-                destination.get("city"),
-                recipient["name"],
-                recipient["email"].lower(),
-                recipient.get("phone"),
-                body.get("reference"),
-                now + timedelta(days=3),
-                now,
+            await _run(
+                request,
+                conn,
+                "execute",
+                "insert_shipment",
+                id=shipment_id,
+                tracking_number=number,
+                seller_id=seller_id,
+                partner_id=partner["id"],
+                status="placed",
+                content=body["content"],
+                weight_kg=float(body["weight_kg"]),
+                destination_zip=destination["zip_code"],
+                destination_address_line=destination.get("address_line"),
+                destination_city=destination.get("city"),
+                recipient_name=recipient["name"],
+                recipient_email=recipient["email"].lower(),
+                recipient_phone=recipient.get("phone"),
+                reference=body.get("reference"),
+                estimated_delivery=now + timedelta(days=3),
+                version=1,
+                last_sequence=1,
+                delivery_code_hash=None,
+                delivery_code_expires_at=None,
+                delivery_code_attempts=0,
+                created_at=now,
+                updated_at=now,
             )
-            await conn.execute(
-                INSERT_EVENT,
-                uuid.uuid4(),
-                shipment_id,
-                1,
-                "placed",
-                None,
-                "Shipment created",
-                now,
+            await _run(
+                request,
+                conn,
+                "execute",
+                "append_event",
+                id=uuid.uuid4(),
+                shipment_id=shipment_id,
+                sequence=1,
+                status="placed",
+                location_zip=None,
+                description="Shipment created",
+                created_at=now,
             )
-            await conn.execute("DELETE FROM shipment_tags WHERE shipment_id = $1", shipment_id)
             if tags:
-                await conn.execute(
-                    "INSERT INTO tags (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-                    tags,
+                await _run(request, conn, "execute", "create_tags", names=tags)
+                await _run(
+                    request, conn, "execute", "link_tags", shipment_id=shipment_id, names=tags
                 )
-                tag_rows = await conn.fetch(
-                    "SELECT id, name FROM tags WHERE name = ANY($1::text[])", tags
-                )
-                await conn.executemany(
-                    "INSERT INTO shipment_tags (shipment_id, tag_id) VALUES ($1, $2)",
-                    [(shipment_id, row["id"]) for row in tag_rows],
-                )
-            shipment = await _view(request, conn, shipment_id, "seller", seller["id"])
+            shipment = await _view(request, conn, shipment_id, "seller", seller_id)
             assert shipment is not None
-            await _publish(conn, shipment, ["shipment.created"])
-            payload = {
-                "template": "shipment_created",
-                "to": recipient["email"],
-                "tracking_url": shipment["tracking_url"],
-                "partner_name": partner["name"],
-                "seller_name": seller["name"],
-            }
-            await conn.execute(INSERT_OUTBOX, uuid.uuid4(), shipment_id, json.dumps(payload), now)
+            await _queue_email(
+                request,
+                conn,
+                shipment_id,
+                {
+                    "template": "shipment_created",
+                    "to": recipient["email"],
+                    "recipient_name": recipient["name"],
+                    "tracking_number": number,
+                    "tracking_url": shipment["tracking_url"],
+                    "content": body["content"],
+                    "partner_name": partner["name"],
+                    "seller_name": seller_name,
+                    "estimated_delivery_day": shipment["estimated_delivery"],
+                },
+            )
+            await _publish(request, conn, shipment, ["shipment.created"])
         await _announce(request, shipment)
     except (ValueError, KeyError, TypeError, AttributeError):
         return _problem(Refused(422, "Unprocessable Content"))
@@ -411,29 +424,51 @@ async def update_shipment(request: Request) -> Response:
         change = await request.json()
         target, zip_code = change["status"], change.get("location_zip")
         async with request.app.state.pool.acquire() as conn, conn.transaction():
-            partner = await _account(request, conn, "partner")
-            locked = await conn.fetchrow(LOCK_SHIPMENT, shipment_id, partner["id"])
+            _, partner_id, _ = await _caller(request, conn, "partner")
+            locked = await _run(
+                request,
+                conn,
+                "fetchrow",
+                "lock_for_partner",
+                shipment_id=shipment_id,
+                owner_id=partner_id,
+            )
             if locked is None:
                 raise Refused(404, "Not Found")
             if target not in PARTNER_NEXT.get(locked["status"], set()):
                 raise Refused(409, "Conflict")
             now, sequence = datetime.now(UTC), locked["last_sequence"] + 1
-            await conn.execute(
-                UPDATE_SHIPMENT, target, locked["version"] + 1, sequence, now, shipment_id
+            await _run(
+                request,
+                conn,
+                "execute",
+                "save_shipment",
+                shipment_id=shipment_id,
+                status=target,
+                estimated_delivery=locked["estimated_delivery"],
+                version=locked["version"] + 1,
+                last_sequence=sequence,
+                delivery_code_hash=locked["delivery_code_hash"],
+                delivery_code_expires_at=locked["delivery_code_expires_at"],
+                delivery_code_attempts=locked["delivery_code_attempts"],
+                updated_at=now,
             )
-            await conn.execute(
-                INSERT_EVENT,
-                uuid.uuid4(),
-                shipment_id,
-                sequence,
-                target,
-                zip_code,
-                change.get("note") or "Scanned",
-                now,
+            await _run(
+                request,
+                conn,
+                "execute",
+                "append_event",
+                id=uuid.uuid4(),
+                shipment_id=shipment_id,
+                sequence=sequence,
+                status=target,
+                location_zip=zip_code,
+                description=change.get("note") or "In transit",
+                created_at=now,
             )
             shipment = await _view(request, conn, shipment_id, "seller", locked["seller_id"])
             assert shipment is not None
-            await _publish(conn, shipment, ["shipment.updated"])
+            await _publish(request, conn, shipment, ["shipment.updated"])
         await _announce(request, shipment)
     except (ValueError, KeyError, TypeError):
         return _problem(Refused(422, "Unprocessable Content"))
@@ -467,9 +502,11 @@ async def log_in(request: Request) -> Response:
         await _within_window(redis, _window_key("token-ip", ip), limit)
         await _within_window(redis, _window_key("token-seller", email), limit)
         async with request.app.state.pool.acquire() as conn, conn.transaction():
-            account = await conn.fetchrow(ACCOUNT["seller"].format(key="email"), email)
+            account = await conn.fetchrow(SELLER_BY_EMAIL, email)
         stored = account["password_hash"].encode() if account else bcrypt.gensalt()
-        if not await asyncio.to_thread(bcrypt.checkpw, password, stored) or account is None:
+        async with request.app.state.hashing:
+            matches = await asyncio.to_thread(bcrypt.checkpw, password, stored)
+        if not matches or account is None:
             raise Refused(401, "Unauthorized")
         await redis.decr(_window_key("token-seller", email))
         now = datetime.now(UTC)
@@ -499,9 +536,22 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     )
     app.state.sql = json.loads(Path(os.environ["FLOOR_SQL"]).read_text())  # noqa: ASYNC240
     app.state.login_limit = int(os.environ.get("TOKEN_ATTEMPTS_PER_IP", "10"))
-    # The same pool bounds as the API (pool_size 10, max_overflow 10).
-    app.state.pool = await asyncpg.create_pool(database_url, min_size=10, max_size=20)
-    app.state.redis = Redis.from_url(os.environ["FLOOR_REDIS_URL"])
+    app.state.hashing = asyncio.Semaphore(int(os.environ.get("PASSWORD_HASH_CONCURRENCY", "1")))
+    # The API's client settings (backend/db.py, backend/redis_client.py): the same pool bound
+    # and per-command deadlines, which keep a hung PostgreSQL or Redis from hanging a request.
+    settings = Settings()
+    app.state.pool = await asyncpg.create_pool(
+        database_url,
+        min_size=min(10, settings.db_pool_size),
+        max_size=settings.db_pool_size,
+        timeout=settings.db_connect_timeout_seconds,
+        command_timeout=settings.db_command_timeout_seconds,
+        server_settings={
+            "statement_timeout": str(settings.db_statement_timeout_ms),
+            "idle_in_transaction_session_timeout": str(settings.db_statement_timeout_ms * 6),
+        },
+    )
+    app.state.redis = create_redis(settings, os.environ["FLOOR_REDIS_URL"])
     try:
         yield
     finally:

@@ -54,6 +54,10 @@ ENVIRONMENT=dev "$BIN/shiptrack" migrate >/dev/null
 
 API_PORT=$(free_port)
 FLOOR_PORT=$(free_port)
+# Both apps hash passwords on as many threads as the API does by default (usable cores - 1):
+# a bound the API keeps so that logins never take the event loop's core.
+export PASSWORD_HASH_CONCURRENCY
+PASSWORD_HASH_CONCURRENCY=$("$BIN/python" -c 'from backend.config import Settings; print(Settings().password_hash_concurrency)')
 # Production bcrypt cost (12, the default). The login rate limits are raised only so that the
 # login stream measures hashing rather than 429s.
 TOKEN_ATTEMPTS_PER_IP=1000000 TOKEN_ATTEMPTS_PER_ACCOUNT=1000000 SIGNUPS_PER_IP=1000000 \
