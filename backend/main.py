@@ -86,6 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await worker_task
         await app.state.redis.aclose()
         await app.state.engine.dispose()
+        app.state.password_hasher.close()
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = False) -> FastAPI:

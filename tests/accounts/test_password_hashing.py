@@ -1,16 +1,17 @@
 """bcrypt: stored as cost-12 hashes, computed on worker threads, same work for every failed login.
 
-The bcrypt calls are observed, not replaced: a profile hook on fresh worker threads records each
-`CryptContext.hash`/`verify` call (which thread, which hash, when it returned). If hashing ever
-moved onto the event loop thread, the hook would see nothing and these tests would fail.
+The bcrypt calls are observed, not replaced: a profile hook on the app's hashing threads records
+each `CryptContext.hash`/`verify` call (which thread, which hash, when it returned). If hashing
+ever moved onto the event loop thread, the hook would see nothing and these tests would fail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -22,6 +23,7 @@ from passlib.context import CryptContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend.accounts.passwords import HASHING_NICENESS
 from backend.main import create_app
 from tests.conftest import make_settings, running_client
 from tests.factories import PASSWORD, partner_body, seller_body, sign_up, unique_email
@@ -35,6 +37,8 @@ class BcryptCall:
     thread_id: int
     kind: str  # "hash" or "verify"
     verified_hash: str | None = None
+    # The thread's `nice` value while it hashed.
+    niceness: int = 0
 
 
 @dataclass
@@ -54,7 +58,10 @@ class BcryptObserver:
             kind = "verify" if code is _VERIFY_CODE else "hash"
             verified = frame.f_locals.get("hash") if kind == "verify" else None
             call = BcryptCall(
-                threading.get_ident(), kind, verified if isinstance(verified, str) else None
+                threading.get_ident(),
+                kind,
+                verified if isinstance(verified, str) else None,
+                os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
             )
             with self._lock:
                 self.calls.append(call)
@@ -74,22 +81,14 @@ class BcryptObserver:
 
 
 @contextmanager
-def observing_worker_threads(observer: BcryptObserver) -> Iterator[None]:
-    """Route `asyncio.to_thread` work to new threads that carry the observer's profile hook."""
-    loop = asyncio.get_running_loop()
-    previous = getattr(loop, "_default_executor", None)
-    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="observed-bcrypt")
-    # Threads pick the hook up when they start, which the executor does lazily, on demand.
+def observing_new_threads(observer: BcryptObserver) -> Iterator[None]:
+    """Give every thread started from here on the observer's profile hook: create the app
+    inside, so that its hashing threads (started on demand) carry it."""
     threading.setprofile(observer.profile)
     try:
-        loop.set_default_executor(executor)
         yield
     finally:
         threading.setprofile(None)
-        restored = previous if isinstance(previous, ThreadPoolExecutor) else ThreadPoolExecutor()
-        loop.set_default_executor(restored)
-        # The observed threads end here, so no later work runs under the hook.
-        executor.shutdown(wait=True)
 
 
 def login_form(email: str, password: str = PASSWORD) -> dict[str, str]:
@@ -136,10 +135,11 @@ async def test_login_verification_runs_off_the_event_loop(
     database_url: str, redis_url: str
 ) -> None:
     settings = make_settings(database_url, redis_url, bcrypt_rounds=12)
-    async with running_client(create_app(settings)) as http:
-        account = await sign_up(http, "seller")
-        observer = BcryptObserver()
-        with observing_worker_threads(observer):
+    observer = BcryptObserver()
+    with observing_new_threads(observer):
+        async with running_client(create_app(settings)) as http:
+            account = await sign_up(http, "seller")
+            observer.reset()  # the start-up decoy and the sign-up
             login = asyncio.create_task(
                 http.post("/seller/token", data=login_form(account["email"]))
             )
@@ -158,13 +158,18 @@ async def test_login_verification_runs_off_the_event_loop(
     verifications = observer.of_kind("verify")
     assert len(verifications) == 1
     assert verifications[0].thread_id != threading.get_ident()
+    # And, where `nice` is per thread (Linux), at a lower CPU priority than the event loop.
+    loop_niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if sys.platform.startswith("linux"):
+        assert verifications[0].niceness == HASHING_NICENESS > loop_niceness
 
 
 async def test_signup_hashing_runs_off_the_event_loop(database_url: str, redis_url: str) -> None:
     settings = make_settings(database_url, redis_url, bcrypt_rounds=12)
-    async with running_client(create_app(settings)) as http:
-        observer = BcryptObserver()
-        with observing_worker_threads(observer):
+    observer = BcryptObserver()
+    with observing_new_threads(observer):
+        async with running_client(create_app(settings)) as http:
+            observer.reset()  # the start-up decoy
             signup = asyncio.create_task(http.post("/seller/signup", json=seller_body()))
             await wait_until_bcrypt_runs(observer, signup)
             health = await http.get("/health/live")
@@ -220,11 +225,12 @@ async def test_unknown_email_and_wrong_password_cost_one_equal_verification(
     database_url: str, redis_url: str, db_engine: AsyncEngine
 ) -> None:
     settings = make_settings(database_url, redis_url, bcrypt_rounds=5)
-    async with running_client(create_app(settings)) as http:
-        account = await sign_up(http, "seller")
-        account_hash = await stored_hash(db_engine, "sellers", account["email"])
-        observer = BcryptObserver()
-        with observing_worker_threads(observer):
+    observer = BcryptObserver()
+    with observing_new_threads(observer):
+        async with running_client(create_app(settings)) as http:
+            account = await sign_up(http, "seller")
+            account_hash = await stored_hash(db_engine, "sellers", account["email"])
+            observer.reset()  # the start-up decoy and the sign-up
             # Unknown email first: the decoy must already exist (computed at start-up), so even
             # the first unknown email costs one verification and no extra hash.
             unknown = await http.post(
@@ -271,10 +277,11 @@ async def test_partner_login_costs_one_verification_for_unknown_email(
     database_url: str, redis_url: str
 ) -> None:
     settings = make_settings(database_url, redis_url, bcrypt_rounds=5)
-    async with running_client(create_app(settings)) as http:
-        await sign_up(http, "partner")
-        observer = BcryptObserver()
-        with observing_worker_threads(observer):
+    observer = BcryptObserver()
+    with observing_new_threads(observer):
+        async with running_client(create_app(settings)) as http:
+            await sign_up(http, "partner")
+            observer.reset()  # the start-up decoy and the sign-up
             for _ in range(2):
                 response = await http.post(
                     "/partner/token", data=login_form(unique_email("ghost"), "whatever-password")
@@ -290,10 +297,11 @@ async def test_overlong_passwords_are_refused_before_bcrypt(
 ) -> None:
     settings = make_settings(database_url, redis_url, bcrypt_rounds=5)
     too_long = "é" * 37  # 37 characters, 74 bytes: over bcrypt's 72-byte limit
-    async with running_client(create_app(settings)) as http:
-        account = await sign_up(http, "seller")
-        observer = BcryptObserver()
-        with observing_worker_threads(observer):
+    observer = BcryptObserver()
+    with observing_new_threads(observer):
+        async with running_client(create_app(settings)) as http:
+            account = await sign_up(http, "seller")
+            observer.reset()  # the start-up decoy and the sign-up
             signup = await http.post("/seller/signup", json=seller_body(password=too_long))
             partner = await http.post("/partner/signup", json=partner_body(password=too_long))
             login = await http.post("/seller/token", data=login_form(account["email"], too_long))
