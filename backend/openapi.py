@@ -12,7 +12,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
-from backend.db import get_database
+from backend.db import UnitOfWorkRoute, get_database
 from backend.errors import (
     PROBLEM_MEDIA_TYPE,
     PROBLEM_SCHEMA_REF,
@@ -85,10 +85,12 @@ def route_security(dependant: Dependant) -> list[SecurityRequirement]:
     return []
 
 
-def _implied_errors(dependant: Dependant, *, authenticated: bool) -> list[type[DomainError]]:
+def _implied_errors(route: RouteContext, *, authenticated: bool) -> list[type[DomainError]]:
     """Errors a route can answer with, whatever its handler does, given what it depends on."""
     errors: list[type[DomainError]] = list(_AUTH_ERRORS) if authenticated else []
-    for call in _dependency_calls(dependant):
+    if isinstance(route.original_route, UnitOfWorkRoute) and DependencyUnavailable not in errors:
+        errors.append(DependencyUnavailable)  # its unit of work needs PostgreSQL
+    for call in _dependency_calls(route.dependant):
         errors.extend(error for error in _DEPENDENCY_ERRORS.get(call, ()) if error not in errors)
     return errors
 
@@ -121,7 +123,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
     for route in _documented_routes(app):
         security = route_security(route.dependant)
-        errors = _implied_errors(route.dependant, authenticated=bool(security))
+        errors = _implied_errors(route, authenticated=bool(security))
         for method in route.methods or ():
             operation = schema["paths"][route.path_format].get(method.lower())
             if operation is None:

@@ -39,6 +39,7 @@ from backend.accounts.schemas import (
     TokenResponse,
 )
 from backend.accounts.service import AccountService, update_partner
+from backend.db import UnitOfWorkRoute
 from backend.errors import RateLimited, problem_responses
 from backend.pages import page_templates
 from backend.redis_client import RedisDep
@@ -47,8 +48,8 @@ from backend.request_body import NO_REQUEST_BODY
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 templates = page_templates(Path(__file__).parent / "templates")
 
-seller_router = APIRouter(prefix="/seller", tags=["Sellers"])
-partner_router = APIRouter(prefix="/partner", tags=["Partners"])
+seller_router = APIRouter(prefix="/seller", tags=["Sellers"], route_class=UnitOfWorkRoute)
+partner_router = APIRouter(prefix="/partner", tags=["Partners"], route_class=UnitOfWorkRoute)
 
 
 def add_session_routes(

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Query, status
 
 from backend.accounts.dependencies import CurrentSeller, SettingsDep
-from backend.db import DatabaseDep, SessionDep
+from backend.db import DatabaseDep, SessionDep, UnitOfWorkRoute
 from backend.errors import problem_responses
 from backend.notifications.events import (
     SHIPMENT_CANCELLED,
@@ -37,8 +37,10 @@ from backend.notifications.webhooks import UnsafeWebhookUrl
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
 from backend.request_body import NO_REQUEST_BODY
 
-webhooks_router = APIRouter(prefix="/seller/webhooks", tags=["Webhooks"])
-events_router = APIRouter(prefix="/events", tags=["Events"])
+webhooks_router = APIRouter(
+    prefix="/seller/webhooks", tags=["Webhooks"], route_class=UnitOfWorkRoute
+)
+events_router = APIRouter(prefix="/events", tags=["Events"], route_class=UnitOfWorkRoute)
 
 
 async def webhook_service(

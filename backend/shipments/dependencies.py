@@ -1,9 +1,9 @@
 """The shipment routes' dependencies: the caller's shipments, authenticated in the same step.
 
 Each route resolves one dependency that checks the bearer token and builds the service bound to
-the caller. Resolving a dependency has a cost of its own (about a tenth of a read for each one
-the read route dropped, measured with callgrind in bench/README.md), so the hot routes keep to
-this one and the request's unit of work.
+the caller, on the request's unit of work (the routers' `UnitOfWorkRoute`). Resolving a
+dependency has a cost of its own (each one the read route dropped saved 4-10% of its
+instructions, bench/README.md), so the hot routes keep to this one.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 
 from backend.accounts.dependencies import authenticate
 from backend.accounts.models import AccountKind, Caller
-from backend.db import Database, DatabaseDep, SessionDep
+from backend.db import Database, SessionDep, database_of
 from backend.openapi import PARTNER_AUTH, SELLER_AUTH, requires_auth
 from backend.shipments.public import PublicTracking
 from backend.shipments.service import ShipmentService
@@ -35,21 +35,25 @@ def _service(request: Request, database: Database, caller: Caller) -> ShipmentSe
     )
 
 
+async def _callers_service(request: Request, kind: AccountKind | None) -> ShipmentService:
+    database = database_of(request)
+    return _service(request, database, await authenticate(request, database, kind))
+
+
 @requires_auth(SELLER_AUTH, PARTNER_AUTH)
-async def callers_shipments(request: Request, database: DatabaseDep) -> ShipmentService:
+async def callers_shipments(request: Request) -> ShipmentService:
     """A seller's own shipments, or those assigned to the calling partner."""
-    return _service(request, database, await authenticate(request, database))
+    return await _callers_service(request, None)
 
 
 @requires_auth(SELLER_AUTH)
-async def sellers_shipments(request: Request, database: DatabaseDep) -> ShipmentService:
-    return _service(request, database, await authenticate(request, database, AccountKind.seller))
+async def sellers_shipments(request: Request) -> ShipmentService:
+    return await _callers_service(request, AccountKind.seller)
 
 
 @requires_auth(PARTNER_AUTH)
-async def partners_shipments(request: Request, database: DatabaseDep) -> ShipmentService:
-    caller = await authenticate(request, database, AccountKind.partner)
-    return _service(request, database, caller)
+async def partners_shipments(request: Request) -> ShipmentService:
+    return await _callers_service(request, AccountKind.partner)
 
 
 async def public_tracking(session: SessionDep, request: Request) -> PublicTracking:

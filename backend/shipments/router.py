@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
+from backend.db import UnitOfWorkRoute
 from backend.errors import problem_responses
 from backend.notifications.live import SSE_RESPONSES, LastEventId, stream_response
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
@@ -33,7 +34,7 @@ from backend.shipments.schemas import (
 )
 from backend.shipments.status import STATUS_MACHINE_DOC, ShipmentStatus
 
-router = APIRouter(prefix="/shipments", tags=["Shipments"])
+router = APIRouter(prefix="/shipments", tags=["Shipments"], route_class=UnitOfWorkRoute)
 
 IdempotencyKey = Annotated[
     str | None,

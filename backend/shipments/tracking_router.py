@@ -15,7 +15,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from backend.accounts.errors import InvalidLinkToken
-from backend.db import utcnow
+from backend.db import UnitOfWorkRoute, utcnow
 from backend.errors import problem_responses
 from backend.notifications.live import SSE_RESPONSES, LastEventId, stream_response
 from backend.pages import page_templates
@@ -28,7 +28,7 @@ from backend.shipments.errors import (
 from backend.shipments.schemas import ReviewCreate, ReviewRead, TrackingView
 from backend.shipments.status import PROGRESS_STEPS, TERMINAL, ShipmentStatus
 
-router = APIRouter(tags=["Public tracking"])
+router = APIRouter(tags=["Public tracking"], route_class=UnitOfWorkRoute)
 templates = page_templates(Path(__file__).parent / "templates")
 
 TRACKING_NUMBER_FORMAT = re.compile(r"[A-Za-z0-9]{6,20}")
