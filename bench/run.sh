@@ -2,7 +2,8 @@
 # Shiptrack benchmark: the API and the floor app (bench/floor.py) side by side, in one run.
 # Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth), Redis on 127.0.0.1:6379 (db 9
 # is flushed), and wrk. Run from the repository root: `make bench` or `bash bench/run.sh`.
-# Knobs: DURATION (10s), THREADS (2), CONNECTIONS (32), SHIPMENTS (20).
+# Knobs: DURATION (10s), THREADS (2), CONNECTIONS (32), SHIPMENTS (20); KEEP=1 keeps the data
+# for bench/profile.py.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -29,6 +30,11 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "${KEEP:-}" ]; then
+        # For bench/profile.py: the database, Redis and the seeded files stay.
+        echo "kept $DB and $WORK: source $WORK/env, then python bench/profile.py api read"
+        return
+    fi
     psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
     redis-cli -u "$REDIS_URL" flushdb >/dev/null 2>&1 || true
     rm -rf "$WORK"
@@ -76,6 +82,11 @@ wait_up "http://127.0.0.1:$FLOOR_PORT/shipments" "$FLOOR_PID" || { cat "$WORK/fl
 API_SERVER=$API_PID
 
 "$BIN/python" bench/seed.py "http://127.0.0.1:$API_PORT" "$WORK" "$SHIPMENTS"
+cat >"$WORK/env" <<ENV
+export BENCH_WORK=$WORK DATABASE_URL=$DATABASE_URL REDIS_URL=$REDIS_URL ENVIRONMENT=dev
+export JWT_SECRET_KEY=$JWT_SECRET_KEY LOG_LEVEL=WARNING PASSWORD_HASH_CONCURRENCY=$PASSWORD_HASH_CONCURRENCY
+export FLOOR_DATABASE_URL=$DATABASE_URL FLOOR_REDIS_URL=$REDIS_URL FLOOR_SQL=$WORK/floor_sql.json
+ENV
 echo "seeded $SHIPMENTS shipments x 10 events (and 100 to update) into $DB"
 
 RESULTS="$WORK/results.md"
