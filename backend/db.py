@@ -162,7 +162,8 @@ AfterCommit = Callable[[], Awaitable[None]]
 
 
 class Database:
-    """One request's unit of work: one pooled connection and one transaction on it.
+    """One request's unit of work: one pooled connection and one transaction on it (or, after
+    `commit_and_release`, one and then another).
 
     The connection is taken from the pool at the first statement, so a request refused before
     it reaches the database (a bad token, an invalid body) never holds one. The transaction is
@@ -275,6 +276,14 @@ class Database:
         """Give the connection back to the pool."""
         if self._connection is not None:
             await self._connection.close()
+
+    async def commit_and_release(self) -> None:
+        """Commit now and give the connection back, before slow work that needs no database
+        (a password hash): held across it, the connection would sit idle in a transaction while
+        other requests wait for one. A later statement takes a connection and begins anew."""
+        await self.commit()
+        await self.release()
+        self._connection = self._driver = self._session = None
 
     async def run_after_commit(self) -> None:
         for action in self._after_commit:

@@ -15,7 +15,7 @@ from backend.accounts.repository import AccountRepository, AccountT, caller_row
 from backend.accounts.service import AccountService, LoginLimits
 from backend.accounts.tokens import AccessClaims, LinkTokens, RevocationList, TokenCodec
 from backend.config import Settings
-from backend.db import Database, DatabaseDep, SessionDep
+from backend.db import Database, DatabaseDep
 from backend.errors import Unauthorized
 from backend.openapi import PARTNER_AUTH, SELLER_AUTH, requires_auth
 from backend.rate_limit import FixedWindowLimiter
@@ -91,16 +91,16 @@ def _still_valid(account: AccountT | None, claims: AccessClaims) -> AccountT:
 
 
 @requires_auth(SELLER_AUTH)
-async def current_seller(claims: AccessClaimsDep, session: SessionDep) -> Seller:
+async def current_seller(claims: AccessClaimsDep, database: DatabaseDep) -> Seller:
     _require_kind(claims, AccountKind.seller)
-    seller = await AccountRepository(session, Seller).get(claims.account_id)
+    seller = await AccountRepository(database, Seller).get(claims.account_id)
     return _still_valid(seller, claims)
 
 
 @requires_auth(PARTNER_AUTH)
-async def current_partner(claims: AccessClaimsDep, session: SessionDep) -> Partner:
+async def current_partner(claims: AccessClaimsDep, database: DatabaseDep) -> Partner:
     _require_kind(claims, AccountKind.partner)
-    partner = await AccountRepository(session, Partner).get(claims.account_id)
+    partner = await AccountRepository(database, Partner).get(claims.account_id)
     return _still_valid(partner, claims)
 
 
@@ -144,24 +144,24 @@ AccountEmailsDep = Annotated[AccountEmails, Depends(account_emails)]
 
 
 async def seller_service(
-    session: SessionDep,
+    database: DatabaseDep,
     hasher: PasswordHasherDep,
     codec: TokenCodecDep,
     revocations: RevocationsDep,
     emails: AccountEmailsDep,
 ) -> AccountService[Seller]:
-    repository = AccountRepository(session, Seller)
+    repository = AccountRepository(database, Seller)
     return AccountService(AccountKind.seller, repository, hasher, codec, revocations, emails)
 
 
 async def partner_service(
-    session: SessionDep,
+    database: DatabaseDep,
     hasher: PasswordHasherDep,
     codec: TokenCodecDep,
     revocations: RevocationsDep,
     emails: AccountEmailsDep,
 ) -> AccountService[Partner]:
-    repository = AccountRepository(session, Partner)
+    repository = AccountRepository(database, Partner)
     return AccountService(AccountKind.partner, repository, hasher, codec, revocations, emails)
 
 
@@ -169,8 +169,8 @@ SellerServiceDep = Annotated[AccountService[Seller], Depends(seller_service)]
 PartnerServiceDep = Annotated[AccountService[Partner], Depends(partner_service)]
 
 
-async def partner_repository(session: SessionDep) -> AccountRepository[Partner]:
-    return AccountRepository(session, Partner)
+async def partner_repository(database: DatabaseDep) -> AccountRepository[Partner]:
+    return AccountRepository(database, Partner)
 
 
 PartnerRepositoryDep = Annotated[AccountRepository[Partner], Depends(partner_repository)]

@@ -8,7 +8,6 @@ from typing import Generic, TypeVar
 from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import select
 
 from backend.accounts.models import AccountKind, Partner, Seller
@@ -44,30 +43,40 @@ class DuplicateEmail(Exception):
 
 
 class AccountRepository(Generic[AccountT]):
-    def __init__(self, session: AsyncSession, model: type[AccountT]) -> None:
-        self._session = session
+    """Accounts as ORM entities, in the request's unit of work.
+
+    The unit's connection is taken at the first query, not when the repository is made, so
+    work before it (a password hash, a rate-limit check) holds no pooled connection.
+    """
+
+    def __init__(self, database: Database, model: type[AccountT]) -> None:
+        self._database = database
         self._model = model
 
     async def get(self, account_id: uuid.UUID) -> AccountT | None:
         """One primary-key lookup, no relationships."""
-        return await self._session.get(self._model, account_id)
+        session = await self._database.session()
+        return await session.get(self._model, account_id)
 
     async def lock(self, account_id: uuid.UUID) -> AccountT | None:
         """The account, locked until the transaction ends."""
         statement = select(self._model).where(self._model.id == account_id).with_for_update()
-        return (await self._session.execute(statement)).scalars().first()
+        session = await self._database.session()
+        return (await session.execute(statement)).scalars().first()
 
     async def get_by_email(self, email: str) -> AccountT | None:
         statement = select(self._model).where(self._model.email == email.lower())
-        return (await self._session.execute(statement)).scalars().first()
+        session = await self._database.session()
+        return (await session.execute(statement)).scalars().first()
 
     async def add(self, account: AccountT) -> AccountT:
         """Insert; raises `DuplicateEmail` when the unique email constraint refuses it."""
-        self._session.add(account)
+        session = await self._database.session()
+        session.add(account)
         try:
             # A savepoint, so a refused insert leaves the request's transaction usable.
-            async with self._session.begin_nested():
-                await self._session.flush()
+            async with session.begin_nested():
+                await session.flush()
         except IntegrityError as error:
             if violated_constraint(error) == f"uq_{self._model.__tablename__}_email":
                 raise DuplicateEmail() from None
@@ -75,4 +84,12 @@ class AccountRepository(Generic[AccountT]):
         return account
 
     async def flush(self) -> None:
-        await self._session.flush()
+        session = await self._database.session()
+        await session.flush()
+
+    async def release_connection(self) -> None:
+        """End the transaction and give the connection back before slow work that needs none.
+
+        Accounts already loaded stay readable; a later query begins a new transaction.
+        """
+        await self._database.commit_and_release()

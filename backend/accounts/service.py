@@ -100,6 +100,7 @@ class AccountService(Generic[AccountT]):
         await limits.per_ip.hit(client_ip)
         await limits.per_account.hit(email)
         account = await self._accounts.get_by_email(email)
+        await self._accounts.release_connection()  # not held while the hash waits and runs
         password_hash = account.password_hash if account else None
         if not await self._hasher.verify(password, password_hash) or account is None:
             raise InvalidCredentials()

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend.accounts.passwords import HASHING_NICENESS
 from backend.main import create_app
 from tests.conftest import make_settings, running_client
-from tests.factories import PASSWORD, partner_body, seller_body, sign_up, unique_email
+from tests.factories import PASSWORD, log_in, partner_body, seller_body, sign_up, unique_email
 
 _VERIFY_CODE = CryptContext.verify.__code__
 _HASH_CODE = CryptContext.hash.__code__
@@ -184,6 +184,41 @@ async def test_signup_hashing_runs_off_the_event_loop(database_url: str, redis_u
     hashes = observer.of_kind("hash")
     assert len(hashes) == 1
     assert hashes[0].thread_id != threading.get_ident()
+
+
+async def test_logins_waiting_for_a_hash_hold_no_database_connection(
+    database_url: str, redis_url: str
+) -> None:
+    """A burst of logins queues for the hashing thread; a pool of one connection still serves
+    a read at once, so the logins hold none while they wait for bcrypt or run it."""
+    settings = make_settings(
+        database_url,
+        redis_url,
+        bcrypt_rounds=12,
+        password_hash_concurrency=1,
+        db_pool_size=1,
+        db_max_overflow=0,
+        db_pool_timeout_seconds=0.2,  # well under one cost-12 hash
+    )
+    observer = BcryptObserver()
+    with observing_new_threads(observer):
+        async with running_client(create_app(settings)) as http:
+            account = await sign_up(http, "seller")
+            token = await log_in(http, "seller", account["email"])
+            observer.reset()
+            logins = [
+                asyncio.create_task(http.post("/seller/token", data=login_form(account["email"])))
+                for _ in range(3)
+            ]
+            await wait_until_bcrypt_runs(observer, logins[0])
+            read = await http.get("/shipments", headers={"Authorization": f"Bearer {token}"})
+            logins_still_running = sum(not login.done() for login in logins)
+            answers = await asyncio.gather(*logins)
+
+    assert read.status_code == 200, read.text
+    # Three cost-12 hashes one after another: at least two were still queued or running.
+    assert logins_still_running >= 2
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
 
 
 async def test_passwords_are_stored_as_cost_12_bcrypt_hashes(
