@@ -126,6 +126,9 @@ def _is_database_outage(exc: Exception) -> bool:
         "ConnectionDoesNotExistError",
         "ConnectionFailureError",
         "InterfaceError",
+        # A connection still busy with the server's "terminating connection" message when the
+        # next statement came (asyncpg notices the hang-up a loop turn later).
+        "InternalClientError",
         "CannotConnectNowError",
         "QueryCanceledError",
         "AdminShutdownError",
@@ -219,6 +222,7 @@ def install_error_handlers(app: FastAPI) -> None:
     # client-side deadline (command_timeout) raises TimeoutError, an OSError (below).
     app.add_exception_handler(asyncpg.PostgresError, handle_database_error)
     app.add_exception_handler(asyncpg.InterfaceError, handle_database_error)
+    app.add_exception_handler(asyncpg.InternalClientError, handle_database_error)
     app.add_exception_handler(OSError, handle_network_error)
     # Any Redis failure (unreachable, full, read-only after a failover): fail closed with 503.
     app.add_exception_handler(RedisError, handle_redis_error)

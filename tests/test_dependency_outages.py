@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 
 import httpx
-from sqlalchemy import text
+from fastapi import APIRouter, Request
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend.config import Settings
+from backend.db import Statement, UnitOfWorkRoute, database_of
 from backend.main import create_app
 from tests.conftest import OwnedRedis, make_settings, running_client
 from tests.factories import PASSWORD, bearer, log_in, seller_body, sign_up
@@ -160,15 +165,20 @@ async def test_requests_without_credentials_still_get_401_when_redis_is_down(
     assert response.headers["www-authenticate"] == "Bearer"
 
 
-async def test_postgres_outage_gives_503_never_500(redis_url: str) -> None:
+def unreachable_database_settings(redis_url: str, **overrides: object) -> Settings:
+    """Settings whose PostgreSQL refuses every connection, with short deadlines."""
     dead_database = f"postgresql+asyncpg://postgres@127.0.0.1:{unused_tcp_port()}/shiptrack"
-    settings = make_settings(
+    return make_settings(
         dead_database,
         redis_url,
         db_connect_timeout_seconds=1.0,
         db_pool_timeout_seconds=1.0,
-        health_check_timeout_seconds=1.0,
+        **overrides,
     )
+
+
+async def test_postgres_outage_gives_503_never_500(redis_url: str) -> None:
+    settings = unreachable_database_settings(redis_url, health_check_timeout_seconds=1.0)
     async with running_client(create_app(settings)) as http:
         signup = await http.post("/seller/signup", json=seller_body())
         login = await http.post(
@@ -189,16 +199,25 @@ async def test_postgres_outage_gives_503_never_500(redis_url: str) -> None:
     assert live.status_code == 200
 
 
+async def test_logins_refused_by_a_postgres_outage_spend_no_attempts(redis_url: str) -> None:
+    """A user retrying through an outage is not locked out once the database is back."""
+    settings = unreachable_database_settings(
+        redis_url, token_attempts_per_account=2, token_attempts_per_ip=2
+    )
+    form = {"username": "someone@example.com", "password": PASSWORD}
+    async with running_client(create_app(settings)) as http:
+        responses = [await http.post("/seller/token", data=form) for _ in range(4)]
+    for response in responses:
+        assert_unavailable(response)  # never 429
+
+
 async def test_postgres_outage_with_a_valid_token_gives_503(
     client: httpx.AsyncClient, redis_url: str
 ) -> None:
     # A token issued by a healthy replica, presented to one whose database is unreachable.
     account = await sign_up(client, "seller")
     headers = bearer(await log_in(client, "seller", account["email"]))
-    dead_database = f"postgresql+asyncpg://postgres@127.0.0.1:{unused_tcp_port()}/shiptrack"
-    settings = make_settings(
-        dead_database, redis_url, db_connect_timeout_seconds=1.0, db_pool_timeout_seconds=1.0
-    )
+    settings = unreachable_database_settings(redis_url)
     async with running_client(create_app(settings)) as http:
         response = await http.get("/seller/me", headers=headers)
     assert_unavailable(response)
@@ -253,3 +272,37 @@ async def test_pooled_connections_closed_by_postgres_are_replaced_unseen(
             assert response.status_code == 200, response.text
         async with app.state.engine.connect() as pooled:
             assert (await pooled.execute(text("SELECT pg_backend_pid()"))).scalar_one() != pid
+
+
+async def test_a_server_hang_up_between_statements_answers_503(
+    database_url: str, redis_url: str, db_engine: AsyncEngine
+) -> None:
+    """PostgreSQL ends a session (a fast restart, `pg_terminate_backend`) while a request is
+    between two statements of its transaction. Its "terminating connection" message can reach
+    asyncpg a loop turn before the hang-up does; the next statement then meets a connection
+    still busy with that message. The request gets a 503, and the next one a new connection.
+    """
+    settings = make_settings(database_url, redis_url, db_pool_size=1, db_max_overflow=0)
+    app = create_app(settings)
+    backend_pid = Statement(select(func.pg_backend_pid()))
+
+    async def hung_up_on(request: Request) -> dict[str, int]:
+        database = database_of(request)
+        pid = await database.fetch_value(backend_pid)
+        async with db_engine.connect() as admin:
+            await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        # The loop stands still while the message and the hang-up both arrive; the next turn
+        # reads the message, and this request runs before asyncpg handles the hang-up.
+        time.sleep(0.5)  # noqa: ASYNC251 - blocking the loop is the point
+        await asyncio.sleep(0)
+        return {"pid": pid}
+
+    router = APIRouter(route_class=UnitOfWorkRoute)
+    router.add_api_route("/test/hung-up-on", hung_up_on)
+    app.include_router(router)
+    async with running_client(app) as http:
+        account = await sign_up(http, "seller")
+        headers = bearer(await log_in(http, "seller", account["email"]))
+        assert_unavailable(await http.get("/test/hung-up-on"))
+        response = await http.get("/shipments", headers=headers)
+        assert response.status_code == 200, response.text

@@ -99,7 +99,13 @@ class AccountService(Generic[AccountT]):
         # Limits are checked before hashing: a flood must not buy CPU time.
         await limits.per_ip.hit(client_ip)
         await limits.per_account.hit(email)
-        account = await self._accounts.get_by_email(email)
+        try:
+            account = await self._accounts.get_by_email(email)
+        except Exception:
+            # The database could not answer (a 503): an attempt nobody could check is not one.
+            await limits.per_account.give_back(email)
+            await limits.per_ip.give_back(client_ip)
+            raise
         await self._accounts.release_connection()  # not held while the hash waits and runs
         password_hash = account.password_hash if account else None
         if not await self._hasher.verify(password, password_hash) or account is None:
