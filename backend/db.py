@@ -163,7 +163,7 @@ AfterCommit = Callable[[], Awaitable[None]]
 
 class Database:
     """One request's unit of work: one pooled connection and one transaction on it (or, after
-    `commit_and_release`, one and then another).
+    `release_after_reading`, one and then another).
 
     The connection is taken from the pool at the first statement, so a request refused before
     it reaches the database (a bad token, an invalid body) never holds one. The transaction is
@@ -277,11 +277,18 @@ class Database:
         if self._connection is not None:
             await self._connection.close()
 
-    async def commit_and_release(self) -> None:
-        """Commit now and give the connection back, before slow work that needs no database
-        (a password hash): held across it, the connection would sit idle in a transaction while
-        other requests wait for one. A later statement takes a connection and begins anew."""
-        await self.commit()
+    async def release_after_reading(self) -> None:
+        """End a unit that has only read so far and give its connection back, before slow work
+        that needs no database (a password hash): held across it, the connection would sit idle
+        in a transaction while other requests wait for one.
+
+        Entities loaded so far stay readable but are detached: a change to one is not saved. A
+        later statement takes a connection and begins a new transaction.
+        """
+        session = self._session
+        if self._after_commit or (session and (session.new or session.dirty or session.deleted)):
+            raise RuntimeError("release_after_reading() would drop this unit's changes")
+        await self.rollback()  # only reads to end: the same as a commit, and never a partial one
         await self.release()
         self._connection = self._driver = self._session = None
 
@@ -335,7 +342,9 @@ class UnitOfWorkRoute(APIRoute):
 
 def database_of(request: Request) -> Database:
     """The unit of work of a request served by a `UnitOfWorkRoute`."""
-    database: Database = request.state.database
+    database: Database | None = getattr(request.state, "database", None)
+    if database is None:
+        raise RuntimeError(f"{request.url.path} uses the database but is not a UnitOfWorkRoute")
     return database
 
 

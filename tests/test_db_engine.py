@@ -8,12 +8,14 @@ import logging
 
 import pytest
 from fastapi import Request
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
+from backend.accounts.models import Seller
 from backend.config import Settings
-from backend.db import create_engine
+from backend.db import Statement, create_engine, unit_of_work
 from backend.error_handlers import handle_database_error, handle_unexpected_error
 
 SECRET = "grace-hopper-secret-phone-5550100"
@@ -95,3 +97,40 @@ async def test_a_deadlock_victim_is_told_to_retry_not_given_a_500(
     problem = json.loads(bytes(response.body))
     assert problem["code"] == "service_unavailable"
     assert "send it again" in problem["detail"]
+
+
+async def test_a_unit_gives_its_connection_back_after_reading_and_only_then(
+    settings: Settings,
+) -> None:
+    """What a login does before bcrypt: the unit's reads end and its connection goes back to
+    the pool; it refuses when that would drop a change."""
+    assert settings.database_url is not None
+    engine = create_engine(settings, settings.database_url)
+    backend_pid = Statement(select(func.pg_backend_pid()))
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+
+    async def nothing() -> None:
+        return None
+
+    try:
+        async with unit_of_work(engine) as database:
+            await database.fetch_value(backend_pid)
+            await database.release_after_reading()
+            assert pool.checkedout() == 0
+            # A later statement takes a connection again, in a transaction of its own.
+            assert isinstance(await database.fetch_value(backend_pid), int)
+            assert pool.checkedout() == 1
+
+            session = await database.session()
+            unsaved = Seller(name="-", email="unsaved@example.com", password_hash="-", zip_code="-")
+            session.add(unsaved)
+            with pytest.raises(RuntimeError):
+                await database.release_after_reading()
+            session.expunge_all()  # the unit ends without writing it
+
+            database.after_commit(nothing)
+            with pytest.raises(RuntimeError):
+                await database.release_after_reading()
+    finally:
+        await engine.dispose()

@@ -88,8 +88,7 @@ class AccountRepository(Generic[AccountT]):
         await session.flush()
 
     async def release_connection(self) -> None:
-        """End the transaction and give the connection back before slow work that needs none.
-
-        Accounts already loaded stay readable; a later query begins a new transaction.
-        """
-        await self._database.commit_and_release()
+        """After reads only: end the transaction and give the connection back before slow work
+        that needs none. Accounts already loaded stay readable, but a change to one is not
+        saved; a later query begins a new transaction."""
+        await self._database.release_after_reading()
