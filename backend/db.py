@@ -127,7 +127,7 @@ class Statement:
     decodes (a status is a plain string, JSONB a parsed value).
     """
 
-    __slots__ = ("parameters", "sql")
+    __slots__ = ("_given", "changes_data", "parameters", "sql")
 
     def __init__(self, statement: ClauseElement) -> None:
         compiled = statement.compile(dialect=_ASYNCPG)
@@ -139,6 +139,9 @@ class Statement:
             names = ", ".join(column.name for column in computed)
             raise ValueError(f"give {names} a value in the statement: {compiled}")
         self.sql = str(compiled)
+        if "POSTCOMPILE" in self.sql:
+            # An `in_()` list, which SQLAlchemy expands at each execution: use `= any(:list)`.
+            raise ValueError(f"expanding parameters need SQLAlchemy at execution: {compiled}")
         # In `$n` order: (name, given by the caller?, value fixed in the statement). Literals
         # written into a statement, such as `hashtextextended(:key, 0)`, are parameters too.
         self.parameters = tuple(
@@ -146,9 +149,17 @@ class Statement:
             for name in compiled.positiontup or ()
             for bind in [compiled.binds[name]]
         )
+        self._given = len({name for name, given, _ in self.parameters if given})
+        # Whether running it writes: `release_after_reading` must not drop such work.
+        self.changes_data = bool(compiled.isinsert or compiled.isupdate or compiled.isdelete)
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
         """The values for `$1, $2, ...`: the caller's by name, and the statement's literals."""
+        if len(params) != self._given:
+            # A name the statement does not take (a typo, or a value the statement fixes
+            # itself) would otherwise be ignored without a word.
+            expected = sorted({name for name, given, _ in self.parameters if given})
+            raise TypeError(f"expected the parameters {expected}, got {sorted(params)}")
         return [params[name] if given else literal for name, given, literal in self.parameters]
 
 
@@ -179,34 +190,43 @@ class Database:
         self._transaction: Any = None
         self._session: AsyncSession | None = None
         self._after_commit: list[AfterCommit] = []
+        self._changed = False  # something was written or locked in the current transaction
+        self._beginning = False
+        self._ended = False
 
     # --- statements --------------------------------------------------------------------
 
     async def fetch_one(self, statement: Statement, /, **params: Any) -> Record | None:
         driver = self._driver or await self._begin()
+        self._changed |= statement.changes_data
         row: Record | None = await driver.fetchrow(statement.sql, *statement.arguments(params))
         return row
 
     async def fetch_all(self, statement: Statement, /, **params: Any) -> list[Record]:
         driver = self._driver or await self._begin()
+        self._changed |= statement.changes_data
         rows: list[Record] = await driver.fetch(statement.sql, *statement.arguments(params))
         return rows
 
     async def fetch_value(self, statement: Statement, /, **params: Any) -> Any:
         driver = self._driver or await self._begin()
+        self._changed |= statement.changes_data
         return await driver.fetchval(statement.sql, *statement.arguments(params))
 
     async def execute(self, statement: Statement, /, **params: Any) -> None:
         driver = self._driver or await self._begin()
+        self._changed = True  # a write, or a lock (`pg_advisory_xact_lock`)
         await driver.execute(statement.sql, *statement.arguments(params))
 
     async def execute_many(self, statement: Statement, rows: Iterable[Mapping[str, Any]]) -> None:
         driver = self._driver or await self._begin()
+        self._changed = True
         await driver.executemany(statement.sql, [statement.arguments(row) for row in rows])
 
     async def savepoint(self) -> Any:
         """A nested transaction (SAVEPOINT): `start()`, then `commit()` or `rollback()`."""
         driver = self._driver or await self._begin()
+        self._changed = True
         return driver.transaction()
 
     async def session(self) -> AsyncSession:
@@ -219,7 +239,11 @@ class Database:
             self._session = AsyncSession(
                 bind=self._connection, expire_on_commit=False, autoflush=False
             )
+            event.listen(self._session.sync_session, "after_flush", self._note_flush)
         return self._session
+
+    def _note_flush(self, *_: object) -> None:
+        self._changed = True
 
     def after_commit(self, action: AfterCommit) -> None:
         """Run `action` once this unit has committed (never if it rolls back).
@@ -232,15 +256,25 @@ class Database:
     # --- the transaction, for unit_of_work ------------------------------------------------
 
     async def _begin(self) -> Any:
-        connection = await self._engine.connect()
-        self._connection = connection
-        pooled = connection.sync_connection
-        assert pooled is not None  # a connected AsyncConnection
-        # The asyncpg connection under SQLAlchemy's: an attribute read, no round trip.
-        driver: Any = pooled.connection.driver_connection
-        transaction = driver.transaction()
-        await transaction.start()
+        if self._ended:
+            raise RuntimeError("this unit of work has ended")
+        if self._beginning:
+            # Two statements at once would each take a connection, and one would be lost.
+            raise RuntimeError("a unit of work runs one statement at a time")
+        self._beginning = True
+        try:
+            connection = await self._engine.connect()
+            self._connection = connection
+            pooled = connection.sync_connection
+            assert pooled is not None  # a connected AsyncConnection
+            # The asyncpg connection under SQLAlchemy's: an attribute read, no round trip.
+            driver: Any = pooled.connection.driver_connection
+            transaction = driver.transaction()
+            await transaction.start()
+        finally:
+            self._beginning = False
         self._driver, self._transaction = driver, transaction
+        self._changed = False
         return driver
 
     async def commit(self) -> None:
@@ -273,9 +307,15 @@ class Database:
             raise
 
     async def release(self) -> None:
-        """Give the connection back to the pool."""
-        if self._connection is not None:
-            await self._connection.close()
+        """Give the connection back to the pool; the unit is over and runs nothing more."""
+        self._ended = True
+        await self._give_back()
+
+    async def _give_back(self) -> None:
+        connection = self._connection
+        self._connection = self._driver = self._transaction = self._session = None
+        if connection is not None:
+            await connection.close()
 
     async def release_after_reading(self) -> None:
         """End a unit that has only read so far and give its connection back, before slow work
@@ -286,11 +326,11 @@ class Database:
         later statement takes a connection and begins a new transaction.
         """
         session = self._session
-        if self._after_commit or (session and (session.new or session.dirty or session.deleted)):
+        pending = session is not None and bool(session.new or session.dirty or session.deleted)
+        if self._changed or pending or self._after_commit:
             raise RuntimeError("release_after_reading() would drop this unit's changes")
         await self.rollback()  # only reads to end: the same as a commit, and never a partial one
-        await self.release()
-        self._connection = self._driver = self._session = None
+        await self._give_back()
 
     async def run_after_commit(self) -> None:
         for action in self._after_commit:

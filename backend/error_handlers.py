@@ -117,27 +117,31 @@ def _driver_errors(exc: Exception) -> list[BaseException]:
     return [exc]
 
 
+# PostgreSQL ended or refused the session: connection exceptions (class 08), an operator or
+# a restart (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now, 57P04
+# database dropped, 57P05 idle session timeout), a statement or idle-in-transaction deadline
+# (57014, 25P03), or no connection slot left (53300).
+_OUTAGE_SQLSTATES = {"57P01", "57P02", "57P03", "57P04", "57P05", "57014", "25P03", "53300"}
+# Failures on the client's side of the connection, which carry no SQLSTATE.
+_CLIENT_SIDE_OUTAGES = {
+    "InterfaceError",
+    # A connection still busy with the server's "terminating connection" message when the
+    # next statement came (asyncpg notices the hang-up a loop turn later).
+    "InternalClientError",
+    "TimeoutError",
+    "ConnectionRefusedError",
+    "OSError",
+}
+
+
 def _is_database_outage(exc: Exception) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    # asyncpg's connection errors, timeouts and server-side cancellations (statement_timeout).
+    sqlstate = _sqlstate(exc)
+    if sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _OUTAGE_SQLSTATES):
+        return True
     names = {type(error).__name__ for error in _driver_errors(exc)}
-    outage_names = {
-        "ConnectionDoesNotExistError",
-        "ConnectionFailureError",
-        "InterfaceError",
-        # A connection still busy with the server's "terminating connection" message when the
-        # next statement came (asyncpg notices the hang-up a loop turn later).
-        "InternalClientError",
-        "CannotConnectNowError",
-        "QueryCanceledError",
-        "AdminShutdownError",
-        "TooManyConnectionsError",
-        "TimeoutError",
-        "ConnectionRefusedError",
-        "OSError",
-    }
-    return bool(names & outage_names)
+    return bool(names & _CLIENT_SIDE_OUTAGES)
 
 
 # PostgreSQL rolled the transaction back to settle a conflict with a concurrent one: nothing

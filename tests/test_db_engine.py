@@ -6,16 +6,17 @@ import asyncio
 import json
 import logging
 
+import asyncpg
 import pytest
 from fastapi import Request
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from backend.accounts.models import Seller
 from backend.config import Settings
-from backend.db import Statement, create_engine, unit_of_work
+from backend.db import Statement, create_engine, table_of, unit_of_work
 from backend.error_handlers import handle_database_error, handle_unexpected_error
 
 SECRET = "grace-hopper-secret-phone-5550100"
@@ -132,5 +133,92 @@ async def test_a_unit_gives_its_connection_back_after_reading_and_only_then(
             database.after_commit(nothing)
             with pytest.raises(RuntimeError):
                 await database.release_after_reading()
+
+        async with unit_of_work(engine) as database:
+            # A raw write or lock ends up in the transaction too: it is not thrown away either.
+            await database.execute(Statement(select(func.pg_advisory_xact_lock(42))))
+            with pytest.raises(RuntimeError):
+                await database.release_after_reading()
     finally:
         await engine.dispose()
+
+
+async def test_a_unit_of_work_runs_nothing_once_ended_or_two_statements_at_once(
+    settings: Settings,
+) -> None:
+    assert settings.database_url is not None
+    engine = create_engine(settings, settings.database_url)
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    backend_pid = Statement(select(func.pg_backend_pid()))
+    try:
+        async with unit_of_work(engine) as ended:
+            await ended.fetch_value(backend_pid)
+        # Its connection is back in the pool, maybe serving another request by now.
+        with pytest.raises(RuntimeError, match="ended"):
+            await ended.fetch_value(backend_pid)
+
+        async with unit_of_work(engine) as database:
+            outcomes = await asyncio.gather(
+                database.fetch_value(backend_pid),
+                database.fetch_value(backend_pid),
+                return_exceptions=True,
+            )
+        assert isinstance(outcomes[0], int)
+        assert isinstance(outcomes[1], RuntimeError)
+        assert pool.checkedout() == 0  # no connection left behind
+    finally:
+        await engine.dispose()
+
+
+def test_a_statement_refuses_what_it_would_get_wrong() -> None:
+    sellers = table_of(Seller)
+    # An IN list is expanded by SQLAlchemy at each execution, which the driver would not do.
+    with pytest.raises(ValueError, match="expanding"):
+        Statement(select(sellers.c.id).where(sellers.c.email.in_(["a@example.com"])))
+
+    by_email = Statement(select(sellers.c.id).where(sellers.c.email == bindparam("email")))
+    assert by_email.arguments({"email": "a@example.com"}) == ["a@example.com"]
+    # A misspelt name, or a value the statement fixes itself, is not silently ignored.
+    with pytest.raises(TypeError, match="email"):
+        by_email.arguments({"email": "a@example.com", "emial": "b@example.com"})
+    with pytest.raises(KeyError):
+        by_email.arguments({"emial": "a@example.com"})
+    fixed = Statement(select(sellers.c.id).where(sellers.c.email == bindparam("email", "x")))
+    with pytest.raises(TypeError):
+        fixed.arguments({"email": "a@example.com"})
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.AdminShutdownError,  # 57P01, a fast restart
+        asyncpg.exceptions.CrashShutdownError,  # 57P02, another backend crashed
+        asyncpg.exceptions.CannotConnectNowError,  # 57P03, starting up
+        asyncpg.exceptions.DatabaseDroppedError,  # 57P04
+        asyncpg.exceptions.IdleSessionTimeoutError,  # 57P05
+        asyncpg.exceptions.IdleInTransactionSessionTimeoutError,  # 25P03
+        asyncpg.exceptions.QueryCanceledError,  # 57014, statement_timeout
+        asyncpg.exceptions.TooManyConnectionsError,  # 53300
+        asyncpg.exceptions.ConnectionDoesNotExistError,  # 08003
+        asyncpg.exceptions.ProtocolViolationError,  # 08P01
+    ],
+)
+async def test_postgresql_ending_or_refusing_the_session_is_a_503(
+    error: type[asyncpg.PostgresError],
+) -> None:
+    """Raised by asyncpg itself on the request paths, so classified by SQLSTATE."""
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "state": {}})
+    response = await handle_database_error(request, error("the server's message"))
+    assert response.status_code == 503
+    assert json.loads(bytes(response.body))["code"] == "service_unavailable"
+
+
+async def test_a_refused_statement_is_still_a_500(caplog: pytest.LogCaptureFixture) -> None:
+    """A constraint the code should have prevented is a bug, not an outage."""
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "state": {}})
+    with caplog.at_level(logging.ERROR):
+        response = await handle_database_error(
+            request, asyncpg.exceptions.UniqueViolationError("duplicate key")
+        )
+    assert response.status_code == 500
