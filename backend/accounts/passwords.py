@@ -71,5 +71,6 @@ class PasswordHasher:
         await self._decoy()
 
     def close(self) -> None:
-        """Stop the hashing threads once the hashes already queued are done."""
-        self._threads.shutdown(wait=False)
+        """Stop the hashing threads: the hash running finishes, those still queued (for requests
+        that shutdown has already ended) are dropped, so they cannot hold up the exit."""
+        self._threads.shutdown(wait=False, cancel_futures=True)

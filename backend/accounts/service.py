@@ -101,12 +101,12 @@ class AccountService(Generic[AccountT]):
         await limits.per_account.hit(email)
         try:
             account = await self._accounts.get_by_email(email)
+            await self._accounts.release_connection()  # not held while the hash waits and runs
         except Exception:
             # The database could not answer (a 503): an attempt nobody could check is not one.
             await limits.per_account.give_back(email)
             await limits.per_ip.give_back(client_ip)
             raise
-        await self._accounts.release_connection()  # not held while the hash waits and runs
         password_hash = account.password_hash if account else None
         if not await self._hasher.verify(password, password_hash) or account is None:
             raise InvalidCredentials()
