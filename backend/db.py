@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -114,6 +115,12 @@ def violated_constraint(error: IntegrityError) -> str | None:
     return name if isinstance(name, str) else None
 
 
+# A plain SELECT that locks no rows. Anything else (INSERT, UPDATE, DELETE, or a WITH that may
+# hold one of them) counts as a change.
+_READ_ONLY = re.compile(
+    r"\s*SELECT\b(?!.*\bFOR\s+(NO\s+KEY\s+)?(UPDATE|SHARE|KEY\s+SHARE)\b)", re.I | re.S
+)
+
 # asyncpg's flavour of PostgreSQL: `$1` placeholders and the casts asyncpg needs.
 _ASYNCPG = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 
@@ -150,8 +157,9 @@ class Statement:
             for bind in [compiled.binds[name]]
         )
         self._given = len({name for name, given, _ in self.parameters if given})
-        # Whether running it writes: `release_after_reading` must not drop such work.
-        self.changes_data = bool(compiled.isinsert or compiled.isupdate or compiled.isdelete)
+        # Whether running it writes or locks rows, which `release_after_reading` must not drop.
+        # Read from the SQL, so that `text()` statements count as well as Core ones.
+        self.changes_data = _READ_ONLY.match(self.sql) is None
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
         """The values for `$1, $2, ...`: the caller's by name, and the statement's literals."""

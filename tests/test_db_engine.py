@@ -139,6 +139,13 @@ async def test_a_unit_gives_its_connection_back_after_reading_and_only_then(
             await database.execute(Statement(select(func.pg_advisory_xact_lock(42))))
             with pytest.raises(RuntimeError):
                 await database.release_after_reading()
+
+        async with unit_of_work(engine) as database:
+            # Nor is a write fetched for what it returns, written as text (the partner claim).
+            touch = text("UPDATE sellers SET name = name WHERE false RETURNING id")
+            assert await database.fetch_all(Statement(touch)) == []
+            with pytest.raises(RuntimeError):
+                await database.release_after_reading()
     finally:
         await engine.dispose()
 
