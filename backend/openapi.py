@@ -12,7 +12,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
-from backend.db import UnitOfWorkRoute, get_database
+from backend.db import UnitOfWorkRoute
 from backend.errors import (
     PROBLEM_MEDIA_TYPE,
     PROBLEM_SCHEMA_REF,
@@ -54,7 +54,6 @@ _REQUIREMENTS: dict[Callable[..., Any], list[SecurityRequirement]] = {}
 _AUTH_ERRORS: tuple[type[DomainError], ...] = (Unauthorized, Forbidden, DependencyUnavailable)
 # Errors a route can answer with because of a dependency it uses (directly or not).
 _DEPENDENCY_ERRORS: dict[Callable[..., Any], tuple[type[DomainError], ...]] = {
-    get_database: (DependencyUnavailable,),
     get_redis: (DependencyUnavailable,),
     refuse_request_body: (PayloadTooLarge, UnsupportedMediaType),
 }
@@ -89,7 +88,8 @@ def _implied_errors(route: RouteContext, *, authenticated: bool) -> list[type[Do
     """Errors a route can answer with, whatever its handler does, given what it depends on."""
     errors: list[type[DomainError]] = list(_AUTH_ERRORS) if authenticated else []
     if isinstance(route.original_route, UnitOfWorkRoute) and DependencyUnavailable not in errors:
-        errors.append(DependencyUnavailable)  # its unit of work needs PostgreSQL
+        # Its unit of work needs PostgreSQL; only such routes can reach the database.
+        errors.append(DependencyUnavailable)
     for call in _dependency_calls(route.dependant):
         errors.extend(error for error in _DEPENDENCY_ERRORS.get(call, ()) if error not in errors)
     return errors
