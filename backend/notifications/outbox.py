@@ -54,7 +54,7 @@ async def enqueue(
         }
         for message_id, payload in zip(ids, payloads, strict=True)
     ]
-    if len(rows) == 1:
+    if len(rows) == 1:  # the usual case; asyncpg's executemany costs more for a single row
         await database.execute(_QUEUE, **rows[0])
     elif rows:
         await database.execute_many(_QUEUE, rows)

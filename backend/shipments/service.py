@@ -159,11 +159,10 @@ class ShipmentService:
 
     async def create(self, body: ShipmentCreate, idempotency_key: str | None) -> CreatedShipment:
         seller = self._caller
-        now = utcnow()
         if idempotency_key is not None:
             fingerprint = request_fingerprint(body)
             earlier = await self._shipments.claim_idempotency_key(
-                seller.account_id, idempotency_key, fingerprint, now
+                seller.account_id, idempotency_key, fingerprint, utcnow()
             )
             if earlier is not None:
                 if earlier.fingerprint != fingerprint:
@@ -173,6 +172,9 @@ class ShipmentService:
         partner = await self._shipments.claim_partner(body.destination.zip_code)
         if partner is None:
             raise NoPartnerAvailable()
+        # After the waits on the key and the partner's row: the closer to the commit, the less
+        # a keyset page read meanwhile can miss the new shipment.
+        now = utcnow()
         shipment = ShipmentState(
             id=uuid.uuid4(),
             seller_id=seller.account_id,
