@@ -18,11 +18,12 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
+import asyncpg
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy import ClauseElement, MetaData, Table, event
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-from sqlalchemy.exc import DisconnectionError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -87,6 +88,40 @@ def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
     return engine
 
 
+def driver_errors(error: BaseException) -> list[BaseException]:
+    """asyncpg's error: raised as is on the request paths, or wrapped by SQLAlchemy (its DBAPI
+    adapter's error, and asyncpg's beneath that)."""
+    if isinstance(error, DBAPIError):
+        wrapped = error.orig
+        return [e for e in (wrapped, getattr(wrapped, "__cause__", None)) if e]
+    return [error]
+
+
+def leaves_connection_out_of_step(error: BaseException) -> bool:
+    """Whether a connection that raised `error` mid-statement may be out of step with its server.
+
+    PostgreSQL's own error responses (a constraint, statement_timeout, a deadlock) keep the
+    protocol in step: the transaction only has to be rolled back. Anything else, a client-side
+    timeout or a cancellation above all, can leave a command half-sent or unanswered, or asyncpg
+    counting a transaction the server never began: asyncpg marks one open before it sends BEGIN,
+    so after a BEGIN that timed out, the next request's "transaction" would be a savepoint in
+    the stale one and its commit would only release the savepoint (a write answered 201, then
+    lost). Such a connection is closed, never reused; the server rolls back whatever was open.
+    """
+    if not isinstance(error, Exception):
+        return True  # cancelled (asyncio.CancelledError), or the process is exiting
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    for cause in driver_errors(error):
+        if isinstance(cause, asyncpg.PostgresError):
+            sqlstate = getattr(cause, "sqlstate", None)
+            # Class 08 is the connection itself; 57P the server ending the session.
+            return not isinstance(sqlstate, str) or sqlstate.startswith(("08", "57P"))
+        if isinstance(cause, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError):
+            return True  # OSError includes TimeoutError and the socket's own failures
+    return False
+
+
 def _discard_unusable_connection(
     dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
 ) -> None:
@@ -100,7 +135,11 @@ def _discard_unusable_connection(
     within `command_timeout` instead, which answers 503.
     """
     driver = dbapi_connection.driver_connection
-    if driver.is_closed() or driver.is_in_transaction():
+    # `_top_xact`: a transaction asyncpg still counts as open although the server may never
+    # have begun it (see leaves_connection_out_of_step). Connections that saw such a failure
+    # are closed on the spot; this is the last line of defence should one ever come back.
+    stale_transaction = getattr(driver, "_top_xact", None) is not None
+    if driver.is_closed() or driver.is_in_transaction() or stale_transaction:
         raise DisconnectionError("this pooled connection cannot be used again")
 
 
@@ -273,12 +312,14 @@ class Database:
         try:
             connection = await self._engine.connect()
             self._connection = connection
-            pooled = connection.sync_connection
-            assert pooled is not None  # a connected AsyncConnection
-            # The asyncpg connection under SQLAlchemy's: an attribute read, no round trip.
-            driver: Any = pooled.connection.driver_connection
+            driver = _driver_of(connection)
             transaction = driver.transaction()
             await transaction.start()
+        except BaseException as error:
+            # A BEGIN that timed out or was cancelled leaves asyncpg counting a transaction.
+            if leaves_connection_out_of_step(error):
+                await self.discard()
+            raise
         finally:
             self._beginning = False
         self._driver, self._transaction = driver, transaction
@@ -310,9 +351,21 @@ class Database:
         except BaseException:
             # The COMMIT or ROLLBACK itself failed (the connection died or hung): the
             # connection's state is unknown, so it must not serve another request.
-            assert self._connection is not None
-            await self._connection.invalidate()
+            await self.discard()
             raise
+
+    async def discard(self) -> None:
+        """End the unit by closing its connection, for when that connection may be out of step
+        with its server (`leaves_connection_out_of_step`). PostgreSQL rolls back whatever the
+        connection had open; the pool opens a new one for the next request."""
+        self._transaction = None
+        connection = self._connection
+        if connection is None or connection.closed or connection.invalidated:
+            return
+        # Closed at once rather than politely: a frozen server would hold a polite goodbye
+        # (SQLAlchemy waits up to 2 s for one) and so the 503 this request is about to get.
+        _driver_of(connection).terminate()
+        await connection.invalidate()
 
     async def release(self) -> None:
         """Give the connection back to the pool; the unit is over and runs nothing more."""
@@ -359,8 +412,11 @@ async def unit_of_work(engine: AsyncEngine) -> AsyncIterator[Database]:
         except DomainError as error:
             await (database.commit() if error.keep_changes else database.rollback())
             raise
-        except BaseException:
-            await database.rollback()
+        except BaseException as error:
+            if leaves_connection_out_of_step(error):
+                await database.discard()
+            else:
+                await database.rollback()
             raise
         await database.commit()
     finally:
@@ -409,6 +465,13 @@ async def get_session(database: DatabaseDep) -> AsyncSession:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def _driver_of(connection: AsyncConnection) -> Any:
+    """The asyncpg connection under SQLAlchemy's: an attribute read, no round trip."""
+    pooled = connection.sync_connection
+    assert pooled is not None  # a connected AsyncConnection
+    return pooled.connection.driver_connection
 
 
 def json_text(value: Any) -> str:

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import compile_path
 
+from backend.db import driver_errors
 from backend.errors import (
     DependencyUnavailable,
     DomainError,
@@ -108,15 +109,6 @@ def _methods_of_path(request: Request) -> list[str]:
     return sorted(methods)
 
 
-def _driver_errors(exc: Exception) -> list[BaseException]:
-    """asyncpg's error: raised as is on the request paths (backend/db.py), or wrapped by
-    SQLAlchemy (its DBAPI-level error, and asyncpg's beneath that)."""
-    if isinstance(exc, DBAPIError):
-        wrapped = exc.orig
-        return [error for error in (wrapped, getattr(wrapped, "__cause__", None)) if error]
-    return [exc]
-
-
 # PostgreSQL ended or refused the session: connection exceptions (class 08), an operator or
 # a restart (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now, 57P04
 # database dropped, 57P05 idle session timeout), a statement or idle-in-transaction deadline
@@ -140,7 +132,7 @@ def _is_database_outage(exc: Exception) -> bool:
     sqlstate = _sqlstate(exc)
     if sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _OUTAGE_SQLSTATES):
         return True
-    names = {type(error).__name__ for error in _driver_errors(exc)}
+    names = {type(error).__name__ for error in driver_errors(exc)}
     return bool(names & _CLIENT_SIDE_OUTAGES)
 
 
@@ -153,7 +145,7 @@ _RETRYABLE_SQLSTATES = {
 
 
 def _sqlstate(exc: Exception) -> str | None:
-    for error in _driver_errors(exc):
+    for error in driver_errors(exc):
         sqlstate = getattr(error, "sqlstate", None)
         if isinstance(sqlstate, str):
             return sqlstate
@@ -198,7 +190,7 @@ async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
         # SQLSTATE and where it was raised, never its text.
         logger.error(
             "unhandled database error: %s (SQLSTATE %s)\n%s",
-            type(_driver_errors(exc)[0]).__name__,
+            type(driver_errors(exc)[0]).__name__,
             _sqlstate(exc),
             "".join(traceback.format_tb(exc.__traceback__)),
         )
