@@ -61,17 +61,25 @@ FAULT_SETTINGS: dict[str, object] = {
 }
 # SQLAlchemy closes an invalidated asyncpg connection gracefully first, waiting up to this long.
 SQLALCHEMY_GRACEFUL_CLOSE_SECONDS = 2.0
-# The longest a request may take while a dependency is down, from the app's own deadlines: a wait
-# for a pooled connection, a statement that times out on a frozen server, closing that connection,
-# connecting anew, two Redis round trips, and a second of slack for a busy machine. Longer
-# counts as a hang.
-REQUEST_DEADLINE_SECONDS = (
-    POOL_TIMEOUT_SECONDS
-    + COMMAND_TIMEOUT_SECONDS
-    + SQLALCHEMY_GRACEFUL_CLOSE_SECONDS
-    + CONNECT_TIMEOUT_SECONDS
-    + 2 * REDIS_TIMEOUT_SECONDS
-    + 1.0
+
+
+def request_deadline_seconds(settings: Settings) -> float:
+    """The longest a request may take while a dependency is down, from the app's own deadlines:
+    a wait for a pooled connection, a statement that times out on a frozen server, closing that
+    connection, connecting anew, two Redis round trips, and a second of slack for a busy
+    machine. Longer counts as a hang."""
+    return (
+        settings.db_pool_timeout_seconds
+        + settings.db_command_timeout_seconds
+        + SQLALCHEMY_GRACEFUL_CLOSE_SECONDS
+        + settings.db_connect_timeout_seconds
+        + 2 * settings.redis_timeout_seconds
+        + 1.0
+    )
+
+
+REQUEST_DEADLINE_SECONDS = request_deadline_seconds(
+    Settings.model_validate({"environment": "test", **FAULT_SETTINGS})
 )
 # From the dependency being back to the app serving again, without a restart of the app.
 RECOVERY_SECONDS = 10.0
@@ -142,11 +150,15 @@ def fault_settings(database_url: str, redis_url: str, **overrides: object) -> Se
 
 @asynccontextmanager
 async def served_client(
-    settings: Settings, *, run_worker: bool = False
+    settings: Settings,
+    *,
+    run_worker: bool = False,
+    deadline_seconds: float = REQUEST_DEADLINE_SECONDS,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The app in a real uvicorn on loopback, and a client whose timeout is the deadline.
 
     `run_worker`: the outbox worker runs in the same process, as in embedded mode.
+    `deadline_seconds`: the longest a request may take under `settings`' own timeouts.
     """
     app = create_app(settings, run_worker=run_worker)
     async with (
@@ -154,7 +166,7 @@ async def served_client(
         httpx.AsyncClient(
             base_url=base_url,
             # A little over the deadline, so a slow answer is told apart from a lost one.
-            timeout=REQUEST_DEADLINE_SECONDS + 2.0,
+            timeout=deadline_seconds + 2.0,
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
         ) as http,
     ):
