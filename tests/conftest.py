@@ -8,7 +8,9 @@ under `.data/test`, so `make test` works on a machine with neither installed.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,6 +33,78 @@ from backend.main import create_app
 from backend.models import metadata
 
 TEST_DATA_DIR = Path(__file__).resolve().parent.parent / ".data" / "test"
+
+
+class OffMachineConnection(ConnectionRefusedError):
+    """A test tried to connect somewhere other than this machine's loopback."""
+
+
+class LoopbackGuard:
+    """Refuses, and remembers, every socket connection a test makes to an address that is not
+    loopback or a Unix socket: a literal public address in a test is a real host somebody owns,
+    and a worker running during the test would send it customers' test data.
+
+    It wraps `socket.socket.connect` and `connect_ex`, which asyncio's event loop, asyncpg,
+    redis-py, httpx and aiosmtplib all go through. Refusing alone is not enough: code under test
+    may take the refusal for an ordinary one and carry on (a webhook attempt logged as failed),
+    so the attempt also fails the test (`stay_on_this_machine`).
+    """
+
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+        self._connect = socket.socket.connect
+        self._connect_ex = socket.socket.connect_ex
+
+    def check(self, sock: socket.socket, address: object) -> None:
+        if sock.family == socket.AF_UNIX:
+            return
+        host = address[0] if isinstance(address, tuple) else address
+        if host == "localhost":
+            return
+        try:
+            loopback = ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+        except ValueError:
+            loopback = False  # a name: connect() would resolve it, so it could go anywhere
+        if not loopback:
+            self.violations.append(repr(address))
+            raise OffMachineConnection(f"tests connect only to loopback, not to {address!r}")
+
+    def install(self) -> None:
+        guard = self
+
+        def connect(sock: socket.socket, address: object) -> None:
+            guard.check(sock, address)
+            guard._connect(sock, address)  # type: ignore[arg-type]
+
+        def connect_ex(sock: socket.socket, address: object) -> int:
+            guard.check(sock, address)
+            return guard._connect_ex(sock, address)  # type: ignore[arg-type]
+
+        socket.socket.connect = connect  # type: ignore[method-assign,assignment]
+        socket.socket.connect_ex = connect_ex  # type: ignore[method-assign,assignment]
+
+    def uninstall(self) -> None:
+        socket.socket.connect = self._connect  # type: ignore[method-assign]
+        socket.socket.connect_ex = self._connect_ex  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session")
+def loopback_guard() -> Iterator[LoopbackGuard]:
+    guard = LoopbackGuard()
+    guard.install()
+    yield guard
+    guard.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def stay_on_this_machine(loopback_guard: LoopbackGuard) -> Iterator[None]:
+    """Fails any test that tried to connect off this machine, even if the code under test
+    swallowed the refusal."""
+    loopback_guard.violations.clear()
+    yield
+    assert not loopback_guard.violations, (
+        f"connections off this machine attempted: {loopback_guard.violations}"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from backend.main import create_app
 from tests.conftest import create_database, make_settings
 from tests.faults.load import Load
 from tests.faults.records import unexpected_exchanges
+from tests.faults.report import report_fault
 from tests.faults.servers import (
     DATABASE_NAME,
     DurableRedis,
@@ -210,6 +211,7 @@ def assert_outage_contract(
     `ready_never_while_down`: every readiness probe during the outage must be 503 (a server that
     is down or frozen); off where a probe may legitimately get through (an exhausted pool).
     """
+    report_fault(load.exchanges, outage.injected, outage.up, outage.recovered)
     problems = unexpected_exchanges(load.exchanges, REQUEST_DEADLINE_SECONDS)
     assert not problems, f"{len(problems)} bad exchanges:\n" + "\n".join(problems[:40])
 

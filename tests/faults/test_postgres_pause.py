@@ -27,6 +27,7 @@ from tests.faults.conftest import (
 from tests.faults.invariants import check_invariants
 from tests.faults.load import Load, populate
 from tests.faults.records import Ledger, unexpected_exchanges
+from tests.faults.report import report_fault
 from tests.faults.servers import DurableRedis, OwnedPostgres
 
 pytestmark = pytest.mark.faults
@@ -92,6 +93,7 @@ async def stall_under_load(
         try:
             start = time.monotonic()
             await load.wait_for(lambda: load.successes(start) >= 30, PHASE_SECONDS, "warm-up")
+            injected = time.monotonic()
             postgres.pause()
             try:
                 await asyncio.sleep(stall_seconds)
@@ -105,6 +107,7 @@ async def stall_under_load(
         finally:
             await load.stop()
 
+        report_fault(load.exchanges, injected, up, recovered)
         problems = unexpected_exchanges(load.exchanges, deadline)
         assert not problems, f"{len(problems)} bad exchanges:\n" + "\n".join(problems[:40])
         late = [str(e) for e in load.since(recovered) if e.unavailable]
