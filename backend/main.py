@@ -22,6 +22,7 @@ from backend.health.router import router as health_router
 from backend.logging_setup import configure_logging
 from backend.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from backend.notifications.router import document_webhooks, events_router, webhooks_router
+from backend.notifications.stream_hub import StreamHub
 from backend.notifications.worker import OutboxWorker
 from backend.openapi import build_openapi
 from backend.redis_client import create_redis
@@ -64,6 +65,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = create_engine(settings, settings.database_url)
     app.state.sessionmaker = create_sessionmaker(app.state.engine)
     app.state.redis = create_redis(settings, settings.redis_url)
+    # Live-update streams follow Redis on a connection of their own, never this client's pool.
+    app.state.stream_hub = StreamHub(settings, settings.redis_url)
+    await app.state.stream_hub.start(wait_seconds=settings.redis_timeout_seconds)
     app.state.token_codec = TokenCodec(settings)
     app.state.link_tokens = LinkTokens(settings)
     app.state.delivery_codes = DeliveryCodes(
@@ -84,6 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if worker is not None and worker_task is not None:
             worker.stop()
             await worker_task
+        await app.state.stream_hub.stop()
         await app.state.redis.aclose()
         await app.state.engine.dispose()
         app.state.password_hasher.close()

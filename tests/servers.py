@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
+from backend.notifications.stream_hub import shut_down_streams
+
 # A guard against hanging, never a measurement.
 START_SECONDS = 10.0
 STOP_SECONDS = 10.0
@@ -51,6 +53,8 @@ async def serving(app: FastAPI, *, graceful_seconds: int = 5) -> AsyncIterator[s
                 await asyncio.sleep(0.01)
         yield f"http://127.0.0.1:{port}"
     finally:
+        # As `shiptrack serve` does on SIGTERM (backend/cli.py): streams end first, at once.
+        shut_down_streams(app)
         server.should_exit = True
         async with asyncio.timeout(STOP_SECONDS + graceful_seconds):
             await task

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from backend.db import UnitOfWorkRoute
 from backend.errors import problem_responses
-from backend.notifications.live import SSE_RESPONSES, LastEventId, stream_response
+from backend.notifications.live import SSE_RESPONSES, LastEventId, open_timeline_stream
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
 from backend.request_body import NO_REQUEST_BODY
 from backend.shipments.dependencies import CallersShipments, PartnersShipments, SellersShipments
@@ -140,14 +140,15 @@ async def stream_shipment(
     shipment_id: uuid.UUID,
     shipments: CallersShipments,
     last_event_id: LastEventId = None,
-) -> StreamingResponse:
+) -> Response:
     """Live timeline of a shipment for its seller or assigned partner (Server-Sent Events).
 
     Starts with every event after `Last-Event-ID` (all of them without it), then each new one
-    as it happens, on whichever replica it happened.
+    as it happens, on whichever replica it happened. The stream ends when the token expires
+    or is revoked; open streams are capped per client address (429) and per server (503).
     """
     await shipments.get(shipment_id)  # 404 unless the caller may see it
-    return stream_response(request, shipment_id, last_event_id or 0)
+    return await open_timeline_stream(request, shipment_id, last_event_id or 0, authenticated=True)
 
 
 @router.patch(

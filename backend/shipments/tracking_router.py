@@ -12,12 +12,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from backend.accounts.errors import InvalidLinkToken
 from backend.db import UnitOfWorkRoute, utcnow
 from backend.errors import problem_responses
-from backend.notifications.live import SSE_RESPONSES, LastEventId, stream_response
+from backend.notifications.live import SSE_RESPONSES, LastEventId, open_timeline_stream
 from backend.pages import page_templates
 from backend.shipments.dependencies import PublicTrackingDep
 from backend.shipments.errors import (
@@ -95,13 +95,14 @@ async def stream_tracking(
     tracking_number: TrackingNumber,
     shipments: PublicTrackingDep,
     last_event_id: LastEventId = None,
-) -> StreamingResponse:
+) -> Response:
     """The public timeline as it grows (Server-Sent Events): what the tracking page listens to.
 
-    Carries only the public timeline fields; `Last-Event-ID` resumes without gaps.
+    Carries only the public timeline fields; `Last-Event-ID` resumes without gaps. Open streams
+    are capped per client address (429) and per server (503).
     """
     shipment_id = await shipments.shipment_id_for(tracking_number)
-    return stream_response(request, shipment_id, last_event_id or 0)
+    return await open_timeline_stream(request, shipment_id, last_event_id or 0, authenticated=False)
 
 
 @router.get("/t/{tracking_number}", response_class=HTMLResponse, include_in_schema=False)
