@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend.cli import DrainingServer
 from backend.main import create_app
-from tests.conftest import make_settings, running_client
+from tests.conftest import OwnedRedis, make_settings, running_client
 from tests.factories import account_with_token
 
 REQUESTS_METRIC = "shiptrack_http_requests"
@@ -99,6 +100,115 @@ async def test_readiness_reports_each_dependency_ok(client: httpx.AsyncClient) -
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}}
     assert response.headers["cache-control"] == "no-store"
+
+
+async def test_readiness_says_saturated_not_down_while_the_request_pools_are_full(
+    database_url: str, redis_url: str
+) -> None:
+    settings = make_settings(
+        database_url,
+        redis_url,
+        db_pool_size=2,
+        db_max_overflow=0,
+        db_pool_timeout_seconds=0.5,
+        redis_max_connections=2,
+        redis_timeout_seconds=0.5,
+    )
+    app = create_app(settings)
+    async with running_client(app) as http:
+        _, headers = await account_with_token(http, "seller")
+        engine, pool = app.state.engine, app.state.redis.connection_pool
+        # Every connection of both request pools is busy (held here, as long requests would).
+        async with engine.connect(), engine.connect():
+            redis_connections = [await pool.get_connection() for _ in range(2)]
+            try:
+                busy = await http.get("/health/ready")
+                # A request meanwhile waits for a connection, then gets a 503.
+                waiting = await http.get("/seller/me", headers=headers)
+            finally:
+                for connection in redis_connections:
+                    await pool.release(connection)
+        after = await http.get("/health/ready")
+
+    # Both dependencies answer: the replica is busy, not broken, and stays in rotation.
+    assert busy.status_code == 200, busy.text
+    assert busy.json() == {
+        "status": "ready",
+        "checks": {"postgres": "saturated", "redis": "saturated"},
+    }
+    assert waiting.status_code == 503
+    assert after.json() == {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}}
+
+
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """A loopback port that accepts connections and never answers (a frozen or black-holed
+    dependency); yields the port."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+# Readiness answers within HEALTH_CHECK_TIMEOUT_SECONDS; this bound only guards against a hang.
+READINESS_HANG_GUARD_SECONDS = 5.0
+
+
+async def test_readiness_is_503_within_its_timeout_when_redis_is_stopped(
+    database_url: str, owned_redis: OwnedRedis
+) -> None:
+    settings = make_settings(
+        database_url, owned_redis.url, health_check_timeout_seconds=0.5, redis_timeout_seconds=0.5
+    )
+    async with running_client(create_app(settings)) as http:
+        assert (await http.get("/health/ready")).status_code == 200
+        owned_redis.stop()
+        try:
+            async with asyncio.timeout(READINESS_HANG_GUARD_SECONDS):
+                stopped = await http.get("/health/ready")
+        finally:
+            owned_redis.start()
+        back = await http.get("/health/ready")
+
+    assert stopped.status_code == 503
+    assert stopped.json() == {
+        "status": "unavailable",
+        "checks": {"postgres": "ok", "redis": "down"},
+    }
+    assert back.status_code == 200
+
+
+async def test_readiness_answers_within_its_timeout_when_dependencies_hang(
+    database_url: str, redis_url: str
+) -> None:
+    async with silent_server() as postgres_port, silent_server() as redis_port:
+        hanging = make_settings(
+            f"postgresql+asyncpg://postgres@127.0.0.1:{postgres_port}/shiptrack",
+            f"redis://127.0.0.1:{redis_port}/0",
+            health_check_timeout_seconds=0.5,
+            # The request pools' own deadlines are longer than readiness's.
+            db_connect_timeout_seconds=30,
+            redis_timeout_seconds=2,
+        )
+        app = create_app(hanging)
+        async with running_client(app) as http:
+            async with asyncio.timeout(READINESS_HANG_GUARD_SECONDS):
+                answers = [await http.get("/health/ready") for _ in range(3)]
+
+    for answer in answers:
+        assert answer.status_code == 503
+        assert answer.json() == {
+            "status": "unavailable",
+            "checks": {"postgres": "down", "redis": "down"},
+        }
 
 
 async def test_readiness_is_503_while_draining_and_recovers(

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backend.health.readiness import CheckResult, readiness_probe
 
 router = APIRouter(tags=["Operations"])
-
-CheckResult = Literal["ok", "down"]
 
 
 class Liveness(BaseModel):
@@ -28,6 +25,7 @@ class Readiness(BaseModel):
         json_schema_extra={
             "examples": [
                 {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}},
+                {"status": "ready", "checks": {"postgres": "saturated", "redis": "ok"}},
                 {"status": "unavailable", "checks": {"postgres": "ok", "redis": "down"}},
             ]
         }
@@ -43,23 +41,6 @@ async def check_liveness() -> Liveness:
     return Liveness()
 
 
-async def _postgres_ok(engine: AsyncEngine, limit_seconds: float) -> bool:
-    try:
-        async with asyncio.timeout(limit_seconds), engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-        return True
-    except Exception:  # any failure means "not ready"; the reason is not the caller's business
-        return False
-
-
-async def _redis_ok(request: Request, limit_seconds: float) -> bool:
-    try:
-        async with asyncio.timeout(limit_seconds):
-            return bool(await request.app.state.redis.ping())
-    except Exception:
-        return False
-
-
 @router.get(
     "/health/ready",
     response_model=Readiness,
@@ -68,23 +49,23 @@ async def _redis_ok(request: Request, limit_seconds: float) -> bool:
     },
 )
 async def check_readiness(request: Request) -> JSONResponse:
-    """Ready to take traffic: PostgreSQL and Redis answer within a short timeout, and the
-    process is not shutting down. A load balancer should route only to ready replicas."""
-    timeout = request.app.state.settings.health_check_timeout_seconds
-    postgres, redis = await asyncio.gather(
-        _postgres_ok(request.app.state.engine, timeout), _redis_ok(request, timeout)
-    )
-    checks: dict[str, CheckResult] = {
-        "postgres": "ok" if postgres else "down",
-        "redis": "ok" if redis else "down",
-    }
+    """Ready to take traffic: PostgreSQL and Redis accept a new connection and answer within
+    `HEALTH_CHECK_TIMEOUT_SECONDS`, and the process is not shutting down. A load balancer should
+    route only to ready replicas.
+
+    Each check uses a connection of its own, never one of the request pools. A dependency that
+    answers while the request pool has no connection to spare is `saturated`: still ready (200),
+    since a busy replica taken out of rotation only moves its load onto the others. `down`
+    (503) means a new connection failed or no answer came within the timeout.
+    """
+    state = request.app.state
+    checks = await readiness_probe(request.app).check(state.engine, state.redis)
+    reachable = "down" not in checks.values()
     draining = getattr(request.app.state, "draining", False)
     if draining:
         readiness = Readiness(status="draining", checks=checks)
     else:
-        readiness = Readiness(
-            status="ready" if postgres and redis else "unavailable", checks=checks
-        )
+        readiness = Readiness(status="ready" if reachable else "unavailable", checks=checks)
     status_code = 200 if readiness.status == "ready" else 503
     return JSONResponse(
         readiness.model_dump(), status_code=status_code, headers={"Cache-Control": "no-store"}

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend.embedded import start_redis
 from tests.factories import PASSWORD, account_with_token, bearer
 from tests.faults.conftest import (
     PHASE_SECONDS,
@@ -21,7 +27,13 @@ from tests.faults.conftest import (
 from tests.faults.invariants import check_invariants
 from tests.faults.load import Load, populate
 from tests.faults.records import Ledger
-from tests.faults.servers import DurableRedis, OwnedPostgres
+from tests.faults.servers import (
+    STOP_SECONDS,
+    DurableRedis,
+    OwnedPostgres,
+    free_tcp_port,
+    scratch_folder,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -87,3 +99,85 @@ async def test_first_requests_after_an_unnoticed_redis_restart_succeed(
         after = await asyncio.gather(*(http.get("/seller/me", headers=headers) for _ in range(8)))
         assert [r.status_code for r in after] == [200] * 8, [r.text for r in after]
         assert (await http.get("/health/ready")).status_code == 200
+
+
+class TcpRedis:
+    """redis-server on a loopback TCP port (as in production) with an append-only file.
+
+    Over TCP, redis-py hands out pooled connections without first noticing that the server
+    closed them, which a Unix socket does not show.
+    """
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder = folder
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._port = port
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = start_redis(self.folder, port=self._port, persistent=True)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        self._end(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._end(signal.SIGTERM)
+
+    def _end(self, sig: int) -> None:
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.send_signal(sig)
+            self._process.wait(timeout=STOP_SECONDS)
+            self._process = None
+
+
+@pytest.fixture
+def tcp_redis() -> Iterator[TcpRedis]:
+    with scratch_folder("shiptrack-redis-") as root:
+        server = TcpRedis(root, free_tcp_port())
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+BURST = 60
+
+
+async def burst(http: httpx.AsyncClient, headers: dict[str, str]) -> list[httpx.Response]:
+    """BURST authenticated requests at once; each checks its token against Redis."""
+    return await asyncio.gather(*(http.get("/seller/me", headers=headers) for _ in range(BURST)))
+
+
+def failures(responses: list[httpx.Response]) -> list[str]:
+    return [f"{r.status_code} {r.text[:200]}" for r in responses if not r.is_success]
+
+
+async def test_bursts_after_a_redis_restart_all_succeed(
+    postgres: OwnedPostgres, tcp_redis: TcpRedis
+) -> None:
+    """Redis crashed and came back while every pooled connection was idle: the first request on
+    each dead connection retries on a fresh one, so no request fails once Redis answers."""
+    async with served_client(fault_settings(postgres.url(), tcp_redis.url)) as http:
+        _, headers = await account_with_token(http, "seller")
+        warm = await burst(http, headers)  # fills the pool with connections a crash will kill
+        assert not failures(warm), failures(warm)
+
+        tcp_redis.kill()
+        await asyncio.to_thread(tcp_redis.start)
+        up = time.monotonic()
+        # Redis answers again: readiness, on connections of its own, says so at once.
+        ready = await http.get("/health/ready")
+
+        await asyncio.sleep(max(0.0, up + 2 - time.monotonic()))
+        soon = await burst(http, headers)
+        await asyncio.sleep(max(0.0, up + 12 - time.monotonic()))
+        later = await burst(http, headers)
+        ready_later = await http.get("/health/ready")
+
+    assert ready.status_code == 200, ready.text
+    assert not failures(soon), f"{len(failures(soon))} of {BURST} failed: {failures(soon)[:5]}"
+    assert not failures(later), f"{len(failures(later))} of {BURST} failed: {failures(later)[:5]}"
+    assert ready_later.json() == {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}}
