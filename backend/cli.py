@@ -18,6 +18,7 @@ from pathlib import Path
 import uvicorn
 from alembic import command
 from alembic.config import Config
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from backend.config import Settings
@@ -26,6 +27,7 @@ from backend.demo import DemoData, describe, seed
 from backend.embedded import EmbeddedUnavailable, embedded_services
 from backend.logging_setup import configure_logging
 from backend.main import create_app
+from backend.notifications.stream_hub import shut_down_streams
 from backend.notifications.worker import OutboxWorker
 
 logger = logging.getLogger("shiptrack")
@@ -104,6 +106,9 @@ class DrainingServer(uvicorn.Server):
             app = getattr(app, "app", None)  # unwrap uvicorn's proxy-header middleware
         if app is not None:
             app.state.draining = True
+            # Streams end now, with a retry hint, even during the drain: they would otherwise
+            # keep the process up for the whole graceful period. Signal context: defer to the loop.
+            asyncio.get_event_loop().call_soon_threadsafe(shut_down_streams, app)
         if self._drain_seconds > 0 and not self._drain_started:
             self._drain_started = True
             loop = asyncio.get_event_loop()
@@ -115,22 +120,49 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
 
+# Room for the request line (method, target, version) beside MAX_HEADER_BYTES of header fields.
+REQUEST_LINE_BYTES = 8 * 1024
+
+
+def server_config(app: FastAPI, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+    """How `shiptrack serve` runs uvicorn (tests serve the app with the same configuration).
+
+    Slow clients: uvicorn reads headers with no deadline, whichever parser it uses, so the
+    proxy in front bounds the time a request may take to arrive (deploy/nginx.conf). The server
+    bounds the memory. httptools, uvicorn's default, keeps every header byte a client sends
+    until the block ends; h11 refuses (400) a block beyond `h11_max_incomplete_event_size`, so
+    a trickling connection holds at most MAX_HEADER_BYTES plus the request line. Below that,
+    the app's own limit answers with a 431 problem+json. `limit_concurrency` stays unset: it
+    counts open connections, so a thousand idle ones would turn every real request into a 503.
+    """
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="h11",
+        h11_max_incomplete_event_size=settings.max_header_bytes + REQUEST_LINE_BYTES,
+        # Idle keep-alive connections close after this; the balancer's own is shorter (§7).
+        timeout_keep_alive=5,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        access_log=False,
+        log_config=None,
+    )
+
+
 def serve(args: argparse.Namespace) -> None:
     with connected_settings() as (settings, embedded):
         configure_logging(settings.effective_log_format, settings.log_level)
         if embedded:
             assert settings.database_url is not None
             migrate(settings.database_url)
-        config = uvicorn.Config(
+        config = server_config(
             # Embedded mode is one command for everything, the outbox worker included.
             create_app(settings, run_worker=embedded),
+            settings,
             host=args.host or settings.host,
             port=args.port or settings.port,
-            proxy_headers=True,
-            forwarded_allow_ips=settings.forwarded_allow_ips,
-            timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
-            access_log=False,
-            log_config=None,
         )
         logger.info("Shiptrack on http://%s:%s (reference at /scalar)", config.host, config.port)
         # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets
