@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -91,8 +92,9 @@ class ClaimedMessage:
     created_at: datetime
 
 
-# Due rows that nobody holds (or whose holder's lease ran out), oldest first. SKIP LOCKED lets
-# concurrent workers take disjoint batches instead of queueing behind each other.
+# Due rows that nobody holds (or whose holder's lease ran out), oldest first: all of them, only
+# those of `kind`, or all but those of `exclude_kind`, skipping rows for the endpoints in `busy`.
+# SKIP LOCKED lets concurrent workers take disjoint rows instead of queueing behind each other.
 _CLAIM = text(
     """
     UPDATE outbox_messages AS m
@@ -103,12 +105,33 @@ _CLAIM = text(
         SELECT id FROM outbox_messages
         WHERE status = 'pending' AND next_attempt_at <= now()
           AND (claimed_until IS NULL OR claimed_until < now())
+          AND (CAST(:kind AS text) IS NULL OR kind = CAST(:kind AS text))
+          AND (CAST(:exclude_kind AS text) IS NULL OR kind <> CAST(:exclude_kind AS text))
+          AND COALESCE(payload ->> 'endpoint_id', '') <> ALL(CAST(:busy AS text[]))
         ORDER BY next_attempt_at
         LIMIT :batch_size
         FOR UPDATE SKIP LOCKED
     ) AS due
     WHERE m.id = due.id
     RETURNING m.id, m.kind, m.payload, m.attempts, m.created_at
+    """
+)
+# Renewal and release, like settling, only touch rows this worker still holds.
+_RENEW = text(
+    """
+    UPDATE outbox_messages
+    SET claimed_until = now() + make_interval(secs => :lease_seconds)
+    WHERE id = :id AND claimed_by = :worker AND status = 'pending'
+    RETURNING id
+    """
+)
+# Given back unsent and due at once; the interrupted attempt does not count against the cap.
+_RELEASE = text(
+    """
+    UPDATE outbox_messages
+    SET claimed_by = NULL, claimed_until = NULL, attempts = attempts - 1
+    WHERE claimed_by = :worker AND status = 'pending'
+      AND (CAST(:ids AS uuid[]) IS NULL OR id = ANY(CAST(:ids AS uuid[])))
     """
 )
 # Only the current holder may settle a row: a worker whose lease expired must not overwrite the
@@ -148,16 +171,45 @@ class OutboxClaims:
         self._session = session
         self._worker = worker_id
 
-    async def claim(self, batch_size: int, lease_seconds: int) -> list[ClaimedMessage]:
+    async def claim(
+        self,
+        batch_size: int,
+        lease_seconds: int,
+        *,
+        kind: str | None = None,
+        exclude_kind: str | None = None,
+        busy_endpoints: Sequence[str] = (),
+    ) -> list[ClaimedMessage]:
+        """Take up to `batch_size` due rows for `lease_seconds`: any kind, only `kind`, or every
+        kind but `exclude_kind`; none for the webhook endpoints in `busy_endpoints`."""
+        parameters = {
+            "worker": self._worker,
+            "lease_seconds": lease_seconds,
+            "batch_size": batch_size,
+            "kind": kind,
+            "exclude_kind": exclude_kind,
+            "busy": list(busy_endpoints),
+        }
         async with self._session.begin():
-            rows = await self._session.execute(
-                _CLAIM,
-                {"worker": self._worker, "lease_seconds": lease_seconds, "batch_size": batch_size},
-            )
+            rows = await self._session.execute(_CLAIM, parameters)
             return [
                 ClaimedMessage(row.id, row.kind, row.payload, row.attempts, row.created_at)
                 for row in rows
             ]
+
+    async def renew(self, message_id: uuid.UUID, lease_seconds: int) -> bool:
+        """Extend the lease on a row in hand; False when the row is no longer this worker's."""
+        async with self._session.begin():
+            renewed = await self._session.execute(
+                _RENEW, {"id": message_id, "worker": self._worker, "lease_seconds": lease_seconds}
+            )
+            return renewed.first() is not None
+
+    async def release(self, message_ids: Sequence[uuid.UUID] | None = None) -> None:
+        """Give rows back unsent (these, or every row this worker holds), due at once."""
+        ids = None if message_ids is None else list(message_ids)
+        async with self._session.begin():
+            await self._session.execute(_RELEASE, {"worker": self._worker, "ids": ids})
 
     async def mark_sent(self, message_id: uuid.UUID) -> None:
         async with self._session.begin():

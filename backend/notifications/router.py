@@ -7,7 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, status
 
-from backend.accounts.dependencies import CurrentSeller, SettingsDep
+from backend.accounts.dependencies import AccessClaimsDep, CurrentSeller, SettingsDep
+from backend.accounts.errors import WrongAccountKind
+from backend.accounts.models import AccountKind
 from backend.db import DatabaseDep, SessionDep, UnitOfWorkRoute
 from backend.errors import problem_responses
 from backend.notifications.events import (
@@ -33,7 +35,12 @@ from backend.notifications.service import (
     WebhookEndpointNotFound,
     WebhookService,
 )
-from backend.notifications.webhooks import UnsafeWebhookUrl
+from backend.notifications.webhooks import (
+    Resolver,
+    UnsafeWebhookUrl,
+    check_destination,
+    system_resolver,
+)
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
 from backend.request_body import NO_REQUEST_BODY
 
@@ -43,15 +50,42 @@ webhooks_router = APIRouter(
 events_router = APIRouter(prefix="/events", tags=["Events"], route_class=UnitOfWorkRoute)
 
 
-async def webhook_service(
-    database: DatabaseDep, session: SessionDep, settings: SettingsDep
-) -> WebhookService:
-    return WebhookService(
-        session, EventPublisher(database), allow_private=settings.webhooks_allow_private
-    )
+async def webhook_service(database: DatabaseDep, session: SessionDep) -> WebhookService:
+    return WebhookService(session, EventPublisher(database))
 
 
 WebhookServiceDep = Annotated[WebhookService, Depends(webhook_service)]
+
+
+async def host_resolver() -> Resolver:
+    """How webhook hosts are looked up; tests override it (`app.dependency_overrides`)."""
+    return system_resolver
+
+
+ResolverDep = Annotated[Resolver, Depends(host_resolver)]
+
+
+async def checked_registration(
+    body: WebhookEndpointCreate,
+    claims: AccessClaimsDep,
+    settings: SettingsDep,
+    resolve: ResolverDep,
+) -> WebhookEndpointCreate:
+    """The registration, once its URL passed the SSRF check. Declared before the seller, so it
+    runs before the unit of work takes a connection: a host lookup can take seconds, and
+    requests holding pooled connections through them would leave none for anyone else."""
+    if claims.kind is not AccountKind.seller:
+        raise WrongAccountKind("This operation needs a seller token.")
+    await check_destination(
+        body.url,
+        allow_private=settings.webhooks_allow_private,
+        resolve=resolve,
+        lookup_seconds=settings.webhook_dns_timeout_seconds,
+    )
+    return body
+
+
+CheckedRegistration = Annotated[WebhookEndpointCreate, Depends(checked_registration)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 
 
@@ -62,7 +96,7 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
     responses=problem_responses(UnsafeWebhookUrl, TooManyWebhookEndpoints),
 )
 async def create_webhook_endpoint(
-    body: WebhookEndpointCreate, seller: CurrentSeller, webhooks: WebhookServiceDep
+    body: CheckedRegistration, seller: CurrentSeller, webhooks: WebhookServiceDep
 ) -> WebhookEndpointCreated:
     """Register a URL to receive your events, signed per Standard Webhooks.
 

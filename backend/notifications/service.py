@@ -22,7 +22,7 @@ from backend.notifications.schemas import (
     WebhookEndpointCreated,
     WebhookEndpointRead,
 )
-from backend.notifications.webhooks import check_destination, new_secret
+from backend.notifications.webhooks import new_secret
 from backend.pagination import decode_cursor, encode_cursor
 
 MAX_ENDPOINTS_PER_SELLER = 10
@@ -54,15 +54,13 @@ class UnknownEvent(DomainError):
 
 
 class WebhookService:
-    def __init__(
-        self, session: AsyncSession, events: EventPublisher, *, allow_private: bool
-    ) -> None:
+    def __init__(self, session: AsyncSession, events: EventPublisher) -> None:
         self._session = session
         self._events = events
-        self._allow_private = allow_private
 
     async def register(self, seller: Seller, body: WebhookEndpointCreate) -> WebhookEndpointCreated:
-        await check_destination(body.url, allow_private=self._allow_private)
+        """Store an endpoint whose URL has passed `check_destination`: the router checks it
+        before the request's unit of work takes a connection, since a host lookup can be slow."""
         # One registration per seller at a time, so concurrent ones cannot pass the cap together.
         await self._session.execute(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -13,6 +15,8 @@ import secrets
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -26,7 +30,8 @@ from backend.errors import DomainError
 from backend.notifications.models import Event, WebhookDelivery, WebhookEndpoint
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks format, not a secret
-RECEIVER_TIMEOUT_SECONDS = 10.0
+# Only the status code matters; the rest of an answer is read up to this and then dropped.
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 # Delays between webhook attempts (the Standard Webhooks schedule): 8 attempts over ~28 hours,
@@ -66,25 +71,100 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-async def check_destination(url: str, *, allow_private: bool) -> None:
-    """Refuse URLs that would make us call into our own network (SSRF)."""
+# Address forms that carry an IPv4 address inside an IPv6 one. `is_global` judges the IPv6
+# form alone and calls some of these public even when the IPv4 inside is a private one.
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: a private network's own
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _IPV4_COMPATIBLE or address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def is_public_address(text: str) -> bool:
+    """True for an address on the public internet, judging an IPv4 address embedded in an
+    IPv6 one (IPv4-mapped, IPv4-compatible, NAT64, 6to4) by that IPv4 address."""
+    address = ipaddress.ip_address(text)
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return True
+    if address in _LOCAL_NAT64:
+        return False
+    embedded = _embedded_ipv4(address)
+    return embedded is None or embedded.is_global
+
+
+# Resolves a host name and port to IP addresses (as text). Injectable so that tests can stall it.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+# The system resolver blocks a thread per lookup. Threads of our own: lookups stalled on a slow
+# DNS server then wait for these, never for the event loop's default executor, which others use.
+_DNS_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    resolved = await asyncio.get_running_loop().run_in_executor(_DNS_THREADS, lookup)
+    return [str(address[0]) for *_, address in resolved]
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A webhook URL that passed the check, and the addresses it resolved to."""
+
+    url: str
+    # Deliveries connect to these and nowhere else: a second lookup could answer differently
+    # (DNS rebinding).
+    addresses: tuple[str, ...]
+
+
+async def check_destination(
+    url: str, *, allow_private: bool, resolve: Resolver, lookup_seconds: float
+) -> Destination:
+    """Refuse URLs that would make us call into our own network (SSRF).
+
+    The host is resolved within `lookup_seconds`: a slow DNS server makes the URL unusable, it
+    never holds up the caller for longer.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeWebhookUrl("Webhook URLs must be absolute http:// or https:// URLs.")
     if parts.username or parts.password:
         raise UnsafeWebhookUrl("Webhook URLs must not carry credentials.")
-    if allow_private:
-        return
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        resolved = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, port, type=socket.SOCK_STREAM
-        )
-    except (OSError, ValueError):
-        raise UnsafeWebhookUrl(f"The host {parts.hostname!r} does not resolve.") from None
-    for *_, address in resolved:
-        if not ipaddress.ip_address(address[0]).is_global:
-            raise UnsafeWebhookUrl()
+        async with asyncio.timeout(lookup_seconds):
+            addresses = tuple(await resolve(parts.hostname, port))
+    except TimeoutError:
+        raise UnsafeWebhookUrl(f"The host {parts.hostname!r} does not resolve in time.") from None
+    except (OSError, ValueError, UnicodeError):
+        addresses = ()
+    if not addresses:
+        raise UnsafeWebhookUrl(f"The host {parts.hostname!r} does not resolve.")
+    if not allow_private and not all(is_public_address(address) for address in addresses):
+        raise UnsafeWebhookUrl()
+    return Destination(url, addresses)
+
+
+def _milliseconds_since(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> None:
+    """Read the body as sent (no decompression) until it ends or `limit` bytes have come."""
+    received = 0
+    async for chunk in response.aiter_raw():
+        received += len(chunk)
+        if received >= limit:
+            return  # the caller closes the response, and with it the connection
 
 
 def event_body(event: Event) -> bytes:
@@ -108,10 +188,12 @@ class WebhookDispatcher:
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
         http: httpx.AsyncClient,
+        resolve: Resolver = system_resolver,
     ) -> None:
         self._settings = settings
         self._sessionmaker = sessionmaker
         self._http = http
+        self._resolve = resolve
 
     async def deliver(self, endpoint_id: uuid.UUID, event_id: uuid.UUID, attempt: int) -> None:
         async with self._sessionmaker() as session:
@@ -134,20 +216,56 @@ class WebhookDispatcher:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(endpoint.secret, str(event.id), timestamp, body),
         }
+        deadline = self._settings.webhook_timeout_seconds
         started = time.perf_counter()
         try:
-            # Checked again at send time: the name may resolve elsewhere than at registration.
-            await check_destination(
-                endpoint.url, allow_private=self._settings.webhooks_allow_private
-            )
-            response = await self._http.post(
-                endpoint.url, content=body, headers=headers, timeout=RECEIVER_TIMEOUT_SECONDS
-            )
-        except (httpx.HTTPError, UnsafeWebhookUrl) as error:
-            elapsed = int((time.perf_counter() - started) * 1000)
-            return Outcome(False, None, f"{type(error).__name__}: {error}"[:500], elapsed)
-        elapsed = int((time.perf_counter() - started) * 1000)
-        return Outcome(response.is_success, response.status_code, None, elapsed)
+            # One deadline for the whole attempt: httpx's timeouts apply to each read, so a
+            # receiver trickling a byte at a time would otherwise hold the attempt for ever.
+            async with asyncio.timeout(deadline):
+                # Checked again at send time: the name may resolve elsewhere than at registration.
+                destination = await check_destination(
+                    endpoint.url,
+                    allow_private=self._settings.webhooks_allow_private,
+                    resolve=self._resolve,
+                    lookup_seconds=self._settings.webhook_dns_timeout_seconds,
+                )
+                status_code = await self._send(destination, body, headers)
+        except TimeoutError:
+            error = f"No complete answer within {deadline:g} s."
+            return Outcome(False, None, error, _milliseconds_since(started))
+        except (httpx.HTTPError, UnsafeWebhookUrl) as failure:
+            error = f"{type(failure).__name__}: {failure}"[:500]
+            return Outcome(False, None, error, _milliseconds_since(started))
+        return Outcome(200 <= status_code < 300, status_code, None, _milliseconds_since(started))
+
+    async def _send(self, destination: Destination, body: bytes, headers: dict[str, str]) -> int:
+        """POST the body to the first checked address that takes the connection; returns the
+        status code, having read at most MAX_RESPONSE_BYTES of the answer."""
+        *others, last = destination.addresses
+        for address in others:
+            with contextlib.suppress(httpx.ConnectError):
+                return await self._send_to(address, destination.url, body, headers)
+        return await self._send_to(last, destination.url, body, headers)
+
+    async def _send_to(self, address: str, url: str, body: bytes, headers: dict[str, str]) -> int:
+        target = httpx.URL(url)
+        # Connected to `address`, the receiver still sees its own name: in the Host header and,
+        # over TLS, in SNI and the certificate check.
+        headers = {**headers, "host": target.netloc.decode("ascii")}
+        extensions = {"sni_hostname": target.raw_host.decode("ascii")}
+        request = self._http.build_request(
+            "POST",
+            target.copy_with(host=address),
+            content=body,
+            headers=headers,
+            extensions=extensions if target.scheme == "https" else {},
+        )
+        response = await self._http.send(request, stream=True)
+        try:
+            await _read_at_most(response, MAX_RESPONSE_BYTES)
+        finally:
+            await response.aclose()
+        return response.status_code
 
     async def _record(
         self, endpoint: WebhookEndpoint, event: Event, attempt: int, outcome: Outcome

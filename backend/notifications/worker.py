@@ -1,7 +1,14 @@
 """`shiptrack worker`: delivers outbox messages, at least once, with retries and a dead letter.
 
-Several workers may run at once: each claims a disjoint batch (FOR UPDATE SKIP LOCKED) for a
-lease. One killed mid-batch loses nothing: when its lease runs out another worker sends again.
+Emails and webhooks travel in lanes of their own, each with its own slots. A free slot claims the
+next due rows of its lane (FOR UPDATE SKIP LOCKED): there is no batch to wait for, and slow
+webhook receivers never hold up an email. Within the webhook lane, one endpoint takes only a few
+slots at a time.
+
+A claimed row is leased. The lease is renewed while the row is in hand, and a send that cannot
+keep its lease is stopped before the lease runs out, so no row is ever being sent by two
+workers. Several workers may run at once; one that dies mid-send loses nothing: when its lease
+runs out another worker sends again.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ import logging
 import os
 import socket
 import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,16 +36,65 @@ from backend.notifications.outbox import (
     OutboxClaims,
     retry_delay,
 )
-from backend.notifications.webhooks import WebhookDispatcher, webhook_retry_plan
+from backend.notifications.webhooks import (
+    Resolver,
+    WebhookDispatcher,
+    system_resolver,
+    webhook_retry_plan,
+)
 
 logger = logging.getLogger(__name__)
 
-# Messages of one batch sent at once; SMTP servers and receivers dislike floods.
-CONCURRENT_SENDS = 10
+# After `stop()`, sends in flight get this long to finish; the rest are cancelled and their rows
+# given back (each webhook attempt ends within its own deadline anyway).
+SHUTDOWN_GRACE_SECONDS = 5.0
+# A send stops this far into its lease unless the lease was renewed: stopping takes a moment,
+# and the row must not be sent on after another worker may have claimed it.
+LEASE_SAFETY = 0.9
 
 
 class UnknownMessageKind(Exception):
     pass
+
+
+class LeaseLost(Exception):
+    """The row could not be kept for this worker; whoever holds it next sends it."""
+
+
+class Lane:
+    """The slots of one kind of message: its sends in flight, at most `size` at once."""
+
+    def __init__(
+        self, name: str, size: int, *, kind: str | None = None, exclude_kind: str | None = None
+    ) -> None:
+        self.name = name
+        self.size = size
+        # The rows this lane claims: of `kind`, or of every kind but `exclude_kind`.
+        self.kind = kind
+        self.exclude_kind = exclude_kind
+        self.sends: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+
+    @property
+    def free(self) -> int:
+        return self.size - len(self.sends)
+
+    def start(self, send: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(send)
+        self.sends.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.sends.discard(task)
+        self._slot_freed.set()
+
+    async def wait_for_slot(self, stopping: asyncio.Event) -> None:
+        while self.free <= 0 and not stopping.is_set():
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    def wake(self) -> None:
+        self._slot_freed.set()
 
 
 class OutboxWorker:
@@ -47,64 +106,230 @@ class OutboxWorker:
         sender: EmailSender | None = None,
         http: httpx.AsyncClient | None = None,
         worker_id: str | None = None,
+        resolve: Resolver = system_resolver,
+        shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
     ) -> None:
         self._settings = settings
         self._sessionmaker = sessionmaker
         self._sender = sender or email_sender(settings)
         self._renderer = EmailRenderer(settings.public_base_url)
-        # Redirects are not followed: a receiver could bounce us into our own network.
         self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(follow_redirects=False)
-        self._webhooks = WebhookDispatcher(settings, sessionmaker, self._http)
+        # Redirects are not followed: a receiver could bounce us into our own network. No
+        # keep-alive: connections go to checked addresses, and one made for a host name must
+        # not carry another name's request.
+        self._http = http or httpx.AsyncClient(
+            follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=0)
+        )
+        self._webhooks = WebhookDispatcher(settings, sessionmaker, self._http, resolve)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stopping = asyncio.Event()
-        self._sends = asyncio.Semaphore(CONCURRENT_SENDS)
+        self._shutdown_grace = shutdown_grace_seconds
+        # Unknown kinds go with the emails, to be dead-lettered there.
+        self._lanes = (
+            Lane("emails", settings.outbox_email_concurrency, exclude_kind=WEBHOOK),
+            Lane("webhooks", settings.outbox_webhook_concurrency, kind=WEBHOOK),
+        )
+        # Webhook attempts in flight per endpoint id.
+        self._endpoint_sends: Counter[str] = Counter()
 
     def stop(self) -> None:
-        """Finish the batch in hand, then return from `run`."""
+        """Stop claiming; sends in flight get a short grace, then are cancelled and given back."""
         self._stopping.set()
+        for lane in self._lanes:
+            lane.wake()
 
     async def run(self) -> None:
         logger.info("outbox worker %s started", self.worker_id)
-        while not self._stopping.is_set():
-            try:
-                handled = await self.run_once()
-            except Exception:
-                # The database may be restarting: keep the worker alive and try again shortly.
-                logger.exception("outbox worker: claiming failed")
-                handled = 0
-            if handled < self._settings.outbox_batch_size:
-                await self._pause()
-        await self.aclose()
+        try:
+            await asyncio.gather(*(self._keep_busy(lane) for lane in self._lanes))
+        finally:
+            await self._finish_sends()
+            await self._give_back_rows()
+            await self.aclose()
         logger.info("outbox worker %s stopped", self.worker_id)
 
     async def aclose(self) -> None:
         if self._owns_http:
             await self._http.aclose()
 
+    async def run_once(self) -> int:
+        """Claim what each lane has room for (a batch at most) and settle all of it; returns
+        how many rows were taken. For tests and one-off runs: `run` claims as slots free up."""
+        taken = 0
+        for lane in self._lanes:
+            count, _ = await self._fill(lane)
+            taken += count
+        await asyncio.gather(*(send for lane in self._lanes for send in list(lane.sends)))
+        return taken
+
+    # --- claiming ---------------------------------------------------------------------------
+
+    async def _keep_busy(self, lane: Lane) -> None:
+        """Whenever the lane has a free slot, claim the next due rows, until asked to stop."""
+        while not self._stopping.is_set():
+            await lane.wait_for_slot(self._stopping)
+            if self._stopping.is_set():
+                return
+            try:
+                _, drained = await self._fill(lane)
+            except Exception:
+                # The database may be restarting: keep the worker alive and try again shortly.
+                logger.exception("outbox worker: claiming %s failed", lane.name)
+                drained = True
+            if drained:
+                await self._pause()
+
     async def _pause(self) -> None:
         """Sleep until the next poll, waking at once if asked to stop."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), self._settings.worker_poll_seconds)
 
-    async def run_once(self) -> int:
-        """Claim one batch and settle every message in it; returns how many were claimed."""
+    async def _fill(self, lane: Lane) -> tuple[int, bool]:
+        """Claim due rows for the lane's free slots and start sending them. Returns how many
+        were started, and whether the lane's queue ran dry (fewer rows due than slots free)."""
+        wanted = min(lane.free, self._settings.outbox_batch_size)
+        if wanted <= 0:
+            return 0, False
+        # Taken before the claim, so this worker's idea of the lease never outlasts the database's.
+        lease_from = asyncio.get_running_loop().time()
         async with self._sessionmaker() as session:
-            batch = await OutboxClaims(session, self.worker_id).claim(
-                self._settings.outbox_batch_size, self._settings.outbox_lease_seconds
+            claimed = await OutboxClaims(session, self.worker_id).claim(
+                wanted,
+                self._settings.outbox_lease_seconds,
+                kind=lane.kind,
+                exclude_kind=lane.exclude_kind,
+                busy_endpoints=self._busy_endpoints(),
             )
-        await asyncio.gather(*(self._settle(message) for message in batch))
-        return len(batch)
+        over_limit: list[uuid.UUID] = []
+        for message in claimed:
+            endpoint = self._endpoint_of(message)
+            if self._reserve_endpoint(endpoint):
+                lane.start(self._settle(message, lease_from, endpoint))
+            else:
+                over_limit.append(message.id)
+        if over_limit:
+            # More rows for one endpoint than it may have in flight: another worker, or this
+            # one once a slot of that endpoint frees, takes them.
+            async with self._sessionmaker() as session:
+                await OutboxClaims(session, self.worker_id).release(over_limit)
+        return len(claimed) - len(over_limit), len(claimed) < wanted
 
-    async def _settle(self, message: ClaimedMessage) -> None:
-        async with self._sends:
+    def _reserve_endpoint(self, endpoint: str | None) -> bool:
+        """Count one more send to `endpoint`, unless it has as many in flight as it may."""
+        if endpoint is None:
+            return True
+        if self._endpoint_sends[endpoint] >= self._settings.webhook_endpoint_concurrency:
+            return False
+        self._endpoint_sends[endpoint] += 1
+        return True
+
+    def _busy_endpoints(self) -> list[str]:
+        limit = self._settings.webhook_endpoint_concurrency
+        return [endpoint for endpoint, sends in self._endpoint_sends.items() if sends >= limit]
+
+    @staticmethod
+    def _endpoint_of(message: ClaimedMessage) -> str | None:
+        endpoint = message.payload.get("endpoint_id") if message.kind == WEBHOOK else None
+        # A webhook row without one fails its delivery, where the failure is recorded.
+        return None if endpoint is None else str(endpoint)
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    async def _finish_sends(self) -> None:
+        sends = [send for lane in self._lanes for send in lane.sends]
+        if not sends:
+            return
+        _, unfinished = await asyncio.wait(sends, timeout=self._shutdown_grace)
+        for send in unfinished:
+            send.cancel()
+        if unfinished:
+            logger.warning("outbox worker: %d sends cut short by shutdown", len(unfinished))
+            await asyncio.wait(unfinished)
+
+    async def _give_back_rows(self) -> None:
+        """Rows still held (sends cut short, claims not yet started) become due again now,
+        rather than when their lease runs out."""
+        try:
+            async with self._sessionmaker() as session:
+                await OutboxClaims(session, self.worker_id).release()
+        except Exception:
+            logger.warning("outbox worker: giving rows back failed; their leases will run out")
+
+    # --- one message ------------------------------------------------------------------------
+
+    async def _settle(
+        self, message: ClaimedMessage, lease_from: float, endpoint: str | None
+    ) -> None:
+        """Send the message while keeping its lease, then record the outcome."""
+        try:
+            async with self._lease_kept(message.id, lease_from):
+                failure = await self._attempt(message)
+            if failure is None:
+                await self._mark_sent(message)
+            else:
+                await self._record_failure(message, failure)
+        except LeaseLost:
+            logger.warning(
+                "outbox message %s: its lease could not be kept; its next holder sends it",
+                message.id,
+            )
+        except Exception:
+            # Not recorded: the row stays claimed until its lease runs out, then is sent again.
+            logger.exception("outbox message %s: recording the outcome failed", message.id)
+        finally:
+            if endpoint is not None:
+                self._endpoint_sends[endpoint] -= 1
+                if self._endpoint_sends[endpoint] <= 0:
+                    del self._endpoint_sends[endpoint]
+
+    @contextlib.asynccontextmanager
+    async def _lease_kept(self, message_id: uuid.UUID, lease_from: float) -> AsyncIterator[None]:
+        """Renew the row's lease while the block runs; stop the block (LeaseLost) before the
+        lease runs out if it cannot be renewed, or at once if the row is no longer ours."""
+        lease = self._settings.outbox_lease_seconds
+        done = asyncio.Event()
+        try:
+            async with asyncio.timeout_at(lease_from + lease * LEASE_SAFETY) as deadline:
+                keeper = asyncio.create_task(self._renew(message_id, deadline, done))
+                try:
+                    yield
+                finally:
+                    # The send is over; settling afterwards only lands if the row is still ours.
+                    if not deadline.expired():
+                        deadline.reschedule(None)
+                    done.set()
+                    await keeper
+        except TimeoutError:
+            raise LeaseLost from None
+
+    async def _renew(
+        self, message_id: uuid.UUID, deadline: asyncio.Timeout, done: asyncio.Event
+    ) -> None:
+        lease = self._settings.outbox_lease_seconds
+        loop = asyncio.get_running_loop()
+        while not await _set_within(done, lease / 3):
+            asked_at = loop.time()
             try:
-                await self._deliver(message)
-            except Exception as error:  # every failure is recorded and retried, whatever it is
-                await self._record_failure(message, error)
+                async with self._sessionmaker() as session:
+                    held = await OutboxClaims(session, self.worker_id).renew(message_id, lease)
+            except Exception:
+                # The deadline stands: the send stops before the old lease runs out.
+                logger.warning("outbox message %s: renewing its lease failed", message_id)
+                continue
+            if done.is_set() or deadline.expired():
                 return
-        async with self._sessionmaker() as session:
-            await OutboxClaims(session, self.worker_id).mark_sent(message.id)
+            if not held:
+                deadline.reschedule(loop.time())  # taken over after a stall: stop sending now
+                return
+            deadline.reschedule(asked_at + lease * LEASE_SAFETY)
+
+    async def _attempt(self, message: ClaimedMessage) -> Exception | None:
+        """Deliver the message; returns the failure, whatever it is, to be recorded."""
+        try:
+            await self._deliver(message)
+        except Exception as error:
+            return error
+        return None
 
     async def _deliver(self, message: ClaimedMessage) -> None:
         if message.kind == EMAIL:
@@ -131,6 +356,10 @@ class OutboxWorker:
             written_at=message.created_at,
         )
         await self._sender.send(email)
+
+    async def _mark_sent(self, message: ClaimedMessage) -> None:
+        async with self._sessionmaker() as session:
+            await OutboxClaims(session, self.worker_id).mark_sent(message.id)
 
     def _retry_plan(self, message: ClaimedMessage) -> tuple[int, float]:
         """(the attempt cap, the delay before the next attempt) for this kind of message."""
@@ -165,3 +394,10 @@ class OutboxWorker:
                 delay_seconds=delay,
                 max_attempts=message.attempts if final else max_attempts,
             )
+
+
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for the event; True if it is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+    return event.is_set()

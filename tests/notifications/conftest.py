@@ -30,6 +30,7 @@ from backend.main import create_app
 from backend.notifications.outbox import enqueue_email
 from backend.notifications.worker import OutboxWorker
 from tests.conftest import make_settings, running_client
+from tests.notifications.receiver import HooksApp, Receiver, running_hooks_app, running_receiver
 
 PUBLIC_BASE_URL = "https://track.example"
 # Refused with a transient (4xx) reply: the sender is expected to try again later.
@@ -216,6 +217,20 @@ async def track_app(database_url: str, redis_url: str) -> AsyncIterator[TrackApp
         yield TrackApp(application, http, settings)
 
 
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on loopback (see receiver.py)."""
+    async with running_receiver() as server:
+        yield server
+
+
+@pytest.fixture
+async def hooks(database_url: str, redis_url: str) -> AsyncIterator[HooksApp]:
+    """An app whose webhook URLs may point at the loopback receiver."""
+    async with running_hooks_app(database_url, redis_url) as hooks_app:
+        yield hooks_app
+
+
 # --- the outbox table ----------------------------------------------------------------------
 
 
@@ -318,3 +333,26 @@ async def queue_emails(
             )
             for number in range(count)
         ]
+
+
+class HookWorkerFactory(Protocol):
+    def __call__(self, **overrides: Any) -> OutboxWorker: ...
+
+
+@pytest.fixture
+async def hook_worker(
+    hooks: HooksApp, worker_settings: WorkerSettingsFactory
+) -> AsyncIterator[HookWorkerFactory]:
+    """Workers over the hooks app's sessionmaker that may call the loopback receiver."""
+    workers: list[OutboxWorker] = []
+
+    def build(**overrides: Any) -> OutboxWorker:
+        grace = overrides.pop("shutdown_grace_seconds", 0.5)
+        settings = worker_settings(**{"webhooks_allow_private": True, **overrides})
+        worker = OutboxWorker(settings, hooks.sessionmaker, shutdown_grace_seconds=grace)
+        workers.append(worker)
+        return worker
+
+    yield build
+    for worker in workers:
+        await worker.aclose()

@@ -3,7 +3,9 @@
 The receiver is asyncio.start_server on 127.0.0.1 (a free port), speaking just enough HTTP/1.1
 to take one request per connection. It records each request's method, path, headers and raw
 body, and answers with a scripted sequence of status codes (then 200 once the script runs out).
-It runs on the test's own event loop, so the worker's httpx client reaches it over real TCP.
+Some paths can be made hostile instead: answering a byte at a time for ever, answering after a
+delay, or answering 200 with a body of many megabytes. It runs on the test's own event loop, so
+the worker's httpx client reaches it over real TCP.
 
 Loopback is a private address, so deliveries to the receiver need an app (and a worker) with
 `webhooks_allow_private=True`; the session `app` keeps the production default.
@@ -12,8 +14,9 @@ Loopback is a private address, so deliveries to the receiver need an app (and a 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -28,6 +31,9 @@ from backend.main import create_app
 from tests.conftest import make_settings, running_client
 
 MAX_HEADER_BYTES = 64 * 1024
+CHUNK = b"\0" * (64 * 1024)
+# A trickling answer gives up after this long, so that a forgotten one cannot outlive its test.
+TRICKLE_LIMIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,15 @@ class Receiver:
     requests: list[ReceivedRequest] = field(default_factory=list)
     # Status codes to answer with, per path; the key None serves any path without a script.
     _scripts: dict[str | None, deque[int]] = field(default_factory=dict)
+    # Hostile paths: seconds between the bytes of a never-ending answer; seconds before
+    # answering; the size of a 200 answer's body.
+    _trickles: dict[str, float] = field(default_factory=dict)
+    _delays: dict[str, float] = field(default_factory=dict)
+    _huge: dict[str, int] = field(default_factory=dict)
+    # Per path: connections being answered now, the most at once, and body bytes written.
+    in_flight: Counter[str] = field(default_factory=Counter)
+    most_in_flight: Counter[str] = field(default_factory=Counter)
+    body_bytes_sent: Counter[str] = field(default_factory=Counter)
 
     def url(self, path: str = "/hooks") -> str:
         return f"http://{self.host}:{self.port}{path}"
@@ -61,6 +76,19 @@ class Receiver:
         """Answer the next requests (to `path`, or to any path) with these status codes, in
         order; then 200 again."""
         self._scripts.setdefault(path, deque()).extend(statuses)
+
+    def trickle(self, path: str, *, every: float = 0.2) -> None:
+        """Answer requests to `path` one byte every `every` seconds, without ever finishing."""
+        self._trickles[path] = every
+
+    def delay(self, path: str, seconds: float) -> None:
+        """Answer requests to `path` (with 200) only after `seconds`."""
+        self._delays[path] = seconds
+
+    def huge(self, path: str, size: int) -> None:
+        """Answer requests to `path` with 200 and a body of `size` bytes, written as fast as
+        the client reads it."""
+        self._huge[path] = size
 
     def _next_status(self, path: str) -> int:
         for key in (path, None):
@@ -87,20 +115,72 @@ class Receiver:
                 headers[name.strip().lower()] = value.strip()
             length = int(headers.get("content-length", "0"))
             body = await reader.readexactly(length) if length else b""
-            status = self._next_status(target)
+            hostile = target in self._trickles or target in self._huge or target in self._delays
+            status = 200 if hostile else self._next_status(target)
             self.requests.append(ReceivedRequest(method, target, headers, body, status))
-            reason = HTTPStatus(status).phrase
-            writer.write(
-                f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\n"
-                "content-length: 2\r\nconnection: close\r\n\r\nok".encode()
-            )
-            await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            self.in_flight[target] += 1
+            self.most_in_flight[target] = max(self.most_in_flight[target], self.in_flight[target])
+            try:
+                await self._answer(target, status, reader, writer)
+            finally:
+                self.in_flight[target] -= 1
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            TimeoutError,  # a trickle that reached its limit
+        ):
             return
         finally:
             writer.close()
             with suppress(ConnectionError):
                 await writer.wait_closed()
+
+    async def _answer(
+        self, path: str, status: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if path in self._trickles:
+            await self._answer_byte_by_byte(writer, self._trickles[path])
+            return
+        if path in self._delays and await _hung_up_within(reader, self._delays[path]):
+            return
+        size = self._huge.get(path, 2)
+        writer.write(
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: text/plain\r\n"
+            f"content-length: {size}\r\nconnection: close\r\n\r\n".encode()
+        )
+        if path not in self._huge:
+            writer.write(b"ok")
+            await writer.drain()
+            return
+        sent = 0
+        while sent < size:
+            chunk = CHUNK[: size - sent]
+            writer.write(chunk)
+            await writer.drain()  # raises once the client has hung up
+            sent += len(chunk)
+            self.body_bytes_sent[path] += len(chunk)
+
+    async def _answer_byte_by_byte(self, writer: asyncio.StreamWriter, every: float) -> None:
+        """A status line, then one endless header, a byte at a time: each read gets a byte
+        well within any per-read timeout, and the answer never completes."""
+        answer = itertools.chain(b"HTTP/1.1 200 OK\r\nx-slow: ", itertools.repeat(ord("a")))
+        async with asyncio.timeout(TRICKLE_LIMIT_SECONDS):
+            for byte in answer:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                if writer.is_closing():
+                    return
+                await asyncio.sleep(every)
+
+
+async def _hung_up_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Wait `seconds` for the client to hang up (it sends nothing more after its request)."""
+    try:
+        await asyncio.wait_for(reader.read(1), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 @asynccontextmanager

@@ -11,9 +11,8 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import pytest
@@ -21,12 +20,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.config import Settings
-from backend.notifications.worker import OutboxWorker
 from tests.assertions import assert_problem
 from tests.conftest import count_rows
 from tests.factories import account_with_token
 from tests.notifications.conftest import (
-    WorkerSettingsFactory,
+    HookWorkerFactory,
     database_now,
     drain,
     make_retries_due,
@@ -37,7 +35,6 @@ from tests.notifications.receiver import (
     ReceivedRequest,
     Receiver,
     register_endpoint,
-    running_hooks_app,
     running_receiver,
 )
 from tests.shipments.factories import (
@@ -49,40 +46,6 @@ from tests.shipments.factories import (
 
 # A literal public address: accepted without DNS (this sandbox resolves no public names).
 PUBLIC_URL = "https://93.184.215.14/hooks/shiptrack"
-
-
-class HookWorkerFactory(Protocol):
-    def __call__(self, **overrides: Any) -> OutboxWorker: ...
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with running_receiver() as server:
-        yield server
-
-
-@pytest.fixture
-async def hooks(database_url: str, redis_url: str) -> AsyncIterator[HooksApp]:
-    async with running_hooks_app(database_url, redis_url) as hooks_app:
-        yield hooks_app
-
-
-@pytest.fixture
-async def hook_worker(
-    hooks: HooksApp, worker_settings: WorkerSettingsFactory
-) -> AsyncIterator[HookWorkerFactory]:
-    """Workers over the hooks app's sessionmaker that may call the loopback receiver."""
-    workers: list[OutboxWorker] = []
-
-    def build(**overrides: Any) -> OutboxWorker:
-        settings = worker_settings(**{"webhooks_allow_private": True, **overrides})
-        worker = OutboxWorker(settings, hooks.sessionmaker)
-        workers.append(worker)
-        return worker
-
-    yield build
-    for worker in workers:
-        await worker.aclose()
 
 
 # --- Standard Webhooks, written from the published algorithm -----------------------------------
@@ -219,6 +182,15 @@ async def test_a_public_address_is_accepted_with_the_production_default(
         "http://[::1]/",
         "http://[fe80::1]/",
         "http://[::ffff:127.0.0.1]/",
+        # IPv4 inside IPv6 forms that `is_global` alone calls public: IPv4-compatible, NAT64,
+        # 6to4, local-use NAT64.
+        "http://[::127.0.0.1]/",
+        "http://[::10.0.0.1]/",
+        "http://[64:ff9b::7f00:1]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[2002:7f00:1::]/",
+        "http://[2002:c0a8:10a::1]/",
+        "http://[64:ff9b:1::5db8:d70e]/",
         "http://0.0.0.0/",
         "http://2130706433/",
         "ftp://93.184.215.14/hooks",
