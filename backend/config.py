@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=5000, ge=100)
 
     redis_timeout_seconds: float = Field(default=1.0, gt=0)
+    # Redis connections per process; when all are busy a command waits up to the timeout above.
+    redis_max_connections: int = Field(default=100, ge=1)
     health_check_timeout_seconds: float = Field(default=1.0, gt=0)
 
     # Authentication.
@@ -92,8 +94,13 @@ class Settings(BaseSettings):
     # Notifications: the outbox worker and email.
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=20, ge=1, le=500)
-    # How long a worker may hold claimed rows before another worker may take them.
-    outbox_lease_seconds: int = Field(default=60, ge=5)
+    # How long a claimed row stays a worker's unless renewed. The worker renews it every third
+    # of this while the row is in hand, so this only bounds how long a dead worker's rows wait.
+    outbox_lease_seconds: int = Field(default=60, ge=1)
+    # Messages one worker sends at once, emails and webhooks each in a lane of its own: slow
+    # webhook receivers never hold up emails.
+    outbox_email_concurrency: int = Field(default=10, ge=1, le=500)
+    outbox_webhook_concurrency: int = Field(default=10, ge=1, le=500)
     # Attempts before an email is dead-lettered; with the backoff below, 16 to 32 hours (a day
     # on average). Webhooks keep their own schedule (notifications/webhooks.py).
     outbox_max_attempts: int = Field(default=14, ge=1)
@@ -111,6 +118,13 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     # Webhooks: an endpoint failing without a break for this long is disabled.
     webhook_disable_after_seconds: int = Field(default=24 * 3600, ge=60)
+    # Each webhook attempt's deadline, from the DNS lookup to the last byte read.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # The deadline of looking up a webhook's host, at registration and at each attempt.
+    webhook_dns_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+    # Attempts to one endpoint in flight at once in one worker, so that one slow endpoint
+    # cannot take every webhook slot.
+    webhook_endpoint_concurrency: int = Field(default=2, ge=1, le=100)
     # Let webhook URLs reach private, loopback and link-local addresses. Tests and local
     # development only: in production this opens the door to SSRF.
     webhooks_allow_private: bool = False
@@ -118,6 +132,12 @@ class Settings(BaseSettings):
     # Live updates: a comment on idle Server-Sent Event streams this often keeps proxies from
     # closing them.
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # An open stream costs memory, not a connection; these caps bound that memory. Beyond them
+    # a new stream is refused before it starts: 503 when the process is full, 429 per address.
+    streams_per_process: int = Field(default=10_000, ge=1)
+    streams_per_client: int = Field(default=50, ge=1)
+    # A stream ends after this long with a retry hint; the client resumes with Last-Event-ID.
+    stream_max_lifetime_seconds: float = Field(default=3600.0, gt=0)
 
     # HTTP server.
     host: str = "127.0.0.1"
