@@ -91,6 +91,23 @@ class Settings(BaseSettings):
     # How long the review link in the delivery email works.
     review_link_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=3600)
 
+    # Abuse limits on shipments (product.md §10).
+    # Wrong delivery codes per shipment across all the codes it is ever issued: past this, its
+    # partner may only return it. Guesses per partner per minute (right codes are given back).
+    delivery_code_max_failures_per_shipment: int = Field(default=10, ge=1, le=100)
+    delivery_code_guesses_per_partner_per_minute: int = Field(default=30, ge=1)
+    # Shipments a seller may create before verifying its email address (403 beyond).
+    unverified_seller_shipment_limit: int = Field(default=20, ge=0)
+    # Recipient emails a seller's creates send per hour; beyond, they are deferred, not dropped.
+    recipient_emails_per_seller_per_hour: int = Field(default=500, ge=1)
+    shipments_per_seller_per_minute: int = Field(default=120, ge=1)
+    # Shipments still `placed` this long after creation are cancelled by the worker's sweep,
+    # which runs this often.
+    placed_expiry_hours: int = Field(default=72, ge=1)
+    placed_expiry_sweep_seconds: float = Field(default=60.0, gt=0)
+    # Timeline events per shipment; the last one is kept for the final status (409 beyond).
+    max_events_per_shipment: int = Field(default=200, ge=10, le=10_000)
+
     # Notifications: the outbox worker and email.
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=20, ge=1, le=500)

@@ -27,6 +27,7 @@ from backend.notifications.worker import OutboxWorker
 from backend.openapi import build_openapi
 from backend.redis_client import create_redis
 from backend.shipments.delivery_codes import DeliveryCodes
+from backend.shipments.limits import ShipmentLimits
 from backend.shipments.router import router as shipments_router
 from backend.shipments.status import STATUS_MACHINE_DOC
 from backend.shipments.tracking_router import router as tracking_router
@@ -74,7 +75,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.jwt_secret_key.get_secret_value(),
         ttl_seconds=settings.delivery_code_ttl_seconds,
         max_attempts=settings.delivery_code_max_attempts,
+        max_failures_per_shipment=settings.delivery_code_max_failures_per_shipment,
     )
+    app.state.shipment_limits = ShipmentLimits(app.state.redis, settings)
     app.state.password_hasher = PasswordHasher(
         settings.bcrypt_rounds, settings.password_hash_concurrency
     )

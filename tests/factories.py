@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 PASSWORD = "correct horse battery"
 
@@ -63,3 +66,19 @@ async def account_with_token(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def verify_email(
+    client: httpx.AsyncClient, engine: AsyncEngine, kind: str, email: str
+) -> None:
+    """Follow the link of the verification email the account's sign-up queued."""
+    query = text(
+        "SELECT payload ->> 'verify_url' FROM outbox_messages"
+        " WHERE payload ->> 'template' = 'verify_email' AND payload ->> 'to' = :to"
+    )
+    async with engine.connect() as connection:
+        urls = [url for (url,) in await connection.execute(query, {"to": email})]
+    [url] = [url for url in urls if f"/{kind}/verify?" in url]
+    link = urlsplit(url)
+    response = await client.get(f"{link.path}?{link.query}")
+    assert response.status_code == 200, response.text

@@ -120,7 +120,12 @@ async def authenticate(
     row = await caller_row(database, claims.kind, claims.account_id)
     _check_version(None if row is None else row["token_version"], claims)
     assert row is not None  # _check_version raised otherwise
-    return Caller(kind=claims.kind, account_id=claims.account_id, name=row["name"])
+    return Caller(
+        kind=claims.kind,
+        account_id=claims.account_id,
+        name=row["name"],
+        email_verified=row["email_verified_at"] is not None,
+    )
 
 
 CurrentSeller = Annotated[Seller, Depends(current_seller)]

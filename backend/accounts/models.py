@@ -25,6 +25,8 @@ class Caller:
     kind: AccountKind
     account_id: uuid.UUID
     name: str
+    # Sellers only: whether the email address was verified (limits unverified accounts).
+    email_verified: bool = False
 
 
 class Seller(SQLModel, table=True):
@@ -39,6 +41,10 @@ class Seller(SQLModel, table=True):
     zip_code: str = Field(max_length=20)
     address: str | None = Field(default=None, max_length=300)
     email_verified_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # Shipments created while the email was unverified, capped by
+    # UNVERIFIED_SELLER_SHIPMENT_LIMIT; counted in this row so one conditional UPDATE settles
+    # concurrent creates. Verified sellers' creates do not touch it.
+    unverified_shipments: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # In every access token; raising it (a password reset) invalidates every token issued before.
     token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

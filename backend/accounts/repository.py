@@ -24,17 +24,21 @@ MODELS: dict[AccountKind, type[Seller] | type[Partner]] = {
 def _caller_statement(model: type[Seller] | type[Partner]) -> Statement:
     table = table_of(model)
     return Statement(
-        sa_select(table.c.token_version, table.c.name).where(table.c.id == bindparam("id"))
+        sa_select(table.c.token_version, table.c.name, table.c.email_verified_at).where(
+            table.c.id == bindparam("id")
+        )
     )
 
 
 # What checking an access token needs, by primary key: the account's token version (and its
-# name, which a shipment's emails show), without building the entity.
+# name, which a shipment's emails show, and whether its email is verified, which limits what an
+# unverified seller may create), without building the entity.
 CALLER_STATEMENTS = {kind: _caller_statement(model) for kind, model in MODELS.items()}
 
 
 async def caller_row(database: Database, kind: AccountKind, account_id: uuid.UUID) -> Record | None:
-    """The account's `token_version` and `name`, or None if it does not exist."""
+    """The account's `token_version`, `name` and `email_verified_at`, or None if it does not
+    exist."""
     return await database.fetch_one(CALLER_STATEMENTS[kind], id=account_id)
 
 

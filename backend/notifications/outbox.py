@@ -28,7 +28,7 @@ _QUEUE = Statement(
         payload=bindparam("payload"),
         status=OutboxStatus.pending.value,
         attempts=0,
-        next_attempt_at=_now,
+        next_attempt_at=bindparam("next_attempt_at"),
         created_at=_now,
     )
 )
@@ -40,9 +40,10 @@ async def enqueue(
     payloads: list[dict[str, Any]],
     *,
     shipment_id: uuid.UUID | None = None,
+    not_before: datetime | None = None,
 ) -> list[uuid.UUID]:
-    """Queue messages in the caller's transaction: they are sent only if it commits. Returns
-    the messages' ids."""
+    """Queue messages in the caller's transaction: they are sent only if it commits, and not
+    before `not_before` when it is given. Returns the messages' ids."""
     now = utcnow()
     ids = [uuid.uuid4() for _ in payloads]
     rows = [
@@ -52,6 +53,7 @@ async def enqueue(
             "shipment_id": shipment_id,
             "payload": json_text(payload),
             "now": now,
+            "next_attempt_at": max(now, not_before) if not_before else now,
         }
         for message_id, payload in zip(ids, payloads, strict=True)
     ]
@@ -69,6 +71,7 @@ async def enqueue_email(
     *,
     shipment_id: uuid.UUID | None = None,
     secret_fields: tuple[str, ...] = (),
+    not_before: datetime | None = None,
     **context: Any,
 ) -> uuid.UUID:
     """Queue an email in the caller's transaction: it is sent only if that transaction commits.
@@ -76,9 +79,12 @@ async def enqueue_email(
 
     `context` must be JSON-serializable; it is what the template sees. `secret_fields` name
     context values (a delivery code) erased from the stored row once the email is sent.
+    `not_before` defers it (a sender over its hourly budget): it waits, it is never dropped.
     """
     payload = {"template": template, "to": to, **context, REDACT: list(secret_fields)}
-    [message_id] = await enqueue(database, EMAIL, [payload], shipment_id=shipment_id)
+    [message_id] = await enqueue(
+        database, EMAIL, [payload], shipment_id=shipment_id, not_before=not_before
+    )
     return message_id
 
 

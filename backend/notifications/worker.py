@@ -42,6 +42,7 @@ from backend.notifications.webhooks import (
     system_resolver,
     webhook_retry_plan,
 )
+from backend.shipments.expiry import run_expiry_sweeps
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,11 @@ class OutboxWorker:
     async def run(self) -> None:
         logger.info("outbox worker %s started", self.worker_id)
         try:
-            await asyncio.gather(*(self._keep_busy(lane) for lane in self._lanes))
+            await asyncio.gather(
+                *(self._keep_busy(lane) for lane in self._lanes),
+                # Periodic work of the worker process that is not a message to send.
+                run_expiry_sweeps(self._settings, self._sessionmaker.kw["bind"], self._stopping),
+            )
         finally:
             await self._finish_sends()
             await self._give_back_rows()

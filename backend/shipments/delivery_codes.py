@@ -1,5 +1,10 @@
 """The recipient's 6-digit delivery code: issued on every entry into `out_for_delivery`,
-stored only as a keyed hash, and burned after too many wrong tries or once used."""
+stored only as a keyed hash, and burned after too many wrong tries or once used.
+
+Wrong tries are also counted per shipment across all its codes: a new round out for delivery
+issues a fresh code, but not a fresh budget of guesses. Past that cap the shipment is locked: it
+gets no new code and can only be returned.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from datetime import datetime, timedelta
 
 from backend.db import utcnow
 from backend.shipments.errors import (
+    DeliveryLocked,
     InvalidVerificationCode,
     VerificationCodeBurned,
     VerificationCodeRequired,
@@ -18,18 +24,27 @@ from backend.shipments.repository import ShipmentState
 
 
 class DeliveryCodes:
-    def __init__(self, secret: str, ttl_seconds: int, max_attempts: int) -> None:
+    def __init__(
+        self, secret: str, ttl_seconds: int, max_attempts: int, max_failures_per_shipment: int
+    ) -> None:
         # A key of its own, derived from the app secret, so these hashes mean nothing elsewhere.
         self._key = hmac.new(secret.encode(), b"shiptrack delivery code", hashlib.sha256).digest()
         self._ttl = timedelta(seconds=ttl_seconds)
         self._max_attempts = max_attempts
+        self._max_failures = max_failures_per_shipment
 
     def _digest(self, shipment: ShipmentState, code: str) -> str:
         message = f"{shipment.id}:{code}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
+    def locked(self, shipment: ShipmentState) -> bool:
+        """Whether the shipment had so many wrong codes that it can no longer be delivered."""
+        return shipment.delivery_code_failures >= self._max_failures
+
     def issue(self, shipment: ShipmentState) -> tuple[str, datetime]:
         """A fresh code for the shipment (replacing any earlier one) and when it expires."""
+        if self.locked(shipment):
+            raise DeliveryLocked()
         code = f"{secrets.randbelow(10**6):06d}"
         shipment.delivery_code_hash = self._digest(shipment, code)
         shipment.delivery_code_expires_at = utcnow() + self._ttl
@@ -38,6 +53,8 @@ class DeliveryCodes:
 
     def redeem(self, shipment: ShipmentState, code: str | None) -> None:
         """Accept the code (which burns it) or raise; a wrong try is recorded on the shipment."""
+        if self.locked(shipment):
+            raise DeliveryLocked()
         if code is None:
             raise VerificationCodeRequired()
         if shipment.delivery_code_hash is None:
@@ -49,10 +66,17 @@ class DeliveryCodes:
             self._burn(shipment)
             return
         shipment.delivery_code_attempts += 1
+        shipment.delivery_code_failures += 1
+        if self.locked(shipment):
+            self._burn(shipment)
+            raise DeliveryLocked()
         if shipment.delivery_code_attempts >= self._max_attempts:
             self._burn(shipment)
             raise VerificationCodeBurned()
-        remaining = self._max_attempts - shipment.delivery_code_attempts
+        remaining = min(
+            self._max_attempts - shipment.delivery_code_attempts,
+            self._max_failures - shipment.delivery_code_failures,
+        )
         raise InvalidVerificationCode(f"Wrong verification code; {remaining} tries left.")
 
     @staticmethod

@@ -28,10 +28,13 @@ def _service(request: Request, database: Database, caller: Caller) -> ShipmentSe
         database,
         state.delivery_codes,
         state.redis,
+        limits=state.shipment_limits,
         links=state.link_tokens,
         public_base_url=settings.public_base_url,
         default_transit_days=settings.default_transit_days,
         review_link_ttl_seconds=settings.review_link_ttl_seconds,
+        unverified_seller_shipment_limit=settings.unverified_seller_shipment_limit,
+        max_events_per_shipment=settings.max_events_per_shipment,
     )
 
 

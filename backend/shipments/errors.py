@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from backend.errors import Conflict, DomainError, NotFound, RateLimited
+from backend.errors import Conflict, DomainError, Forbidden, NotFound, RateLimited
 
 
 class ShipmentNotFound(NotFound):
@@ -68,6 +68,38 @@ class VerificationCodeBurned(RateLimited):
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(retry_after_seconds=3600, detail=detail)
+
+
+class DeliveryLocked(Conflict):
+    code = "delivery_locked"
+    title = "Delivery locked"
+    default_detail = (
+        "Too many wrong delivery codes for this shipment: it can no longer be delivered, only "
+        "returned to the sender."
+    )
+    # The wrong try that reaches the cap is counted in the same transaction and must be kept.
+    keep_changes = True
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, allowed_next=["returned"])
+
+
+class TimelineFull(Conflict):
+    code = "timeline_full"
+    title = "Timeline full"
+    default_detail = (
+        "This shipment's timeline holds as many events as it may; only a final status "
+        "(delivered, returned, cancelled) can still be recorded."
+    )
+
+
+class EmailNotVerified(Forbidden):
+    code = "email_not_verified"
+    title = "Email not verified"
+    default_detail = (
+        "Verify your email address to create more shipments: follow the link in the email "
+        "sent at sign-up."
+    )
 
 
 class ShipmentNotDelivered(Conflict):

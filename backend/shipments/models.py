@@ -22,14 +22,20 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    and_,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlmodel import Field, Relationship, SQLModel
+from sqlalchemy.orm import foreign
+from sqlmodel import Field, Relationship, SQLModel, col
 
 from backend.accounts.models import Partner
 from backend.db import utcnow
 from backend.shipments.status import ShipmentStatus
+
+# How many of the newest events public tracking shows (with the total count).
+PUBLIC_TIMELINE_LENGTH = 50
 
 _STATUS_VALUES = ", ".join(f"'{status.value}'" for status in ShipmentStatus)
 
@@ -96,6 +102,12 @@ class Shipment(SQLModel, table=True):
         Index("ix_shipments_seller_created", "seller_id", "created_at", "id"),
         Index("ix_shipments_partner_created", "partner_id", "created_at", "id"),
         Index("ix_shipments_status", "status"),
+        # The expiry sweep's oldest still-placed shipments (backend/shipments/expiry.py).
+        Index(
+            "ix_shipments_placed_created",
+            "created_at",
+            postgresql_where=text("status = 'placed'"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -120,6 +132,11 @@ class Shipment(SQLModel, table=True):
     delivery_code_hash: str | None = Field(default=None, max_length=64)
     delivery_code_expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     delivery_code_attempts: int = Field(default=0, sa_type=Integer)
+    # Wrong codes across every code the shipment was issued: re-issuing one must not reset the
+    # budget a guesser has for the parcel.
+    delivery_code_failures: int = Field(
+        default=0, sa_type=Integer, sa_column_kwargs={"server_default": "0"}
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
 
@@ -128,6 +145,20 @@ class Shipment(SQLModel, table=True):
             "lazy": "selectin",
             "order_by": "ShipmentEvent.sequence",
             "cascade": "all, delete-orphan",
+        }
+    )
+    # The newest events only, for public views: a timeline may hold MAX_EVENTS_PER_SHIPMENT
+    # events, and an anonymous read should not carry them all. Sequences are gapless, so the
+    # newest N are those above `last_sequence - N`, and `last_sequence` is the total.
+    recent_timeline: list[ShipmentEvent] = Relationship(
+        sa_relationship_kwargs={
+            "lazy": "raise",
+            "viewonly": True,
+            "order_by": "ShipmentEvent.sequence",
+            "primaryjoin": lambda: and_(
+                foreign(col(ShipmentEvent.shipment_id)) == col(Shipment.id),
+                col(ShipmentEvent.sequence) > col(Shipment.last_sequence) - PUBLIC_TIMELINE_LENGTH,
+            ),
         }
     )
     tags: list[Tag] = Relationship(link_model=ShipmentTag, sa_relationship_kwargs={"lazy": "raise"})

@@ -11,7 +11,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, raiseload, selectinload
 from sqlmodel import col
 
 from backend.accounts.errors import InvalidLinkToken
@@ -42,14 +42,16 @@ def tracking_url(public_base_url: str, tracking_number: str) -> str:
 
 
 class PublicTracking:
-    """Reads through the ORM: the timeline loads with the shipment (`lazy="selectin"`)."""
+    """Reads through the ORM. A public view shows the newest PUBLIC_TIMELINE_LENGTH events
+    (`Shipment.recent_timeline`, loaded by selectin in a second query) and the total, never
+    the whole timeline: two queries, whatever its length."""
 
     def __init__(self, session: AsyncSession, links: LinkTokens) -> None:
         self._session = session
         self._links = links
 
     async def shipment_id_for(self, tracking_number: str) -> uuid.UUID:
-        shipment = await self._by_tracking_number(tracking_number)
+        shipment = await self._by_tracking_number(tracking_number, with_timeline=False)
         return shipment.id
 
     async def track(self, tracking_number: str) -> TrackingView:
@@ -62,13 +64,15 @@ class PublicTracking:
                 zip_code=shipment.destination_zip, city=shipment.destination_city
             ),
             partner=PublicPartner(name=shipment.partner.name),
-            timeline=[TimelineEvent.model_validate(event) for event in shipment.timeline],
+            timeline=[TimelineEvent.model_validate(event) for event in shipment.recent_timeline],
+            # Sequences are gapless from 1: the newest is the count.
+            timeline_total=shipment.last_sequence,
         )
 
     async def review(self, tracking_number: str, body: ReviewCreate) -> ReviewRead:
         """The recipient's rating, with the signed link from the delivery email; once only."""
         shipment_id, _ = self._links.decode(body.token, REVIEW_LINK, "shipment", [])
-        shipment = await self._by_tracking_number(tracking_number)
+        shipment = await self._by_tracking_number(tracking_number, with_timeline=False)
         if shipment.id != shipment_id:
             raise InvalidLinkToken()
         if shipment.status is not ShipmentStatus.delivered:
@@ -84,11 +88,21 @@ class PublicTracking:
             raise ReviewAlreadyGiven() from None
         return ReviewRead.model_validate(review)
 
-    async def _by_tracking_number(self, tracking_number: str) -> Shipment:
+    async def _by_tracking_number(
+        self, tracking_number: str, *, with_timeline: bool = True
+    ) -> Shipment:
+        # The full timeline (`lazy="selectin"`) is never loaded here: it may hold hundreds of
+        # events, and an anonymous caller sees the newest ones only.
+        options = [
+            joinedload(Shipment.partner),  # type: ignore[arg-type]
+            raiseload(Shipment.timeline),  # type: ignore[arg-type]
+        ]
+        if with_timeline:
+            options.append(selectinload(Shipment.recent_timeline))  # type: ignore[arg-type]
         statement = (
             select(Shipment)
             .where(col(Shipment.tracking_number) == tracking_number.strip().upper())
-            .options(joinedload(Shipment.partner))  # type: ignore[arg-type]
+            .options(*options)
         )
         shipment = (await self._session.execute(statement)).scalars().first()
         if shipment is None:

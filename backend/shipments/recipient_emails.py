@@ -27,12 +27,20 @@ class RecipientEmails:
         self._review_lifetime = timedelta(seconds=review_link_ttl_seconds)
 
     async def created(
-        self, shipment: ShipmentState, *, seller_name: str, delivery_day: str
+        self,
+        shipment: ShipmentState,
+        *,
+        seller_name: str,
+        delivery_day: str,
+        not_before: datetime | None,
     ) -> None:
-        """The shipment is on its way: who sends it, who carries it, when it should arrive."""
+        """The shipment is on its way: who sends it, who carries it, when it should arrive.
+
+        `not_before` defers it when the seller is over its hourly budget of these emails."""
         await self._queue(
             shipment,
             "shipment_created",
+            not_before=not_before,
             partner_name=shipment.partner_name,
             seller_name=seller_name,
             estimated_delivery_day=delivery_day,
@@ -64,6 +72,7 @@ class RecipientEmails:
         template: str,
         *,
         secret_fields: tuple[str, ...] = (),
+        not_before: datetime | None = None,
         **context: str,
     ) -> None:
         """Queue an email to the recipient, sent only if this change commits."""
@@ -73,6 +82,7 @@ class RecipientEmails:
             shipment.recipient_email,
             shipment_id=shipment.id,
             secret_fields=secret_fields,
+            not_before=not_before,
             recipient_name=shipment.recipient_name,
             tracking_number=shipment.tracking_number,
             tracking_url=self._page(shipment),

@@ -12,10 +12,10 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, String, any_, bindparam, delete, func, select, text, update
+from sqlalchemy import ARRAY, String, any_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from backend.accounts.models import AccountKind, Caller, Partner
+from backend.accounts.models import AccountKind, Caller, Partner, Seller
 from backend.db import Database, Record, Statement, json_text, table_of
 from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentEvent, ShipmentTag, Tag
 from backend.shipments.status import ShipmentStatus
@@ -26,6 +26,7 @@ _partners = table_of(Partner)
 _tags = table_of(Tag)
 _shipment_tags = table_of(ShipmentTag)
 _idempotency = table_of(IdempotencyRecord)
+_sellers = table_of(Seller)
 
 # Take one slot from the least-loaded partner serving the zip that still has room. A concurrent
 # creator waits on the row lock, then PostgreSQL re-checks `active_shipments <
@@ -75,6 +76,7 @@ _CHANGEABLE = (
     "delivery_code_hash",
     "delivery_code_expires_at",
     "delivery_code_attempts",
+    "delivery_code_failures",
     "updated_at",
 )
 _SAVE_SHIPMENT = Statement(
@@ -139,6 +141,37 @@ _RECORD_RESPONSE = Statement(
 )
 
 
+# An unverified seller's shipment, counted in its row under the row's lock: concurrent creates
+# queue on it and each re-checks the count, so the cap holds exactly. A seller verified
+# meanwhile passes (and the count it no longer needs goes up by one).
+_COUNT_UNVERIFIED_SHIPMENT = Statement(
+    update(_sellers)
+    .where(
+        _sellers.c.id == bindparam("seller_id"),
+        or_(
+            _sellers.c.email_verified_at.is_not(None),
+            _sellers.c.unverified_shipments < bindparam("limit"),
+        ),
+    )
+    .values(unverified_shipments=_sellers.c.unverified_shipments + 1)
+    .returning(_sellers.c.id)
+)
+
+# Shipments left `placed` since before the cutoff, oldest first, locked for the expiry sweep.
+# SKIP LOCKED: concurrent sweeps take disjoint rows, and one a seller or partner is changing
+# right now is left for the next sweep (which re-reads its status).
+_EXPIRED_PLACED = Statement(
+    select(_shipments.c.id, _shipments.c.seller_id)
+    .where(
+        _shipments.c.status == ShipmentStatus.placed.value,
+        _shipments.c.created_at < bindparam("cutoff"),
+    )
+    .order_by(_shipments.c.created_at)
+    .limit(bindparam("batch_size"))
+    .with_for_update(of=_shipments, skip_locked=True)
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedPartner:
     id: uuid.UUID
@@ -189,6 +222,7 @@ class ShipmentState:
     delivery_code_hash: str | None
     delivery_code_expires_at: datetime | None
     delivery_code_attempts: int
+    delivery_code_failures: int
     updated_at: datetime
 
     @classmethod
@@ -342,3 +376,19 @@ class ShipmentRepository:
             shipment_id=shipment_id,
             response_body=json_text(body),
         )
+
+    async def count_unverified_shipment(self, seller_id: uuid.UUID, limit: int) -> bool:
+        """Count one more shipment of a seller whose email is unverified; False (nothing
+        counted) when it already has `limit`."""
+        counted = await self._database.fetch_value(
+            _COUNT_UNVERIFIED_SHIPMENT, seller_id=seller_id, limit=limit
+        )
+        return counted is not None
+
+    async def lock_expired_placed(
+        self, cutoff: datetime, batch_size: int
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """(id, seller id) of up to `batch_size` shipments `placed` since before `cutoff` that
+        no one else holds, locked until the transaction ends."""
+        rows = await self._database.fetch_all(_EXPIRED_PLACED, cutoff=cutoff, batch_size=batch_size)
+        return [(row["id"], row["seller_id"]) for row in rows]

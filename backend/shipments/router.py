@@ -9,17 +9,20 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from backend.db import UnitOfWorkRoute
-from backend.errors import problem_responses
+from backend.errors import RateLimited, problem_responses
 from backend.notifications.live import SSE_RESPONSES, LastEventId, open_timeline_stream
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
 from backend.request_body import NO_REQUEST_BODY
 from backend.shipments.dependencies import CallersShipments, PartnersShipments, SellersShipments
 from backend.shipments.errors import (
+    DeliveryLocked,
+    EmailNotVerified,
     IdempotencyKeyReused,
     InvalidTransition,
     InvalidVerificationCode,
     NoPartnerAvailable,
     ShipmentNotFound,
+    TimelineFull,
     VerificationCodeBurned,
     VerificationCodeRequired,
     VersionMismatch,
@@ -74,7 +77,9 @@ def _etag(shipment: ShipmentRead, response: Response) -> ShipmentRead:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ShipmentRead,
-    responses=problem_responses(NoPartnerAvailable, IdempotencyKeyReused),
+    responses=problem_responses(
+        NoPartnerAvailable, IdempotencyKeyReused, EmailNotVerified, RateLimited
+    ),
 )
 async def create_shipment(
     body: ShipmentCreate,
@@ -90,6 +95,12 @@ async def create_shipment(
 
     Send an `Idempotency-Key` to retry safely: the same key and body return the original 201
     (with `Idempotent-Replayed: true`); the same key with another body is 422.
+
+    Limits: `SHIPMENTS_PER_SELLER_PER_MINUTE` creates a minute (429 with `Retry-After`); until
+    its email address is verified, a seller may create `UNVERIFIED_SELLER_SHIPMENT_LIMIT`
+    shipments (403 `email_not_verified` beyond). Past `RECIPIENT_EMAILS_PER_SELLER_PER_HOUR`,
+    shipments are still created and their recipients' emails wait for a later hour. Shipments
+    still `placed` after `PLACED_EXPIRY_HOURS` are cancelled automatically.
     """
     created = await shipments.create(body, idempotency_key)
     if created.replayed:
@@ -161,6 +172,9 @@ async def stream_shipment(
         VerificationCodeRequired,
         InvalidVerificationCode,
         VerificationCodeBurned,
+        DeliveryLocked,
+        TimelineFull,
+        RateLimited,
     ),
     description=STATUS_MACHINE_DOC,
 )
@@ -175,7 +189,12 @@ async def update_shipment(
 
     Every accepted report appends one timeline event and increments `version`. `delivered`
     needs the recipient's `verification_code`: a wrong one is 422, and after five wrong tries
-    the code is burned (429) until the shipment goes out for delivery again.
+    the code is burned (429) until the shipment goes out for delivery again. After ten wrong
+    tries across all of a shipment's codes it is locked (409 `delivery_locked`): it can only be
+    returned. Code guesses are rate-limited per partner (429).
+
+    A timeline holds at most `MAX_EVENTS_PER_SHIPMENT` events; the last place is kept for the
+    final status, so other reports get 409 `timeline_full` once only that one is left.
     """
     expected = _expected_version(if_match)
     updated = await shipments.report(shipment_id, body, expected_version=expected)

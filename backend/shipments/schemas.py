@@ -21,6 +21,7 @@ from pydantic import (
 
 from backend.accounts.schemas import RequestBody
 from backend.fields import AddressLine, Email, Name, ZipCode, reject_unstorable
+from backend.shipments.models import PUBLIC_TIMELINE_LENGTH
 from backend.shipments.status import ShipmentStatus
 
 MAX_TAGS = 10
@@ -350,6 +351,7 @@ class TrackingView(BaseModel):
                     "destination": {"zip_code": "02139", "city": "Cambridge"},
                     "partner": {"name": "Speedy Couriers"},
                     "timeline": _EXAMPLE_TIMELINE,
+                    "timeline_total": 2,
                 }
             ]
         }
@@ -360,4 +362,10 @@ class TrackingView(BaseModel):
     estimated_delivery: datetime
     destination: PublicDestination
     partner: PublicPartner
-    timeline: list[TimelineEvent]
+    timeline: list[TimelineEvent] = Field(
+        description=f"The newest {PUBLIC_TIMELINE_LENGTH} events at most, oldest first."
+    )
+    timeline_total: int = Field(
+        description="How many events the timeline holds in all; more than `timeline` shows "
+        f"once it passes {PUBLIC_TIMELINE_LENGTH}."
+    )

@@ -1,7 +1,11 @@
-"""Shipment decisions: assignment, ownership, the status machine, idempotency, delivery codes.
+"""Shipment decisions: assignment, ownership, the status machine, idempotency, delivery codes,
+and the limits that keep one account from abusing them (product.md §10).
 
-Races are settled by PostgreSQL: partner capacity by a locked conditional UPDATE, status changes
-and timeline sequences by a row lock on the shipment, idempotency by the key's primary key.
+Races are settled by PostgreSQL: partner capacity by a locked conditional UPDATE, status changes,
+timeline sequences and the timeline's length by a row lock on the shipment, idempotency by the
+key's primary key, an unverified seller's shipment count by a conditional UPDATE of its row.
+Rates (creates per seller, code guesses per partner, recipient emails per hour) are counted in
+Redis, before any row is locked.
 """
 
 from __future__ import annotations
@@ -10,14 +14,18 @@ import hashlib
 import json
 import secrets
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from backend.accounts.models import Caller
 from backend.accounts.tokens import LinkTokens
 from backend.db import Database, utcnow
+from backend.errors import DomainError
 from backend.notifications.events import (
     SHIPMENT_CANCELLED,
     SHIPMENT_CREATED,
@@ -30,14 +38,18 @@ from backend.notifications.wording import human_day
 from backend.pagination import decode_cursor, encode_cursor
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.errors import (
+    DeliveryLocked,
+    EmailNotVerified,
     IdempotencyKeyReused,
     InvalidTransition,
     InvalidVerificationCode,
     NoPartnerAvailable,
     ShipmentNotFound,
+    TimelineFull,
     VerificationCodeBurned,
     VersionMismatch,
 )
+from backend.shipments.limits import EmailSlot, ShipmentLimits
 from backend.shipments.recipient_emails import RecipientEmails
 from backend.shipments.repository import ShipmentRepository, ShipmentState, Visibility
 from backend.shipments.schemas import (
@@ -105,10 +117,13 @@ class ShipmentService:
         codes: DeliveryCodes,
         redis: Redis,
         *,
+        limits: ShipmentLimits,
         links: LinkTokens,
         public_base_url: str,
         default_transit_days: int,
         review_link_ttl_seconds: int,
+        unverified_seller_shipment_limit: int,
+        max_events_per_shipment: int,
     ) -> None:
         self._caller = caller
         self._visibility = Visibility.of(caller)
@@ -126,6 +141,9 @@ class ShipmentService:
             review_link_ttl_seconds=review_link_ttl_seconds,
         )
         self._transit = timedelta(days=default_transit_days)
+        self._limits = limits
+        self._unverified_limit = unverified_seller_shipment_limit
+        self._max_events = max_events_per_shipment
 
     # --- reading -------------------------------------------------------------------------
 
@@ -158,6 +176,22 @@ class ShipmentService:
     # --- sellers -------------------------------------------------------------------------
 
     async def create(self, body: ShipmentCreate, idempotency_key: str | None) -> CreatedShipment:
+        seller_id = self._caller.account_id
+        # Redis first, while this request holds no row lock: the seller's rate (429), and the
+        # slot of the recipient's email in the seller's hourly budget.
+        email_slot = await self._limits.admit_create(seller_id)
+        try:
+            created = await self._create(body, idempotency_key, email_slot.send_at)
+        except DomainError:
+            await self._return_email_slot(email_slot)  # refused: nothing stored, nothing sent
+            raise
+        if created.replayed:
+            await self._return_email_slot(email_slot)
+        return created
+
+    async def _create(
+        self, body: ShipmentCreate, idempotency_key: str | None, email_not_before: datetime | None
+    ) -> CreatedShipment:
         seller = self._caller
         if idempotency_key is not None:
             fingerprint = request_fingerprint(body)
@@ -168,6 +202,8 @@ class ShipmentService:
                 if earlier.fingerprint != fingerprint:
                     raise IdempotencyKeyReused()
                 return CreatedShipment(ShipmentRead.model_validate(earlier.response_body), True)
+        if not seller.email_verified:
+            await self._count_unverified_shipment()
 
         partner = await self._shipments.claim_partner(body.destination.zip_code)
         if partner is None:
@@ -191,6 +227,7 @@ class ShipmentService:
             delivery_code_hash=None,
             delivery_code_expires_at=None,
             delivery_code_attempts=0,
+            delivery_code_failures=0,
             updated_at=now,
         )
         await self._shipments.insert(
@@ -209,7 +246,10 @@ class ShipmentService:
         await self._shipments.add_tags(shipment.id, body.tags)
         created = await self._view_of(shipment)
         await self._emails.created(
-            shipment, seller_name=seller.name, delivery_day=human_day(shipment.estimated_delivery)
+            shipment,
+            seller_name=seller.name,
+            delivery_day=human_day(shipment.estimated_delivery),
+            not_before=email_not_before,
         )
         if idempotency_key is not None:
             await self._shipments.record_idempotent_response(
@@ -218,7 +258,8 @@ class ShipmentService:
         await self._publish(created, [SHIPMENT_CREATED])
         return CreatedShipment(created, replayed=False)
 
-    async def cancel(self, shipment_id: uuid.UUID) -> ShipmentRead:
+    async def cancel(self, shipment_id: uuid.UUID, *, note: str | None = None) -> ShipmentRead:
+        """Cancel a `placed` shipment; `note` replaces the usual timeline line."""
         shipment = await self._locked(shipment_id)
         if shipment.status not in CANCELLABLE:
             raise InvalidTransition(
@@ -226,7 +267,7 @@ class ShipmentService:
                 current_status=shipment.status.value,
                 allowed_next=[],
             )
-        await self._move(shipment, ShipmentStatus.cancelled, location_zip=None, note=None)
+        await self._move(shipment, ShipmentStatus.cancelled, location_zip=None, note=note)
         cancelled = await self._view_of(shipment)
         await self._publish(cancelled, [SHIPMENT_UPDATED, SHIPMENT_CANCELLED])
         return cancelled
@@ -247,6 +288,12 @@ class ShipmentService:
         *,
         expected_version: int | None,
     ) -> ShipmentRead:
+        guesses_code = (
+            change.status is ShipmentStatus.delivered and change.verification_code is not None
+        )
+        if guesses_code:
+            # Counted before the row lock, so no lock waits on Redis (429 past the budget).
+            await self._limits.count_code_guess(self._caller.account_id)
         shipment = await self._locked(shipment_id)
         if expected_version is not None and shipment.version != expected_version:
             raise VersionMismatch(
@@ -255,8 +302,15 @@ class ShipmentService:
             )
         target = change.status or shipment.status
         self._check_transition(shipment, change.status)
+        if target is not ShipmentStatus.returned and self._codes.locked(shipment):
+            raise DeliveryLocked()
+        self._check_room(shipment, target)
         if target is ShipmentStatus.delivered:
             await self._redeem_code(shipment, change.verification_code)
+            if guesses_code:
+                # A right code is not a guess the partner's budget is for.
+                forget = partial(self._limits.forget_code_guess, self._caller.account_id)
+                self._database.after_commit(forget)
         if change.estimated_delivery is not None:
             shipment.estimated_delivery = change.estimated_delivery
         # Going out for delivery (again): a fresh code, stored hashed with this change.
@@ -294,10 +348,38 @@ class ShipmentService:
     async def _redeem_code(self, shipment: ShipmentState, code: str | None) -> None:
         try:
             self._codes.redeem(shipment, code)
-        except (InvalidVerificationCode, VerificationCodeBurned):
+        except (InvalidVerificationCode, VerificationCodeBurned, DeliveryLocked):
             # The wrong try counts although the request fails (these errors keep changes).
             await self._shipments.save(shipment)
             raise
+
+    async def _count_unverified_shipment(self) -> None:
+        counted = await self._shipments.count_unverified_shipment(
+            self._caller.account_id, self._unverified_limit
+        )
+        if not counted:
+            raise EmailNotVerified(
+                f"A seller whose email address is not verified may create "
+                f"{self._unverified_limit} shipments. Follow the link in the email sent at "
+                "sign-up to create more."
+            )
+
+    async def _return_email_slot(self, slot: EmailSlot) -> None:
+        # Best effort: a slot not given back only makes the seller's budget stricter, and
+        # this must not turn the request's own answer into a 503.
+        with suppress(RedisError):
+            await self._limits.return_email_slot(self._caller.account_id, slot)
+
+    def _check_room(self, shipment: ShipmentState, target: ShipmentStatus) -> None:
+        """The timeline's last place is kept for the final status, so a shipment can always
+        be delivered, returned or cancelled, and never holds more than the maximum."""
+        if target in TERMINAL:
+            return
+        if shipment.last_sequence >= self._max_events - 1:
+            raise TimelineFull(
+                f"This shipment's timeline holds {shipment.last_sequence} events, the most it "
+                "may before its final status; only delivered or returned can still be reported."
+            )
 
     @staticmethod
     def _check_transition(shipment: ShipmentState, target: ShipmentStatus | None) -> None:

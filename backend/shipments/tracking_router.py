@@ -63,7 +63,8 @@ async def track_shipment(
 ) -> TrackingView:
     """Where a parcel is: status, ETA, destination city and zip, carrier and timeline.
 
-    Public: anyone with the tracking number may look, so no personal data is included.
+    Public: anyone with the tracking number may look, so no personal data is included. The
+    timeline holds the newest 50 events; `timeline_total` says how many there are in all.
     """
     return await shipments.track(tracking_number)
 
@@ -180,6 +181,7 @@ def page_context(view: TrackingView, now: datetime | None = None) -> dict[str, o
         },
         "delivered_at": _delivered(delivered_at, today) if delivered_at is not None else None,
         "events": events,
+        "earlier_events": view.timeline_total - len(view.timeline),
     }
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.shipments.service import TRACKING_ALPHABET
 from tests.assertions import assert_problem
+from tests.factories import verify_email
 from tests.shipments.factories import (
     DESTINATION_ZIP,
     Parties,
@@ -190,6 +191,7 @@ async def test_json_view_shows_where_the_parcel_is(
         "destination",
         "partner",
         "timeline",
+        "timeline_total",
     }
     assert view["tracking_number"] == tracked.number
     assert view["status"] == "in_transit"
@@ -200,6 +202,7 @@ async def test_json_view_shows_where_the_parcel_is(
     assert view["partner"] == {"name": PARTNER_NAME}
     assert view["timeline"] == shipment["timeline"]
     assert [event["sequence"] for event in view["timeline"]] == [1, 2, 3]
+    assert view["timeline_total"] == 3
     assert view["timeline"][-1]["description"] == "Left the Boston hub"
     assert view["timeline"][-1]["location_zip"] == "02110"
 
@@ -492,9 +495,11 @@ async def test_page_escapes_text_from_the_partner(
 
 
 async def test_tracking_numbers_are_random_unambiguous_and_unique(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, db_engine: AsyncEngine
 ) -> None:
     parties = await make_parties(client, max_handling_capacity=50)
+    # More shipments than an unverified seller may create.
+    await verify_email(client, db_engine, "seller", parties.seller["email"])
 
     numbers = [
         (await create_shipment(client, parties.seller_headers))["tracking_number"]
