@@ -525,3 +525,45 @@ async def test_page_for_a_number_with_a_nul_is_not_found(
     response = await client.get(f"/t/{number}")
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("text/html")
+
+
+# --- long timelines ----------------------------------------------------------------------------
+
+PUBLIC_TIMELINE_LENGTH = 50
+
+
+async def test_public_views_show_the_latest_fifty_events_and_the_total(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    tracked = await tracked_shipment(client, db_engine, "in_transit")
+    for index in range(59):
+        await report(tracked, client, note=f"Scan number {index}")
+    total = 2 + 59
+
+    view = (await client.get(f"/track/{tracked.number}")).json()
+    page = (await client.get(f"/t/{tracked.number}")).text
+
+    assert view["timeline_total"] == total
+    sequences = [event["sequence"] for event in view["timeline"]]
+    assert sequences == list(range(total - PUBLIC_TIMELINE_LENGTH + 1, total + 1))
+    assert view["timeline"][-1]["description"] == "Scan number 58"
+    # The owner still sees every event.
+    full = await get_shipment(client, tracked.parties.seller_headers, tracked.shipment["id"])
+    assert len(full["timeline"]) == total
+    assert f"The latest {PUBLIC_TIMELINE_LENGTH} of {total} updates" in page
+    assert page.count("Scan number") == PUBLIC_TIMELINE_LENGTH
+    assert "Scan number 58" in page
+    assert "Scan number 8<" not in page  # the eleventh event, among those left out
+    assert "Shipment created" not in page
+
+
+async def test_a_short_timeline_is_shown_whole_without_a_note(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    tracked = await tracked_shipment(client, db_engine, "in_transit")
+
+    view = (await client.get(f"/track/{tracked.number}")).json()
+    page = (await client.get(f"/t/{tracked.number}")).text
+
+    assert view["timeline_total"] == len(view["timeline"]) == 2
+    assert "The latest" not in page

@@ -137,3 +137,30 @@ async def test_a_full_page_with_more_to_come_costs_the_same(
     assert len(follow["items"]) == 1
     assert_lean(queries, "sellers")
     assert len(queries) == len(baseline)
+
+
+async def test_public_tracking_costs_the_same_queries_for_short_and_long_timelines(
+    client: httpx.AsyncClient, sql_log: StatementLog
+) -> None:
+    """The shipment with its partner, then its newest 50 events: two queries, even for a
+    timeline far longer than what the public sees."""
+    parties = await make_parties(client)
+    queries_by_notes: dict[int, list[str]] = {}
+    for notes in (1, 80):
+        shipment = await create_shipment(client, parties.seller_headers)
+        for index in range(notes):
+            response = await client.patch(
+                f"/shipments/{shipment['id']}",
+                json={"note": f"Note {index}"},
+                headers=parties.partner_headers,
+            )
+            assert response.status_code == 200, response.text
+        number = shipment["tracking_number"]
+        for path in (f"/track/{number}", f"/t/{number}"):
+            sql_log.statements.clear()
+            response = await client.get(path)
+            assert response.status_code == 200, response.text
+            queries_by_notes.setdefault(notes, []).extend(sql_log.queries())
+
+    # Two queries per view, for either timeline.
+    assert len(queries_by_notes[1]) == len(queries_by_notes[80]) == 4, queries_by_notes
