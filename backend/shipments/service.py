@@ -109,6 +109,7 @@ class ShipmentService:
         public_base_url: str,
         default_transit_days: int,
         review_link_ttl_seconds: int,
+        partner_pii_days: int,
     ) -> None:
         self._caller = caller
         self._visibility = Visibility.of(caller)
@@ -118,7 +119,7 @@ class ShipmentService:
         self._events = EventPublisher(database)
         self._codes = codes
         public_base_url = public_base_url.rstrip("/")
-        self._views = ShipmentViews(database, public_base_url)
+        self._views = ShipmentViews(database, public_base_url, partner_pii_days=partner_pii_days)
         self._emails = RecipientEmails(
             database,
             links=links,
