@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator, StringConstraints
 
 from backend.accounts.emails import send_partner_approved
 from backend.accounts.errors import PartnerNotFound
@@ -19,6 +22,14 @@ from backend.accounts.models import Partner, PartnerStatus
 from backend.accounts.repository import AccountRepository, list_partners
 from backend.config import PartnerApproval
 from backend.db import Database, utcnow
+from backend.fields import reject_unstorable
+
+# Shown to the partner on GET /partner/me; the column holds 500 characters.
+SuspensionReason = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
+    AfterValidator(reject_unstorable),
+]
 
 
 def admit(partner: Partner, approval: PartnerApproval) -> Partner:
