@@ -1,4 +1,6 @@
-"""An app with manual partner approval, the production default, beside the suite's `auto` one."""
+"""An app with manual partner approval, the production default, beside the suite's `auto` one;
+and, for the approval email, the real SMTP server and outbox workers of the notification tests.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +12,11 @@ from fastapi import FastAPI
 
 from backend.config import Settings
 from backend.main import create_app
+from tests.notifications.conftest import (
+    make_worker,  # noqa: F401 - a fixture, shared with the notification tests
+    smtp_server,  # noqa: F401 - a fixture
+    worker_settings,  # noqa: F401 - a fixture
+)
 
 
 @pytest.fixture(scope="session")
