@@ -1,4 +1,4 @@
-"""`shiptrack serve | worker | migrate | demo | openapi`."""
+"""`shiptrack serve | worker | migrate | demo | openapi | partners`."""
 
 from __future__ import annotations
 
@@ -25,10 +25,12 @@ from backend.config import Settings
 from backend.db import create_engine, create_sessionmaker
 from backend.demo import DemoData, describe, seed
 from backend.embedded import EmbeddedUnavailable, embedded_services
+from backend.errors import DomainError
 from backend.logging_setup import configure_logging
 from backend.main import create_app
 from backend.notifications.stream_hub import shut_down_streams
 from backend.notifications.worker import OutboxWorker
+from backend.partner_commands import add_partner_commands, run_partner_command
 
 logger = logging.getLogger("shiptrack")
 
@@ -218,6 +220,16 @@ def seed_demo(_args: argparse.Namespace) -> None:
         print(describe(asyncio.run(run()), settings.public_base_url))  # noqa: T201 - CLI output
 
 
+def manage_partners(args: argparse.Namespace) -> None:
+    """The operator's partner commands, against DATABASE_URL or the embedded database."""
+    with connected_settings() as (settings, embedded):
+        assert settings.database_url is not None
+        if embedded:
+            migrate(settings.database_url)
+        output = asyncio.run(run_partner_command(settings, settings.database_url, args))
+    print(output)  # noqa: T201 - CLI output
+
+
 def print_openapi(_args: argparse.Namespace) -> None:
     schema = create_app(Settings()).openapi()
     json.dump(schema, sys.stdout, indent=2)
@@ -246,12 +258,17 @@ def main(argv: list[str] | None = None) -> None:
         "demo", help="create demo accounts and shipments; prints tokens and tracking links"
     ).set_defaults(handler=seed_demo)
 
+    add_partner_commands(commands, manage_partners)
+
     args = parser.parse_args(argv)
     try:
         args.handler(args)
     except (EmbeddedUnavailable, ValidationError) as error:
         # Configuration problems: say what to fix, without a traceback.
         parser.exit(2, f"shiptrack: {error}\n")
+    except DomainError as error:
+        # The operator asked for something that cannot be done (an unknown partner).
+        parser.exit(1, f"shiptrack: {error.detail}\n")
     except KeyboardInterrupt:
         # Ctrl-C: everything has been shut down by the context managers on the way here.
         raise SystemExit(130) from None

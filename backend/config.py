@@ -16,6 +16,7 @@ DEV_JWT_SECRET_KEY = "dev-only-insecure-key-change-me-0123456789abcdef"  # noqa:
 MIN_JWT_KEY_BYTES = 32
 
 Environment = Literal["dev", "test", "production"]
+PartnerApproval = Literal["manual", "auto"]
 CGROUP_CPU_LIMIT = Path("/sys/fs/cgroup/cpu.max")
 
 
@@ -83,6 +84,14 @@ class Settings(BaseSettings):
     token_attempts_per_account: int = Field(default=10, ge=1)
     token_attempts_per_ip: int = Field(default=30, ge=1)
     signups_per_ip: int = Field(default=20, ge=1)
+
+    # Partners. "manual": a new partner is pending, with no shipments, until the operator
+    # approves it (`shiptrack partners approve`). "auto" approves at sign-up: local development
+    # and demos only, since anyone could then sign up and receive sellers' customers.
+    partner_approval: PartnerApproval = "manual"
+    # Days after a shipment ends during which its partner still sees the recipient's name,
+    # email, phone and address line; redacted in the partner's views after that.
+    partner_pii_days: int = Field(default=7, ge=0, le=365)
 
     # Shipments.
     default_transit_days: int = Field(default=3, ge=1, le=60)

@@ -1,5 +1,8 @@
 """`shiptrack demo`: a seller, partners and a shipment in every status, through the real API.
 
+The partners are approved as the operator would approve them, so the demo works whether new
+partners start pending (PARTNER_APPROVAL=manual, the default) or not.
+
 Requests go through the application in-process (the same code and database as the running
 service), so everything it creates is visible at once on http://127.0.0.1:8000.
 """
@@ -16,6 +19,8 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlmodel import col
 
+from backend.accounts.partner_approval import PartnerAdministration
+from backend.db import unit_of_work
 from backend.notifications.models import OutboxMessage
 
 DEMO_PASSWORD = "demo-password-123"  # noqa: S105 - printed for the newcomer on purpose
@@ -138,6 +143,7 @@ async def seed(app: FastAPI) -> DemoData:
             )
             for name in ("Speedy Couriers", "Metro Parcel")
         ]
+        await approve_partners(app, partners)
         data = DemoData(seller=seller, partners=partners, zip_code=zip_code)
         for content, steps in STORIES:
             data.shipments.append(await _ship(demo, data, content, steps))
@@ -149,6 +155,15 @@ async def seed(app: FastAPI) -> DemoData:
             )
         )
         return data
+
+
+async def approve_partners(app: FastAPI, partners: list[DemoAccount]) -> None:
+    """As the operator would (`shiptrack partners approve`), whatever PARTNER_APPROVAL says:
+    the demo's shipments need partners that can take them."""
+    async with unit_of_work(app.state.engine) as database:
+        administration = PartnerAdministration(database, app.state.settings.public_base_url)
+        for partner in partners:
+            await administration.approve(partner.email)
 
 
 async def _ship(

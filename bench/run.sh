@@ -54,7 +54,8 @@ wait_up() {  # URL PID
 psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB" >/dev/null
 redis-cli -u "$REDIS_URL" flushdb >/dev/null
 export DATABASE_URL="postgresql+asyncpg://postgres@$PG_HOST:$PG_PORT/$DB"
-export REDIS_URL ENVIRONMENT=dev LOG_LEVEL=WARNING
+# PARTNER_APPROVAL=auto: the seeded partners take shipments without an operator.
+export REDIS_URL ENVIRONMENT=dev LOG_LEVEL=WARNING PARTNER_APPROVAL=auto
 export JWT_SECRET_KEY="bench-only-key-$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
 ENVIRONMENT=dev "$BIN/shiptrack" migrate >/dev/null
 

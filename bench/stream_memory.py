@@ -87,6 +87,7 @@ def server(database_url: str, redis_url: str, streams: int) -> Iterator[subproce
         **os.environ,
         "PYTHONPATH": str(REPOSITORY),
         "ENVIRONMENT": "dev",
+        "PARTNER_APPROVAL": "auto",  # the seeded partner takes shipments at once
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "STREAMS_PER_CLIENT": str(streams + 100),

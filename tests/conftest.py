@@ -167,6 +167,9 @@ def make_settings(database_url: str, redis_url: str, **overrides: object) -> Set
         "database_url": database_url,
         "redis_url": redis_url,
         "bcrypt_rounds": 4,  # the real cost is exercised where timing matters
+        # Partners get shipments as soon as they sign up, where a test is not about approval;
+        # tests of approval itself build their app with "manual" (tests/accounts/).
+        "partner_approval": "auto",
         "log_format": "console",
         "log_level": "WARNING",
         **overrides,

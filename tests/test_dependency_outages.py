@@ -139,7 +139,9 @@ async def test_partner_routes_fail_closed_when_redis_is_down(
         owned_redis.stop()
         try:
             me = await http.get("/partner/me", headers=headers)
-            patch = await http.patch("/partner/me", headers=headers, json={"name": "Renamed"})
+            patch = await http.patch(
+                "/partner/me", headers=headers, json={"max_handling_capacity": 99}
+            )
         finally:
             owned_redis.start()
         assert_unavailable(me)
@@ -147,7 +149,7 @@ async def test_partner_routes_fail_closed_when_redis_is_down(
         # The refused change was not applied.
         after = await http.get("/partner/me", headers=headers)
         assert after.status_code == 200
-        assert after.json()["name"] == partner["name"]
+        assert after.json()["max_handling_capacity"] == partner["max_handling_capacity"]
 
 
 async def test_requests_without_credentials_still_get_401_when_redis_is_down(

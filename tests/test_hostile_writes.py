@@ -312,10 +312,12 @@ def _no_body(_world: World) -> Valid:
     return Valid()
 
 
-def _update_partner(_world: World) -> Valid:
+def _update_partner(world: World) -> Valid:
     return Valid(
         body={
-            "name": "Renamed Couriers",
+            # Its own name: once approved (the suite approves at sign-up), only the operator
+            # changes it, and sending it unchanged is what stays valid.
+            "name": world.partner["name"],
             "serviceable_zip_codes": [DESTINATION_ZIP, "02140"],
             "max_handling_capacity": 9,
         }

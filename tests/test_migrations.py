@@ -148,8 +148,10 @@ async def test_upgrade_creates_tables_with_their_constraints(
         "ck_partners_email_lowercase": "c",
         "ck_partners_capacity_positive": "c",
         "ck_partners_active_not_negative": "c",
+        "ck_partners_status_known": "c",
     }
     assert partners["uq_partners_email"][1] == "UNIQUE (email)"
+    assert "suspended" in partners["ck_partners_status_known"][1]
     assert "max_handling_capacity >= 1" in partners["ck_partners_capacity_positive"][1]
 
     partner_indexes = await indexes(scratch_engine, "partners")
@@ -218,6 +220,35 @@ async def test_migrated_constraints_refuse_bad_rows(
         with pytest.raises(IntegrityError, match="uq_partners_email"):
             async with connection.begin_nested():
                 await connection.execute(insert_partner, duplicate)
+
+
+PARTNER_APPROVAL_REVISION = "83aec365b78d"
+
+
+async def test_partners_that_exist_before_approval_stay_approved_and_new_ones_start_pending(
+    scratch_url: str, scratch_engine: AsyncEngine
+) -> None:
+    # Partners already carrying shipments must not lose their work when approval arrives.
+    await upgrade(scratch_url, f"{PARTNER_APPROVAL_REVISION}-1")
+    insert_partner = text(
+        "INSERT INTO partners (id, name, email, password_hash, serviceable_zip_codes, "
+        "max_handling_capacity, created_at, updated_at) "
+        "VALUES (:id, 'P', :email, 'h', ARRAY['02139'], 3, now(), now())"
+    )
+    async with scratch_engine.begin() as connection:
+        await connection.execute(insert_partner, {"id": uuid.uuid4(), "email": "old@example.com"})
+
+    await upgrade(scratch_url)
+    async with scratch_engine.begin() as connection:
+        await connection.execute(insert_partner, {"id": uuid.uuid4(), "email": "new@example.com"})
+        rows = await connection.execute(
+            text("SELECT email, status, approved_at IS NOT NULL FROM partners ORDER BY email")
+        )
+        stored = [tuple(row) for row in rows]
+    assert stored == [("new@example.com", "pending", False), ("old@example.com", "approved", True)]
+    with pytest.raises(IntegrityError, match="ck_partners_status_known"):
+        async with scratch_engine.begin() as connection:
+            await connection.execute(text("UPDATE partners SET status = 'banned'"))
 
 
 async def test_downgrade_to_base_removes_everything_and_upgrade_works_again(

@@ -51,6 +51,7 @@ def shiptrack_serve(
     environment = {
         **os.environ,
         "ENVIRONMENT": "test",
+        "PARTNER_APPROVAL": "auto",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "BCRYPT_ROUNDS": "4",

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from backend.accounts.emails import AccountEmails
 from backend.accounts.errors import InvalidToken, WrongAccountKind
-from backend.accounts.models import AccountKind, Caller, Partner, Seller
+from backend.accounts.models import AccountKind, Caller, Partner, PartnerStatus, Seller
 from backend.accounts.passwords import PasswordHasher
 from backend.accounts.repository import AccountRepository, AccountT, caller_row
 from backend.accounts.service import AccountService, LoginLimits
@@ -120,11 +120,13 @@ async def authenticate(
     row = await caller_row(database, claims.kind, claims.account_id)
     _check_version(None if row is None else row["token_version"], claims)
     assert row is not None  # _check_version raised otherwise
+    partner_status = PartnerStatus(row["status"]) if claims.kind is AccountKind.partner else None
     return Caller(
         kind=claims.kind,
         account_id=claims.account_id,
         name=row["name"],
         email_verified=row["email_verified_at"] is not None,
+        partner_status=partner_status,
     )
 
 

@@ -64,3 +64,19 @@ class AccountEmails:
     @property
     def _base(self) -> str:
         return self.public_base_url.rstrip("/")
+
+
+async def send_partner_approved(database: Database, partner: Partner, public_base_url: str) -> None:
+    """Tell a partner it may now receive shipments; queued in the approval's transaction."""
+    base = public_base_url.rstrip("/")
+    await enqueue_email(
+        database,
+        "partner_approved",
+        partner.email,
+        name=partner.name,
+        zip_codes=", ".join(partner.serviceable_zip_codes),
+        capacity=partner.max_handling_capacity,
+        token_url=f"{base}/partner/token",
+        shipments_url=f"{base}/shipments",
+        reference_url=f"{base}/scalar",
+    )

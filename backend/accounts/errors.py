@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from backend.errors import Conflict, DomainError, Forbidden, Unauthorized
+from backend.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized
 
 
 class EmailTaken(Conflict):
@@ -32,3 +32,27 @@ class InvalidLinkToken(DomainError):
     code = "invalid_link_token"
     title = "Invalid or expired link"
     default_detail = "This link is invalid, has expired or was already used; ask for a new one."
+
+
+class PartnerSuspended(Forbidden):
+    code = "partner_suspended"
+    title = "Partner suspended"
+    default_detail = (
+        "This partner account is suspended: it cannot see or report shipments. "
+        "GET /partner/me shows the reason; contact the Shiptrack operator."
+    )
+
+
+class PartnerNameLocked(Conflict):
+    code = "partner_name_locked"
+    title = "Name can no longer be changed"
+    default_detail = (
+        "Recipients see this name on their tracking pages, so after approval only the "
+        "Shiptrack operator can change it. Zip codes and capacity stay editable."
+    )
+
+
+class PartnerNotFound(NotFound):
+    code = "partner_not_found"
+    title = "No such partner"
+    default_detail = "No partner account has this email address."

@@ -18,6 +18,17 @@ class AccountKind(enum.StrEnum):
     partner = "partner"
 
 
+class PartnerStatus(enum.StrEnum):
+    """Only `approved` partners are assigned shipments and see them (product.md §4)."""
+
+    pending = "pending"
+    approved = "approved"
+    suspended = "suspended"
+
+
+_PARTNER_STATUS_VALUES = ", ".join(f"'{status.value}'" for status in PartnerStatus)
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who is calling: an account whose access token was checked against the database."""
@@ -27,6 +38,8 @@ class Caller:
     name: str
     # Sellers only: whether the email address was verified (limits unverified accounts).
     email_verified: bool = False
+    # A partner's approval status at the time of the check; None for sellers.
+    partner_status: PartnerStatus | None = None
 
 
 class Seller(SQLModel, table=True):
@@ -55,6 +68,7 @@ class Partner(SQLModel, table=True):
     __tablename__ = "partners"
     __table_args__ = (
         CheckConstraint("email = lower(email)", name="email_lowercase"),
+        CheckConstraint(f"status IN ({_PARTNER_STATUS_VALUES})", name="status_known"),
         CheckConstraint("max_handling_capacity >= 1", name="capacity_positive"),
         CheckConstraint("active_shipments >= 0", name="active_not_negative"),
         # Assignment looks partners up by destination zip: `zip = ANY(serviceable_zip_codes)`.
@@ -70,6 +84,17 @@ class Partner(SQLModel, table=True):
     # Non-terminal shipments assigned to this partner. Kept in the row so that assignment can
     # lock one partner and compare two columns, instead of counting shipments under a lock.
     active_shipments: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Set by the operator (`shiptrack partners ...`), never by the partner. A row inserted
+    # without one is pending: it fails safe.
+    status: PartnerStatus = Field(
+        default=PartnerStatus.pending,
+        sa_type=String(20),
+        sa_column_kwargs={"server_default": PartnerStatus.pending.value},
+    )
+    approved_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    suspended_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # Why the operator suspended the partner; shown to the partner on GET /partner/me.
+    suspended_reason: str | None = Field(default=None, max_length=500)
     email_verified_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     # In every access token; raising it (a password reset) invalidates every token issued before.
     token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})

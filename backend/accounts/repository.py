@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
-from sqlalchemy import bindparam
+from sqlalchemy import ColumnElement, bindparam
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
-from backend.accounts.models import AccountKind, Partner, Seller
+from backend.accounts.models import AccountKind, Partner, PartnerStatus, Seller
 from backend.db import Database, Record, Statement, table_of, violated_constraint
 
 AccountT = TypeVar("AccountT", bound=Seller | Partner)
@@ -23,8 +24,10 @@ MODELS: dict[AccountKind, type[Seller] | type[Partner]] = {
 
 def _caller_statement(model: type[Seller] | type[Partner]) -> Statement:
     table = table_of(model)
+    # A partner's status decides what it may do with shipments.
+    extra = [table.c.status] if model is Partner else []
     return Statement(
-        sa_select(table.c.token_version, table.c.name, table.c.email_verified_at).where(
+        sa_select(table.c.token_version, table.c.name, table.c.email_verified_at, *extra).where(
             table.c.id == bindparam("id")
         )
     )
@@ -37,8 +40,8 @@ CALLER_STATEMENTS = {kind: _caller_statement(model) for kind, model in MODELS.it
 
 
 async def caller_row(database: Database, kind: AccountKind, account_id: uuid.UUID) -> Record | None:
-    """The account's `token_version`, `name` and `email_verified_at`, or None if it does not
-    exist."""
+    """The account's `token_version`, `name` and `email_verified_at` (and a partner's
+    `status`), or None if it does not exist."""
     return await database.fetch_one(CALLER_STATEMENTS[kind], id=account_id)
 
 
@@ -63,8 +66,21 @@ class AccountRepository(Generic[AccountT]):
         return await session.get(self._model, account_id)
 
     async def lock(self, account_id: uuid.UUID) -> AccountT | None:
-        """The account, locked until the transaction ends."""
-        statement = select(self._model).where(self._model.id == account_id).with_for_update()
+        """The account as it is now, locked until the transaction ends."""
+        return await self._locked(col(self._model.id) == account_id)
+
+    async def lock_by_email(self, email: str) -> AccountT | None:
+        return await self._locked(col(self._model.email) == email.lower())
+
+    async def _locked(self, condition: ColumnElement[bool]) -> AccountT | None:
+        # populate_existing: an entity this session loaded before the lock is refreshed, so
+        # decisions read what the lock protects, not an earlier snapshot.
+        statement = (
+            select(self._model)
+            .where(condition)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
         session = await self._database.session()
         return (await session.execute(statement)).scalars().first()
 
@@ -96,3 +112,14 @@ class AccountRepository(Generic[AccountT]):
         that needs none. Accounts already loaded stay readable, but a change to one is not
         saved; a later query begins a new transaction."""
         await self._database.release_after_reading()
+
+
+async def list_partners(
+    database: Database, status: PartnerStatus | None, limit: int
+) -> Sequence[Partner]:
+    """Oldest first, so that the operator's queue of pending partners reads in order."""
+    statement = select(Partner).order_by(col(Partner.created_at), col(Partner.id)).limit(limit)
+    if status is not None:
+        statement = statement.where(col(Partner.status) == status.value)
+    session = await database.session()
+    return (await session.execute(statement)).scalars().all()

@@ -24,8 +24,14 @@ from backend.accounts.dependencies import (
     partner_service,
     seller_service,
 )
-from backend.accounts.errors import EmailTaken, InvalidCredentials, InvalidLinkToken
+from backend.accounts.errors import (
+    EmailTaken,
+    InvalidCredentials,
+    InvalidLinkToken,
+    PartnerNameLocked,
+)
 from backend.accounts.models import AccountKind, Partner, Seller
+from backend.accounts.partner_approval import admit
 from backend.accounts.schemas import (
     EmailVerification,
     PartnerCreate,
@@ -199,32 +205,43 @@ add_session_routes(seller_router, AccountKind.seller, seller_service, current_se
     responses=problem_responses(EmailTaken, RateLimited),
 )
 async def sign_up_partner(
-    body: PartnerCreate, service: PartnerServiceDep, limiter: SignupLimiterDep, ip: ClientIpDep
+    body: PartnerCreate,
+    service: PartnerServiceDep,
+    limiter: SignupLimiterDep,
+    ip: ClientIpDep,
+    settings: SettingsDep,
 ) -> Partner:
     """Create a delivery partner account with the zip codes it serves and its capacity.
 
-    New shipments to one of these zip codes are assigned to the least-loaded partner that has
-    fewer active shipments than its `max_handling_capacity`.
+    The account starts `pending`: it can log in and edit its profile, but gets no shipments
+    until the Shiptrack operator approves it (an email says so). Once approved, new shipments
+    to one of these zip codes are assigned to the least-loaded approved partner that has fewer
+    active shipments than its `max_handling_capacity`.
     """
     await limiter.hit(ip)
     partner = Partner(**body.model_dump(exclude={"password"}), password_hash="")
-    return await service.sign_up(partner, body.password)
+    return await service.sign_up(admit(partner, settings.partner_approval), body.password)
 
 
 @partner_router.get("/me", response_model=PartnerRead)
 async def read_current_partner(partner: CurrentPartner) -> Partner:
-    """The delivery partner the bearer token belongs to."""
+    """The delivery partner the bearer token belongs to, with its approval `status`."""
     return partner
 
 
-@partner_router.patch("/me", response_model=PartnerRead)
+@partner_router.patch(
+    "/me", response_model=PartnerRead, responses=problem_responses(PartnerNameLocked)
+)
 async def update_current_partner(
     body: PartnerUpdate, partner: CurrentPartner, partners: PartnerRepositoryDep
 ) -> Partner:
     """Change the name, served zip codes or capacity. Fields left out stay as they are.
 
-    Lowering the capacity below the current number of active shipments keeps those shipments;
-    the partner simply gets no new ones until it is under capacity again.
+    The name can be changed only while the account is `pending`: once approved, recipients
+    see it on their tracking pages and only the Shiptrack operator changes it (409
+    `partner_name_locked`; sending the current name is fine). Lowering the capacity below the
+    current number of active shipments keeps those shipments; the partner simply gets no new
+    ones until it is under capacity again.
     """
     return await update_partner(partner, body, partners)
 

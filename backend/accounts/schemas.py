@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from backend.accounts.models import PartnerStatus
 from backend.fields import AddressLine, Email, Name, Password, ZipCode
 
 ZipCodeList = Annotated[
@@ -141,6 +142,8 @@ class PartnerRead(BaseModel):
                     "serviceable_zip_codes": ["02139", "02140"],
                     "max_handling_capacity": 25,
                     "active_shipments": 3,
+                    "status": "approved",
+                    "suspended_reason": None,
                     "email_verified_at": None,
                     "created_at": "2026-11-22T09:30:00Z",
                 }
@@ -155,6 +158,14 @@ class PartnerRead(BaseModel):
     max_handling_capacity: int
     active_shipments: int = Field(
         description="Assigned shipments not yet delivered, cancelled or returned."
+    )
+    status: PartnerStatus = Field(
+        description="`pending` until the Shiptrack operator approves the account: no shipments "
+        "are assigned or shown before. `approved`: receives and sees shipments. `suspended`: "
+        "shipment routes answer 403 `partner_suspended` and no new shipments are assigned."
+    )
+    suspended_reason: str | None = Field(
+        description="Why the operator suspended the account; null unless suspended."
     )
     email_verified_at: datetime | None = Field(
         description="When the address was confirmed through the sign-up email; null until then."

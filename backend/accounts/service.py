@@ -11,8 +11,14 @@ from backend.accounts.emails import (
     AccountEmails,
     password_fingerprint,
 )
-from backend.accounts.errors import EmailTaken, InvalidCredentials, InvalidLinkToken
-from backend.accounts.models import AccountKind, Partner
+from backend.accounts.errors import (
+    EmailTaken,
+    InvalidCredentials,
+    InvalidLinkToken,
+    InvalidToken,
+    PartnerNameLocked,
+)
+from backend.accounts.models import AccountKind, Partner, PartnerStatus
 from backend.accounts.passwords import PasswordHasher
 from backend.accounts.repository import AccountRepository, AccountT, DuplicateEmail
 from backend.accounts.schemas import PartnerUpdate
@@ -120,8 +126,23 @@ class AccountService(Generic[AccountT]):
 async def update_partner(
     partner: Partner, changes: PartnerUpdate, accounts: AccountRepository[Partner]
 ) -> Partner:
-    for field, value in changes.model_dump(exclude_unset=True).items():
+    values = changes.model_dump(exclude_unset=True)
+    if "name" in values and values["name"] != partner.name:
+        partner = await _lock_for_rename(partner, accounts)
+    for field, value in values.items():
         setattr(partner, field, value)
     partner.updated_at = utcnow()
     await accounts.flush()
     return partner
+
+
+async def _lock_for_rename(partner: Partner, accounts: AccountRepository[Partner]) -> Partner:
+    """The partner, locked, if it may still choose its name: only while pending, since after
+    approval recipients see that name and only the operator changes it. Locked so that an
+    approval running at the same moment cannot let a rename slip in after it."""
+    locked = await accounts.lock(partner.id)
+    if locked is None:
+        raise InvalidToken("The account behind this token no longer exists.")
+    if locked.status != PartnerStatus.pending:
+        raise PartnerNameLocked()
+    return locked

@@ -13,7 +13,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from backend.accounts.dependencies import authenticate
-from backend.accounts.models import AccountKind, Caller
+from backend.accounts.errors import PartnerSuspended
+from backend.accounts.models import AccountKind, Caller, PartnerStatus
 from backend.db import Database, SessionDep, database_of
 from backend.openapi import PARTNER_AUTH, SELLER_AUTH, requires_auth
 from backend.shipments.public import PublicTracking
@@ -35,12 +36,19 @@ def _service(request: Request, database: Database, caller: Caller) -> ShipmentSe
         review_link_ttl_seconds=settings.review_link_ttl_seconds,
         unverified_seller_shipment_limit=settings.unverified_seller_shipment_limit,
         max_events_per_shipment=settings.max_events_per_shipment,
+        partner_pii_days=settings.partner_pii_days,
     )
 
 
 async def _callers_service(request: Request, kind: AccountKind | None) -> ShipmentService:
     database = database_of(request)
-    return _service(request, database, await authenticate(request, database, kind))
+    caller = await authenticate(request, database, kind)
+    # A clear answer for a suspended partner; the queries themselves show a partner nothing
+    # unless it is approved (backend/shipments/repository.py), so a suspension that lands
+    # after this check still hides every shipment.
+    if caller.partner_status is PartnerStatus.suspended:
+        raise PartnerSuspended()
+    return _service(request, database, caller)
 
 
 @requires_auth(SELLER_AUTH, PARTNER_AUTH)

@@ -96,6 +96,7 @@ class PlacedExpiry:
             review_link_ttl_seconds=settings.review_link_ttl_seconds,
             unverified_seller_shipment_limit=settings.unverified_seller_shipment_limit,
             max_events_per_shipment=settings.max_events_per_shipment,
+            partner_pii_days=settings.partner_pii_days,
         )
 
 

@@ -12,10 +12,22 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, String, any_, bindparam, delete, func, or_, select, text, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    String,
+    any_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 
-from backend.accounts.models import AccountKind, Caller, Partner, Seller
+from backend.accounts.models import AccountKind, Caller, Partner, PartnerStatus, Seller
 from backend.db import Database, Record, Statement, json_text, table_of
 from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentEvent, ShipmentTag, Tag
 from backend.shipments.status import ShipmentStatus
@@ -28,7 +40,8 @@ _shipment_tags = table_of(ShipmentTag)
 _idempotency = table_of(IdempotencyRecord)
 _sellers = table_of(Seller)
 
-# Take one slot from the least-loaded partner serving the zip that still has room. A concurrent
+# Take one slot from the least-loaded approved partner serving the zip that still has room.
+# Pending and suspended partners are never candidates (product.md §4). A concurrent
 # creator waits on the row lock, then PostgreSQL re-checks `active_shipments <
 # max_handling_capacity` on the updated row, so capacity can never be exceeded. The statement
 # considers exactly one partner: a locking query that moved on to the next candidate after a
@@ -40,10 +53,11 @@ _CLAIM_PARTNER = Statement(
         WHERE id = (
             SELECT id FROM partners
             WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+              AND status = 'approved'
             ORDER BY active_shipments, id
             LIMIT 1
         )
-        AND active_shipments < max_handling_capacity
+        AND active_shipments < max_handling_capacity AND status = 'approved'
         RETURNING id, name
         """
     )
@@ -54,6 +68,7 @@ _PARTNER_WITH_ROOM_EXISTS = Statement(
         SELECT EXISTS (
             SELECT 1 FROM partners
             WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+              AND status = 'approved'
         )
         """
     )
@@ -237,6 +252,15 @@ _STATE_FIELDS = tuple(field.name for field in fields(ShipmentState))
 _STORED_FIELDS = tuple(name for name in _STATE_FIELDS if name != "partner_name")
 
 
+def visible_to_owner(owner_column: str) -> list[ColumnElement[bool]]:
+    """Whose shipments these are, for a query that joins the shipment's partner: a seller's
+    own, or a partner's assigned ones while that partner is approved (product.md §4)."""
+    conditions = [_shipments.c[owner_column] == bindparam("owner_id")]
+    if owner_column == "partner_id":
+        conditions.append(_partners.c.status == PartnerStatus.approved.value)
+    return conditions
+
+
 def _lock_statement(owner_column: str) -> Statement:
     # The partner's name goes into the recipient's emails. The timeline is not read: a change
     # appends one event (by sequence), and the response reads the view afresh.
@@ -246,10 +270,7 @@ def _lock_statement(owner_column: str) -> Statement:
             _partners.c.name.label("partner_name"),
         )
         .join(_partners, _partners.c.id == _shipments.c.partner_id)
-        .where(
-            _shipments.c.id == bindparam("shipment_id"),
-            _shipments.c[owner_column] == bindparam("owner_id"),
-        )
+        .where(_shipments.c.id == bindparam("shipment_id"), *visible_to_owner(owner_column))
         .with_for_update(of=_shipments)
     )
 

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
+from backend.accounts.errors import PartnerSuspended, WrongAccountKind
 from backend.db import UnitOfWorkRoute
 from backend.errors import RateLimited, problem_responses
 from backend.notifications.live import SSE_RESPONSES, LastEventId, open_timeline_stream
@@ -109,7 +110,9 @@ async def create_shipment(
     return _etag(created.shipment, response)
 
 
-@router.get("", response_model=ShipmentPage, responses=problem_responses(InvalidCursor))
+@router.get(
+    "", response_model=ShipmentPage, responses=problem_responses(InvalidCursor, PartnerSuspended)
+)
 async def list_shipments(
     shipments: CallersShipments,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
@@ -121,13 +124,17 @@ async def list_shipments(
 ) -> ShipmentPage:
     """Shipments newest first: a seller's own, or those assigned to the calling partner.
 
-    Filter by `status` and by `tag`; follow `next_cursor` until it is null.
+    Filter by `status` and by `tag`; follow `next_cursor` until it is null. A partner sees
+    its shipments once the operator has approved it (an empty list while `pending`; 403
+    `partner_suspended` while suspended).
     """
     return await shipments.list_page(limit=limit, cursor=cursor, status=status_filter, tag=tag)
 
 
 @router.get(
-    "/{shipment_id}", response_model=ShipmentRead, responses=problem_responses(ShipmentNotFound)
+    "/{shipment_id}",
+    response_model=ShipmentRead,
+    responses=problem_responses(ShipmentNotFound, PartnerSuspended),
 )
 async def get_shipment(
     shipment_id: uuid.UUID,
@@ -144,7 +151,7 @@ async def get_shipment(
 @router.get(
     "/{shipment_id}/stream",
     response_class=StreamingResponse,
-    responses={**SSE_RESPONSES, **problem_responses(ShipmentNotFound)},
+    responses={**SSE_RESPONSES, **problem_responses(ShipmentNotFound, PartnerSuspended)},
 )
 async def stream_shipment(
     request: Request,
@@ -167,6 +174,8 @@ async def stream_shipment(
     response_model=ShipmentRead,
     responses=problem_responses(
         ShipmentNotFound,
+        WrongAccountKind,
+        PartnerSuspended,
         InvalidTransition,
         VersionMismatch,
         VerificationCodeRequired,

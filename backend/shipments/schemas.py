@@ -219,8 +219,9 @@ class DestinationRead(BaseModel):
 
 
 class RecipientRead(BaseModel):
-    name: str
-    email: str
+    # Null only in a partner's view of a shipment that ended long ago (`recipient_redacted`).
+    name: str | None
+    email: str | None
     phone: str | None
 
 
@@ -282,6 +283,7 @@ _EXAMPLE_SHIPMENT: dict[str, JsonValue] = {
     "created_at": "2026-11-22T09:30:00Z",
     "updated_at": "2026-11-22T14:05:00Z",
     "tracking_url": "https://track.example/t/7KQ2M9XHR4TBWC",
+    "recipient_redacted": False,
     "timeline": _EXAMPLE_TIMELINE,
 }
 
@@ -305,6 +307,13 @@ class ShipmentRead(BaseModel):
     created_at: datetime
     updated_at: datetime
     tracking_url: str
+    recipient_redacted: bool = Field(
+        default=False,
+        description="True in a partner's view once the shipment has been delivered, "
+        "cancelled or returned for longer than the retention period (PARTNER_PII_DAYS, 7 days "
+        "by default): the recipient's `name`, `email` and `phone` and the destination's "
+        "`address_line` are then null. Sellers always see them.",
+    )
     review: ReviewRead | None = Field(
         default=None, description="The recipient's rating, once given after delivery."
     )

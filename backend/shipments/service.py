@@ -124,6 +124,7 @@ class ShipmentService:
         review_link_ttl_seconds: int,
         unverified_seller_shipment_limit: int,
         max_events_per_shipment: int,
+        partner_pii_days: int,
     ) -> None:
         self._caller = caller
         self._visibility = Visibility.of(caller)
@@ -133,7 +134,7 @@ class ShipmentService:
         self._events = EventPublisher(database)
         self._codes = codes
         public_base_url = public_base_url.rstrip("/")
-        self._views = ShipmentViews(database, public_base_url)
+        self._views = ShipmentViews(database, public_base_url, partner_pii_days=partner_pii_days)
         self._emails = RecipientEmails(
             database,
             links=links,

@@ -11,18 +11,32 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, func, or_, select, tuple_, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    case,
+    false,
+    func,
+    null,
+    or_,
+    select,
+    true,
+    tuple_,
+    type_coerce,
+)
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.types import NullType
 
 from backend.accounts.models import Partner
-from backend.db import Database, Record, Statement, table_of
+from backend.db import Database, Record, Statement, table_of, utcnow
 from backend.shipments.models import Review, Shipment, ShipmentEvent, ShipmentTag, Tag
 from backend.shipments.public import tracking_url
-from backend.shipments.repository import Visibility
+from backend.shipments.repository import Visibility, visible_to_owner
 from backend.shipments.schemas import (
     DestinationRead,
     PartnerSummary,
@@ -31,7 +45,7 @@ from backend.shipments.schemas import (
     ShipmentRead,
     TimelineEvent,
 )
-from backend.shipments.status import ShipmentStatus
+from backend.shipments.status import TERMINAL, ShipmentStatus
 
 _shipments = table_of(Shipment)
 _events = table_of(ShipmentEvent)
@@ -68,48 +82,83 @@ _TAG_NAMES = func.array(
     .order_by(_tags.c.name)
     .scalar_subquery()
 )
-_VIEW = select(
-    _shipments.c.id,
-    _shipments.c.tracking_number,
-    _shipments.c.status,
-    _shipments.c.content,
-    _shipments.c.weight_kg,
-    _shipments.c.destination_zip,
+# When the shipment ended: the time of its terminal event, which is always its last (a final
+# status takes no further events). A lateral join, so that each row looks it up once.
+_ENDED = (
+    select(_events.c.created_at.label("ended_at"))
+    .where(
+        _events.c.shipment_id == _shipments.c.id,
+        _events.c.sequence == _shipments.c.last_sequence,
+        or_(*(_shipments.c.status == status.value for status in TERMINAL)),
+    )
+    .lateral("ended")
+)
+# A partner keeps the recipient's contact fields for PARTNER_PII_DAYS after the shipment ends
+# (product.md §4). Decided here, so that the fields never leave the database once redacted.
+_REDACTED = func.coalesce(_ENDED.c.ended_at < bindparam("pii_cutoff"), false())
+_CONTACT_COLUMNS = (
     _shipments.c.destination_address_line,
-    _shipments.c.destination_city,
     _shipments.c.recipient_name,
     _shipments.c.recipient_email,
     _shipments.c.recipient_phone,
-    _shipments.c.reference,
-    _shipments.c.seller_id,
-    _shipments.c.partner_id,
-    _partners.c.name.label("partner_name"),
-    _shipments.c.estimated_delivery,
-    _shipments.c.version,
-    _shipments.c.created_at,
-    _shipments.c.updated_at,
-    _reviews.c.rating.label("review_rating"),
-    _reviews.c.comment.label("review_comment"),
-    _reviews.c.created_at.label("review_created_at"),
-    _TIMELINE.label("timeline"),
-    _TAG_NAMES.label("tags"),
-).select_from(
-    _shipments.join(_partners, _partners.c.id == _shipments.c.partner_id).outerjoin(
-        _reviews, _reviews.c.shipment_id == _shipments.c.id
-    )
 )
 
 
-def one_query(owner_column: str) -> Select[Any]:
-    return _VIEW.where(
-        _shipments.c.id == bindparam("shipment_id"),
-        _shipments.c[owner_column] == bindparam("owner_id"),
+def _contact_columns(*, for_partner: bool) -> list[ColumnElement[Any]]:
+    if not for_partner:
+        return [*_CONTACT_COLUMNS, false().label("recipient_redacted")]
+    return [
+        *(
+            case((_REDACTED, null()), else_=column).label(column.name)
+            for column in _CONTACT_COLUMNS
+        ),
+        _REDACTED.label("recipient_redacted"),
+    ]
+
+
+def _view_select(owner_column: str) -> Select[Any]:
+    for_partner = owner_column == "partner_id"
+    joined = _shipments.join(_partners, _partners.c.id == _shipments.c.partner_id).outerjoin(
+        _reviews, _reviews.c.shipment_id == _shipments.c.id
     )
+    if for_partner:
+        joined = joined.outerjoin(_ENDED, true())
+    return (
+        select(
+            _shipments.c.id,
+            _shipments.c.tracking_number,
+            _shipments.c.status,
+            _shipments.c.content,
+            _shipments.c.weight_kg,
+            _shipments.c.destination_zip,
+            _shipments.c.destination_city,
+            *_contact_columns(for_partner=for_partner),
+            _shipments.c.reference,
+            _shipments.c.seller_id,
+            _shipments.c.partner_id,
+            _partners.c.name.label("partner_name"),
+            _shipments.c.estimated_delivery,
+            _shipments.c.version,
+            _shipments.c.created_at,
+            _shipments.c.updated_at,
+            _reviews.c.rating.label("review_rating"),
+            _reviews.c.comment.label("review_comment"),
+            _reviews.c.created_at.label("review_created_at"),
+            _TIMELINE.label("timeline"),
+            _TAG_NAMES.label("tags"),
+        )
+        .select_from(joined)
+        .where(*visible_to_owner(owner_column))
+    )
+
+
+def one_query(owner_column: str) -> Select[Any]:
+    return _view_select(owner_column).where(_shipments.c.id == bindparam("shipment_id"))
 
 
 def page_query(owner_column: str, *, by_status: bool, by_tag: bool, after: bool) -> Select[Any]:
     """Newest first, keyset-paginated on (created_at, id)."""
-    statement = _VIEW.where(_shipments.c[owner_column] == bindparam("owner_id"))
+    statement = _view_select(owner_column)
     if by_status:
         statement = statement.where(_shipments.c.status == bindparam("status"))
     if by_tag:
@@ -143,14 +192,22 @@ def page_statement(owner_column: str, *, by_status: bool, by_tag: bool, after: b
 
 
 class ShipmentViews:
-    def __init__(self, database: Database, public_base_url: str) -> None:
+    def __init__(self, database: Database, public_base_url: str, *, partner_pii_days: int) -> None:
         self._database = database
         self._public_base_url = public_base_url
+        self._pii_retention = timedelta(days=partner_pii_days)
+
+    def _owner_parameters(self, visibility: Visibility) -> dict[str, Any]:
+        owner_column, owner_id = visibility.owner
+        parameters: dict[str, Any] = {"owner_id": owner_id}
+        if owner_column == "partner_id":
+            parameters["pii_cutoff"] = utcnow() - self._pii_retention
+        return parameters
 
     async def one(self, shipment_id: uuid.UUID, visibility: Visibility) -> ShipmentRead | None:
-        owner_column, owner_id = visibility.owner
+        owner_column, _ = visibility.owner
         row = await self._database.fetch_one(
-            ONE[owner_column], shipment_id=shipment_id, owner_id=owner_id
+            ONE[owner_column], shipment_id=shipment_id, **self._owner_parameters(visibility)
         )
         return None if row is None else self._view(row)
 
@@ -164,11 +221,11 @@ class ShipmentViews:
         tag: str | None,
     ) -> list[ShipmentRead]:
         """Newest first; `after` is the (created_at, id) of the last item of the previous page."""
-        owner_column, owner_id = visibility.owner
+        owner_column, _ = visibility.owner
         statement = page_statement(
             owner_column, by_status=status is not None, by_tag=tag is not None, after=bool(after)
         )
-        parameters: dict[str, Any] = {"owner_id": owner_id, "limit": limit}
+        parameters = {**self._owner_parameters(visibility), "limit": limit}
         if status is not None:
             parameters["status"] = status
         if tag is not None:
@@ -204,6 +261,7 @@ class ShipmentViews:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             tracking_url=tracking_url(self._public_base_url, row["tracking_number"]),
+            recipient_redacted=row["recipient_redacted"],
             review=_review(row),
             timeline=_timeline(row["timeline"] or ()),
         )

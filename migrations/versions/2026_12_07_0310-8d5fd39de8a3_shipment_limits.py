@@ -1,7 +1,7 @@
 """shipment limits
 
 Revision ID: 8d5fd39de8a3
-Revises: 1d92fbfb70a6
+Revises: 83aec365b78d
 Create Date: 2026-12-07 03:10:15.374979+00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 
 
 revision: str = '8d5fd39de8a3'
-down_revision: str | None = '1d92fbfb70a6'
+down_revision: str | None = '83aec365b78d'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

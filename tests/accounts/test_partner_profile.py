@@ -1,4 +1,5 @@
-"""PATCH /partner/me: partners change their name, served zip codes and capacity."""
+"""PATCH /partner/me: partners change their served zip codes and capacity, and their name
+while they are still pending approval."""
 
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ async def partner_with_token(
     )
 
 
-async def test_patch_changes_every_field_and_the_change_persists(
-    client: httpx.AsyncClient, db_engine: AsyncEngine
+async def test_a_pending_partners_patch_changes_every_field_and_the_change_persists(
+    manual_client: httpx.AsyncClient, db_engine: AsyncEngine
 ) -> None:
+    client = manual_client
     partner, headers = await partner_with_token(client)
+    assert partner["status"] == "pending"
     changes = {
         "name": "  Speedier Couriers ",
         "serviceable_zip_codes": ["10001", " sw1a  1aa", "10001", "SW1A 1AA"],
@@ -218,8 +221,9 @@ async def test_a_form_encoded_patch_is_refused_and_changes_nothing(
 
 
 async def test_one_partners_patch_does_not_touch_another_partner(
-    client: httpx.AsyncClient, db_engine: AsyncEngine
+    manual_client: httpx.AsyncClient, db_engine: AsyncEngine
 ) -> None:
+    client = manual_client
     _, headers = await partner_with_token(client)
     other, _ = await partner_with_token(client)
     before = await stored_partner(db_engine, other["id"])
@@ -228,3 +232,37 @@ async def test_one_partners_patch_does_not_touch_another_partner(
     )
     assert response.status_code == 200
     assert await stored_partner(db_engine, other["id"]) == before
+
+
+async def test_an_approved_partner_cannot_rename_itself_and_nothing_changes(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    partner, headers = await partner_with_token(client)
+    assert partner["status"] == "approved"  # the suite's settings approve at sign-up
+    before = await stored_partner(db_engine, partner["id"])
+    response = await client.patch(
+        "/partner/me", json={"name": "DHL Express", "max_handling_capacity": 9}, headers=headers
+    )
+    assert_problem(response, 409, "partner_name_locked")
+    # The capacity sent with it is not applied either: the request is refused as a whole.
+    assert await stored_partner(db_engine, partner["id"]) == before
+
+
+async def test_an_approved_partner_still_changes_zip_codes_and_capacity(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    partner, headers = await partner_with_token(client)
+    # Sending the unchanged name back (a client that PATCHes the whole profile) is fine.
+    changes = {
+        "name": partner["name"],
+        "serviceable_zip_codes": ["10001"],
+        "max_handling_capacity": 7,
+    }
+    response = await client.patch("/partner/me", json=changes, headers=headers)
+    assert response.status_code == 200
+    stored = await stored_partner(db_engine, partner["id"])
+    assert (stored["name"], stored["serviceable_zip_codes"], stored["max_handling_capacity"]) == (
+        "Speedy Couriers",
+        ["10001"],
+        7,
+    )

@@ -72,6 +72,7 @@ def shiptrack_serve(postgres: OwnedPostgres, redis: DurableRedis) -> Iterator[Se
             **{k: v for k, v in os.environ.items() if not k.startswith("TEST_")},
             "PYTHONPATH": str(REPOSITORY),
             "ENVIRONMENT": "dev",
+            "PARTNER_APPROVAL": "auto",  # its partners take shipments at once
             "DATABASE_URL": postgres.url(),
             "REDIS_URL": redis.url,
             "DATA_DIR": str(folder / "data"),

@@ -54,6 +54,7 @@ def shiptrack_serve(database_url: str, redis_url: str) -> Iterator[ServerProcess
             **{k: v for k, v in os.environ.items() if not k.startswith("TEST_")},
             "PYTHONPATH": str(REPOSITORY),
             "ENVIRONMENT": "dev",
+            "PARTNER_APPROVAL": "auto",  # its partner takes shipments at once
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "DATA_DIR": str(folder / "data"),

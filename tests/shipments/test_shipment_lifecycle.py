@@ -46,6 +46,7 @@ SHIPMENT_FIELDS = [
     "created_at",
     "updated_at",
     "tracking_url",
+    "recipient_redacted",
     "review",
     "timeline",
 ]
@@ -89,6 +90,7 @@ async def test_create_returns_the_whole_shipment(
     assert response.headers["location"] == f"/shipments/{shipment['id']}"
     assert response.headers["etag"] == '"1"'
     assert shipment["review"] is None  # until the recipient rates the delivery
+    assert shipment["recipient_redacted"] is False  # sellers always see their recipients
     number = shipment["tracking_number"]
     assert len(number) == 14
     assert set(number) <= set(TRACKING_ALPHABET)
