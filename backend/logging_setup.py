@@ -73,6 +73,9 @@ def configure_logging(fmt: Literal["console", "json"], level: str) -> None:
     # uvicorn's own access log would duplicate ours (which carries the request id).
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # httpx logs every request's full URL at INFO, and webhook URLs can carry the receivers'
+    # API keys; the dispatcher logs each attempt itself, with the URL's origin only.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
