@@ -175,8 +175,13 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     log_format: Literal["console", "json"] | None = None
     log_level: str = "INFO"
+    # The reference pages' assets, fetched from npm by `make`; when missing, the pages load the
+    # same pinned files from a CDN, with Subresource Integrity (backend/reference_assets.py).
     scalar_js_path: Path = Path(__file__).parent / "static" / "scalar" / "standalone.js"
-    scalar_cdn_url: str = "https://cdn.jsdelivr.net/npm/@scalar/api-reference"
+    swagger_ui_dir: Path = Path(__file__).parent / "static" / "swagger-ui"
+    # Bearer token that GET /metrics requires. Unset, /metrics is not served (404): the
+    # counters describe traffic, so they are never public by default.
+    metrics_token: SecretStr | None = None
 
     @model_validator(mode="before")
     @classmethod
