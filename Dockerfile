@@ -16,10 +16,10 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY backend ./backend
 RUN uv sync --frozen --no-dev --no-editable
-# Scalar's browser bundle (pinned and checked against its sha512), so /scalar needs no CDN.
-# Standard library only; a failed download or checksum fails the build.
-RUN python -c "from pathlib import Path; from backend.scalar_bundle import fetch; \
-fetch(Path('/scalar/standalone.js'))"
+# Scalar's and Swagger UI's assets (pinned and checked against their sha512), so /scalar and
+# /docs need no CDN. Standard library only; a failed download or checksum fails the build.
+RUN python -c "from pathlib import Path; from backend.reference_assets import fetch; \
+fetch(root=Path('/static'))"
 
 # --- Runtime -------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim AS runtime
@@ -29,7 +29,7 @@ WORKDIR /app
 COPY --from=build /app/.venv /app/.venv
 COPY alembic.ini ./
 COPY migrations ./migrations
-COPY --from=build /scalar/standalone.js /app/static/scalar/standalone.js
+COPY --from=build /static /app/static
 ENV PATH="/app/.venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -37,6 +37,7 @@ ENV PATH="/app/.venv/bin:${PATH}" \
     HOST=0.0.0.0 \
     PORT=8000 \
     SCALAR_JS_PATH=/app/static/scalar/standalone.js \
+    SWAGGER_UI_DIR=/app/static/swagger-ui \
     ALEMBIC_CONFIG=/app/alembic.ini
 USER shiptrack
 EXPOSE 8000

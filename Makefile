@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 # anything else must say ENVIRONMENT=production and bring its own JWT_SECRET_KEY.
 export ENVIRONMENT ?= dev
 
-.PHONY: run test demo check lint typecheck fmt migrate revision openapi install scalar browser clean bench
+.PHONY: run test demo check lint typecheck fmt migrate revision openapi install assets browser clean bench
 
 run: install ## Serve the API on 127.0.0.1:8000 (embedded PostgreSQL + Redis unless URLs are set)
 	$(BIN)/shiptrack serve
@@ -43,7 +43,7 @@ openapi: install
 bench: install ## API vs the floor app under wrk (local PostgreSQL + Redis, scratch database)
 	bash bench/run.sh
 
-install: $(VENV)/.synced scalar
+install: $(VENV)/.synced assets
 
 $(VENV)/.synced: uv.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,11 +52,11 @@ $(VENV)/.synced: uv.lock pyproject.toml
 	$(BIN)/uv sync --frozen --inexact --all-extras
 	@touch $@
 
-# The Scalar bundle comes from the npm registry (checked against its published sha512), so
-# /scalar works offline; without network access the page loads it from the CDN instead.
-# Never committed.
-scalar: $(VENV)/.synced
-	@$(BIN)/python -m backend.scalar_bundle
+# Scalar's and Swagger UI's assets come from the npm registry (checked against their published
+# sha512), so /scalar and /docs work offline; without network access the pages load the same
+# pinned files from the CDN instead. Never committed.
+assets: $(VENV)/.synced
+	@$(BIN)/python -m backend.reference_assets
 
 # Browser tests drive Debian's Chromium where it is installed (CI: apt-get install chromium);
 # elsewhere Playwright installs its own build once, so `make test` needs only Python and make.

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # A key that only exists so `make run` works out of the box; refused outside dev and test.
@@ -35,6 +37,14 @@ def usable_cores() -> int:
     except (OSError, ValueError):
         pass  # no cgroup v2 limit visible: the affinity is the limit
     return cores
+
+
+def parse_dns_server(server: str) -> tuple[str, int]:
+    """(IP, port) of `IP`, `IP:port` or `[IPv6]:port`; ValueError for anything else."""
+    parts = urlsplit(f"dns://{server}")
+    if parts.hostname is None or parts.path or parts.query or parts.username:
+        raise ValueError(f"{server!r} is not IP[:port]")
+    return str(ipaddress.ip_address(parts.hostname)), parts.port or 53
 
 
 class Settings(BaseSettings):
@@ -154,6 +164,12 @@ class Settings(BaseSettings):
     # Let webhook URLs reach private, loopback and link-local addresses. Tests and local
     # development only: in production this opens the door to SSRF.
     webhooks_allow_private: bool = False
+    # IP[:port] of a DNS server that webhook host lookups ask directly (UDP, no threads), e.g.
+    # a resolver of your own that filters answers. Unset: the system's resolver.
+    webhook_dns_server: str | None = None
+    # `POST /seller/webhooks/{id}/test` calls per endpoint per minute: each makes us POST to a
+    # URL of the caller's choosing.
+    webhook_test_sends_per_minute: int = Field(default=5, ge=1)
 
     # Live updates: a comment on idle Server-Sent Event streams this often keeps proxies from
     # closing them.
@@ -185,8 +201,13 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     log_format: Literal["console", "json"] | None = None
     log_level: str = "INFO"
+    # The reference pages' assets, fetched from npm by `make`; when missing, the pages load the
+    # same pinned files from a CDN, with Subresource Integrity (backend/reference_assets.py).
     scalar_js_path: Path = Path(__file__).parent / "static" / "scalar" / "standalone.js"
-    scalar_cdn_url: str = "https://cdn.jsdelivr.net/npm/@scalar/api-reference"
+    swagger_ui_dir: Path = Path(__file__).parent / "static" / "swagger-ui"
+    # Bearer token that GET /metrics requires. Unset, /metrics is not served (404): the
+    # counters describe traffic, so they are never public by default.
+    metrics_token: SecretStr | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -195,6 +216,13 @@ class Settings(BaseSettings):
             raw: str = data["cors_origins"]
             data["cors_origins"] = [origin.strip() for origin in raw.split(",") if origin.strip()]
         return data
+
+    @field_validator("webhook_dns_server")
+    @classmethod
+    def check_dns_server(cls, server: str | None) -> str | None:
+        if server is not None:
+            parse_dns_server(server)
+        return server
 
     @model_validator(mode="after")
     def refuse_weak_key_outside_dev(self) -> Self:
@@ -213,6 +241,12 @@ class Settings(BaseSettings):
         if self.log_format is not None:
             return self.log_format
         return "console" if self.environment == "dev" else "json"
+
+    @property
+    def webhook_dns_server_address(self) -> tuple[str, int] | None:
+        if self.webhook_dns_server is None:
+            return None
+        return parse_dns_server(self.webhook_dns_server)
 
     @property
     def uses_embedded_services(self) -> bool:

@@ -9,8 +9,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, HTMLResponse
-from scalar_fastapi import AgentScalarConfig, get_scalar_api_reference
 
 from backend.accounts.passwords import PasswordHasher
 from backend.accounts.router import partner_router, seller_router
@@ -26,10 +24,12 @@ from backend.notifications.stream_hub import StreamHub
 from backend.notifications.worker import OutboxWorker
 from backend.openapi import build_openapi
 from backend.redis_client import create_redis
+from backend.reference import add_reference_pages
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.limits import ShipmentLimits
 from backend.shipments.router import router as shipments_router
 from backend.shipments.status import STATUS_MACHINE_DOC
+from backend.shipments.tracking_router import assets_router as tracking_assets_router
 from backend.shipments.tracking_router import router as tracking_router
 
 DESCRIPTION = """
@@ -107,7 +107,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         summary="Shipment tracking for sellers, delivery partners and recipients.",
         description=DESCRIPTION + STATUS_MACHINE_DOC,
         lifespan=lifespan,
-        docs_url="/docs",
+        # Swagger UI is served by backend/reference.py, with local assets and a CSP.
+        docs_url=None,
         redoc_url=None,
         openapi_tags=OPENAPI_TAGS,
     )
@@ -146,52 +147,12 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(partner_router)
     app.include_router(webhooks_router)
     app.include_router(events_router)
+    app.include_router(tracking_assets_router)
     document_webhooks(app)
-    _add_scalar(app, settings)
+    add_reference_pages(app, settings)
 
     def openapi() -> dict[str, Any]:
         return build_openapi(app)
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-# A parcel-brown square with a white "S": inline, so the reference asks no other host for it.
-FAVICON_DATA_URL = (
-    "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E"
-    "%3Crect width='32' height='32' rx='6' fill='%238a5a2b'/%3E%3Ctext x='16' y='23' "
-    "font-family='sans-serif' font-size='20' font-weight='700' text-anchor='middle' "
-    "fill='white'%3ES%3C/text%3E%3C/svg%3E"
-)
-
-
-def _add_scalar(app: FastAPI, settings: Settings) -> None:
-    bundle = settings.scalar_js_path
-    # Served by us when `make` fetched it from npm, so the reference works offline.
-    local_bundle = bundle.is_file()
-
-    @app.get("/scalar", include_in_schema=False)
-    async def scalar_reference() -> HTMLResponse:
-        return get_scalar_api_reference(
-            openapi_url=app.openapi_url,
-            title="Shiptrack API reference",
-            scalar_js_url="/scalar/standalone.js" if local_bundle else settings.scalar_cdn_url,
-            telemetry=False,
-            persist_auth=False,
-            with_default_fonts=False,
-            # Nothing leaves the page: the default favicon lives on a third-party site, and the
-            # hosted AI agent and developer toolbar serve no one reading a self-hosted reference.
-            scalar_favicon_url=FAVICON_DATA_URL,
-            agent=AgentScalarConfig(disabled=True),
-            show_developer_tools="never",
-        )
-
-    if local_bundle:
-
-        @app.get("/scalar/standalone.js", include_in_schema=False)
-        async def scalar_bundle() -> FileResponse:
-            return FileResponse(
-                bundle,
-                media_type="text/javascript",
-                headers={"Cache-Control": "public, max-age=3600"},
-            )

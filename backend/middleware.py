@@ -84,6 +84,9 @@ class RequestContextMiddleware:
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-ID"] = request_id
                 headers["X-Process-Time"] = f"{time.perf_counter() - started:.6f}"
+                # Browsers must take every answer as the type it says it is (never sniff a
+                # JSON error or a stored text into HTML or script).
+                headers.append("X-Content-Type-Options", "nosniff")
             await send(message)
 
         try:

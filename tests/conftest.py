@@ -33,6 +33,8 @@ from backend.main import create_app
 from backend.models import metadata
 
 TEST_DATA_DIR = Path(__file__).resolve().parent.parent / ".data" / "test"
+# The apps under test serve /metrics to this bearer token.
+METRICS_TOKEN = "metrics-scraper-token-for-tests"
 
 
 class OffMachineConnection(ConnectionRefusedError):
@@ -172,6 +174,7 @@ def make_settings(database_url: str, redis_url: str, **overrides: object) -> Set
         "partner_approval": "auto",
         "log_format": "console",
         "log_level": "WARNING",
+        "metrics_token": METRICS_TOKEN,
         **overrides,
     }
     # Validated like environment input (model_validate reads neither the environment nor `.env`).

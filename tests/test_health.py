@@ -17,10 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend.cli import DrainingServer
 from backend.main import create_app
-from tests.conftest import OwnedRedis, make_settings, running_client
+from tests.assertions import assert_problem
+from tests.conftest import METRICS_TOKEN, OwnedRedis, make_settings, running_client
 from tests.factories import account_with_token
 
 REQUESTS_METRIC = "shiptrack_http_requests"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def unused_tcp_port() -> int:
@@ -253,7 +255,7 @@ async def test_sigterm_handler_of_serve_turns_readiness_to_draining(
 
 
 async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
-    response = await client.get("/metrics")
+    response = await client.get("/metrics", headers=SCRAPER)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     names = {family.name for family in text_string_to_metric_families(response.text)}
@@ -261,8 +263,33 @@ async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
     assert "shiptrack_http_request_duration_seconds" in names
 
 
+async def test_metrics_need_the_scrapers_token(client: httpx.AsyncClient) -> None:
+    anonymous = await client.get("/metrics")
+    wrong = await client.get("/metrics", headers={"Authorization": "Bearer guess"})
+    almost = await client.get("/metrics", headers={"Authorization": METRICS_TOKEN})
+
+    for refused in (anonymous, wrong, almost):
+        assert_problem(refused, 401, "not_authenticated")
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert REQUESTS_METRIC not in refused.text
+
+
+async def test_metrics_are_not_served_without_a_configured_token(
+    database_url: str, redis_url: str
+) -> None:
+    settings = make_settings(database_url, redis_url, metrics_token=None)
+    async with running_client(create_app(settings)) as client:
+        response = await client.get("/metrics", headers=SCRAPER)
+        unknown = await client.get("/no-such-page")
+
+    # Indistinguishable from a path that does not exist.
+    assert_problem(response, 404, "not_found")
+    assert response.json()["detail"] == unknown.json()["detail"]
+    assert REQUESTS_METRIC not in response.text
+
+
 async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClient) -> None:
-    before = (await client.get("/metrics")).text
+    before = (await client.get("/metrics", headers=SCRAPER)).text
 
     _, headers = await account_with_token(client, "seller")
     for _ in range(3):
@@ -272,7 +299,7 @@ async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClien
     assert (await client.get(f"/no-such-resource/{probe_id}")).status_code == 404
     assert (await client.get(f"/shipments/{uuid.UUID(probe_id)}")).status_code == 401
 
-    after = (await client.get("/metrics")).text
+    after = (await client.get("/metrics", headers=SCRAPER)).text
     assert "shiptrack_http_requests_total{" in after
 
     def delta(method: str, route: str, status: str) -> float:
@@ -297,7 +324,7 @@ async def test_metrics_label_templated_routes_not_raw_paths(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     # Whatever path is asked for, the label is a path template of the app or "unmatched".
-    before = request_counts((await client.get("/metrics")).text)
+    before = request_counts((await client.get("/metrics", headers=SCRAPER)).text)
     raw_paths = [
         "/seller/me",
         f"/track/{uuid.uuid4().hex}",
@@ -307,7 +334,7 @@ async def test_metrics_label_templated_routes_not_raw_paths(
     ]
     for path in raw_paths:
         await client.get(path)
-    after = request_counts((await client.get("/metrics")).text)
+    after = request_counts((await client.get("/metrics", headers=SCRAPER)).text)
 
     # Documented routes plus the undocumented ones (metrics, the reference pages).
     templates = set(app.openapi()["paths"]) | {"/metrics", "/scalar", "/openapi.json", "/docs"}

@@ -123,10 +123,27 @@ async def test_every_response_has_a_generated_request_id_and_process_time(
     assert response.status_code == status, response.text[:300]
     assert GENERATED_ID.match(response.headers["x-request-id"])
     _process_time(response)
+    # No browser may read a JSON answer or a stored text as HTML or script.
+    assert response.headers["x-content-type-options"] == "nosniff"
     if status >= 400:
         body = _problem(response)
         assert body["status"] == status
         assert body["request_id"] == response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("kind", ["seller", "partner"])
+async def test_the_email_verification_page_sends_a_strict_policy(
+    client: httpx.AsyncClient, kind: str
+) -> None:
+    response = await client.get(
+        f"/{kind}/verify", params={"token": "not-a-token"}, headers={"Accept": "text/html"}
+    )
+
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'; script-src 'self';" in response.headers["content-security-policy"]
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "no-referrer"
 
 
 async def test_each_request_gets_its_own_id(client: httpx.AsyncClient) -> None:

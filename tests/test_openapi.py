@@ -3,6 +3,7 @@ errors, examples everywhere, and a Scalar page that works offline without teleme
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -18,6 +19,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from backend.accounts.dependencies import current_partner, current_seller, get_access_claims
 from backend.config import Settings
 from backend.main import create_app
+from backend.reference_assets import ALL_FILES, SCALAR_JS, SWAGGER_CSS, SWAGGER_JS, digest
 from backend.shipments.dependencies import (
     callers_shipments,
     partners_shipments,
@@ -313,14 +315,21 @@ async def test_every_error_response_has_an_example(spec: dict[str, Any]) -> None
 # --- Reference pages -------------------------------------------------------------------------
 
 
-ScalarApp = Callable[[Path], AbstractAsyncContextManager[httpx.AsyncClient]]
+ReferenceApp = Callable[[Path], AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @pytest.fixture
-def scalar_app_factory(database_url: str, redis_url: str) -> ScalarApp:
+def reference_app_factory(database_url: str, redis_url: str) -> ReferenceApp:
+    """An app whose reference assets live in the given folder (scalar/, swagger-ui/)."""
+
     @asynccontextmanager
-    async def start(scalar_js_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-        settings = make_settings(database_url, redis_url, scalar_js_path=scalar_js_path)
+    async def start(static: Path) -> AsyncIterator[httpx.AsyncClient]:
+        settings = make_settings(
+            database_url,
+            redis_url,
+            scalar_js_path=static / "scalar" / "standalone.js",
+            swagger_ui_dir=static / "swagger-ui",
+        )
         application = create_app(settings)
         async with application.router.lifespan_context(application):
             transport = httpx.ASGITransport(app=application)
@@ -328,6 +337,14 @@ def scalar_app_factory(database_url: str, redis_url: str) -> ScalarApp:
                 yield http
 
     return start
+
+
+def installed_assets(folder: Path) -> Path:
+    """A stand-in for what `make` installs, under `folder`."""
+    for file in ALL_FILES:
+        (folder / file.installed_as).parent.mkdir(parents=True, exist_ok=True)
+        (folder / file.installed_as).write_text(f"/* {file.path} */\n")
+    return folder
 
 
 def _assert_scalar_page(response: httpx.Response) -> str:
@@ -340,59 +357,147 @@ def _assert_scalar_page(response: httpx.Response) -> str:
     return page
 
 
+def inline_script_hashes(page: str) -> set[str]:
+    scripts = re.findall(r"<script>(.*?)</script>", page, re.DOTALL)
+    assert scripts
+    return {f"'{digest('sha256', script.encode())}'" for script in scripts}
+
+
+def assert_page_policy(response: httpx.Response, page: str) -> dict[str, str]:
+    """The reference page's security headers; its inline script allowed by hash, nothing
+    else inline. Returns the CSP's directives."""
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    directives = dict(
+        directive.strip().split(" ", 1)
+        for directive in response.headers["content-security-policy"].split(";")
+    )
+    assert directives["default-src"] == "'none'"
+    assert directives["frame-ancestors"] == "'none'"
+    assert directives["connect-src"] == "'self'"
+    sources = set(directives["script-src"].split())
+    assert inline_script_hashes(page) <= sources
+    assert "'unsafe-inline'" not in sources
+    assert "'unsafe-eval'" not in sources
+    return directives
+
+
 async def test_scalar_page_uses_the_bundle_this_machine_has(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    page = _assert_scalar_page(await client.get("/scalar"))
+    response = await client.get("/scalar")
+    page = _assert_scalar_page(response)
     bundle = await client.get("/scalar/standalone.js")
+    assert_page_policy(response, page)
     if settings.scalar_js_path.is_file():
         assert 'src="/scalar/standalone.js"' in page
-        assert settings.scalar_cdn_url not in page
         assert "cdn.jsdelivr.net" not in page
         assert bundle.status_code == 200
         assert "javascript" in bundle.headers["content-type"]
         assert bundle.content == settings.scalar_js_path.read_bytes()
+        # The CDN fallback's pinned hash is that of the very file installed from npm.
+        assert digest("sha384", bundle.content) == SCALAR_JS.sri
     else:
-        assert settings.scalar_cdn_url in page
+        assert SCALAR_JS.cdn_url in page
         assert bundle.status_code == 404
 
 
 async def test_scalar_serves_a_local_bundle_when_installed(
-    scalar_app_factory: ScalarApp, tmp_path: Path
+    reference_app_factory: ReferenceApp, tmp_path: Path
 ) -> None:
-    bundle_file = tmp_path / "standalone.js"
-    bundle_file.write_text("window.Scalar = { createApiReference() {} };\n")
-    async with scalar_app_factory(bundle_file) as http:
-        page = _assert_scalar_page(await http.get("/scalar"))
+    static = installed_assets(tmp_path)
+    async with reference_app_factory(static) as http:
+        response = await http.get("/scalar")
+        page = _assert_scalar_page(response)
+        directives = assert_page_policy(response, page)
         assert 'src="/scalar/standalone.js"' in page
         assert "https://" not in page.split("<script", 1)[1].split(">", 1)[0]
+        assert "https://" not in response.headers["content-security-policy"]
+        assert "'self'" in directives["script-src"].split()
         bundle = await http.get("/scalar/standalone.js")
         assert bundle.status_code == 200
         assert "javascript" in bundle.headers["content-type"]
-        assert bundle.text == bundle_file.read_text()
+        assert bundle.content == (static / SCALAR_JS.installed_as).read_bytes()
         assert "x-request-id" in bundle.headers
 
 
-async def test_scalar_falls_back_to_the_cdn_without_a_bundle(
-    scalar_app_factory: ScalarApp,
-    tmp_path: Path,
-    settings: Settings,
+async def test_scalar_falls_back_to_the_pinned_cdn_bundle_with_integrity(
+    reference_app_factory: ReferenceApp, tmp_path: Path
 ) -> None:
-    async with scalar_app_factory(tmp_path / "not-installed.js") as http:
-        page = _assert_scalar_page(await http.get("/scalar"))
-        assert f'src="{settings.scalar_cdn_url}"' in page
-        assert "/scalar/standalone.js" not in page
+    async with reference_app_factory(tmp_path / "not-installed") as http:
+        response = await http.get("/scalar")
+        page = _assert_scalar_page(response)
+        directives = assert_page_policy(response, page)
         missing = await http.get("/scalar/standalone.js")
-        assert missing.status_code == 404
-        assert missing.headers["content-type"].startswith(PROBLEM)
+
+    assert "@1.72.1/" in SCALAR_JS.cdn_url  # a version, never a floating tag
+    tag = f'<script src="{SCALAR_JS.cdn_url}" integrity="{SCALAR_JS.sri}" crossorigin="anonymous">'
+    assert tag in page
+    assert "/scalar/standalone.js" not in page
+    # Only that file from the CDN: not the rest of the host.
+    assert SCALAR_JS.cdn_url in directives["script-src"].split()
+    assert "https://cdn.jsdelivr.net" not in directives["script-src"].split()
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith(PROBLEM)
 
 
 async def test_reference_pages_are_not_in_the_schema(spec: dict[str, Any]) -> None:
     assert not [path for path in spec["paths"] if path.startswith(("/scalar", "/docs"))]
 
 
-async def test_swagger_ui_still_served(client: httpx.AsyncClient) -> None:
-    response = await client.get("/docs")
+async def test_swagger_ui_is_served_with_its_assets_and_a_policy(
+    reference_app_factory: ReferenceApp, tmp_path: Path
+) -> None:
+    static = installed_assets(tmp_path)
+    async with reference_app_factory(static) as http:
+        response = await http.get("/docs")
+        script = await http.get("/docs/swagger-ui-bundle.js")
+        stylesheet = await http.get("/docs/swagger-ui.css")
+
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    assert "/openapi.json" in response.text
+    page = response.text
+    assert "/openapi.json" in page
+    assert 'src="/docs/swagger-ui-bundle.js"' in page
+    assert 'href="/docs/swagger-ui.css"' in page
+    assert "https://" not in page  # no CDN, no third-party favicon, no validator badge
+    assert '"validatorUrl": null' in page
+    assert "https://" not in assert_page_policy(response, page)["script-src"]
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    assert script.content == (static / SWAGGER_JS.installed_as).read_bytes()
+    assert stylesheet.status_code == 200
+    assert stylesheet.headers["content-type"].startswith("text/css")
+
+
+async def test_swagger_ui_falls_back_to_pinned_cdn_files_with_integrity(
+    reference_app_factory: ReferenceApp, tmp_path: Path
+) -> None:
+    async with reference_app_factory(tmp_path / "not-installed") as http:
+        response = await http.get("/docs")
+        missing = await http.get("/docs/swagger-ui-bundle.js")
+
+    page = response.text
+    directives = assert_page_policy(response, page)
+    for file in (SWAGGER_JS, SWAGGER_CSS):
+        assert "@5.36.0/" in file.cdn_url
+        assert f'"{file.cdn_url}" integrity="{file.sri}" crossorigin="anonymous"' in page
+    assert "swagger-ui-dist@5/" not in page
+    assert SWAGGER_JS.cdn_url in directives["script-src"].split()
+    assert SWAGGER_CSS.cdn_url in directives["style-src"].split()
+    assert missing.status_code == 404
+
+
+async def test_swagger_ui_uses_the_assets_this_machine_has(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    page = (await client.get("/docs")).text
+    for file in (SWAGGER_JS, SWAGGER_CSS):
+        installed = settings.swagger_ui_dir / Path(file.installed_as).name
+        if installed.is_file():
+            assert f'"/docs/{installed.name}"' in page
+            # The CDN fallback's pinned hash is that of the very file installed from npm.
+            assert digest("sha384", installed.read_bytes()) == file.sri
+        else:
+            assert f'"{file.cdn_url}" integrity="{file.sri}"' in page

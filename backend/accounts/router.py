@@ -47,7 +47,7 @@ from backend.accounts.schemas import (
 from backend.accounts.service import AccountService, update_partner
 from backend.db import UnitOfWorkRoute
 from backend.errors import RateLimited, problem_responses
-from backend.pages import page_templates
+from backend.pages import PAGE_HEADERS, page_templates
 from backend.redis_client import RedisDep
 from backend.request_body import NO_REQUEST_BODY
 
@@ -115,11 +115,18 @@ def add_session_routes(
             if not wants_page:
                 raise
             return templates.TemplateResponse(
-                request, "email_verification.html", {"verified": False}, status_code=400
+                request,
+                "email_verification.html",
+                {"verified": False},
+                status_code=400,
+                headers=PAGE_HEADERS,
             )
         if wants_page:
             return templates.TemplateResponse(
-                request, "email_verification.html", {"verified": True, "email": account.email}
+                request,
+                "email_verification.html",
+                {"verified": True, "email": account.email},
+                headers=PAGE_HEADERS,
             )
         assert account.email_verified_at is not None
         return EmailVerification(email=account.email, email_verified_at=account.email_verified_at)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
 
+from backend.config import Settings
+from backend.errors import NotFound, Unauthorized
 from backend.health.readiness import CheckResult, readiness_probe
 
 router = APIRouter(tags=["Operations"])
@@ -72,7 +75,24 @@ async def check_readiness(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=Response, include_in_schema=False)
+async def metrics_scraper(request: Request) -> None:
+    """Let through only a scraper sending `Authorization: Bearer <METRICS_TOKEN>`. Without a
+    token configured the route answers like one that does not exist."""
+    settings: Settings = request.app.state.settings
+    if settings.metrics_token is None:
+        raise NotFound()
+    expected = f"Bearer {settings.metrics_token.get_secret_value()}".encode()
+    sent = request.headers.get("authorization", "").encode()
+    if not hmac.compare_digest(sent, expected):
+        raise Unauthorized("Send the metrics token: Authorization: Bearer <METRICS_TOKEN>.")
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    include_in_schema=False,
+    dependencies=[Depends(metrics_scraper)],
+)
 async def export_metrics() -> Response:
     """Prometheus text exposition of this process's request counters and latencies."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

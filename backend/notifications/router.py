@@ -11,7 +11,7 @@ from backend.accounts.dependencies import AccessClaimsDep, CurrentSeller, Settin
 from backend.accounts.errors import WrongAccountKind
 from backend.accounts.models import AccountKind
 from backend.db import DatabaseDep, SessionDep, UnitOfWorkRoute
-from backend.errors import problem_responses
+from backend.errors import RateLimited, problem_responses
 from backend.notifications.events import (
     SHIPMENT_CANCELLED,
     SHIPMENT_CREATED,
@@ -39,9 +39,11 @@ from backend.notifications.webhooks import (
     Resolver,
     UnsafeWebhookUrl,
     check_destination,
-    system_resolver,
+    resolver_for,
 )
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
+from backend.rate_limit import FixedWindowLimiter
+from backend.redis_client import RedisDep
 from backend.request_body import NO_REQUEST_BODY
 
 webhooks_router = APIRouter(
@@ -57,9 +59,9 @@ async def webhook_service(database: DatabaseDep, session: SessionDep) -> Webhook
 WebhookServiceDep = Annotated[WebhookService, Depends(webhook_service)]
 
 
-async def host_resolver() -> Resolver:
-    """How webhook hosts are looked up; tests override it (`app.dependency_overrides`)."""
-    return system_resolver
+async def host_resolver(settings: SettingsDep) -> Resolver:
+    """How webhook hosts are looked up; tests may override it (`app.dependency_overrides`)."""
+    return resolver_for(settings)
 
 
 ResolverDep = Annotated[Resolver, Depends(host_resolver)]
@@ -86,6 +88,13 @@ async def checked_registration(
 
 
 CheckedRegistration = Annotated[WebhookEndpointCreate, Depends(checked_registration)]
+
+
+async def webhook_test_limiter(settings: SettingsDep, redis: RedisDep) -> FixedWindowLimiter:
+    return FixedWindowLimiter(redis, "webhook-test", settings.webhook_test_sends_per_minute, 60)
+
+
+WebhookTestLimiter = Annotated[FixedWindowLimiter, Depends(webhook_test_limiter)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 
 
@@ -151,13 +160,20 @@ async def list_webhook_deliveries(
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[NO_REQUEST_BODY],
     response_model=WebhookTestQueued,
-    responses=problem_responses(WebhookEndpointNotFound, WebhookEndpointDisabled),
+    responses=problem_responses(WebhookEndpointNotFound, WebhookEndpointDisabled, RateLimited),
 )
 async def send_webhook_test(
-    endpoint_id: uuid.UUID, seller: CurrentSeller, webhooks: WebhookServiceDep
+    endpoint_id: uuid.UUID,
+    seller: CurrentSeller,
+    webhooks: WebhookServiceDep,
+    limiter: WebhookTestLimiter,
 ) -> WebhookTestQueued:
-    """Queue a `webhook.test` event to this endpoint only; watch its deliveries for the result."""
-    return WebhookTestQueued(event_id=await webhooks.send_test(seller, endpoint_id))
+    """Queue a `webhook.test` event to this endpoint only; watch its deliveries for the result.
+
+    Each endpoint takes a few test sends a minute (`WEBHOOK_TEST_SENDS_PER_MINUTE`); beyond
+    that the answer is 429 with `Retry-After`, and nothing is queued.
+    """
+    return WebhookTestQueued(event_id=await webhooks.send_test(seller, endpoint_id, limiter))
 
 
 @events_router.get("", response_model=EventPage, responses=problem_responses(UnknownEvent))

@@ -24,6 +24,7 @@ from backend.notifications.schemas import (
 )
 from backend.notifications.webhooks import new_secret
 from backend.pagination import decode_cursor, encode_cursor
+from backend.rate_limit import FixedWindowLimiter
 
 MAX_ENDPOINTS_PER_SELLER = 10
 
@@ -117,10 +118,15 @@ class WebhookService:
             next_cursor=next_cursor,
         )
 
-    async def send_test(self, seller: Seller, endpoint_id: uuid.UUID) -> uuid.UUID:
+    async def send_test(
+        self, seller: Seller, endpoint_id: uuid.UUID, limiter: FixedWindowLimiter
+    ) -> uuid.UUID:
         endpoint = await self._owned(seller, endpoint_id)
         if not endpoint.enabled:
             raise WebhookEndpointDisabled()
+        # Counted per endpoint, once it is known to be the caller's: each send makes us POST to
+        # a URL of the seller's choosing.
+        await limiter.hit(str(endpoint.id))
         data: dict[str, Any] = {
             "message": "A test event from Shiptrack.",
             "endpoint_id": str(endpoint.id),

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import random
 import secrets
 import socket
@@ -19,8 +20,11 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
+import dns.asyncresolver
+import dns.exception
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -28,6 +32,8 @@ from backend.config import Settings
 from backend.db import utcnow
 from backend.errors import DomainError
 from backend.notifications.models import Event, WebhookDelivery, WebhookEndpoint
+
+logger = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks format, not a secret
 # Only the status code matters; the rest of an answer is read up to this and then dropped.
@@ -88,18 +94,23 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return None
 
 
+def _is_public_unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    # `is_global` calls multicast groups public; a webhook goes to one host, never to a group.
+    return address.is_global and not address.is_multicast
+
+
 def is_public_address(text: str) -> bool:
-    """True for an address on the public internet, judging an IPv4 address embedded in an
-    IPv6 one (IPv4-mapped, IPv4-compatible, NAT64, 6to4) by that IPv4 address."""
+    """True for a unicast address on the public internet, judging an IPv4 address embedded in
+    an IPv6 one (IPv4-mapped, IPv4-compatible, NAT64, 6to4) by that IPv4 address."""
     address = ipaddress.ip_address(text)
-    if not address.is_global:
+    if not _is_public_unicast(address):
         return False
     if isinstance(address, ipaddress.IPv4Address):
         return True
     if address in _LOCAL_NAT64:
         return False
     embedded = _embedded_ipv4(address)
-    return embedded is None or embedded.is_global
+    return embedded is None or _is_public_unicast(embedded)
 
 
 # Resolves a host name and port to IP addresses (as text). Injectable so that tests can stall it.
@@ -114,6 +125,36 @@ async def system_resolver(host: str, port: int) -> list[str]:
     lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     resolved = await asyncio.get_running_loop().run_in_executor(_DNS_THREADS, lookup)
     return [str(address[0]) for *_, address in resolved]
+
+
+@functools.cache
+def dns_server_resolver(address: str, port: int) -> Resolver:
+    """Look names up by asking the DNS server at `address`:`port` directly, without threads,
+    /etc/hosts or the system's search domains: A and AAAA records, CNAMEs followed."""
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [address]
+    resolver.port = port
+
+    async def resolve(host: str, _port: int) -> list[str]:
+        try:
+            return [str(ipaddress.ip_address(host))]  # a literal address needs no lookup
+        except ValueError:
+            pass
+        try:
+            answers = await resolver.resolve_name(host)
+        except dns.exception.Timeout:
+            raise TimeoutError from None
+        except dns.exception.DNSException:
+            return []  # no such name, no address, or no server answered
+        return list(answers.addresses())
+
+    return resolve
+
+
+def resolver_for(settings: Settings) -> Resolver:
+    """How webhook hosts are looked up: the DNS server of `WEBHOOK_DNS_SERVER`, or the system's."""
+    server = settings.webhook_dns_server_address
+    return system_resolver if server is None else dns_server_resolver(*server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +195,32 @@ async def check_destination(
     return Destination(url, addresses)
 
 
+def origin(url: str) -> str:
+    """scheme://host[:port] of a URL: all that logs may show of a receiver's URL, whose path and
+    query can carry the receiver's API keys."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+# What the delivery log says when no connection was made, whatever the reason: refused, timed
+# out, unreachable, TLS refused. Telling them apart would make webhooks a port scanner.
+CONNECTION_FAILED = "Connection failed."
+CONNECTION_BROKEN = "The connection broke before a complete HTTP answer."
+RECEIVER_STALLED = "The receiver stopped sending its answer."
+
+
+class ConnectionWatch:
+    """Notes whether a TCP connection was made (httpcore's trace events), so that an attempt's
+    deadline running out says "connection failed" while still connecting."""
+
+    def __init__(self) -> None:
+        self.connected = False
+
+    async def trace(self, event_name: str, _info: dict[str, Any]) -> None:
+        if event_name == "connection.connect_tcp.complete":
+            self.connected = True
+
+
 def _milliseconds_since(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
@@ -188,7 +255,7 @@ class WebhookDispatcher:
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
         http: httpx.AsyncClient,
-        resolve: Resolver = system_resolver,
+        resolve: Resolver,
     ) -> None:
         self._settings = settings
         self._sessionmaker = sessionmaker
@@ -202,7 +269,15 @@ class WebhookDispatcher:
         if endpoint is None or event is None or not endpoint.enabled:
             return  # deleted or disabled since: nothing left to deliver
         outcome = await self._post(endpoint, event)
-        await self._record(endpoint, event, attempt, outcome)
+        logger.info(
+            "webhook %s attempt %d to %s: %s",
+            event.id,
+            attempt,
+            origin(endpoint.url),
+            outcome.error or f"HTTP {outcome.status_code}",
+        )
+        if not await self._record(endpoint, event, attempt, outcome):
+            return  # deleted while the attempt was in flight: nothing left to deliver
         if not outcome.succeeded:
             raise WebhookDeliveryFailed(outcome.error or f"HTTP {outcome.status_code}")
 
@@ -218,6 +293,7 @@ class WebhookDispatcher:
         }
         deadline = self._settings.webhook_timeout_seconds
         started = time.perf_counter()
+        watch = ConnectionWatch()
         try:
             # One deadline for the whole attempt: httpx's timeouts apply to each read, so a
             # receiver trickling a byte at a time would otherwise hold the attempt for ever.
@@ -229,36 +305,55 @@ class WebhookDispatcher:
                     resolve=self._resolve,
                     lookup_seconds=self._settings.webhook_dns_timeout_seconds,
                 )
-                status_code = await self._send(destination, body, headers)
+                status_code = await self._send(destination, body, headers, watch)
         except TimeoutError:
-            error = f"No complete answer within {deadline:g} s."
-            return Outcome(False, None, error, _milliseconds_since(started))
-        except (httpx.HTTPError, UnsafeWebhookUrl) as failure:
-            error = f"{type(failure).__name__}: {failure}"[:500]
-            return Outcome(False, None, error, _milliseconds_since(started))
-        return Outcome(200 <= status_code < 300, status_code, None, _milliseconds_since(started))
+            stalled = f"No complete answer within {deadline:g} s."
+            error = stalled if watch.connected else CONNECTION_FAILED
+        except UnsafeWebhookUrl as refused:
+            error = f"Destination not allowed: {refused.detail}"
+        except httpx.HTTPError as failure:
+            error = _delivery_error(failure)
+        else:
+            succeeded = 200 <= status_code < 300
+            return Outcome(succeeded, status_code, None, _milliseconds_since(started))
+        return Outcome(False, None, error, _milliseconds_since(started))
 
-    async def _send(self, destination: Destination, body: bytes, headers: dict[str, str]) -> int:
+    async def _send(
+        self,
+        destination: Destination,
+        body: bytes,
+        headers: dict[str, str],
+        watch: ConnectionWatch,
+    ) -> int:
         """POST the body to the first checked address that takes the connection; returns the
         status code, having read at most MAX_RESPONSE_BYTES of the answer."""
         *others, last = destination.addresses
         for address in others:
             with contextlib.suppress(httpx.ConnectError):
-                return await self._send_to(address, destination.url, body, headers)
-        return await self._send_to(last, destination.url, body, headers)
+                return await self._send_to(address, destination.url, body, headers, watch)
+        return await self._send_to(last, destination.url, body, headers, watch)
 
-    async def _send_to(self, address: str, url: str, body: bytes, headers: dict[str, str]) -> int:
+    async def _send_to(
+        self,
+        address: str,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        watch: ConnectionWatch,
+    ) -> int:
         target = httpx.URL(url)
         # Connected to `address`, the receiver still sees its own name: in the Host header and,
         # over TLS, in SNI and the certificate check.
         headers = {**headers, "host": target.netloc.decode("ascii")}
-        extensions = {"sni_hostname": target.raw_host.decode("ascii")}
+        extensions: dict[str, Any] = {"trace": watch.trace}
+        if target.scheme == "https":
+            extensions["sni_hostname"] = target.raw_host.decode("ascii")
         request = self._http.build_request(
             "POST",
             target.copy_with(host=address),
             content=body,
             headers=headers,
-            extensions=extensions if target.scheme == "https" else {},
+            extensions=extensions,
         )
         response = await self._http.send(request, stream=True)
         try:
@@ -269,9 +364,17 @@ class WebhookDispatcher:
 
     async def _record(
         self, endpoint: WebhookEndpoint, event: Event, attempt: int, outcome: Outcome
-    ) -> None:
+    ) -> bool:
+        """Log the attempt and follow the endpoint's run of failures. False when the endpoint
+        or the event was deleted during the attempt: there is nothing to log it against then."""
         disable_after = timedelta(seconds=self._settings.webhook_disable_after_seconds)
         async with self._sessionmaker() as session, session.begin():
+            # Both locked before the log row is added: a deletion racing this either waits, then
+            # takes the row with it, or is done, and the insert would break a foreign key.
+            current = await session.get(WebhookEndpoint, endpoint.id, with_for_update=True)
+            logged_event = await session.get(Event, event.id, with_for_update={"key_share": True})
+            if current is None or logged_event is None:
+                return False
             session.add(
                 WebhookDelivery(
                     endpoint_id=endpoint.id,
@@ -284,9 +387,6 @@ class WebhookDispatcher:
                     duration_ms=outcome.duration_ms,
                 )
             )
-            current = await session.get(WebhookEndpoint, endpoint.id, with_for_update=True)
-            if current is None:
-                return
             if outcome.succeeded:
                 current.failing_since = None
             elif current.failing_since is None:
@@ -297,3 +397,14 @@ class WebhookDispatcher:
                     f"Disabled after failing since {current.failing_since.isoformat()}; "
                     f"last error: {outcome.error or f'HTTP {outcome.status_code}'}"
                 )[:500]
+        return True
+
+
+def _delivery_error(failure: httpx.HTTPError) -> str:
+    """The delivery log's text for a failed request: fixed wording, since httpx's own messages
+    may name the address connected to and tell a refused port from a filtered one."""
+    if isinstance(failure, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return CONNECTION_FAILED
+    if isinstance(failure, httpx.TimeoutException):
+        return RECEIVER_STALLED
+    return CONNECTION_BROKEN

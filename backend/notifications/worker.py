@@ -39,7 +39,7 @@ from backend.notifications.outbox import (
 from backend.notifications.webhooks import (
     Resolver,
     WebhookDispatcher,
-    system_resolver,
+    resolver_for,
     webhook_retry_plan,
 )
 from backend.shipments.expiry import run_expiry_sweeps
@@ -107,7 +107,7 @@ class OutboxWorker:
         sender: EmailSender | None = None,
         http: httpx.AsyncClient | None = None,
         worker_id: str | None = None,
-        resolve: Resolver = system_resolver,
+        resolve: Resolver | None = None,
         shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
     ) -> None:
         self._settings = settings
@@ -121,7 +121,9 @@ class OutboxWorker:
         self._http = http or httpx.AsyncClient(
             follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=0)
         )
-        self._webhooks = WebhookDispatcher(settings, sessionmaker, self._http, resolve)
+        self._webhooks = WebhookDispatcher(
+            settings, sessionmaker, self._http, resolve or resolver_for(settings)
+        )
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stopping = asyncio.Event()
         self._shutdown_grace = shutdown_grace_seconds

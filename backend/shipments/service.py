@@ -95,7 +95,11 @@ def new_tracking_number() -> str:
 
 
 def request_fingerprint(body: ShipmentCreate) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """A hash of what the body asks for. Tags are a set (already lower-cased and merged by the
+    schema), so their order must not make a retry look like another request."""
+    request = body.model_dump(mode="json")
+    request["tags"] = sorted(request["tags"])
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

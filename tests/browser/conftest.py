@@ -25,6 +25,7 @@ import pytest
 from playwright.async_api import (
     Browser,
     BrowserContext,
+    ConsoleMessage,
     Page,
     Route,
     ViewportSize,
@@ -157,7 +158,14 @@ async def _offline_page(context: BrowserContext) -> OfflinePage:
     await context.route("**/*", loopback_only)
     offline = OfflinePage(await context.new_page(), blocked)
     offline.page.on("pageerror", lambda error: offline.errors.append(str(error)))
+    # Whatever the page's Content-Security-Policy refused breaks the page just as well.
+    offline.page.on("console", lambda message: _note_policy_violation(offline, message))
     return offline
+
+
+def _note_policy_violation(offline: OfflinePage, message: ConsoleMessage) -> None:
+    if message.type == "error" and "Content Security Policy" in message.text:
+        offline.errors.append(message.text)
 
 
 class SaveScreenshot(Protocol):

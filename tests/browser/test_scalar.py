@@ -47,7 +47,7 @@ def assert_needed_only_loopback(opened: OfflinePage) -> None:
     # Any request beyond loopback (the CDN bundle, fonts, a favicon, telemetry) fails the test.
     assert not opened.blocked, (
         f"/scalar needed the network for {sorted(opened.blocked)} "
-        "(is the local bundle installed? `make scalar` puts it in backend/static/scalar/)"
+        "(is the local bundle installed? `make assets` puts it in backend/static/scalar/)"
     )
     assert opened.errors == []
 

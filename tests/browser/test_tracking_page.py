@@ -7,6 +7,7 @@ reader reads them), the history, and the page changing by itself when the partne
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.async_api import Locator, Page, expect
@@ -28,6 +29,7 @@ from tests.shipments.factories import (
     make_parties,
     patch_shipment,
 )
+from tests.shipments.test_reviews import delivered_emails, reviews_stored
 
 pytestmark = pytest.mark.browser
 
@@ -141,3 +143,28 @@ async def test_updates_itself_when_the_partner_reports(
     assert opened.blocked == [], "the page reached beyond loopback"
     assert opened.errors == []
     await save_screenshot(page, f"tracking-{screen.name}")
+
+
+async def test_the_review_form_sends_the_recipients_rating(
+    open_page: OpenPage, live_server: LiveServer, db_engine: AsyncEngine
+) -> None:
+    """The emailed review link opens the page with the form; the page's script posts it."""
+    parties = await make_parties(live_server.http)
+    created = await create_shipment(live_server.http, parties.seller_headers)
+    await bring_to(live_server.http, db_engine, parties, created["id"], "delivered")
+    [email] = await delivered_emails(db_engine, created["id"])
+    link = urlsplit(email["review_url"])
+    opened = await open_page(PHONE)
+    page = opened.page
+    response = await page.goto(f"{link.path}?{link.query}")
+    assert response is not None
+    assert response.status == 200
+
+    await page.get_by_label("4 stars", exact=True).check()
+    await page.get_by_label("Comment (optional)").fill("Left with the neighbour, all fine.")
+    await page.get_by_role("button", name="Send my review").click()
+
+    await expect(page.locator("#review-result")).to_have_text("Thank you for your review!")
+    assert await reviews_stored(db_engine) == 1
+    assert opened.blocked == [], "the page reached beyond loopback"
+    assert opened.errors == []

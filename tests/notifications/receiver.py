@@ -4,7 +4,8 @@ The receiver is asyncio.start_server on 127.0.0.1 (a free port), speaking just e
 to take one request per connection. It records each request's method, path, headers and raw
 body, and answers with a scripted sequence of status codes (then 200 once the script runs out).
 Some paths can be made hostile instead: answering a byte at a time for ever, answering after a
-delay, or answering 200 with a body of many megabytes. It runs on the test's own event loop, so
+delay, or answering 200 with a body of many megabytes; or held, answering only when the test
+releases them. It runs on the test's own event loop, so
 the worker's httpx client reaches it over real TCP.
 
 Loopback is a private address, so deliveries to the receiver need an app (and a worker) with
@@ -64,6 +65,9 @@ class Receiver:
     _trickles: dict[str, float] = field(default_factory=dict)
     _delays: dict[str, float] = field(default_factory=dict)
     _huge: dict[str, int] = field(default_factory=dict)
+    # Paths whose answers wait until the test releases them.
+    _held: dict[str, asyncio.Event] = field(default_factory=dict)
+    _arrivals: asyncio.Condition = field(default_factory=asyncio.Condition)
     # Per path: connections being answered now, the most at once, and body bytes written.
     in_flight: Counter[str] = field(default_factory=Counter)
     most_in_flight: Counter[str] = field(default_factory=Counter)
@@ -89,6 +93,18 @@ class Receiver:
         """Answer requests to `path` with 200 and a body of `size` bytes, written as fast as
         the client reads it."""
         self._huge[path] = size
+
+    def hold(self, path: str) -> None:
+        """Keep requests to `path` waiting for their answer until `release(path)`."""
+        self._held[path] = asyncio.Event()
+
+    def release(self, path: str) -> None:
+        self._held[path].set()
+
+    async def wait_for_request(self, path: str) -> None:
+        """Until a request to `path` has arrived (its answer may still be pending)."""
+        async with asyncio.timeout(10), self._arrivals:  # a guard against hanging
+            await self._arrivals.wait_for(lambda: bool(self.received_at(path)))
 
     def _next_status(self, path: str) -> int:
         for key in (path, None):
@@ -118,6 +134,8 @@ class Receiver:
             hostile = target in self._trickles or target in self._huge or target in self._delays
             status = 200 if hostile else self._next_status(target)
             self.requests.append(ReceivedRequest(method, target, headers, body, status))
+            async with self._arrivals:
+                self._arrivals.notify_all()
             self.in_flight[target] += 1
             self.most_in_flight[target] = max(self.most_in_flight[target], self.in_flight[target])
             try:
@@ -142,6 +160,8 @@ class Receiver:
         if path in self._trickles:
             await self._answer_byte_by_byte(writer, self._trickles[path])
             return
+        if path in self._held:
+            await self._held[path].wait()
         if path in self._delays and await _hung_up_within(reader, self._delays[path]):
             return
         size = self._huge.get(path, 2)

@@ -2,10 +2,11 @@
 within a deadline: a slow DNS server costs the sellers registering, never anyone else. Each
 delivery looks the host up again and connects to the address that passed the check.
 
-The system resolver cannot be slowed down from a test, so the app's resolver is replaced by one
-that stalls until the test lets it answer (the route's `host_resolver` dependency). It answers
-with a literal public address, which registration only checks and never connects to. Delivery
-tests answer with loopback, where the test's receiver listens.
+Registration tests replace the app's resolver by one that stalls until the test lets it answer
+(the route's `host_resolver` dependency): a stall is the point, and a resolver that waits on an
+event makes it exact. It answers with a literal public address, which registration only checks
+and never connects to. Delivery tests ask a real DNS server on loopback (tests/notifications/
+dns_server.py) through WEBHOOK_DNS_SERVER.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -27,8 +29,9 @@ from backend.notifications.worker import OutboxWorker
 from tests.assertions import assert_problem
 from tests.conftest import count_rows, make_settings, running_client
 from tests.factories import account_with_token
-from tests.notifications.conftest import WorkerSettingsFactory, drain, outbox_rows
-from tests.notifications.receiver import HooksApp, Receiver, register_endpoint
+from tests.notifications.conftest import WorkerSettingsFactory, outbox_rows
+from tests.notifications.dns_server import DnsServer, running_dns_server
+from tests.notifications.receiver import Receiver, register_endpoint
 
 PUBLIC_ADDRESS = "93.184.215.14"
 REGISTRATIONS = 8
@@ -55,18 +58,6 @@ class StalledResolver:
     async def wait_for_waiting(self, count: int) -> None:
         async with asyncio.timeout(10), self._arrivals:  # a guard against hanging
             await self._arrivals.wait_for(lambda: self.waiting >= count)
-
-
-@dataclass
-class FixedResolver:
-    """Answers every lookup with `address` at once, and remembers what was looked up."""
-
-    address: str
-    lookups: list[tuple[str, int]] = field(default_factory=list)
-
-    async def __call__(self, host: str, port: int) -> list[str]:
-        self.lookups.append((host, port))
-        return [self.address]
 
 
 def look_up_with(app: FastAPI, resolver: Resolver) -> None:
@@ -174,31 +165,67 @@ async def test_no_lookup_happens_for_a_caller_who_is_not_a_seller(
 
 
 # --- at delivery ---------------------------------------------------------------------------------
+# Deliveries are looked up through a DNS server the test runs on loopback (WEBHOOK_DNS_SERVER),
+# the way production looks them up, over UDP: no resolver is swapped in.
+
+
+async def send_test_event_through(
+    dns_server: DnsServer,
+    database_url: str,
+    redis_url: str,
+    receiver: Receiver,
+    worker_settings: WorkerSettingsFactory,
+    **overrides: object,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Register http://hooks.shop.example:<receiver port>/hooks with an app that asks
+    `dns_server`, queue a test event to it and let a worker asking the same server deliver it.
+    Returns (the test event, the endpoint's delivery log)."""
+    settings = make_settings(
+        database_url, redis_url, webhook_dns_server=dns_server.address, **overrides
+    )
+    application = create_app(settings)
+    async with running_client(application) as client:
+        _, headers = await account_with_token(client, "seller")
+        url = f"http://hooks.shop.example:{receiver.port}/hooks"
+        endpoint = await register_endpoint(client, headers, url)
+        sent = await client.post(f"/seller/webhooks/{endpoint['id']}/test", headers=headers)
+        assert sent.status_code == 202, sent.text
+        worker = OutboxWorker(
+            worker_settings(webhook_dns_server=dns_server.address, **overrides),
+            application.state.sessionmaker,
+        )
+        try:
+            await worker.run_once()
+        finally:
+            await worker.aclose()
+        log = await client.get(f"/seller/webhooks/{endpoint['id']}/deliveries", headers=headers)
+    assert log.status_code == 200, log.text
+    items: list[dict[str, Any]] = log.json()["items"]
+    return sent.json(), items
 
 
 async def test_a_delivery_connects_to_the_address_that_passed_the_check(
-    hooks: HooksApp, receiver: Receiver, worker_settings: WorkerSettingsFactory
+    database_url: str, redis_url: str, receiver: Receiver, worker_settings: WorkerSettingsFactory
 ) -> None:
-    """The worker looks the name up once and connects there; the receiver sees its own name."""
-    resolver = FixedResolver("127.0.0.1")
-    look_up_with(hooks.app, resolver)
-    _, headers = await account_with_token(hooks.client, "seller")
-    url = f"http://hooks.shop.example:{receiver.port}/hooks"
-    endpoint = await register_endpoint(hooks.client, headers, url)
-    sent = await hooks.client.post(f"/seller/webhooks/{endpoint['id']}/test", headers=headers)
-    assert sent.status_code == 202, sent.text
-    settings = worker_settings(webhooks_allow_private=True)
-    worker = OutboxWorker(settings, hooks.sessionmaker, resolve=resolver)
-    try:
-        await drain(worker)
-    finally:
-        await worker.aclose()
+    """The worker looks the name up once and connects there: the name is known only to the
+    test's DNS server, so no other lookup could have found the receiver. The receiver still
+    sees its own name."""
+    async with running_dns_server("127.0.0.1") as dns_server:
+        event, [attempt] = await send_test_event_through(
+            dns_server,
+            database_url,
+            redis_url,
+            receiver,
+            worker_settings,
+            webhooks_allow_private=True,
+        )
 
     [request] = receiver.requests
     assert request.headers["host"] == f"hooks.shop.example:{receiver.port}"
-    assert request.headers["webhook-id"] == sent.json()["event_id"]
+    assert request.headers["webhook-id"] == event["event_id"]
+    assert attempt["succeeded"] is True
     # Once at registration, once for the delivery.
-    assert resolver.lookups == [("hooks.shop.example", receiver.port)] * 2
+    assert dns_server.a_queries() == ["hooks.shop.example"] * 2
 
 
 async def test_a_name_that_turns_private_after_registration_is_not_called(
@@ -208,28 +235,18 @@ async def test_a_name_that_turns_private_after_registration_is_not_called(
     worker_settings: WorkerSettingsFactory,
     db_engine: AsyncEngine,
 ) -> None:
-    """DNS rebinding: public when registered, loopback (the receiver) when delivered to."""
-    application = create_app(make_settings(database_url, redis_url))
-    look_up_with(application, FixedResolver(PUBLIC_ADDRESS))
-    async with running_client(application) as client:
-        _, headers = await account_with_token(client, "seller")
-        url = f"http://hooks.shop.example:{receiver.port}/hooks"
-        endpoint = await register_endpoint(client, headers, url)
-        sent = await client.post(f"/seller/webhooks/{endpoint['id']}/test", headers=headers)
-        assert sent.status_code == 202, sent.text
-        worker = OutboxWorker(
-            worker_settings(), application.state.sessionmaker, resolve=FixedResolver("127.0.0.1")
+    """DNS rebinding: the server answers a public address at registration (only checked, never
+    connected to), then loopback, where the receiver listens, at delivery."""
+    async with running_dns_server(PUBLIC_ADDRESS, "127.0.0.1") as dns_server:
+        _, [attempt] = await send_test_event_through(
+            dns_server, database_url, redis_url, receiver, worker_settings
         )
-        try:
-            await worker.run_once()
-        finally:
-            await worker.aclose()
-        log = await client.get(f"/seller/webhooks/{endpoint['id']}/deliveries", headers=headers)
 
+    assert dns_server.a_queries() == ["hooks.shop.example"] * 2
     assert receiver.requests == []
-    [attempt] = log.json()["items"]
     assert attempt["succeeded"] is False
     assert attempt["status_code"] is None
-    assert "UnsafeWebhookUrl" in attempt["error"]
+    assert attempt["error"].startswith("Destination not allowed")
+    assert "127.0.0.1" not in attempt["error"]
     [row] = [row for row in await outbox_rows(db_engine) if row.kind == "webhook"]
     assert (row.status, row.attempts) == ("pending", 1)

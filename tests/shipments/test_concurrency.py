@@ -512,3 +512,25 @@ async def test_a_key_whose_request_failed_can_be_used_again(
     assert replay.headers["idempotent-replayed"] == "true"
     assert replay.json()["id"] == created.json()["id"]
     assert await count_rows(db_engine, "shipments") == 1
+
+
+async def test_a_retry_listing_the_same_tags_in_another_order_is_the_same_request(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    parties = await make_parties(client)
+    headers = {**parties.seller_headers, "Idempotency-Key": "order-tags-1"}
+    body = shipment_body(tags=["gift", "books"])
+    first = await client.post("/shipments", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+
+    # Another order, another case, a duplicate: the same set of tags.
+    retry = await client.post(
+        "/shipments", json={**body, "tags": ["Books", "gift", "books"]}, headers=headers
+    )
+    other_tags = await client.post("/shipments", json={**body, "tags": ["books"]}, headers=headers)
+
+    assert retry.status_code == 201, retry.text
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json() == first.json()
+    assert_problem(other_tags, 422, "idempotency_key_reused")
+    assert await count_rows(db_engine, "shipments") == 1
