@@ -76,7 +76,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_attempts=settings.delivery_code_max_attempts,
     )
     app.state.password_hasher = PasswordHasher(
-        settings.bcrypt_rounds, settings.password_hash_concurrency
+        settings.bcrypt_rounds,
+        settings.password_hash_concurrency,
+        settings.password_hash_queue_limit,
     )
     app.state.draining = False
     await app.state.password_hasher.warm_up()
