@@ -16,7 +16,7 @@ from backend.db import Database, Statement, json_text, table_of, utcnow
 from backend.notifications.models import OutboxMessage, OutboxStatus
 
 EMAIL = "email"
-# Payload key listing the fields to erase once a message is sent.
+# Payload key listing the fields to erase once a message is sent or dead-lettered.
 REDACT = "redact_after_send"
 
 _now: BindParameter[datetime] = bindparam("now")
@@ -75,7 +75,8 @@ async def enqueue_email(
     Returns the message's id.
 
     `context` must be JSON-serializable; it is what the template sees. `secret_fields` name
-    context values (a delivery code) erased from the stored row once the email is sent.
+    context values (a delivery code) erased from the stored row once the email is sent or
+    dead-lettered. Keep them out of the subject: it is logged.
     """
     payload = {"template": template, "to": to, **context, REDACT: list(secret_fields)}
     [message_id] = await enqueue(database, EMAIL, [payload], shipment_id=shipment_id)
@@ -135,7 +136,8 @@ _RELEASE = text(
     """
 )
 # Only the current holder may settle a row: a worker whose lease expired must not overwrite the
-# outcome of the worker that took the row over.
+# outcome of the worker that took the row over. A row that is settled for good, sent or dead,
+# keeps no secret (the fields `redact_after_send` names): nothing will send it again.
 _MARK_SENT = text(
     """
     UPDATE outbox_messages
@@ -151,6 +153,11 @@ _MARK_FAILED = text(
     """
     UPDATE outbox_messages
     SET status = CASE WHEN attempts >= :max_attempts THEN 'dead' ELSE 'pending' END,
+        payload = CASE WHEN attempts >= :max_attempts
+            THEN payload - ARRAY(
+                SELECT jsonb_array_elements_text(COALESCE(payload -> 'redact_after_send', '[]'))
+            )
+            ELSE payload END,
         next_attempt_at = now() + make_interval(secs => :delay_seconds),
         claimed_by = NULL, claimed_until = NULL, last_error = :error
     WHERE id = :id AND claimed_by = :worker
