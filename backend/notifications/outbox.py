@@ -16,7 +16,8 @@ from backend.db import Database, Statement, json_text, table_of, utcnow
 from backend.notifications.models import OutboxMessage, OutboxStatus
 
 EMAIL = "email"
-# Payload key listing the fields to erase once a message is sent or dead-lettered.
+# Payload key listing the fields (secrets: a delivery code, a reset token) to erase once a message
+# is sent or dead-lettered. Templates keep them out of the subject, which is logged.
 REDACT = "redact_after_send"
 
 _now: BindParameter[datetime] = bindparam("now")
@@ -75,8 +76,7 @@ async def enqueue_email(
     Returns the message's id.
 
     `context` must be JSON-serializable; it is what the template sees. `secret_fields` name
-    context values (a delivery code) erased from the stored row once the email is sent or
-    dead-lettered. Keep them out of the subject: it is logged.
+    context values (a delivery code) erased from the stored row once the email is sent.
     """
     payload = {"template": template, "to": to, **context, REDACT: list(secret_fields)}
     [message_id] = await enqueue(database, EMAIL, [payload], shipment_id=shipment_id)
