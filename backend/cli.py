@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from alembic.config import Config
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from backend.config import Settings
+from backend.config import DEV_JWT_SECRET_KEY, Settings
 from backend.db import create_engine, create_sessionmaker
 from backend.demo import DemoData, describe, seed
 from backend.embedded import EmbeddedUnavailable, embedded_services
@@ -153,7 +154,37 @@ def server_config(app: FastAPI, settings: Settings, *, host: str, port: int) -> 
     )
 
 
+class PublicDevKey(Exception):
+    """Serving beyond this machine with the development JWT key, which anyone can read."""
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to an address others can reach
+
+
+def refuse_dev_key_beyond_loopback(settings: Settings, host: str) -> None:
+    """The dev key is in the repository: with it, anyone who can reach the API can sign a token
+    for any account. Whatever ENVIRONMENT says, it only serves this machine."""
+    if settings.jwt_secret_key.get_secret_value() != DEV_JWT_SECRET_KEY or is_loopback(host):
+        return
+    raise PublicDevKey(
+        f"refusing to serve on {host} with the development JWT key: it is public, so anyone "
+        "could sign a token for any account. Set JWT_SECRET_KEY to a private key, made with "
+        '`python -c "import secrets; print(secrets.token_urlsafe(48))"`, '
+        "or serve on 127.0.0.1."
+    )
+
+
 def serve(args: argparse.Namespace) -> None:
+    configured = Settings()
+    host = args.host or configured.host
+    # Before anything starts, embedded services included.
+    refuse_dev_key_beyond_loopback(configured, host)
     with connected_settings() as (settings, embedded):
         configure_logging(settings.effective_log_format, settings.log_level)
         if embedded:
@@ -163,7 +194,7 @@ def serve(args: argparse.Namespace) -> None:
             # Embedded mode is one command for everything, the outbox worker included.
             create_app(settings, run_worker=embedded),
             settings,
-            host=args.host or settings.host,
+            host=host,
             port=args.port or settings.port,
         )
         logger.info("Shiptrack on http://%s:%s (reference at /scalar)", config.host, config.port)
@@ -263,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.handler(args)
-    except (EmbeddedUnavailable, ValidationError) as error:
+    except (EmbeddedUnavailable, ValidationError, PublicDevKey) as error:
         # Configuration problems: say what to fix, without a traceback.
         parser.exit(2, f"shiptrack: {error}\n")
     except DomainError as error:

@@ -88,12 +88,24 @@ class Settings(BaseSettings):
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
     # Concurrent bcrypt hashes; each occupies a core, so keep one free for the event loop.
     password_hash_concurrency: int = Field(default_factory=lambda: max(1, usable_cores() - 1), ge=1)
+    # Hashes that may wait for a hashing thread; beyond, logins, sign-ups and resets get 503 with
+    # Retry-After at once. 16 waiting is about 4 s of bcrypt at cost 12 on one thread.
+    password_hash_queue_limit: int = Field(default=16, ge=0)
 
-    # Fixed-window rate limits on the token and sign-up endpoints.
+    # Fixed-window rate limits on the token, sign-up and password endpoints.
     rate_limit_window_seconds: int = Field(default=60, ge=1)
-    token_attempts_per_account: int = Field(default=10, ge=1)
+    # Login attempts on one account from one client address per window...
+    token_attempts_per_account_and_ip: int = Field(default=10, ge=1)
+    # ...and from all addresses together: guesses from elsewhere lock the owner out only beyond
+    # this higher cap. Also the per-account cap on password resets and verification links.
+    token_attempts_per_account: int = Field(default=50, ge=1)
+    # Per client address, each on its own budget: logins, and forgot/reset/verify requests.
     token_attempts_per_ip: int = Field(default=30, ge=1)
     signups_per_ip: int = Field(default=20, ge=1)
+    # Account emails per account per day. Beyond: `forgot` still answers 202 but sends nothing
+    # (it must not reveal the account); a verification resend answers 429.
+    reset_emails_per_account_per_day: int = Field(default=5, ge=1)
+    verification_emails_per_account_per_day: int = Field(default=5, ge=1)
 
     # Partners. "manual": a new partner is pending, with no shipments, until the operator
     # approves it (`shiptrack partners approve`). "auto" approves at sign-up: local development
@@ -142,7 +154,8 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(default=14, ge=1)
     outbox_backoff_base_seconds: float = Field(default=30.0, gt=0)
     outbox_backoff_cap_seconds: float = Field(default=8 * 3600.0, gt=0)
-    # "file" writes each message under DATA_DIR/mail (dev); "smtp" sends it.
+    # "file" writes each message under DATA_DIR/mail (dev); "smtp" sends it. Production must
+    # say which: a forgotten setting would otherwise send nothing, silently.
     email_backend: Literal["file", "smtp"] = "file"
     email_from: str = "Shiptrack <no-reply@shiptrack.local>"
     smtp_host: str = "127.0.0.1"
@@ -233,6 +246,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"JWT_SECRET_KEY must be a private key of at least {MIN_JWT_KEY_BYTES} bytes "
                 f"when ENVIRONMENT={self.environment}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def require_explicit_email_backend_in_production(self) -> Self:
+        if self.environment == "production" and "email_backend" not in self.model_fields_set:
+            raise ValueError(
+                "EMAIL_BACKEND must be set when ENVIRONMENT=production: `smtp` to send emails "
+                "(with SMTP_HOST and the other SMTP_* settings), or `file` to only write them "
+                "under DATA_DIR/mail"
             )
         return self
 

@@ -79,7 +79,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.shipment_limits = ShipmentLimits(app.state.redis, settings)
     app.state.password_hasher = PasswordHasher(
-        settings.bcrypt_rounds, settings.password_hash_concurrency
+        settings.bcrypt_rounds,
+        settings.password_hash_concurrency,
+        settings.password_hash_queue_limit,
     )
     app.state.draining = False
     await app.state.password_hasher.warm_up()

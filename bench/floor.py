@@ -4,8 +4,8 @@ Starlette + asyncpg + redis, no ORM, no validation layer, no dependency injectio
 For each request it does the work the API does, and no more:
 
 - authentication: decode the bearer JWT (HS256, typ at+jwt, audience per account kind, the same
-  required claims), Redis `EXISTS revoked-jti:<jti>`, then the account's token version and name
-  by primary key, as the API checks its caller;
+  required claims), Redis `MGET revoked-jti:<jti> token-version:<kind>:<id>`, then the
+  account's token version and name by primary key, as the API checks its caller;
 - reads, create and status update: the API's own statements, compiled by floor_sql.py from the
   API's modules and run verbatim (FLOOR_SQL names the JSON file), in the API's order (the
   caller, the partner claim in a savepoint, the inserts, the tags, the view read back, the
@@ -139,8 +139,12 @@ def _claims(request: Request) -> tuple[str, uuid.UUID, str, int]:
         raise Refused(401, "Unauthorized") from None
 
 
-async def _not_revoked(request: Request, jti: str) -> None:
-    if await request.app.state.redis.exists(f"revoked-jti:{jti}"):
+async def _not_revoked(request: Request, kind: str, account_id: uuid.UUID, jti: str) -> None:
+    # One MGET, as the API reads the token's revocation and the account's reset marker.
+    revoked, _reset = await request.app.state.redis.mget(
+        f"revoked-jti:{jti}", f"token-version:{kind}:{account_id}"
+    )
+    if revoked is not None:
         raise Refused(401, "Unauthorized")
 
 
@@ -152,7 +156,7 @@ async def _caller(
     kind, account_id, jti, version = _claims(request)
     if wanted is not None and kind != wanted:
         raise Refused(403, "Forbidden")
-    await _not_revoked(request, jti)
+    await _not_revoked(request, kind, account_id, jti)
     account = await _run(request, conn, "fetchrow", "caller", kind, id=account_id)
     if account is None or account["token_version"] != version:
         raise Refused(401, "Unauthorized")

@@ -1,4 +1,5 @@
-"""Settings: the JWT key policy outside dev, and list values given as environment strings."""
+"""Settings: the JWT key and email backend policies in production, and list values given as
+environment strings."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from backend import config
 from backend.config import DEV_JWT_SECRET_KEY, MIN_JWT_KEY_BYTES, Settings
 
 # Variables that would change what these tests read if the developer's shell had them set.
-_SETTINGS_VARIABLES = ("ENVIRONMENT", "JWT_SECRET_KEY", "CORS_ORIGINS")
+_SETTINGS_VARIABLES = ("ENVIRONMENT", "JWT_SECRET_KEY", "CORS_ORIGINS", "EMAIL_BACKEND")
 
 
 @pytest.fixture(autouse=True)
@@ -46,14 +47,16 @@ def test_production_refuses_a_key_one_byte_too_short() -> None:
 
 def test_production_accepts_a_32_byte_key() -> None:
     key = "k" * MIN_JWT_KEY_BYTES
-    settings = settings_from(environment="production", jwt_secret_key=key)
+    settings = settings_from(environment="production", jwt_secret_key=key, email_backend="smtp")
     assert settings.environment == "production"
     assert settings.jwt_secret_key.get_secret_value() == key
 
 
 def test_key_length_is_counted_in_utf8_bytes_not_characters() -> None:
     # 16 characters of 2 bytes each: 32 bytes, accepted.
-    accepted = settings_from(environment="production", jwt_secret_key="é" * 16)
+    accepted = settings_from(
+        environment="production", jwt_secret_key="é" * 16, email_backend="smtp"
+    )
     assert len(accepted.jwt_secret_key.get_secret_value().encode()) == 32
     # 16 characters but 31 bytes: refused.
     short = "é" * 15 + "a"
@@ -70,6 +73,7 @@ def test_production_reads_its_key_policy_from_the_environment(
     with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
         settings_from()
     monkeypatch.setenv("JWT_SECRET_KEY", "p" * 48)
+    monkeypatch.setenv("EMAIL_BACKEND", "smtp")
     settings = settings_from()
     assert settings.environment == "production"
     assert settings.jwt_secret_key.get_secret_value() == "p" * 48
@@ -91,6 +95,28 @@ def test_a_refused_key_is_never_printed_in_the_error(monkeypatch: pytest.MonkeyP
     assert leaked == [], f"the error message shows parts of the key: {message}"
 
 
+def test_production_refuses_to_start_without_an_explicit_email_backend() -> None:
+    # The default writes emails to a local folder: a deployment that forgot the setting would
+    # send nothing, silently.
+    with pytest.raises(ValidationError, match="EMAIL_BACKEND"):
+        settings_from(environment="production", jwt_secret_key="k" * 32)
+
+
+@pytest.mark.parametrize("backend", ["smtp", "file"])
+def test_production_takes_an_email_backend_it_is_given(
+    monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("JWT_SECRET_KEY", "p" * 48)
+    monkeypatch.setenv("EMAIL_BACKEND", backend)
+    assert settings_from().email_backend == backend
+
+
+@pytest.mark.parametrize("environment", ["dev", "test"])
+def test_development_and_tests_default_to_the_file_backend(environment: str) -> None:
+    assert settings_from(environment=environment).email_backend == "file"
+
+
 def test_development_accepts_the_default_key() -> None:
     settings = settings_from(environment="dev")
     assert settings.jwt_secret_key.get_secret_value() == DEV_JWT_SECRET_KEY
@@ -100,7 +126,8 @@ def test_without_an_environment_the_published_dev_key_is_refused() -> None:
     # Forgetting ENVIRONMENT must not run a deployment on the key printed in the repository.
     with pytest.raises(ValidationError):
         settings_from()
-    assert settings_from(jwt_secret_key="k" * 32).environment == "production"
+    production = settings_from(jwt_secret_key="k" * 32, email_backend="smtp")
+    assert production.environment == "production"
 
 
 def test_an_unknown_environment_is_refused() -> None:
@@ -110,7 +137,7 @@ def test_an_unknown_environment_is_refused() -> None:
 
 def test_secret_key_is_hidden_from_the_settings_repr() -> None:
     key = "s" * 40
-    settings = settings_from(environment="production", jwt_secret_key=key)
+    settings = settings_from(environment="production", jwt_secret_key=key, email_backend="smtp")
     assert key not in repr(settings)
     assert key not in str(settings.model_dump())
 

@@ -7,12 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from backend.accounts.emails import AccountEmails
+from backend.accounts.emails import AccountEmails, DailyEmailCaps
 from backend.accounts.errors import InvalidToken, WrongAccountKind
 from backend.accounts.models import AccountKind, Caller, Partner, PartnerStatus, Seller
 from backend.accounts.passwords import PasswordHasher
 from backend.accounts.repository import AccountRepository, AccountT, caller_row
-from backend.accounts.service import AccountService, LoginLimits
+from backend.accounts.service import AccountService, LinkLimits, LoginLimits
 from backend.accounts.tokens import AccessClaims, LinkTokens, RevocationList, TokenCodec
 from backend.config import Settings
 from backend.db import Database, DatabaseDep
@@ -20,6 +20,8 @@ from backend.errors import Unauthorized
 from backend.openapi import PARTNER_AUTH, SELLER_AUTH, requires_auth
 from backend.rate_limit import FixedWindowLimiter
 from backend.redis_client import RedisDep
+
+DAY = 24 * 3600
 
 
 # Every dependency here is `async def`, even when it awaits nothing: FastAPI runs plain `def`
@@ -64,7 +66,7 @@ async def get_access_claims(request: Request) -> AccessClaims:
     codec: TokenCodec = request.app.state.token_codec
     claims = codec.decode(_bearer_token(request))
     # Fails closed: if Redis cannot answer, the request gets a 503, never a pass.
-    if await RevocationList(request.app.state.redis).is_revoked(claims.jti):
+    if await RevocationList(request.app.state.redis).is_revoked(claims):
         raise InvalidToken("This token has been revoked.")
     return claims
 
@@ -135,7 +137,7 @@ CurrentPartner = Annotated[Partner, Depends(current_partner)]
 
 
 async def account_emails(
-    database: DatabaseDep, settings: SettingsDep, request: Request
+    database: DatabaseDep, settings: SettingsDep, redis: RedisDep, request: Request
 ) -> AccountEmails:
     links: LinkTokens = request.app.state.link_tokens
     return AccountEmails(
@@ -144,6 +146,14 @@ async def account_emails(
         public_base_url=settings.public_base_url,
         verification_lifetime=timedelta(seconds=settings.email_verification_ttl_seconds),
         reset_lifetime=timedelta(seconds=settings.password_reset_ttl_seconds),
+        caps=DailyEmailCaps(
+            verifications=FixedWindowLimiter(
+                redis, "verify-emails", settings.verification_emails_per_account_per_day, DAY
+            ),
+            resets=FixedWindowLimiter(
+                redis, "reset-emails", settings.reset_emails_per_account_per_day, DAY
+            ),
+        ),
     )
 
 
@@ -183,16 +193,37 @@ async def partner_repository(database: DatabaseDep) -> AccountRepository[Partner
 PartnerRepositoryDep = Annotated[AccountRepository[Partner], Depends(partner_repository)]
 
 
-def login_limits(
-    kind: AccountKind, settings: Settings, redis: RedisDep, *, purpose: str = "token"
-) -> LoginLimits:
-    """Per client IP and per account; `purpose` keeps logins and reset requests apart."""
+def login_limits(kind: AccountKind, settings: Settings, redis: RedisDep) -> LoginLimits:
     window = settings.rate_limit_window_seconds
     return LoginLimits(
+        per_ip=FixedWindowLimiter(redis, "token-ip", settings.token_attempts_per_ip, window),
+        per_account_and_ip=FixedWindowLimiter(
+            redis,
+            f"token-{kind.value}-ip",
+            settings.token_attempts_per_account_and_ip,
+            window,
+        ),
+        per_account=FixedWindowLimiter(
+            redis, f"token-{kind.value}", settings.token_attempts_per_account, window
+        ),
+    )
+
+
+def link_limits(purpose: str, kind: AccountKind, settings: Settings, redis: RedisDep) -> LinkLimits:
+    """Per client IP and per account, with budgets of their own for each `purpose`."""
+    window = settings.rate_limit_window_seconds
+    return LinkLimits(
         per_ip=FixedWindowLimiter(redis, f"{purpose}-ip", settings.token_attempts_per_ip, window),
         per_account=FixedWindowLimiter(
             redis, f"{purpose}-{kind.value}", settings.token_attempts_per_account, window
         ),
+    )
+
+
+def forgot_limiter(settings: Settings, redis: RedisDep) -> FixedWindowLimiter:
+    """Per client IP only: per account, the daily cap on reset emails holds them back silently."""
+    return FixedWindowLimiter(
+        redis, "forgot-ip", settings.token_attempts_per_ip, settings.rate_limit_window_seconds
     )
 
 

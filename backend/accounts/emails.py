@@ -9,8 +9,10 @@ from datetime import timedelta
 from backend.accounts.models import AccountKind, Partner, Seller
 from backend.accounts.tokens import LinkTokens
 from backend.db import Database, utcnow
+from backend.errors import RateLimited
 from backend.notifications.outbox import enqueue_email
 from backend.notifications.wording import human_moment
+from backend.rate_limit import FixedWindowLimiter
 
 VERIFY_EMAIL = "verify-email"
 PASSWORD_RESET = "password-reset"  # noqa: S105 - a token purpose, not a secret
@@ -22,14 +24,30 @@ def password_fingerprint(password_hash: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class DailyEmailCaps:
+    """How many of each account email one account may be sent per day, so that nobody can
+    flood an inbox through the API."""
+
+    verifications: FixedWindowLimiter
+    resets: FixedWindowLimiter
+
+
+def _account_subject(kind: AccountKind, account: Seller | Partner) -> str:
+    return f"{kind.value}:{account.id}"
+
+
+@dataclass(frozen=True, slots=True)
 class AccountEmails:
     database: Database
     links: LinkTokens
     public_base_url: str
     verification_lifetime: timedelta
     reset_lifetime: timedelta
+    caps: DailyEmailCaps
 
     async def send_verification(self, kind: AccountKind, account: Seller | Partner) -> None:
+        """Queue the email; `RateLimited` (and nothing queued) beyond the daily cap."""
+        await self.caps.verifications.hit(_account_subject(kind, account))
         token = self.links.issue(
             VERIFY_EMAIL, kind, account.id, self.verification_lifetime, email=account.email
         )
@@ -43,6 +61,12 @@ class AccountEmails:
         )
 
     async def send_password_reset(self, kind: AccountKind, account: Seller | Partner) -> None:
+        """Queue the email, or beyond the daily cap nothing, silently: whoever asked must not
+        learn from the answer that the account exists."""
+        try:
+            await self.caps.resets.hit(_account_subject(kind, account))
+        except RateLimited:
+            return
         token = self.links.issue(
             PASSWORD_RESET,
             kind,
@@ -57,6 +81,8 @@ class AccountEmails:
             name=account.name,
             reset_token=token,
             reset_url=f"{self._base}/{kind.value}/password/reset",
+            # Whoever can read the outbox must not be able to reset the password with it.
+            secret_fields=("reset_token",),
             reference_url=f"{self._base}/scalar",
             expires_at_text=human_moment(utcnow() + self.reset_lifetime),
         )

@@ -2,6 +2,10 @@ from __future__ import annotations
 
 from backend.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized
 
+# Seconds a client is told to wait when the password-hashing queue is full: several hashes
+# finish in that time.
+HASHING_RETRY_AFTER_SECONDS = 1
+
 
 class EmailTaken(Conflict):
     code = "email_taken"
@@ -56,3 +60,22 @@ class PartnerNotFound(NotFound):
     code = "partner_not_found"
     title = "No such partner"
     default_detail = "No partner account has this email address."
+
+
+class PasswordHashingBusy(DomainError):
+    status_code = 503
+    code = "password_hashing_busy"
+    title = "Too many password checks at once"
+    default_detail = (
+        "Too many logins and password changes are waiting; retry after the number of seconds "
+        "in Retry-After."
+    )
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": str(HASHING_RETRY_AFTER_SECONDS)})
+
+
+class EmailAlreadyVerified(Conflict):
+    code = "email_already_verified"
+    title = "Email already verified"
+    default_detail = "This account's email address is already verified; nothing was sent."

@@ -8,10 +8,12 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from passlib.context import CryptContext
+
+from backend.accounts.errors import PasswordHashingBusy
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ def _yield_cpu_to_requests() -> None:
 
 
 class PasswordHasher:
-    def __init__(self, rounds: int, concurrency: int) -> None:
+    def __init__(self, rounds: int, concurrency: int, queue_limit: int) -> None:
         self._context = CryptContext(
             schemes=["bcrypt"], bcrypt__rounds=rounds, bcrypt__truncate_error=True
         )
@@ -46,6 +48,11 @@ class PasswordHasher:
             thread_name_prefix="password-hashing",
             initializer=_yield_cpu_to_requests,
         )
+        # Hashes running or waiting for a thread. Beyond `queue_limit` waiting, a new one is
+        # refused at once (503) rather than queued: a flood must not make every login wait.
+        self._capacity = concurrency + queue_limit
+        self._admitted = 0
+        self._admitted_lock = threading.Lock()  # decremented on the hashing threads
         self._decoy_hash: str | None = None
 
     async def hash(self, password: str) -> str:
@@ -59,7 +66,23 @@ class PasswordHasher:
         return await self._on_hashing_thread(self._context.verify, password, password_hash)
 
     async def _on_hashing_thread(self, work: Callable[..., T], *args: str) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._threads, work, *args)
+        with self._admitted_lock:
+            if self._admitted >= self._capacity:
+                raise PasswordHashingBusy()
+            self._admitted += 1
+        try:
+            job = self._threads.submit(work, *args)
+        except RuntimeError:  # shut down
+            self._job_done(None)
+            raise
+        # Counted out when the hash itself ends, not when its request gives up waiting: a
+        # cancelled request leaves a started hash running on its thread.
+        job.add_done_callback(self._job_done)
+        return await asyncio.wrap_future(job)
+
+    def _job_done(self, _job: Future[Any] | None) -> None:
+        with self._admitted_lock:
+            self._admitted -= 1
 
     async def _decoy(self) -> str:
         if self._decoy_hash is None:

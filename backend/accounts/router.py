@@ -20,15 +20,19 @@ from backend.accounts.dependencies import (
     SignupLimiterDep,
     current_partner,
     current_seller,
+    forgot_limiter,
+    link_limits,
     login_limits,
     partner_service,
     seller_service,
 )
 from backend.accounts.errors import (
+    EmailAlreadyVerified,
     EmailTaken,
     InvalidCredentials,
     InvalidLinkToken,
     PartnerNameLocked,
+    PasswordHashingBusy,
 )
 from backend.accounts.models import AccountKind, Partner, Seller
 from backend.accounts.partner_approval import admit
@@ -68,7 +72,7 @@ def add_session_routes(
     @router.post(
         "/token",
         response_model=TokenResponse,
-        responses=problem_responses(InvalidCredentials, RateLimited),
+        responses=problem_responses(InvalidCredentials, RateLimited, PasswordHashingBusy),
         summary=f"Log in as a {kind.value}",
         operation_id=f"{kind.value}_token",
     )
@@ -83,8 +87,9 @@ def add_session_routes(
         """OAuth2 password grant: send `username` (the email) and `password` as a form.
 
         The access token lasts `expires_in` seconds; send it as `Authorization: Bearer <token>`.
-        Wrong email and wrong password give the same 401. Attempts are limited per client IP and
-        per account (429 with `Retry-After`).
+        Wrong email and wrong password give the same 401. Attempts are limited per client IP, per
+        account and client IP, and, higher, per account (429 with `Retry-After`); 503 with
+        `Retry-After` when too many password checks are already waiting.
         """
         limits = login_limits(kind, settings, redis)
         issued = await service.log_in(form.username, form.password, client_ip=ip, limits=limits)
@@ -98,19 +103,24 @@ def add_session_routes(
         operation_id=f"{kind.value}_verify_email",
         responses={
             200: {"content": {"text/html": {"example": "<!doctype html>...confirmed...</html>"}}},
-            **problem_responses(InvalidLinkToken),
+            **problem_responses(InvalidLinkToken, RateLimited),
         },
     )
     async def verify_email(
         request: Request,
         service: ServiceDep,
         token: Annotated[str, Query(min_length=1, max_length=2000)],
+        settings: SettingsDep,
+        redis: RedisDep,
+        ip: ClientIpDep,
     ) -> Response | EmailVerification:
         """The link in the sign-up email. Browsers (`Accept: text/html`) get a page for the
-        person who clicked it; API clients get JSON, and problem+json when the link is bad."""
+        person who clicked it; API clients get JSON, and problem+json when the link is bad.
+        Attempts are limited per client IP and per account (429 with `Retry-After`)."""
         wants_page = "text/html" in request.headers.get("accept", "")
+        limits = link_limits("verify", kind, settings, redis)
         try:
-            account = await service.verify_email(token)
+            account = await service.verify_email(token, client_ip=ip, limits=limits)
         except InvalidLinkToken:
             if not wants_page:
                 raise
@@ -151,23 +161,54 @@ def add_session_routes(
     ) -> Response:
         """Email a single-use reset token to the account's address, if there is such an account.
 
-        Always 202, so the answer never tells whether an address is registered.
+        Always 202, so the answer never tells whether an address is registered; an account gets
+        at most `RESET_EMAILS_PER_ACCOUNT_PER_DAY` reset emails a day. Requests are limited per
+        client IP (429 with `Retry-After`).
         """
-        limits = login_limits(kind, settings, redis, purpose="reset")
-        await service.request_password_reset(body.email, client_ip=ip, limits=limits)
+        per_ip = forgot_limiter(settings, redis)
+        await service.request_password_reset(body.email, client_ip=ip, per_ip=per_ip)
         return Response(status_code=status.HTTP_202_ACCEPTED)
 
     @router.post(
         "/password/reset",
         status_code=status.HTTP_204_NO_CONTENT,
-        responses=problem_responses(InvalidLinkToken),
+        responses=problem_responses(InvalidLinkToken, RateLimited, PasswordHashingBusy),
         summary=f"Set a new {kind.value} password",
         operation_id=f"{kind.value}_password_reset",
     )
-    async def reset_password(body: PasswordReset, service: ServiceDep) -> None:
+    async def reset_password(
+        body: PasswordReset,
+        service: ServiceDep,
+        settings: SettingsDep,
+        redis: RedisDep,
+        ip: ClientIpDep,
+    ) -> None:
         """Set a new password with the token from the reset email. The token works once, and
-        every access token issued before stops working at once."""
-        await service.reset_password(body.token, body.new_password)
+        every access token issued before stops working at once, open streams included.
+        Attempts are limited per client IP and per account (429 with `Retry-After`)."""
+        limits = link_limits("reset", kind, settings, redis)
+        await service.reset_password(body.token, body.new_password, client_ip=ip, limits=limits)
+
+    @router.post(
+        "/verify/resend",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_class=Response,
+        dependencies=[NO_REQUEST_BODY],
+        responses={
+            202: {"description": "Accepted; a new verification email follows."},
+            **problem_responses(EmailAlreadyVerified, RateLimited),
+        },
+        summary=f"Send a {kind.value} another verification email",
+        operation_id=f"{kind.value}_resend_verification",
+    )
+    async def resend_verification(account: AccountDep, service: ServiceDep) -> Response:
+        """Email a new address verification link to the account of the bearer token.
+
+        An account gets at most `VERIFICATION_EMAILS_PER_ACCOUNT_PER_DAY` verification emails a
+        day, the one sent at sign-up included; beyond, 429 with `Retry-After`.
+        """
+        await service.resend_verification(account)
+        return Response(status_code=status.HTTP_202_ACCEPTED)
 
     @router.post(
         "/logout",
@@ -185,7 +226,7 @@ def add_session_routes(
     "/signup",
     status_code=status.HTTP_201_CREATED,
     response_model=SellerRead,
-    responses=problem_responses(EmailTaken, RateLimited),
+    responses=problem_responses(EmailTaken, RateLimited, PasswordHashingBusy),
 )
 async def sign_up_seller(
     body: SellerCreate, service: SellerServiceDep, limiter: SignupLimiterDep, ip: ClientIpDep
@@ -209,7 +250,7 @@ add_session_routes(seller_router, AccountKind.seller, seller_service, current_se
     "/signup",
     status_code=status.HTTP_201_CREATED,
     response_model=PartnerRead,
-    responses=problem_responses(EmailTaken, RateLimited),
+    responses=problem_responses(EmailTaken, RateLimited, PasswordHashingBusy),
 )
 async def sign_up_partner(
     body: PartnerCreate,

@@ -12,6 +12,7 @@ from backend.accounts.emails import (
     password_fingerprint,
 )
 from backend.accounts.errors import (
+    EmailAlreadyVerified,
     EmailTaken,
     InvalidCredentials,
     InvalidLinkToken,
@@ -24,15 +25,46 @@ from backend.accounts.repository import AccountRepository, AccountT, DuplicateEm
 from backend.accounts.schemas import PartnerUpdate
 from backend.accounts.tokens import AccessClaims, IssuedToken, RevocationList, TokenCodec
 from backend.db import utcnow
-from backend.errors import RateLimited
 from backend.rate_limit import FixedWindowLimiter
 
 
 @dataclass(frozen=True, slots=True)
 class LoginLimits:
+    """Counted before the password is checked, so a burst of parallel guesses is capped too; a
+    successful login gives its attempt back, so users never lock themselves out."""
+
     per_ip: FixedWindowLimiter
-    # Counted before the password is checked, so a burst of parallel guesses is capped too;
-    # a successful login gives its attempt back, so users never lock themselves out.
+    # One account from one address: where a guesser is stopped...
+    per_account_and_ip: FixedWindowLimiter
+    # ...and one account from every address together, a higher cap: guesses from elsewhere lock
+    # the owner, logging in from their own address, out only beyond it.
+    per_account: FixedWindowLimiter
+
+    async def count(self, email: str, client_ip: str) -> None:
+        """One attempt; `RateLimited` once a budget is spent. An attempt refused by a cap is
+        not counted by the caps after it, so one address adds at most its own cap to the
+        account's."""
+        await self.per_ip.hit(client_ip)
+        await self.per_account_and_ip.hit(_account_and_ip(email, client_ip))
+        await self.per_account.hit(email)
+
+    async def give_back(self, email: str, client_ip: str, *, ip_too: bool) -> None:
+        await self.per_account.give_back(email)
+        await self.per_account_and_ip.give_back(_account_and_ip(email, client_ip))
+        if ip_too:
+            await self.per_ip.give_back(client_ip)
+
+
+def _account_and_ip(email: str, client_ip: str) -> str:
+    return f"{email}\n{client_ip}"  # neither an email nor an address contains a newline
+
+
+@dataclass(frozen=True, slots=True)
+class LinkLimits:
+    """For the password and verification links: per client address, checked first, then per
+    account once a signed token has named one."""
+
+    per_ip: FixedWindowLimiter
     per_account: FixedWindowLimiter
 
 
@@ -62,8 +94,16 @@ class AccountService(Generic[AccountT]):
         await self._emails.send_verification(self.kind, account)
         return account
 
-    async def verify_email(self, token: str) -> AccountT:
+    async def resend_verification(self, account: AccountT) -> None:
+        """Another verification email; `RateLimited` beyond the daily cap."""
+        if account.email_verified_at is not None:
+            raise EmailAlreadyVerified()
+        await self._emails.send_verification(self.kind, account)
+
+    async def verify_email(self, token: str, *, client_ip: str, limits: LinkLimits) -> AccountT:
+        await limits.per_ip.hit(client_ip)
         account_id, claims = self._emails.links.decode(token, VERIFY_EMAIL, self.kind, ["email"])
+        await limits.per_account.hit(str(account_id))
         account = await self._accounts.get(account_id)
         if account is None or account.email != claims["email"]:
             raise InvalidLinkToken()
@@ -73,50 +113,66 @@ class AccountService(Generic[AccountT]):
         return account
 
     async def request_password_reset(
-        self, email: str, *, client_ip: str, limits: LoginLimits
+        self, email: str, *, client_ip: str, per_ip: FixedWindowLimiter
     ) -> None:
-        """Email a reset token if the account exists; the caller learns nothing either way."""
-        await limits.per_ip.hit(client_ip)
+        """Email a reset token if the account exists; the caller learns nothing either way,
+        not even when the account's daily cap of reset emails holds this one back."""
+        await per_ip.hit(client_ip)
         account = await self._accounts.get_by_email(email)
-        if account is None:
-            return
-        try:
-            await limits.per_account.hit(email)
-        except RateLimited:
-            return  # enough reset emails for now; saying so would reveal the account exists
-        await self._emails.send_password_reset(self.kind, account)
+        if account is not None:
+            await self._emails.send_password_reset(self.kind, account)
 
-    async def reset_password(self, token: str, new_password: str) -> None:
-        """Set the password and invalidate every token the account had."""
+    async def reset_password(
+        self, token: str, new_password: str, *, client_ip: str, limits: LinkLimits
+    ) -> None:
+        """Set the password and retire every token the account had.
+
+        Every check that can refuse runs before the hash: a replayed, forged or rate-limited
+        token costs no bcrypt time. The hash runs with no row locked and no connection held;
+        the token is checked again under the lock, so of simultaneous uses one wins.
+        """
+        await limits.per_ip.hit(client_ip)
         account_id, claims = self._emails.links.decode(token, PASSWORD_RESET, self.kind, ["pwd"])
-        # Hashed before the row is locked: the lock is held for a query, not for bcrypt.
+        await limits.per_account.hit(str(account_id))
+        self._still_unused(await self._accounts.get(account_id), claims)
+        await self._accounts.release_connection()
         new_hash = await self._hasher.hash(new_password)
-        account = await self._accounts.lock(account_id)
-        if account is None or claims["pwd"] != password_fingerprint(account.password_hash):
-            raise InvalidLinkToken()
+        account = self._still_unused(await self._accounts.lock(account_id), claims)
         account.password_hash = new_hash
         account.token_version += 1
         account.updated_at = utcnow()
         await self._accounts.flush()
+        # Open streams check Redis, not the database, for retired tokens. Before the commit:
+        # if Redis cannot take it the reset fails (503) rather than leave streams running.
+        await self._revocations.retire_earlier_tokens(
+            self.kind, account.id, account.token_version, self._tokens.lifetime_seconds
+        )
+
+    @staticmethod
+    def _still_unused(account: AccountT | None, claims: dict[str, str]) -> AccountT:
+        """The account, if the reset token was made for its current password."""
+        if account is None or claims["pwd"] != password_fingerprint(account.password_hash):
+            raise InvalidLinkToken()
+        return account
 
     async def log_in(
         self, email: str, password: str, *, client_ip: str, limits: LoginLimits
     ) -> IssuedToken:
         # Limits are checked before hashing: a flood must not buy CPU time.
-        await limits.per_ip.hit(client_ip)
-        await limits.per_account.hit(email)
+        await limits.count(email, client_ip)
         try:
             account = await self._accounts.get_by_email(email)
             await self._accounts.release_connection()  # not held while the hash waits and runs
+            password_hash = account.password_hash if account else None
+            verified = await self._hasher.verify(password, password_hash)
         except Exception:
-            # The database could not answer (a 503): an attempt nobody could check is not one.
-            await limits.per_account.give_back(email)
-            await limits.per_ip.give_back(client_ip)
+            # The database could not answer or the hashing queue was full (a 503): an attempt
+            # nobody could check is not one.
+            await limits.give_back(email, client_ip, ip_too=True)
             raise
-        password_hash = account.password_hash if account else None
-        if not await self._hasher.verify(password, password_hash) or account is None:
+        if not verified or account is None:
             raise InvalidCredentials()
-        await limits.per_account.give_back(email)
+        await limits.give_back(email, client_ip, ip_too=False)
         return self._tokens.issue(account.id, self.kind, account.token_version)
 
     async def log_out(self, claims: AccessClaims) -> None:

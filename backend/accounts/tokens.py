@@ -27,6 +27,7 @@ class AccessClaims:
     account_id: uuid.UUID
     kind: AccountKind
     jti: str
+    issued_at: datetime
     expires_at: datetime
     # The account's token_version when the token was issued.
     token_version: int
@@ -44,6 +45,10 @@ class TokenCodec:
         self._issuer = settings.jwt_issuer
         self._lifetime = timedelta(seconds=settings.access_token_ttl_seconds)
         self._audiences = [audience(kind) for kind in AccountKind]
+
+    @property
+    def lifetime_seconds(self) -> int:
+        return int(self._lifetime.total_seconds())
 
     def issue(self, account_id: uuid.UUID, kind: AccountKind, token_version: int) -> IssuedToken:
         now = datetime.now(UTC)
@@ -81,6 +86,7 @@ class TokenCodec:
                 account_id=uuid.UUID(payload["sub"]),
                 kind=kind,
                 jti=str(payload["jti"]),
+                issued_at=datetime.fromtimestamp(payload["iat"], UTC),
                 expires_at=datetime.fromtimestamp(payload["exp"], UTC),
                 token_version=_whole_number(payload["ver"]),
             )
@@ -95,7 +101,9 @@ def _whole_number(value: object) -> int:
 
 
 class RevocationList:
-    """Revoked token ids, each kept exactly as long as the token could still be used."""
+    """Retired access tokens, each kept exactly as long as the token could still be used: one
+    token by its `jti` (logout), or all of an account's tokens before a version (a password
+    reset). Both are read in one round trip, so checking costs what checking one did."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -104,13 +112,48 @@ class RevocationList:
     def _key(jti: str) -> str:
         return f"revoked-jti:{jti}"
 
+    @staticmethod
+    def _version_key(kind: AccountKind, account_id: uuid.UUID) -> str:
+        return f"token-version:{kind.value}:{account_id}"
+
     async def revoke(self, claims: AccessClaims) -> None:
         remaining = int((claims.expires_at - datetime.now(UTC)).total_seconds()) + 1
         if remaining > 0:
             await self._redis.set(self._key(claims.jti), "1", ex=remaining)
 
-    async def is_revoked(self, jti: str) -> bool:
-        return bool(await self._redis.exists(self._key(jti)))
+    async def retire_earlier_tokens(
+        self, kind: AccountKind, account_id: uuid.UUID, token_version: int, lifetime_seconds: int
+    ) -> None:
+        """From now on, refuse the account's tokens issued before now with a lower version.
+
+        The database refuses them too (the version is in the account's row); this reaches the
+        checks that do not read the row, such as an open stream's. Both conditions: a reset
+        whose commit then fails retires no login made after it (old version, later time), and
+        a replica whose clock runs behind cannot retire a new token (it has the new version).
+        Kept as long as a token issued now lives: older tokens have expired by then.
+        """
+        retired_at = int(datetime.now(UTC).timestamp())
+        await self._redis.set(
+            self._version_key(kind, account_id),
+            f"{token_version} {retired_at}",
+            ex=lifetime_seconds + 1,
+        )
+
+    async def is_revoked(self, claims: AccessClaims) -> bool:
+        revoked, retirement = await self._redis.mget(
+            self._key(claims.jti), self._version_key(claims.kind, claims.account_id)
+        )
+        if revoked is not None:
+            return True
+        if retirement is None:
+            return False
+        current_version, retired_at = (int(part) for part in retirement.split())
+        return (
+            claims.token_version < current_version
+            # The same second counts as before: a token issued before the reset must not slip
+            # through; one issued just after it carries the new version.
+            and claims.issued_at.timestamp() <= retired_at
+        )
 
 
 class LinkTokens:

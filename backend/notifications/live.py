@@ -9,7 +9,8 @@ which is also the SSE `id`, and a gap is filled from the database. A client that
 
 A stream ends after its shipment's terminal event, after `STREAM_MAX_LIFETIME_SECONDS`, when
 Redis or the process goes away (those with a `retry:` hint: the client resumes), and, for an
-authenticated stream, when its token expires or is revoked (checked at each heartbeat).
+authenticated stream, when its token expires or is revoked by a logout or a password reset
+(checked at each heartbeat, in Redis).
 
 FastAPI's own `EventSourceResponse` (0.135+) is not used: it runs two extra tasks and two
 memory streams per stream, pings at a fixed process-wide interval with no hook for the token
@@ -151,7 +152,8 @@ class TokenWatch:
         """The last frame, if the stream must end now: a revoked token ends it for good, one
         that cannot be checked (Redis is away) with a retry hint. Fails closed either way."""
         try:
-            revoked = await self.revocations.is_revoked(self.claims.jti)
+            # Logout and a password reset alike, in one Redis round trip and no query.
+            revoked = await self.revocations.is_revoked(self.claims)
         except RedisError:
             return closing_retry_hint("token could not be checked")
         return ": token revoked\n\n" if revoked else None

@@ -16,7 +16,8 @@ from backend.db import Database, Statement, json_text, table_of, utcnow
 from backend.notifications.models import OutboxMessage, OutboxStatus
 
 EMAIL = "email"
-# Payload key listing the fields to erase once a message is sent.
+# Payload key listing the fields (secrets: a delivery code, a reset token) to erase once a message
+# is sent or dead-lettered. Templates keep them out of the subject, which is logged.
 REDACT = "redact_after_send"
 
 _now: BindParameter[datetime] = bindparam("now")
@@ -141,7 +142,8 @@ _RELEASE = text(
     """
 )
 # Only the current holder may settle a row: a worker whose lease expired must not overwrite the
-# outcome of the worker that took the row over.
+# outcome of the worker that took the row over. A row that is settled for good, sent or dead,
+# keeps no secret (the fields `redact_after_send` names): nothing will send it again.
 _MARK_SENT = text(
     """
     UPDATE outbox_messages
@@ -157,6 +159,11 @@ _MARK_FAILED = text(
     """
     UPDATE outbox_messages
     SET status = CASE WHEN attempts >= :max_attempts THEN 'dead' ELSE 'pending' END,
+        payload = CASE WHEN attempts >= :max_attempts
+            THEN payload - ARRAY(
+                SELECT jsonb_array_elements_text(COALESCE(payload -> 'redact_after_send', '[]'))
+            )
+            ELSE payload END,
         next_attempt_at = now() + make_interval(secs => :delay_seconds),
         claimed_by = NULL, claimed_until = NULL, last_error = :error
     WHERE id = :id AND claimed_by = :worker

@@ -549,12 +549,12 @@ async def test_reset_emails_for_one_account_are_capped_without_saying_so(
     account = await sign_up(client, kind)
     responses = [
         await forgot(client, kind, account["email"])
-        for _ in range(settings.token_attempts_per_account + 2)
+        for _ in range(settings.reset_emails_per_account_per_day + 2)
     ]
     assert {response.status_code for response in responses} == {202}
     assert {response.content for response in responses} == {b""}
     sent = await queued_emails(db_engine, "password_reset", account["email"])
-    assert len(sent) == settings.token_attempts_per_account
+    assert len(sent) == settings.reset_emails_per_account_per_day
 
 
 @pytest.mark.parametrize(

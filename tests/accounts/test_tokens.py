@@ -381,7 +381,8 @@ async def test_too_many_wrong_passwords_lock_the_account_but_not_others(
 ) -> None:
     victim = await sign_up(client, "seller")
     other = await sign_up(client, "seller")
-    for _ in range(settings.token_attempts_per_account):
+    # From one address, the per-address cap locks first (other addresses: test_login_abuse.py).
+    for _ in range(settings.token_attempts_per_account_and_ip):
         wrong = await token_response(client, "seller", victim["email"], "wrong password")
         assert_unauthorized(wrong, "invalid_credentials")
     locked = await token_response(client, "seller", victim["email"])
@@ -396,7 +397,7 @@ async def test_the_account_lockout_ignores_the_letter_case_of_the_email(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     victim = await sign_up(client, "partner", email="case@example.com")
-    for attempt in range(settings.token_attempts_per_account):
+    for attempt in range(settings.token_attempts_per_account_and_ip):
         email = "CASE@example.com" if attempt % 2 else "case@EXAMPLE.com"
         await token_response(client, "partner", email, "wrong password")
     locked = await token_response(client, "partner", victim["email"])
@@ -407,7 +408,7 @@ async def test_successful_logins_do_not_count_towards_the_account_lockout(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     account = await sign_up(client, "seller")
-    for _ in range(settings.token_attempts_per_account + 1):
+    for _ in range(settings.token_attempts_per_account_and_ip + 1):
         assert (await token_response(client, "seller", account["email"])).status_code == 200
 
 

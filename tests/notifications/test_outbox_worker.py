@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db import unit_of_work
@@ -259,6 +261,86 @@ async def test_a_message_is_dead_lettered_after_the_configured_attempts(
     assert smtp_server.refused == [row.message_id, row.message_id]
     assert smtp_server.received == []
     assert (await outbox_row(db_engine, message_id)).attempts == 2
+
+
+DELIVERY_CODE = "493817"
+
+
+async def queue_delivery_code(app: FastAPI, to: str = "grace@example.com") -> uuid.UUID:
+    """A delivery code email, queued as the shipment service queues it."""
+    async with unit_of_work(engine_of(app)) as database:
+        return await enqueue_email(
+            database,
+            "delivery_code",
+            to,
+            secret_fields=("verification_code",),
+            recipient_name="Grace Hopper",
+            tracking_number="TEST0000000000",
+            tracking_url=f"{PUBLIC_BASE_URL}/t/TEST0000000000",
+            verification_code=DELIVERY_CODE,
+            expires_at_text="tomorrow at 18:00 UTC",
+        )
+
+
+async def stored_text(engine: AsyncEngine, message_id: uuid.UUID) -> str:
+    async with engine.connect() as connection:
+        row = await connection.execute(
+            text(
+                "SELECT payload::text, coalesce(last_error, '') FROM outbox_messages WHERE id = :id"
+            ),
+            {"id": message_id},
+        )
+        payload, last_error = row.one()
+    return f"{payload} {last_error}"
+
+
+async def test_a_dead_lettered_email_keeps_no_delivery_code(
+    app: FastAPI,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    message_id = await queue_delivery_code(app)
+    smtp_server.fail_always()
+    worker = make_worker(outbox_max_attempts=2)
+
+    await worker.run_once()
+    # Still to be sent: the retry needs the code.
+    assert DELIVERY_CODE in await stored_text(db_engine, message_id)
+
+    await make_retries_due(db_engine)
+    await worker.run_once()
+    row = await outbox_row(db_engine, message_id)
+    assert row.status == OutboxStatus.dead
+    assert DELIVERY_CODE not in await stored_text(db_engine, message_id)
+    assert row.payload["template"] == "delivery_code"  # what it was stays known
+    assert len(smtp_server.refused) == 2
+
+
+async def test_the_file_backend_logs_no_delivery_code(
+    app: FastAPI,
+    db_engine: AsyncEngine,
+    worker_settings: WorkerSettingsFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    message_id = await queue_delivery_code(app)
+    worker = OutboxWorker(
+        worker_settings(email_backend="file", data_dir=tmp_path), sessionmaker_of(app)
+    )
+
+    assert await worker.run_once() == 1
+
+    [written] = list((tmp_path / "mail").glob("*.eml"))
+    message = parse_message(written.read_bytes())
+    plain = message.get_body(preferencelist=("plain",))
+    assert plain is not None
+    assert DELIVERY_CODE in plain.get_content()  # the recipient still gets it
+    assert DELIVERY_CODE not in message["Subject"]
+    assert caplog.records, "the file backend logs each message"
+    assert all(DELIVERY_CODE not in record.getMessage() for record in caplog.records)
+    assert DELIVERY_CODE not in await stored_text(db_engine, message_id)
 
 
 async def test_an_unknown_kind_is_dead_lettered_at_once(

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend.accounts.tokens import TokenCodec
 from backend.main import create_app
 from backend.notifications import stream_hub
+from tests.accounts.test_account_emails import reset_token_for
 from tests.assertions import assert_problem
 from tests.conftest import OwnedRedis, make_settings
 from tests.factories import bearer, log_in
@@ -236,6 +237,29 @@ async def test_a_stream_ends_when_its_token_is_revoked(replica: Replica) -> None
     again = await refused(http, stream_path(shipment), bearer(token))
 
     assert logout.status_code == 204
+    assert ending[-1].comments == (": token revoked",)
+    assert_problem(again, 401, "invalid_token")
+
+
+async def test_a_stream_ends_when_the_password_is_reset(
+    replica: Replica, db_engine: AsyncEngine
+) -> None:
+    http = replica.http
+    setup = await scenario(http)
+    parties, shipment = setup.parties, setup.shipment
+    token = await log_in(http, "seller", parties.seller["email"])
+    reset_token = await reset_token_for(http, db_engine, "seller", parties.seller["email"])
+
+    async with open_stream(http, stream_path(shipment), bearer(token)) as stream:
+        assert (await stream.next_event()).id == "1"
+        reset = await http.post(
+            "/seller/password/reset",
+            json={"token": reset_token, "new_password": "a brand new passphrase"},
+        )
+        ending = await rest_of_stream(stream)
+    again = await refused(http, stream_path(shipment), bearer(token))
+
+    assert reset.status_code == 204
     assert ending[-1].comments == (": token revoked",)
     assert_problem(again, 401, "invalid_token")
 
