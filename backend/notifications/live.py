@@ -273,8 +273,10 @@ class TimelineStreamResponse(StreamingResponse):
 def _token_watch(request: Request) -> TokenWatch:
     """The bearer token the route has already authenticated, to check again later."""
     codec: TokenCodec = request.app.state.token_codec
+    hub: StreamHub = request.app.state.stream_hub
     token = request.headers.get("authorization", "").partition(" ")[2].strip()
-    return TokenWatch(codec.decode(token), RevocationList(request.app.state.redis))
+    # Checked on the hub's own connections: never on those that authenticate requests.
+    return TokenWatch(codec.decode(token), RevocationList(hub.live_redis))
 
 
 async def open_timeline_stream(
