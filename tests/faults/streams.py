@@ -209,8 +209,10 @@ Target = tuple[str, dict[str, str], str]  # (shipment id, auth headers, stream p
 
 
 class StreamFollowers:
-    """`count` followers, as many of each kind, on shipments chosen by `target_for(kind)`:
-    the newest suitable shipment this follower has not followed yet, or None for now."""
+    """`count` followers, as many of each kind, on shipments chosen by `target_for(kind,
+    excluded)`: the newest suitable shipment not in `excluded`, or None for now. A follower
+    takes a shipment no other follower is on if there is one: followers piled on one shipment
+    would all end with its terminal event, and all be between streams at the same moment."""
 
     def __init__(
         self,
@@ -273,7 +275,7 @@ class StreamFollowers:
         name = f"stream-{kind}-{index}"
         seen: set[str] = set()
         while True:
-            target = None if self._no_new_shipments.is_set() else self._target_for(kind, seen)
+            target = None if self._no_new_shipments.is_set() else self._choose(kind, seen)
             if target is None:
                 await asyncio.sleep(0.05)
                 continue
@@ -282,6 +284,10 @@ class StreamFollowers:
             followed = FollowedShipment(name, kind, shipment_id, path, headers)
             self.followed.append(followed)
             await self._reconnect_until_finished(followed)
+
+    def _choose(self, kind: str, seen: set[str]) -> Target | None:
+        others = {followed.shipment_id for followed in self.current()}
+        return self._target_for(kind, seen | others) or self._target_for(kind, seen)
 
     async def _reconnect_until_finished(self, followed: FollowedShipment) -> None:
         while True:
