@@ -33,6 +33,7 @@ BACKOFF_SECONDS = 0.1
 READINESS_INTERVAL_SECONDS = 0.05
 WEBHOOK_URL = "http://127.0.0.1:9/shiptrack-hooks"
 STOP_SECONDS = 30.0
+WARM_UP_WRITES = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,11 @@ class Load:
             await asyncio.sleep(0.02)
 
     # --- reading the record --------------------------------------------------------------
+
+    def warmed_up(self, since: float) -> bool:
+        """Writes succeed, and most streams are open (a fault then meets them)."""
+        streaming = self.streams.open_at(time.monotonic())
+        return self.successes(since) >= WARM_UP_WRITES and 2 * streaming >= self.streams.count
 
     def since(self, moment: float, operations: Iterable[str] | None = None) -> list[Exchange]:
         wanted = set(operations) if operations is not None else None

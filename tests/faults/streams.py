@@ -35,6 +35,8 @@ DEFAULT_RETRY_SECONDS = 3.0
 OPEN_GUARD_SECONDS = 30.0
 # Endings that follow the contract; "open": still streaming when the client closed it.
 CLEAN_ENDINGS = frozenset({"retry", "terminal", "token", "open"})
+# How long a follower waits for a shipment of its own before it shares one with another.
+SHARE_AFTER_SECONDS = 2.0
 # How long, after the load stopped, the streams still open may take to hear every stored event.
 CATCH_UP_SECONDS = 10.0
 
@@ -211,8 +213,8 @@ Target = tuple[str, dict[str, str], str]  # (shipment id, auth headers, stream p
 class StreamFollowers:
     """`count` followers, as many of each kind, on shipments chosen by `target_for(kind,
     excluded)`: the newest suitable shipment not in `excluded`, or None for now. A follower
-    takes a shipment no other follower is on if there is one: followers piled on one shipment
-    would all end with its terminal event, and all be between streams at the same moment."""
+    waits (up to SHARE_AFTER_SECONDS) for a shipment no other follower is on: followers piled on
+    one shipment would all end with its terminal event, and all be between streams at once."""
 
     def __init__(
         self,
@@ -258,6 +260,10 @@ class StreamFollowers:
             latest[followed.follower] = followed
         return [followed for followed in latest.values() if not followed.finished]
 
+    @property
+    def count(self) -> int:
+        return self._count
+
     def open_at(self, moment: float) -> int:
         """Streams that were streaming (200) at `moment`."""
         return sum(
@@ -274,8 +280,10 @@ class StreamFollowers:
         kind = STREAM_KINDS[index % len(STREAM_KINDS)]
         name = f"stream-{kind}-{index}"
         seen: set[str] = set()
+        waiting_since = time.monotonic()
         while True:
-            target = None if self._no_new_shipments.is_set() else self._choose(kind, seen)
+            share = time.monotonic() - waiting_since > SHARE_AFTER_SECONDS
+            target = None if self._no_new_shipments.is_set() else self._choose(kind, seen, share)
             if target is None:
                 await asyncio.sleep(0.05)
                 continue
@@ -284,10 +292,14 @@ class StreamFollowers:
             followed = FollowedShipment(name, kind, shipment_id, path, headers)
             self.followed.append(followed)
             await self._reconnect_until_finished(followed)
+            waiting_since = time.monotonic()
 
-    def _choose(self, kind: str, seen: set[str]) -> Target | None:
+    def _choose(self, kind: str, seen: set[str], share: bool) -> Target | None:
+        """A shipment of its own, or (`share`) one another follower is on."""
         others = {followed.shipment_id for followed in self.current()}
-        return self._target_for(kind, seen | others) or self._target_for(kind, seen)
+        return self._target_for(kind, seen | others) or (
+            self._target_for(kind, seen) if share else None
+        )
 
     async def _reconnect_until_finished(self, followed: FollowedShipment) -> None:
         while True:

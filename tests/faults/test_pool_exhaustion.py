@@ -56,7 +56,7 @@ async def test_pool_exhausted_by_requests_stuck_on_a_lock(
         load.start()
         try:
             start = time.monotonic()
-            await load.wait_for(lambda: load.successes(start) >= 30, PHASE_SECONDS, "warm-up")
+            await load.wait_for(lambda: load.warmed_up(start), PHASE_SECONDS, "warm-up")
 
             injected = time.monotonic()
             async with inspector.connect() as blocker:

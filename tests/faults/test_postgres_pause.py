@@ -48,7 +48,7 @@ async def test_postgres_paused_longer_than_the_statement_timeout(
         load.start()
         try:
             start = time.monotonic()
-            await load.wait_for(lambda: load.successes(start) >= 30, PHASE_SECONDS, "warm-up")
+            await load.wait_for(lambda: load.warmed_up(start), PHASE_SECONDS, "warm-up")
 
             injected = time.monotonic()
             postgres.pause()
@@ -94,7 +94,7 @@ async def stall_under_load(
         load.start()
         try:
             start = time.monotonic()
-            await load.wait_for(lambda: load.successes(start) >= 30, PHASE_SECONDS, "warm-up")
+            await load.wait_for(lambda: load.warmed_up(start), PHASE_SECONDS, "warm-up")
             injected = time.monotonic()
             postgres.pause()
             try:

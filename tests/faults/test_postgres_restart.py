@@ -51,7 +51,7 @@ async def test_postgres_restart_under_load(
         load.start()
         try:
             start = time.monotonic()
-            await load.wait_for(lambda: load.successes(start) >= 30, PHASE_SECONDS, "warm-up")
+            await load.wait_for(lambda: load.warmed_up(start), PHASE_SECONDS, "warm-up")
 
             injected = time.monotonic()
             await asyncio.to_thread(postgres.stop, mode)

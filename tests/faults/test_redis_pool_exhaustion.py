@@ -71,7 +71,7 @@ async def test_redis_pool_exhausted_by_authenticated_requests_and_logins(
         load.start()
         try:
             start = time.monotonic()
-            await load.wait_for(lambda: load.successes(start) >= 30, PHASE_SECONDS, "warm-up")
+            await load.wait_for(lambda: load.warmed_up(start), PHASE_SECONDS, "warm-up")
 
             injected = down = time.monotonic()
             load.auth_stampede(STAMPEDE_CLIENTS)
