@@ -1,15 +1,20 @@
-"""Memory per idle live-update stream, and the API under 10,000 of them.
+"""Memory per idle live-update stream, and the API's latency under 10,000 of them.
 
     .venv/bin/python bench/stream_memory.py [--streams 10000] [--redis redis://127.0.0.1:6379/9]
+        [--load-seconds 10] [--readers 8] [--logins 2]
 
 Creates a scratch database on PostgreSQL 127.0.0.1:5432 (user postgres), migrates it, starts
-`shiptrack serve` (one process, defaults except STREAMS_PER_CLIENT and bcrypt cost 4), signs up
-a seller and a partner and creates a shipment. Then it opens `--streams` public streams of that
-shipment from this process over loopback (raw sockets, each read up to its first event), reads
-the server's RSS before and after, checks that a login, an authenticated read and a partner
-update still answer (and that the update reaches streams), and times how long the server takes
-to exit after SIGTERM with every stream open. The database is dropped and the Redis database
-flushed at the end. A measurement, not a test: nothing is asserted.
+`shiptrack serve` (one process, defaults except the stream caps, the login rate limits and
+bcrypt cost 4), signs up a seller and a partner and creates a shipment. It then runs a steady
+load for `--load-seconds`: `--readers` clients reading the shipment as its seller and `--logins`
+clients logging in, each sending its next request when the last is answered, and records every
+latency. Then it opens `--streams` public streams of that shipment from this process over
+loopback (raw sockets, each read up to its first event), reads the server's RSS before and after,
+runs the same steady load again with every stream open, and prints p50/p99 of reads and logins
+in both runs with the p99 ratio (target: within 2x). Last, it checks that a partner update still
+reaches the streams and times how long the server takes to exit after SIGTERM with every stream
+open. The database is dropped and the Redis database flushed at the end. Every connection is to
+127.0.0.1, and every phase is bounded. A measurement, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import resource
 import signal
@@ -26,7 +32,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +99,9 @@ def server(database_url: str, redis_url: str, streams: int) -> Iterator[subproce
         "REDIS_URL": redis_url,
         "STREAMS_PER_CLIENT": str(streams + 100),
         "STREAMS_PER_PROCESS": str(streams + 100),
+        # The steady load logs in far more often than a person would.
+        "TOKEN_ATTEMPTS_PER_ACCOUNT": "100000000",
+        "TOKEN_ATTEMPTS_PER_IP": "100000000",
         "BCRYPT_ROUNDS": "4",
         "LOG_LEVEL": "WARNING",
     }
@@ -201,7 +211,89 @@ async def open_streams(port: int, path: str, count: int) -> list[RawStream]:
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
-async def measure(process: subprocess.Popen[bytes], port: int, streams: int) -> None:
+@dataclass(frozen=True, slots=True)
+class SteadyLoad:
+    seconds: float
+    readers: int
+    logins: int
+
+
+@dataclass(slots=True)
+class Latencies:
+    """Seconds per answered request of one kind, and the requests that did not answer 200."""
+
+    seconds: list[float] = field(default_factory=list)
+    failures: int = 0
+
+    def percentile(self, share: float) -> float:
+        """Nearest-rank percentile, in milliseconds."""
+        ranked = sorted(self.seconds)
+        return 1000 * ranked[max(0, math.ceil(share * len(ranked)) - 1)] if ranked else math.nan
+
+
+async def steady_load(
+    port: int, shipment_id: str, seller_email: str, load: SteadyLoad
+) -> dict[str, Latencies]:
+    """`load.readers` clients reading and `load.logins` logging in, each one request at a time,
+    for `load.seconds`; every latency, by kind."""
+    results = {"read": Latencies(), "login": Latencies()}
+    limits = httpx.Limits(max_connections=load.readers + load.logins)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits
+    ) as http:
+        seller_headers = await token(http, "seller", seller_email)
+        credentials = {"username": seller_email, "password": PASSWORD}
+        ends_at = time.monotonic() + load.seconds
+
+        async def loop(kind: str, send: Callable[[], Awaitable[httpx.Response]]) -> None:
+            while time.monotonic() < ends_at:
+                started = time.monotonic()
+                try:
+                    response = await send()
+                except httpx.HTTPError:
+                    results[kind].failures += 1
+                    continue
+                if response.status_code == 200:
+                    results[kind].seconds.append(time.monotonic() - started)
+                else:
+                    results[kind].failures += 1
+
+        def read() -> Awaitable[httpx.Response]:
+            return http.get(f"/shipments/{shipment_id}", headers=seller_headers)
+
+        def log_in() -> Awaitable[httpx.Response]:
+            return http.post("/seller/token", data=credentials)
+
+        await asyncio.gather(
+            *(loop("read", read) for _ in range(load.readers)),
+            *(loop("login", log_in) for _ in range(load.logins)),
+        )
+    return results
+
+
+def report_latencies(
+    quiet: dict[str, Latencies], busy: dict[str, Latencies], streams: int, load: SteadyLoad
+) -> None:
+    say(
+        f"steady load for {load.seconds:.0f}s each: {load.readers} clients reading a shipment "
+        f"(seller token), {load.logins} logging in, each one request at a time"
+    )
+    say("| requests | streams open | answered | not 200 | p50 ms | p99 ms |")
+    say("|---|---|---|---|---|---|")
+    for kind in ("read", "login"):
+        for label, run in (("0", quiet[kind]), (f"{streams:,}", busy[kind])):
+            say(
+                f"| {kind} | {label} | {len(run.seconds)} | {run.failures} | "
+                f"{run.percentile(0.50):.1f} | {run.percentile(0.99):.1f} |"
+            )
+    for kind in ("read", "login"):
+        ratio = busy[kind].percentile(0.99) / quiet[kind].percentile(0.99)
+        say(f"p99 of {kind}s, {streams:,} streams open vs none: {ratio:.2f}x (target <= 2x)")
+
+
+async def measure(
+    process: subprocess.Popen[bytes], port: int, streams: int, load: SteadyLoad
+) -> None:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
         await wait_ready(http)
         shipment, seller_email, partner_headers = await seed(http)
@@ -209,6 +301,8 @@ async def measure(process: subprocess.Popen[bytes], port: int, streams: int) -> 
         # Warm up (imports, caches, pools) with a few streams, then settle.
         for stream in await open_streams(port, path, 200):
             stream.writer.close()
+        await asyncio.sleep(2)
+        quiet = await steady_load(port, shipment["id"], seller_email, load)
         await asyncio.sleep(2)
         before = rss_kib(process.pid)
         started = time.monotonic()
@@ -221,6 +315,8 @@ async def measure(process: subprocess.Popen[bytes], port: int, streams: int) -> 
             f"server RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB: "
             f"{(after - before) / streams:.1f} KiB per idle stream"
         )
+        busy = await steady_load(port, shipment["id"], seller_email, load)
+        report_latencies(quiet, busy, streams, load)
 
         started = time.monotonic()
         seller_headers = await token(http, "seller", seller_email)  # raises unless 200
@@ -252,14 +348,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=10_000)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/9")
+    parser.add_argument("--load-seconds", type=float, default=10.0)
+    parser.add_argument("--readers", type=int, default=8)
+    parser.add_argument("--logins", type=int, default=2)
     args = parser.parse_args()
+    load = SteadyLoad(args.load_seconds, args.readers, args.logins)
     raise_open_files_limit()
     port = free_port()
     os.environ["PORT"] = str(port)
     with scratch_database() as database_url:
         try:
             with server(database_url, args.redis, args.streams) as process:
-                asyncio.run(measure(process, port, args.streams))
+                asyncio.run(measure(process, port, args.streams, load))
         finally:
             Redis.from_url(args.redis).flushdb()
 

@@ -130,11 +130,15 @@ class Backlog:
 
 
 async def read_backlog(database: Database, shipment_id: uuid.UUID, after: int) -> Backlog:
+    """The status first, then the events: each statement sees what had committed when it began
+    (Read Committed), and a terminal status commits together with its event. Read the other
+    way round, a delivery committed between the two reads looked finished with nothing left to
+    send, and a client resuming just before it got a 204 and never heard the terminal event."""
     session = await database.session()
-    events = await _read_events_after(session, shipment_id, after)
     status = await session.scalar(
         select(col(Shipment.status)).where(col(Shipment.id) == shipment_id)
     )
+    events = await _read_events_after(session, shipment_id, after)
     return Backlog(events, finished=status is not None and ShipmentStatus(status) in TERMINAL)
 
 
@@ -275,8 +279,10 @@ class TimelineStreamResponse(StreamingResponse):
 def _token_watch(request: Request) -> TokenWatch:
     """The bearer token the route has already authenticated, to check again later."""
     codec: TokenCodec = request.app.state.token_codec
+    hub: StreamHub = request.app.state.stream_hub
     token = request.headers.get("authorization", "").partition(" ")[2].strip()
-    return TokenWatch(codec.decode(token), RevocationList(request.app.state.redis))
+    # Checked on the hub's own connections: never on those that authenticate requests.
+    return TokenWatch(codec.decode(token), RevocationList(hub.live_redis))
 
 
 async def open_timeline_stream(

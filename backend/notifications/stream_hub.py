@@ -6,6 +6,12 @@ task owns one dedicated connection, PSUBSCRIBEd to `shipment-events:*`, and hand
 to the streams of that shipment in this process, so an open stream costs memory, not a
 connection. Messages for shipments nobody here follows are dropped by channel name, unparsed.
 
+Live-update traffic has a small pool of its own (`live_redis`): the announcements of new
+events, and the token check each authenticated stream makes at every heartbeat. Never the pool
+that authenticates requests: a stampede of requests that empties that pool must neither end every
+open stream that could not check its token nor drop the announcement of an event (a stream
+would not hear of it until the next one).
+
 When that connection fails, every stream ends with a retry hint (its client resumes with
 `Last-Event-ID` and misses nothing: the replay comes from PostgreSQL) and new streams are
 refused with 503 until the subscription is back. The outage is logged once, not per stream.
@@ -30,6 +36,7 @@ from redis.retry import Retry
 
 from backend.config import Settings
 from backend.errors import DomainError
+from backend.redis_client import create_redis
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +50,9 @@ RECONNECT_DELAY_SECONDS = 1.0
 # Suggested waits for refused clients: a slot frees when some stream ends.
 RETRY_FULL_SECONDS = 5
 RETRY_PER_CLIENT_SECONDS = 30
+# One GET per authenticated stream per heartbeat and one PUBLISH per timeline event, each well
+# under a millisecond on a nearby Redis: a few connections serve thousands of streams.
+LIVE_REDIS_CONNECTIONS = 4
 
 
 def channel(shipment_id: uuid.UUID) -> str:
@@ -130,6 +140,8 @@ class StreamHub:
             max_connections=1,
             decode_responses=True,
         )
+        # Announcements and token checks (see the module's docstring).
+        self.live_redis = create_redis(settings, redis_url, max_connections=LIVE_REDIS_CONNECTIONS)
         self._listeners: dict[str, set[Listener]] = {}
         self._per_address: dict[str, int] = {}
         self._open = 0
@@ -204,6 +216,7 @@ class StreamHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         await self._redis.aclose()
+        await self.live_redis.aclose()
 
     async def _follow(self) -> None:
         while True:

@@ -28,7 +28,8 @@ def _service(request: Request, database: Database, caller: Caller) -> ShipmentSe
         caller,
         database,
         state.delivery_codes,
-        state.redis,
+        # New events are announced on the live-update pool, never the one that authenticates.
+        state.stream_hub.live_redis,
         limits=state.shipment_limits,
         links=state.link_tokens,
         public_base_url=settings.public_base_url,

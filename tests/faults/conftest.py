@@ -8,6 +8,7 @@ The app under test runs with short deadlines, so every wait is bounded by a few 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ from backend.main import create_app
 from tests.conftest import create_database, make_settings
 from tests.faults.load import Load
 from tests.faults.records import unexpected_exchanges
-from tests.faults.report import report_fault
+from tests.faults.report import report_fault, report_streams
 from tests.faults.servers import (
     DATABASE_NAME,
     DurableRedis,
@@ -33,6 +34,7 @@ from tests.faults.servers import (
     postgres_system_user,
     scratch_folder,
 )
+from tests.faults.stream_invariants import check_streams
 from tests.servers import serving
 
 # The app's deadlines under test: short, so that an outage costs seconds, not minutes. The server
@@ -51,12 +53,17 @@ FAULT_SETTINGS: dict[str, object] = {
     "db_statement_timeout_ms": int(STATEMENT_TIMEOUT_SECONDS * 1000),
     "db_command_timeout_seconds": COMMAND_TIMEOUT_SECONDS,
     "redis_timeout_seconds": REDIS_TIMEOUT_SECONDS,
-    "health_check_timeout_seconds": 0.5,
+    # Twice the Redis timeout: the test process runs the load, the streams and the app on one
+    # event loop, and on a busy 2-core host a check's connect-ping-close took 0.5-0.8 s while
+    # both servers were fine, so 0.5 s made readiness say "down" when nothing was.
+    "health_check_timeout_seconds": 1.0,
     # The load logs in and signs up far more often than a person: no rate limit in the way.
     "token_attempts_per_ip": 1_000_000,
     "token_attempts_per_account": 1_000_000,
     "signups_per_ip": 1_000_000,
     "webhooks_allow_private": True,
+    # Open streams check their token (on Redis) at each heartbeat: often, so faults meet it.
+    "sse_heartbeat_seconds": 1.0,
     # Outages make every layer log warnings by design; only errors say something here.
     "log_level": "ERROR",
 }
@@ -91,6 +98,35 @@ PHASE_SECONDS = 30.0
 @pytest.fixture(autouse=True)
 def clean_state() -> None:
     """Replaces the suite's: these tests use only servers they own, never the shared ones."""
+
+
+class ServerTracebacks(logging.Handler):
+    """Errors with a traceback from the HTTP server or the app's last-resort handler: a
+    request or a stream that failed with an unhandled exception (a 500, or a stream cut off)."""
+
+    SOURCES = ("uvicorn", "backend.error_handlers")
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.name.startswith(self.SOURCES):
+            self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_server_tracebacks() -> Iterator[None]:
+    """Fails a fault test whose served app logged an unhandled exception."""
+    handler = ServerTracebacks()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    formatted = [f"{r.name}: {r.getMessage()}\n{handler.format(r)}" for r in handler.records]
+    assert not formatted, "the server logged unhandled exceptions:\n" + "\n".join(formatted[:5])
 
 
 @pytest.fixture(scope="session")
@@ -168,7 +204,11 @@ async def served_client(
             base_url=base_url,
             # A little over the deadline, so a slow answer is told apart from a lost one.
             timeout=deadline_seconds + 2.0,
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+            # Idle connections are dropped well before uvicorn's 5 s keep-alive timeout closes
+            # them: a request sent on one the server is closing would get no answer at all.
+            limits=httpx.Limits(
+                max_connections=100, max_keepalive_connections=100, keepalive_expiry=2.0
+            ),
         ) as http,
     ):
         yield http
@@ -221,9 +261,30 @@ def assert_outage_contract(load: Load, outage: Outage, *, dependency_down: bool 
     while_down = load.readiness(outage.down, finished_before=outage.up)
     assert while_down, "no readiness probe ran during the outage"
     expected = 503 if dependency_down else 200
-    assert set(while_down) == {expected}, f"/health/ready said {while_down} during the outage"
+    checks = [c for t, c in load.readiness_checks if outage.down <= t <= outage.up]
+    assert set(while_down) == {expected}, (
+        f"/health/ready said {while_down} during the outage: {checks}"
+    )
 
     # Once recovered, no new request fails: dead connections were weeded out on the way.
     late = [str(e) for e in load.since(outage.recovered) if e.unavailable]
     assert not late, "503s after recovery:\n" + "\n".join(late[:20])
     assert load.successes(outage.recovered) > 0
+
+
+async def assert_stream_contract(
+    load: Load,
+    inspector: AsyncEngine,
+    injected: float,
+    deadline_seconds: float = REQUEST_DEADLINE_SECONDS,
+) -> None:
+    """The load's live-update streams, open when the fault was injected, kept their contract
+    through it (tests/faults/stream_invariants.py). Call after `load.stop()`."""
+    report_streams(load.streams.followed)
+    await check_streams(
+        inspector,
+        load.streams.followed,
+        deadline_seconds,
+        behind=load.streams_behind,
+        open_at=[injected],
+    )

@@ -3,8 +3,9 @@
 Sellers create (with an Idempotency-Key, retried after an unclear outcome), list, read and cancel
 shipments; partners walk their shipments through the status machine (delivery codes read from
 the outbox, as a recipient would from the email); account clients sign up, log in, log out and
-check that the logged-out token is refused; a probe polls /health/ready. What they saw goes
-into `records`.
+check that the logged-out token is refused; a probe polls /health/ready; stream followers keep
+live-update streams open on the shipments being created (tests/faults/streams.py). What they saw
+goes into `records`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import PASSWORD, account_with_token, bearer, seller_body, unique_email
-from tests.faults.records import Exchange, Ledger
+from tests.faults.records import Exchange, Ledger, problem_code
+from tests.faults.streams import CATCH_UP_SECONDS, StreamFollowers, Target
 from tests.shipments.factories import DESTINATION_ZIP, shipment_body
 
 WRITES = frozenset({"create", "advance", "cancel", "signup", "logout"})
@@ -31,6 +33,7 @@ BACKOFF_SECONDS = 0.1
 READINESS_INTERVAL_SECONDS = 0.05
 WEBHOOK_URL = "http://127.0.0.1:9/shiptrack-hooks"
 STOP_SECONDS = 30.0
+WARM_UP_WRITES = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +75,6 @@ async def populate(
     return cast
 
 
-def _problem_code(response: httpx.Response) -> str | None:
-    if not response.headers.get("content-type", "").startswith("application/problem+json"):
-        return None
-    try:
-        code = response.json().get("code")
-    except ValueError:
-        return None
-    return code if isinstance(code, str) else None
-
-
 # The partner's next step from each status, with weights.
 NEXT_STEPS: dict[str, list[tuple[str, float]]] = {
     "placed": [("in_transit", 1.0)],
@@ -101,6 +94,7 @@ class Load:
         inspector: AsyncEngine,
         *,
         account_clients: int = 2,
+        streams: int = 12,
         seed: int = 20_240_601,
     ) -> None:
         self.http = http
@@ -114,6 +108,13 @@ class Load:
         self._tasks: list[asyncio.Task[None]] = []
         self._stampede_over = asyncio.Event()
         self._stampeding: list[asyncio.Task[None]] = []
+        # Acknowledged creates, oldest first: what the stream followers choose from.
+        self.created: list[dict[str, Any]] = []
+        self.streams = StreamFollowers(http, self._stream_target, streams)
+        # Streams still open when the load stopped that never heard every stored event.
+        self.streams_behind: list[str] = []
+        # /health/ready bodies: (when answered, the checks)
+        self.readiness_checks: list[tuple[float, dict[str, str]]] = []
 
     # --- running -------------------------------------------------------------------------
 
@@ -125,13 +126,20 @@ class Load:
             self._probe_readiness(),
         ]
         self._tasks = [asyncio.create_task(actor) for actor in actors]
+        self.streams.start()
 
     async def stop(self) -> None:
-        """Stop every actor (a stampede too); returns once each request has been answered."""
+        """Stop every actor (a stampede too); returns once each request has been answered, and
+        the open streams have heard every stored event (or CATCH_UP_SECONDS passed)."""
         self._stopping.set()
         self._stampede_over.set()
-        async with asyncio.timeout(STOP_SECONDS):
-            await asyncio.gather(*self._tasks, *self._stampeding)
+        try:
+            async with asyncio.timeout(STOP_SECONDS):
+                await asyncio.gather(*self._tasks, *self._stampeding)
+            self.streams.stop_choosing()
+            self.streams_behind = await self._streams_caught_up()
+        finally:
+            await self.streams.close()
 
     async def wait_for(
         self, condition: Callable[[], bool], limit_seconds: float, what: str
@@ -142,11 +150,18 @@ class Load:
             for task in [*self._tasks, *self._stampeding]:
                 if task.done():
                     task.result()  # an actor crashed: show why
+            if (crash := self.streams.crashed()) is not None:
+                raise crash
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {limit_seconds}s waiting for {what}")
             await asyncio.sleep(0.02)
 
     # --- reading the record --------------------------------------------------------------
+
+    def warmed_up(self, since: float) -> bool:
+        """Writes succeed, and most streams are open (a fault then meets them)."""
+        streaming = self.streams.open_at(time.monotonic())
+        return self.successes(since) >= WARM_UP_WRITES and 2 * streaming >= self.streams.count
 
     def since(self, moment: float, operations: Iterable[str] | None = None) -> list[Exchange]:
         wanted = set(operations) if operations is not None else None
@@ -191,7 +206,7 @@ class Load:
             started,
             time.monotonic(),
             response.status_code,
-            _problem_code(response) if response.status_code >= 400 else None,
+            problem_code(response) if response.status_code >= 400 else None,
             None,
         )
         self.exchanges.append(exchange)
@@ -243,12 +258,12 @@ class Load:
         if response.status_code == 201:
             created = response.json()
             self.ledger.shipment(created["id"]).ack(created)
+            self.created.append(created)
             return None, str(created["id"])
         return None, None
 
     def stampede(self, clients: int) -> None:
         """`clients` more sellers' clients creating without a pause, until `end_stampede`."""
-        self._stampede_over.clear()
 
         async def creating(index: int) -> None:
             seller = self.cast.sellers[index % len(self.cast.sellers)]
@@ -256,7 +271,29 @@ class Load:
             while not self._stampede_over.is_set():
                 retry, _ = await self._create(f"stampede-{index}", seller, retry)
 
-        self._stampeding = [asyncio.create_task(creating(i)) for i in range(clients)]
+        self._start_stampede(creating, clients)
+
+    def auth_stampede(self, clients: int) -> None:
+        """`clients` more clients of the load's accounts, each reading its account (a token
+        check on Redis) and logging in (rate-limit counters on Redis) without a pause, until
+        `end_stampede`."""
+        accounts = [*self.cast.sellers, *self.cast.partners]
+
+        async def authenticating(index: int) -> None:
+            account = accounts[index % len(accounts)]
+            actor = f"auth-stampede-{index}"
+            credentials = {"username": account.email, "password": PASSWORD}
+            while not self._stampede_over.is_set():
+                await self._call(actor, "me", "GET", f"/{account.kind}/me", headers=account.headers)
+                await self._call(actor, "login", "POST", f"/{account.kind}/token", data=credentials)
+
+        self._start_stampede(authenticating, clients)
+
+    def _start_stampede(
+        self, client: Callable[[int], Coroutine[Any, Any, None]], clients: int
+    ) -> None:
+        self._stampede_over.clear()
+        self._stampeding = [asyncio.create_task(client(i)) for i in range(clients)]
 
     async def end_stampede(self) -> None:
         """Stop the stampede; returns once each of its requests has been answered."""
@@ -375,5 +412,41 @@ class Load:
 
     async def _probe_readiness(self) -> None:
         while not self._stopping.is_set():
-            await self._call("probe", "ready", "GET", "/health/ready")
+            response = await self._call("probe", "ready", "GET", "/health/ready")
+            if response is not None and response.status_code in (200, 503):
+                self.readiness_checks.append((time.monotonic(), response.json()["checks"]))
             await asyncio.sleep(READINESS_INTERVAL_SECONDS)
+
+    # --- streams -------------------------------------------------------------------------
+
+    def _stream_target(self, kind: str, seen: set[str]) -> Target | None:
+        """The newest created shipment not followed yet, with what a `kind` follower needs."""
+        for created in reversed(self.created):
+            if created["id"] in seen:
+                continue
+            if kind == "public":
+                return created["id"], {}, f"/track/{created['tracking_number']}/stream"
+            accounts = self.cast.sellers if kind == "seller" else self.cast.partners
+            owner_id = created["seller_id"] if kind == "seller" else created["partner"]["id"]
+            account = next(a for a in accounts if a.id == owner_id)
+            return created["id"], account.headers, f"/shipments/{created['id']}/stream"
+        return None
+
+    async def _streams_caught_up(self) -> list[str]:
+        """Wait until every open stream has heard its shipment's whole stored timeline; the
+        ones that never did within CATCH_UP_SECONDS (a live update lost for good)."""
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while True:
+            behind = []
+            for followed in self.streams.current():
+                stored = await self._stored_events(followed.shipment_id)
+                if len(followed.events) < stored:
+                    behind.append(f"{followed}: heard {len(followed.events)} of {stored} events")
+            if not behind or time.monotonic() > deadline:
+                return behind
+            await asyncio.sleep(0.1)
+
+    async def _stored_events(self, shipment_id: str) -> int:
+        query = text("SELECT count(*) FROM shipment_events WHERE shipment_id = :id")
+        async with asyncio.timeout(2.0), self._inspector.connect() as connection:
+            return int(await connection.scalar(query, {"id": uuid.UUID(shipment_id)}) or 0)

@@ -10,8 +10,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 # 4xx answers that are normal under the load, by problem code.
 EXPECTED_CONFLICTS = frozenset({"no_partner_available", "invalid_transition"})
+
+
+def problem_code(response: httpx.Response) -> str | None:
+    """The problem+json `code` of an error response, if it is one."""
+    if not response.headers.get("content-type", "").startswith("application/problem+json"):
+        return None
+    try:
+        code = response.json().get("code")
+    except ValueError:
+        return None
+    return code if isinstance(code, str) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@
 The server runs as a real process against this test's PostgreSQL and Redis. To have writes
 provably in flight when the signal arrives, the test holds every partner row locked: creates
 (which claim a partner's capacity) then wait inside PostgreSQL, visible in pg_stat_activity.
+Live-update streams open at the signal must end at once with a `retry:` hint (their clients
+resume on another replica), never be cut off.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,6 +38,7 @@ from tests.faults.servers import (
     scratch_folder,
     wait_until,
 )
+from tests.faults.streams import FollowedShipment, connect_once
 from tests.shipments.factories import DESTINATION_ZIP, shipment_body
 
 pytestmark = pytest.mark.faults
@@ -175,13 +179,54 @@ async def poll_lock_waiters(inspector: AsyncEngine, count: int) -> None:
         await asyncio.sleep(0.02)
 
 
-async def seller_with_a_partner(http: httpx.AsyncClient) -> dict[str, str]:
-    """A seller's auth headers, with a partner to take its shipments."""
+async def seller_and_partner(http: httpx.AsyncClient) -> tuple[dict[str, str], dict[str, str]]:
+    """A seller's and a partner's auth headers; the partner takes the seller's shipments."""
     _, seller_headers = await account_with_token(http, "seller")
-    await account_with_token(
+    _, partner_headers = await account_with_token(
         http, "partner", serviceable_zip_codes=[DESTINATION_ZIP], max_handling_capacity=50
     )
+    return seller_headers, partner_headers
+
+
+async def seller_with_a_partner(http: httpx.AsyncClient) -> dict[str, str]:
+    """A seller's auth headers, with a partner to take its shipments."""
+    seller_headers, _ = await seller_and_partner(http)
     return seller_headers
+
+
+async def streams_following(
+    http: httpx.AsyncClient,
+    shipment: dict[str, Any],
+    seller_headers: dict[str, str],
+    partner_headers: dict[str, str],
+) -> tuple[list[FollowedShipment], list[asyncio.Task[float | None]]]:
+    """The shipment's seller, partner and public streams, open (each has heard its first event)."""
+    own = f"/shipments/{shipment['id']}/stream"
+    streams = [
+        FollowedShipment("seller", "seller", shipment["id"], own, seller_headers),
+        FollowedShipment("partner", "partner", shipment["id"], own, partner_headers),
+        FollowedShipment(
+            "public", "public", shipment["id"], f"/track/{shipment['tracking_number']}/stream", {}
+        ),
+    ]
+    reading = [asyncio.create_task(connect_once(http, stream)) for stream in streams]
+    await wait_until(
+        # Or one ended before it heard anything: the assertions after the signal say why.
+        lambda: all(s.events for s in streams) or any(t.done() for t in reading),
+        WAIT_SECONDS,
+        "the streams to open",
+    )
+    return streams, reading
+
+
+def assert_ended_with_a_retry_hint(streams: list[FollowedShipment]) -> None:
+    endings = [(str(s), [str(c) for c in s.connections]) for s in streams]
+    for stream in streams:
+        [connection] = stream.connections
+        assert connection.status == 200, endings
+        assert connection.ending == "retry", endings
+        assert not connection.traceback, endings
+        assert stream.events == [("1", 1, "placed")], endings
 
 
 async def creates_waiting_on_the_lock(
@@ -203,13 +248,23 @@ async def test_sigterm_lets_in_flight_writes_finish(
     with shiptrack_serve(postgres, durable_redis) as server:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_SECONDS) as http:
             await wait_until_ready(server, http)
-            seller_headers = await seller_with_a_partner(http)
+            seller_headers, partner_headers = await seller_and_partner(http)
+            followed = await http.post("/shipments", json=shipment_body(), headers=seller_headers)
+            assert followed.status_code == 201, followed.text
+            ledger.shipment(followed.json()["id"]).ack(followed.json())
+            streams, reading = await streams_following(
+                http, followed.json(), seller_headers, partner_headers
+            )
 
             async with partners_locked(inspector):
                 creates = await creates_waiting_on_the_lock(http, inspector, seller_headers)
 
                 server.process.send_signal(signal.SIGTERM)
                 signalled = time.monotonic()
+                # Streams end first, at once, so only real requests are left for the grace period.
+                async with asyncio.timeout(WAIT_SECONDS):
+                    await asyncio.gather(*reading)
+                assert_ended_with_a_retry_hint(streams)
                 # Draining: still serving, but telling the load balancer to go elsewhere.
                 await wait_for_draining(http)
                 # Then the listener closes while the creates are still waiting.

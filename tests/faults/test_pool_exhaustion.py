@@ -21,6 +21,7 @@ from tests.faults.conftest import (
     STATEMENT_TIMEOUT_SECONDS,
     Outage,
     assert_outage_contract,
+    assert_stream_contract,
     fault_settings,
     served_client,
     wait_for_recovery,
@@ -55,7 +56,7 @@ async def test_pool_exhausted_by_requests_stuck_on_a_lock(
         load.start()
         try:
             start = time.monotonic()
-            await load.wait_for(lambda: load.successes(start) >= 30, PHASE_SECONDS, "warm-up")
+            await load.wait_for(lambda: load.warmed_up(start), PHASE_SECONDS, "warm-up")
 
             injected = time.monotonic()
             async with inspector.connect() as blocker:
@@ -87,4 +88,5 @@ async def test_pool_exhausted_by_requests_stuck_on_a_lock(
         assert any(e.unavailable for e in stuck), "no create was stopped by the statement timeout"
         # PostgreSQL answered all along: readiness says "saturated" (200), not down.
         assert_outage_contract(load, Outage(injected, down, up, recovered), dependency_down=False)
+        await assert_stream_contract(load, inspector, injected)
         await check_invariants(inspector, ledger, http)

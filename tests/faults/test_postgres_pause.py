@@ -18,6 +18,7 @@ from tests.faults.conftest import (
     STATEMENT_TIMEOUT_SECONDS,
     Outage,
     assert_outage_contract,
+    assert_stream_contract,
     fault_settings,
     request_deadline_seconds,
     served_client,
@@ -47,7 +48,7 @@ async def test_postgres_paused_longer_than_the_statement_timeout(
         load.start()
         try:
             start = time.monotonic()
-            await load.wait_for(lambda: load.successes(start) >= 30, PHASE_SECONDS, "warm-up")
+            await load.wait_for(lambda: load.warmed_up(start), PHASE_SECONDS, "warm-up")
 
             injected = time.monotonic()
             postgres.pause()
@@ -67,6 +68,7 @@ async def test_postgres_paused_longer_than_the_statement_timeout(
             await load.stop()
 
         assert_outage_contract(load, Outage(injected, down, up, recovered))
+        await assert_stream_contract(load, inspector, injected)
         await check_invariants(inspector, ledger, http)
 
 
@@ -92,7 +94,7 @@ async def stall_under_load(
         load.start()
         try:
             start = time.monotonic()
-            await load.wait_for(lambda: load.successes(start) >= 30, PHASE_SECONDS, "warm-up")
+            await load.wait_for(lambda: load.warmed_up(start), PHASE_SECONDS, "warm-up")
             injected = time.monotonic()
             postgres.pause()
             try:
@@ -112,6 +114,7 @@ async def stall_under_load(
         assert not problems, f"{len(problems)} bad exchanges:\n" + "\n".join(problems[:40])
         late = [str(e) for e in load.since(recovered) if e.unavailable]
         assert not late, "503s after recovery:\n" + "\n".join(late[:20])
+        await assert_stream_contract(load, inspector, injected, deadline)
         await check_invariants(inspector, ledger, http)
 
 

@@ -19,6 +19,7 @@ from tests.faults.conftest import (
     PHASE_SECONDS,
     Outage,
     assert_outage_contract,
+    assert_stream_contract,
     fault_settings,
     served_client,
     wait_for_outage_seen,
@@ -50,7 +51,7 @@ async def test_postgres_restart_under_load(
         load.start()
         try:
             start = time.monotonic()
-            await load.wait_for(lambda: load.successes(start) >= 30, PHASE_SECONDS, "warm-up")
+            await load.wait_for(lambda: load.warmed_up(start), PHASE_SECONDS, "warm-up")
 
             injected = time.monotonic()
             await asyncio.to_thread(postgres.stop, mode)
@@ -68,6 +69,7 @@ async def test_postgres_restart_under_load(
             await load.stop()
 
         assert_outage_contract(load, Outage(injected, down, up, recovered))
+        await assert_stream_contract(load, inspector, injected)
         await wait_for_more_sent_emails(inspector, sent_before)
         await check_invariants(inspector, ledger, http)
 

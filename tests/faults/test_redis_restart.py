@@ -19,6 +19,7 @@ from tests.faults.conftest import (
     PHASE_SECONDS,
     Outage,
     assert_outage_contract,
+    assert_stream_contract,
     fault_settings,
     served_client,
     wait_for_outage_seen,
@@ -49,7 +50,7 @@ async def test_redis_killed_and_restarted_under_load(
         load.start()
         try:
             start = time.monotonic()
-            await load.wait_for(lambda: load.successes(start) >= 30, PHASE_SECONDS, "warm-up")
+            await load.wait_for(lambda: load.warmed_up(start), PHASE_SECONDS, "warm-up")
 
             # Logged out the instant before the crash: the revocation must survive it.
             login = await http.post(
@@ -80,6 +81,7 @@ async def test_redis_killed_and_restarted_under_load(
             await load.stop()
 
         assert_outage_contract(load, Outage(injected, down, up, recovered))
+        await assert_stream_contract(load, inspector, injected)
         # The invariants include: every acknowledged logout, the last one too, is still a 401.
         await check_invariants(inspector, ledger, http)
 
