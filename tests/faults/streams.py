@@ -53,7 +53,8 @@ class Connection:
     content_type: str = ""
     frames: int = 0
     # "retry", "terminal", "token" (the server ended it cleanly), "open" (the client closed
-    # it), "cut" (it stopped without a word), "finished" (a 204), "refused" (another status).
+    # it), "cut" (it stopped without a word), "finished" (a 204), "refused" (another status),
+    # "abandoned" (the client closed it before the answer came).
     ending: str = "open"
     error: str | None = None
     traceback: bool = False
@@ -156,6 +157,10 @@ async def connect_once(http: httpx.AsyncClient, followed: FollowedShipment) -> f
         connection.ended = time.monotonic()
         connection.ending, connection.error = "refused", repr(error)
         return DEFAULT_RETRY_SECONDS
+    except asyncio.CancelledError:
+        connection.ended = time.monotonic()
+        connection.ending = "abandoned"  # the load stopped while this one was being answered
+        raise
     connection.answered = time.monotonic()
     connection.status = response.status_code
     connection.content_type = response.headers.get("content-type", "")
