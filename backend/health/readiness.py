@@ -16,6 +16,7 @@ repeated, so a hanging dependency never piles up checks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
@@ -114,7 +115,10 @@ class ReadinessProbe:
         except Exception:
             return "down"
         finally:
-            await client.aclose()
+            # The answer is known by now: a failure to close politely (a struggling server)
+            # must not turn a ping that succeeded into "down", or escape the task unretrieved.
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
 
     def _request_pool_full(self, engine: AsyncEngine) -> bool:
         checked_out: Callable[[], int] | None = getattr(engine.pool, "checkedout", None)
