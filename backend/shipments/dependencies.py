@@ -23,7 +23,6 @@ from backend.shipments.service import ShipmentService
 
 def _service(request: Request, database: Database, caller: Caller) -> ShipmentService:
     state = request.app.state
-    settings = state.settings
     return ShipmentService(
         caller,
         database,
@@ -32,12 +31,7 @@ def _service(request: Request, database: Database, caller: Caller) -> ShipmentSe
         state.stream_hub.live_redis,
         limits=state.shipment_limits,
         links=state.link_tokens,
-        public_base_url=settings.public_base_url,
-        default_transit_days=settings.default_transit_days,
-        review_link_ttl_seconds=settings.review_link_ttl_seconds,
-        unverified_seller_shipment_limit=settings.unverified_seller_shipment_limit,
-        max_events_per_shipment=settings.max_events_per_shipment,
-        partner_pii_days=settings.partner_pii_days,
+        settings=state.settings,
     )
 
 

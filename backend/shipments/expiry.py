@@ -83,7 +83,6 @@ class PlacedExpiry:
         """The seller's own view of its shipments, as its cancel request would have it."""
         # The name is for emails a create sends; cancelling uses only the seller's id.
         seller = Caller(kind=AccountKind.seller, account_id=seller_id, name="")
-        settings = self._settings
         return ShipmentService(
             seller,
             database,
@@ -91,12 +90,7 @@ class PlacedExpiry:
             self._redis,
             limits=self._limits,
             links=self._links,
-            public_base_url=settings.public_base_url,
-            default_transit_days=settings.default_transit_days,
-            review_link_ttl_seconds=settings.review_link_ttl_seconds,
-            unverified_seller_shipment_limit=settings.unverified_seller_shipment_limit,
-            max_events_per_shipment=settings.max_events_per_shipment,
-            partner_pii_days=settings.partner_pii_days,
+            settings=self._settings,
         )
 
 

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from backend.accounts.models import Caller
 from backend.accounts.tokens import LinkTokens
+from backend.config import Settings
 from backend.db import Database, utcnow
 from backend.errors import DomainError
 from backend.notifications.events import (
@@ -123,12 +124,7 @@ class ShipmentService:
         *,
         limits: ShipmentLimits,
         links: LinkTokens,
-        public_base_url: str,
-        default_transit_days: int,
-        review_link_ttl_seconds: int,
-        unverified_seller_shipment_limit: int,
-        max_events_per_shipment: int,
-        partner_pii_days: int,
+        settings: Settings,
     ) -> None:
         self._caller = caller
         self._visibility = Visibility.of(caller)
@@ -137,18 +133,20 @@ class ShipmentService:
         self._redis = redis
         self._events = EventPublisher(database)
         self._codes = codes
-        public_base_url = public_base_url.rstrip("/")
-        self._views = ShipmentViews(database, public_base_url, partner_pii_days=partner_pii_days)
+        public_base_url = settings.public_base_url.rstrip("/")
+        self._views = ShipmentViews(
+            database, public_base_url, partner_pii_days=settings.partner_pii_days
+        )
         self._emails = RecipientEmails(
             database,
             links=links,
             public_base_url=public_base_url,
-            review_link_ttl_seconds=review_link_ttl_seconds,
+            review_link_ttl_seconds=settings.review_link_ttl_seconds,
         )
-        self._transit = timedelta(days=default_transit_days)
+        self._transit = timedelta(days=settings.default_transit_days)
         self._limits = limits
-        self._unverified_limit = unverified_seller_shipment_limit
-        self._max_events = max_events_per_shipment
+        self._unverified_limit = settings.unverified_seller_shipment_limit
+        self._max_events = settings.max_events_per_shipment
 
     # --- reading -------------------------------------------------------------------------
 
