@@ -65,6 +65,11 @@ STREAM_HEADERS = {
 # How soon browsers reconnect after a drop.
 RETRY_HINT = "retry: 3000\n\n"
 KEEP_ALIVE = ": keep-alive\n\n"  # a comment: keeps proxies from closing an idle stream
+# Every this many heartbeats a stream reads what it may have missed from PostgreSQL. An
+# announcement can be lost after its change committed (the publish failed, or Redis dropped it
+# on the way), and a stream would then fall behind until the shipment's next event, which may
+# never come. One indexed query a minute per stream at the default heartbeat.
+CATCH_UP_EVERY_BEATS = 4
 # The database failures a gap fill can meet mid-stream: the stream ends, the client resumes.
 DATABASE_FAILURES = (DBAPIError, PoolTimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -191,6 +196,7 @@ class TimelineStream:
         self._timing = timing
         self._token = token
         self._finished = False  # the terminal event has been sent
+        self._beats = 0
 
     def release(self) -> None:
         self._hub.release(self._listener)
@@ -216,6 +222,10 @@ class TimelineStream:
             if self._listener.ended is not None:
                 yield closing_retry_hint(f"stream ended: {self._listener.ended.value}")
                 return
+            if loop.time() >= next_beat:
+                self._beats += 1
+                if self._beats % CATCH_UP_EVERY_BEATS == 0:
+                    self._listener.overflowed = True  # `_receive` reads from PostgreSQL
             try:
                 frames = await self._receive()
             except DATABASE_FAILURES as error:

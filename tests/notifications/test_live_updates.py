@@ -524,24 +524,49 @@ async def test_a_lost_message_is_filled_in_from_the_database(
 
     async with open_stream(http, stream_path(shipment), parties.seller_headers) as stream:
         assert (await stream.next_event()).id == "1"
-        async with db_engine.begin() as connection:
-            await connection.execute(
-                text(
-                    "INSERT INTO shipment_events"
-                    " (id, shipment_id, sequence, status, location_zip, description, created_at)"
-                    " VALUES (:id, :shipment_id, 2, 'placed', NULL, 'Label printed', now())"
-                ),
-                {"id": uuid.uuid4(), "shipment_id": uuid.UUID(shipment["id"])},
-            )
-            await connection.execute(
-                text("UPDATE shipments SET last_sequence = 2 WHERE id = :id"),
-                {"id": uuid.UUID(shipment["id"])},
-            )
+        await insert_unannounced_event(db_engine, shipment, sequence=2)
         await report(http, parties, shipment, status="in_transit")
         frames = await stream.events(2)
 
     assert [frame.id for frame in frames] == ["2", "3"]
     assert_timeline_frames(frames, await timeline(http, parties, shipment))
+
+
+async def test_a_lost_message_with_no_event_after_it_is_caught_up_from_the_database(
+    replica: Replica, db_engine: AsyncEngine
+) -> None:
+    """An announcement lost after its commit, and nothing after it to reveal the gap: the
+    stream reads what it missed from PostgreSQL every few heartbeats all the same."""
+    http = replica.http
+    setup = await scenario(http)
+    parties, shipment = setup.parties, setup.shipment
+
+    async with open_stream(http, stream_path(shipment), parties.seller_headers) as stream:
+        assert (await stream.next_event()).id == "1"
+        await insert_unannounced_event(db_engine, shipment, sequence=2)
+        caught_up = await stream.next_event()  # within a few heartbeats (the guard: 10 s)
+
+    assert caught_up.id == "2"
+    assert_timeline_frames([caught_up], (await timeline(http, parties, shipment))[1:])
+
+
+async def insert_unannounced_event(
+    db_engine: AsyncEngine, shipment: dict[str, Any], *, sequence: int
+) -> None:
+    """A timeline event committed without its live announcement, as if the publish was lost."""
+    async with db_engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO shipment_events"
+                " (id, shipment_id, sequence, status, location_zip, description, created_at)"
+                " VALUES (:id, :shipment_id, :sequence, 'placed', NULL, 'Label printed', now())"
+            ),
+            {"id": uuid.uuid4(), "shipment_id": uuid.UUID(shipment["id"]), "sequence": sequence},
+        )
+        await connection.execute(
+            text("UPDATE shipments SET last_sequence = :sequence WHERE id = :id"),
+            {"id": uuid.UUID(shipment["id"]), "sequence": sequence},
+        )
 
 
 # --- heartbeats -----------------------------------------------------------------------------
