@@ -71,7 +71,14 @@ KEEP_ALIVE = ": keep-alive\n\n"  # a comment: keeps proxies from closing an idle
 # never come. One indexed query a minute per stream at the default heartbeat.
 CATCH_UP_EVERY_BEATS = 4
 # The database failures a gap fill can meet mid-stream: the stream ends, the client resumes.
-DATABASE_FAILURES = (DBAPIError, PoolTimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# OSError covers asyncpg's client-side deadline (TimeoutError) and the socket's own failures.
+DATABASE_FAILURES = (
+    DBAPIError,
+    PoolTimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+)
 
 __all__ = ["announce_after_commit", "channel", "open_timeline_stream"]
 
@@ -225,7 +232,8 @@ class TimelineStream:
             if loop.time() >= next_beat:
                 self._beats += 1
                 if self._beats % CATCH_UP_EVERY_BEATS == 0:
-                    self._listener.overflowed = True  # `_receive` reads from PostgreSQL
+                    for frame in await self._catch_up():
+                        yield frame
             try:
                 frames = await self._receive()
             except DATABASE_FAILURES as error:
@@ -264,6 +272,15 @@ class TimelineStream:
             # A message was lost between replicas, or dropped for a slow reader.
             frames += self._accept_all(await self._missed_events())
         return frames + self._accept_all(sorted(messages, key=lambda m: int(m["sequence"])))
+
+    async def _catch_up(self) -> list[str]:
+        """Frames for events committed but never announced. Nothing is known to be missing, so
+        a database that cannot answer now only postpones this to the next catch-up: the stream
+        goes on with what Redis brings."""
+        try:
+            return self._accept_all(await self._missed_events())
+        except DATABASE_FAILURES:
+            return []
 
     async def _missed_events(self) -> list[dict[str, Any]]:
         async with self._sessionmaker() as session:
