@@ -211,7 +211,27 @@ class OwnedPostgres:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-class DurableRedis:
+class RedisProcess:
+    """A redis-server process a test owns, to crash or stop it."""
+
+    _process: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no shutdown work at all."""
+        self._end(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._end(signal.SIGTERM)
+
+    def _end(self, sig: int) -> None:
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.send_signal(sig)
+            self._process.wait(timeout=STOP_SECONDS)
+            self._process = None
+
+
+class DurableRedis(RedisProcess):
     """redis-server on a Unix socket in `folder`, with every write fsynced to its append-only file.
 
     That is the production setting for revocations (docs/deploy.md): a crash loses none, so a
@@ -254,20 +274,6 @@ class DurableRedis:
             return False
         finally:
             client.close()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, no shutdown work at all."""
-        self._end(signal.SIGKILL)
-
-    def stop(self) -> None:
-        self._end(signal.SIGTERM)
-
-    def _end(self, sig: int) -> None:
-        if self._process is not None:
-            if self._process.poll() is None:
-                self._process.send_signal(sig)
-            self._process.wait(timeout=STOP_SECONDS)
-            self._process = None
 
 
 @contextlib.contextmanager

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 
 from tests.faults.records import problem_code
+from tests.sse import Frame, parse_frame
 
 TERMINAL = frozenset({"delivered", "cancelled", "returned"})
 STREAM_KINDS = ("seller", "partner", "public")
@@ -86,38 +87,6 @@ class FollowedShipment:
 
     def __str__(self) -> str:
         return f"{self.follower} on {self.shipment_id} ({self.kind})"
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    id: str | None
-    data: str | None
-    retry: str | None
-    comments: tuple[str, ...]
-
-
-def parse_frame(lines: Sequence[str]) -> Frame:
-    """Per the HTML Living Standard's event-stream rules (one space after ':' dropped)."""
-    fields: dict[str, str] = {}
-    data: list[str] = []
-    comments: list[str] = []
-    for line in lines:
-        if line.startswith(":"):
-            comments.append(line)
-            continue
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            data.append(value)
-        else:
-            fields[name] = value
-    return Frame(
-        id=fields.get("id"),
-        data="\n".join(data) if data else None,
-        retry=fields.get("retry"),
-        comments=tuple(comments),
-    )
 
 
 def _ending(last: Frame | None, frames: int, last_status: str | None) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +28,9 @@ from tests.faults.invariants import check_invariants
 from tests.faults.load import Load, populate
 from tests.faults.records import Ledger
 from tests.faults.servers import (
-    STOP_SECONDS,
     DurableRedis,
     OwnedPostgres,
+    RedisProcess,
     free_tcp_port,
     scratch_folder,
 )
@@ -104,7 +102,7 @@ async def test_first_requests_after_an_unnoticed_redis_restart_succeed(
         assert (await http.get("/health/ready")).status_code == 200
 
 
-class TcpRedis:
+class TcpRedis(RedisProcess):
     """redis-server on a loopback TCP port (as in production) with an append-only file.
 
     Over TCP, redis-py hands out pooled connections without first noticing that the server
@@ -115,24 +113,9 @@ class TcpRedis:
         self.folder = folder
         self.url = f"redis://127.0.0.1:{port}/0"
         self._port = port
-        self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self._process = start_redis(self.folder, port=self._port, persistent=True)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash."""
-        self._end(signal.SIGKILL)
-
-    def stop(self) -> None:
-        self._end(signal.SIGTERM)
-
-    def _end(self, sig: int) -> None:
-        if self._process is not None:
-            if self._process.poll() is None:
-                self._process.send_signal(sig)
-            self._process.wait(timeout=STOP_SECONDS)
-            self._process = None
 
 
 @pytest.fixture

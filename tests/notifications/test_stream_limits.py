@@ -31,10 +31,8 @@ from tests.factories import bearer, log_in
 from tests.notifications.test_live_updates import (
     SAFETY_SECONDS,
     EventStream,
-    Frame,
     Replica,
     open_stream,
-    parse_frame,
     public_path,
     refused,
     report,
@@ -44,6 +42,7 @@ from tests.notifications.test_live_updates import (
 )
 from tests.servers import serving
 from tests.shipments.factories import bring_to, delivery_code
+from tests.sse import Frame, parse_frame
 
 # Enough to prove the point in a suite that runs in minutes; bench/stream_memory.py opens 10,000.
 MANY_STREAMS = 1000
