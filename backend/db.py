@@ -1,38 +1,32 @@
 """Database plumbing: metadata naming, the async engine, and each request's unit of work.
 
-A request works on one pooled connection in one transaction (`Database`), committed before the
-response is sent. Its statements are SQLAlchemy Core statements compiled once (`Statement`) and
-run on the asyncpg connection underneath: SQLAlchemy's execution layer costs about twice the
-database round trip for every statement it runs, and that decided whether the API kept up with
-the benchmark's floor app at all (bench/README.md). ORM code still has a session, bound to the
-same connection and transaction (`Database.session`).
+Every request, the worker and the CLI work with the SQLModel models through SQLAlchemy's
+`AsyncSession` on its asyncio engine (asyncpg underneath): a request in one session and one
+transaction (`UnitOfWork`), committed before the response is sent. Database errors reach the
+error handlers as SQLAlchemy's exceptions, with asyncpg's beneath them (`driver_errors`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import ClauseElement, MetaData, Table, event
-from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy import MetaData, Table, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlmodel import SQLModel
 
 from backend.config import Settings
@@ -144,7 +138,17 @@ def _discard_unusable_connection(
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False, autoflush=False)
+    """Sessions whose entities stay readable after the commit (responses are built from them
+    then), and which flush when told to rather than before every query."""
+    return async_sessionmaker(
+        engine,
+        class_=AsyncSession,
+        expire_on_commit=False,
+        autoflush=False,
+        # A closed session stays closed: work after its unit of work has ended would otherwise
+        # begin a new transaction that nothing commits.
+        close_resets_only=False,
+    )
 
 
 def violated_constraint(error: IntegrityError) -> str | None:
@@ -154,143 +158,21 @@ def violated_constraint(error: IntegrityError) -> str | None:
     return name if isinstance(name, str) else None
 
 
-# A plain SELECT that locks no rows. Anything else (INSERT, UPDATE, DELETE, or a WITH that may
-# hold one of them) counts as a change.
-_READ_ONLY = re.compile(
-    r"\s*SELECT\b(?!.*\bFOR\s+(NO\s+KEY\s+)?(UPDATE|SHARE|KEY\s+SHARE)\b)", re.I | re.S
-)
-
-# asyncpg's flavour of PostgreSQL: `$1` placeholders and the casts asyncpg needs.
-_ASYNCPG = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
-
-
-class Statement:
-    """A Core statement compiled once into asyncpg's SQL, for `Database` to run on the driver.
-
-    What SQLAlchemy would do at every execution happens here once (the SQL text and the order
-    of the parameters) or is the caller's to do: values go in as asyncpg takes them (JSONB as
-    JSON text, see `json_text`), and rows come back as asyncpg records holding what asyncpg
-    decodes (a status is a plain string, JSONB a parsed value).
-    """
-
-    __slots__ = ("_given", "changes_data", "parameters", "sql")
-
-    def __init__(self, statement: ClauseElement) -> None:
-        compiled = statement.compile(dialect=_ASYNCPG)
-        assert isinstance(compiled, SQLCompiler)
-        computed = [*compiled.insert_prefetch, *compiled.update_prefetch]
-        if computed:
-            # SQLAlchemy fills these from Python-side column defaults at each execution, which
-            # the driver will not: the statement must give them values of its own.
-            names = ", ".join(column.name for column in computed)
-            raise ValueError(f"give {names} a value in the statement: {compiled}")
-        self.sql = str(compiled)
-        if "POSTCOMPILE" in self.sql:
-            # An `in_()` list, which SQLAlchemy expands at each execution: use `= any(:list)`.
-            raise ValueError(f"expanding parameters need SQLAlchemy at execution: {compiled}")
-        # In `$n` order: (name, given by the caller?, value fixed in the statement). Literals
-        # written into a statement, such as `hashtextextended(:key, 0)`, are parameters too.
-        self.parameters = tuple(
-            (name, bind.required, bind.effective_value)
-            for name in compiled.positiontup or ()
-            for bind in [compiled.binds[name]]
-        )
-        self._given = len({name for name, given, _ in self.parameters if given})
-        # Whether running it writes or locks rows, which `release_after_reading` must not drop.
-        # Read from the SQL, so that `text()` statements count as well as Core ones.
-        self.changes_data = _READ_ONLY.match(self.sql) is None
-
-    def arguments(self, params: Mapping[str, Any]) -> list[Any]:
-        """The values for `$1, $2, ...`: the caller's by name, and the statement's literals."""
-        if len(params) != self._given:
-            # A name the statement does not take (a typo, or a value the statement fixes
-            # itself) would otherwise be ignored without a word.
-            expected = sorted({name for name, given, _ in self.parameters if given})
-            raise TypeError(f"expected the parameters {expected}, got {sorted(params)}")
-        return [params[name] if given else literal for name, given, literal in self.parameters]
-
-
-class Record(Protocol):
-    """A row as asyncpg returns it: by column name or position."""
-
-    def __getitem__(self, key: str | int, /) -> Any: ...
-
-
 AfterCommit = Callable[[], Awaitable[None]]
 
 
-class Database:
-    """One request's unit of work: one pooled connection and one transaction on it (or, after
-    `release_after_reading`, one and then another).
+class UnitOfWork:
+    """One request's work on the database: one `AsyncSession`, committed once, before the
+    response is sent, or rolled back.
 
-    The connection is taken from the pool at the first statement, so a request refused before
-    it reaches the database (a bad token, an invalid body) never holds one. The transaction is
-    the driver's: it begins with that statement and `unit_of_work` ends it. ORM code gets a
-    session in the same transaction (`session()`); SQLAlchemy is told the connection is in
-    autocommit mode, so it never begins or commits anything by itself.
+    The session takes a pooled connection at its first statement (SQLAlchemy's autobegin), so a
+    request refused before it reaches the database (a bad token, an invalid body) never holds
+    one. Repositories and services flush, never commit.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._connection: AsyncConnection | None = None
-        self._driver: Any = None
-        self._transaction: Any = None
-        self._session: AsyncSession | None = None
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self.session = sessionmaker()
         self._after_commit: list[AfterCommit] = []
-        self._changed = False  # something was written or locked in the current transaction
-        self._beginning = False
-        self._ended = False
-
-    # --- statements --------------------------------------------------------------------
-
-    async def fetch_one(self, statement: Statement, /, **params: Any) -> Record | None:
-        driver = self._driver or await self._begin()
-        self._changed |= statement.changes_data
-        row: Record | None = await driver.fetchrow(statement.sql, *statement.arguments(params))
-        return row
-
-    async def fetch_all(self, statement: Statement, /, **params: Any) -> list[Record]:
-        driver = self._driver or await self._begin()
-        self._changed |= statement.changes_data
-        rows: list[Record] = await driver.fetch(statement.sql, *statement.arguments(params))
-        return rows
-
-    async def fetch_value(self, statement: Statement, /, **params: Any) -> Any:
-        driver = self._driver or await self._begin()
-        self._changed |= statement.changes_data
-        return await driver.fetchval(statement.sql, *statement.arguments(params))
-
-    async def execute(self, statement: Statement, /, **params: Any) -> None:
-        driver = self._driver or await self._begin()
-        self._changed = True  # a write, or a lock (`pg_advisory_xact_lock`)
-        await driver.execute(statement.sql, *statement.arguments(params))
-
-    async def execute_many(self, statement: Statement, rows: Iterable[Mapping[str, Any]]) -> None:
-        driver = self._driver or await self._begin()
-        self._changed = True
-        await driver.executemany(statement.sql, [statement.arguments(row) for row in rows])
-
-    async def savepoint(self) -> Any:
-        """A nested transaction (SAVEPOINT): `start()`, then `commit()` or `rollback()`."""
-        driver = self._driver or await self._begin()
-        self._changed = True
-        return driver.transaction()
-
-    async def session(self) -> AsyncSession:
-        """An ORM session in this unit's transaction, made on first use."""
-        if self._session is None:
-            if self._driver is None:
-                await self._begin()
-            assert self._connection is not None
-            await self._connection.execution_options(isolation_level="AUTOCOMMIT")
-            self._session = AsyncSession(
-                bind=self._connection, expire_on_commit=False, autoflush=False
-            )
-            event.listen(self._session.sync_session, "after_flush", self._note_flush)
-        return self._session
-
-    def _note_flush(self, *_: object) -> None:
-        self._changed = True
 
     def after_commit(self, action: AfterCommit) -> None:
         """Run `action` once this unit has committed (never if it rolls back).
@@ -300,98 +182,55 @@ class Database:
         """
         self._after_commit.append(action)
 
-    # --- the transaction, for unit_of_work ------------------------------------------------
-
-    async def _begin(self) -> Any:
-        if self._ended:
-            raise RuntimeError("this unit of work has ended")
-        if self._beginning:
-            # Two statements at once would each take a connection, and one would be lost.
-            raise RuntimeError("a unit of work runs one statement at a time")
-        self._beginning = True
-        try:
-            connection = await self._engine.connect()
-            self._connection = connection
-            driver = _driver_of(connection)
-            transaction = driver.transaction()
-            await transaction.start()
-        except BaseException as error:
-            # A BEGIN that timed out or was cancelled leaves asyncpg counting a transaction.
-            if leaves_connection_out_of_step(error):
-                await self.discard()
-            raise
-        finally:
-            self._beginning = False
-        self._driver, self._transaction = driver, transaction
-        self._changed = False
-        return driver
-
     async def commit(self) -> None:
-        """Commit; if that fails, the transaction is rolled back and the error raised."""
+        """Commit; if that fails, the transaction is rolled back (or, if the connection may be
+        out of step, closed) and the error raised."""
         try:
-            if self._session is not None:
-                # Writes what the ORM still holds; SQLAlchemy's own COMMIT is a no-op here.
-                await self._session.commit()
-        except BaseException:
-            await self.rollback()
+            await self.session.commit()
+        except BaseException as error:
+            await self.abandon(error)
             raise
-        await self._end(commit=True)
 
-    async def rollback(self) -> None:
-        await self._end(commit=False)
-
-    async def _end(self, *, commit: bool) -> None:
-        transaction, self._transaction = self._transaction, None
-        if transaction is None:
-            return  # nothing began, or it has ended already
-        if self._session is not None:
-            await self._session.close()
+    async def abandon(self, error: BaseException) -> None:
+        """End the unit after `error`: roll back, or close the connection if the error may have
+        left it out of step with its server (`leaves_connection_out_of_step`)."""
+        if leaves_connection_out_of_step(error):
+            await self.discard()
+            return
         try:
-            await (transaction.commit() if commit else transaction.rollback())
+            await self.session.rollback()
         except BaseException:
-            # The COMMIT or ROLLBACK itself failed (the connection died or hung): the
-            # connection's state is unknown, so it must not serve another request.
+            # The ROLLBACK itself failed (the connection died or hung): never reuse it.
             await self.discard()
             raise
 
     async def discard(self) -> None:
-        """End the unit by closing its connection, for when that connection may be out of step
-        with its server (`leaves_connection_out_of_step`). PostgreSQL rolls back whatever the
-        connection had open; the pool opens a new one for the next request."""
-        self._transaction = None
-        connection = self._connection
-        if connection is None or connection.closed or connection.invalidated:
-            return
-        # Closed at once rather than politely: a frozen server would hold a polite goodbye
-        # (SQLAlchemy waits up to 2 s for one) and so the 503 this request is about to get.
-        _driver_of(connection).terminate()
-        await connection.invalidate()
-
-    async def release(self) -> None:
-        """Give the connection back to the pool; the unit is over and runs nothing more."""
-        self._ended = True
-        await self._give_back()
-
-    async def _give_back(self) -> None:
-        connection = self._connection
-        self._connection = self._driver = self._transaction = self._session = None
-        if connection is not None:
-            await connection.close()
+        """Close the session's connection at once rather than give it back: PostgreSQL rolls
+        back whatever it had open, and the pool opens a new one for the next request. Closed
+        without a goodbye: a frozen server would hold a polite one (SQLAlchemy waits up to 2 s)
+        and so the 503 this request is about to get."""
+        driver = self.session.info.pop(_DRIVER, None)
+        if driver is not None:
+            driver.terminate()
+        await self.session.invalidate()
 
     async def release_after_reading(self) -> None:
         """End a unit that has only read so far and give its connection back, before slow work
         that needs no database (a password hash): held across it, the connection would sit idle
         in a transaction while other requests wait for one.
 
-        Entities loaded so far stay readable but are detached: a change to one is not saved. A
-        later statement takes a connection and begins a new transaction.
+        Entities loaded so far stay readable (`expire_on_commit=False`). A later statement
+        takes a connection and begins a new transaction.
         """
-        session = self._session
-        pending = session is not None and bool(session.new or session.dirty or session.deleted)
-        if self._changed or pending or self._after_commit:
-            raise RuntimeError("release_after_reading() would drop this unit's changes")
-        await self.rollback()  # only reads to end: the same as a commit, and never a partial one
-        await self._give_back()
+        session = self.session
+        if session.new or session.dirty or session.deleted or self._after_commit:
+            raise RuntimeError("release_after_reading() would end this unit's changes early")
+        if session.info.get(_WROTE):
+            raise RuntimeError("release_after_reading() would commit this unit's writes early")
+        await session.commit()  # reads only: the same as a rollback, and entities stay loaded
+
+    async def close(self) -> None:
+        await self.session.close()
 
     async def run_after_commit(self) -> None:
         for action in self._after_commit:
@@ -401,27 +240,59 @@ class Database:
                 logger.warning("after-commit action failed", exc_info=True)
 
 
+# The asyncpg connection of a session's transaction, for `UnitOfWork.discard`.
+_DRIVER = "driver_connection"
+
+
+@event.listens_for(Session, "after_begin")
+def _note_driver(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+    session.info[_DRIVER] = connection.connection.driver_connection
+
+
+# Set in a session's `info` once it has run anything but a SELECT (an INSERT, UPDATE or DELETE,
+# or a flush of the ORM's changes), until its transaction ends.
+_WROTE = "wrote"
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _note_write(state: ORMExecuteState) -> None:
+    if not state.is_select:
+        state.session.info[_WROTE] = True
+
+
+@event.listens_for(Session, "after_flush")
+def _note_flush(session: Session, *_: object) -> None:
+    session.info[_WROTE] = True
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_writes(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_WROTE, None)
+        session.info.pop(_DRIVER, None)
+
+
 @asynccontextmanager
-async def unit_of_work(engine: AsyncEngine) -> AsyncIterator[Database]:
-    """A `Database`, committed when the block ends, or rolled back if it raises (unless the
+async def unit_of_work(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[UnitOfWork]:
+    """A `UnitOfWork`, committed when the block ends, or rolled back if it raises (unless the
     error is a DomainError that keeps its changes); after-commit actions then run."""
-    database = Database(engine)
+    unit = UnitOfWork(sessionmaker)
     try:
         try:
-            yield database
+            yield unit
         except DomainError as error:
-            await (database.commit() if error.keep_changes else database.rollback())
+            if error.keep_changes:
+                await unit.commit()
+            else:
+                await unit.abandon(error)
             raise
         except BaseException as error:
-            if leaves_connection_out_of_step(error):
-                await database.discard()
-            else:
-                await database.rollback()
+            await unit.abandon(error)
             raise
-        await database.commit()
+        await unit.commit()
     finally:
-        await database.release()
-    await database.run_after_commit()
+        await unit.close()
+    await unit.run_after_commit()
 
 
 class UnitOfWorkRoute(APIRoute):
@@ -437,44 +308,31 @@ class UnitOfWorkRoute(APIRoute):
         handle = super().get_route_handler()
 
         async def handle_in_unit_of_work(request: Request) -> Response:
-            async with unit_of_work(request.app.state.engine) as database:
-                request.state.database = database
+            async with unit_of_work(request.app.state.sessionmaker) as unit:
+                request.state.unit_of_work = unit
                 return await handle(request)
 
         return handle_in_unit_of_work
 
 
-def database_of(request: Request) -> Database:
+def unit_of_work_of(request: Request) -> UnitOfWork:
     """The unit of work of a request served by a `UnitOfWorkRoute`."""
-    database: Database | None = getattr(request.state, "database", None)
-    if database is None:
+    unit: UnitOfWork | None = getattr(request.state, "unit_of_work", None)
+    if unit is None:
         raise RuntimeError(f"{request.url.path} uses the database but is not a UnitOfWorkRoute")
-    return database
+    return unit
 
 
-async def get_database(request: Request) -> Database:
-    return database_of(request)
+async def get_unit_of_work(request: Request) -> UnitOfWork:
+    return unit_of_work_of(request)
 
 
-DatabaseDep = Annotated[Database, Depends(get_database)]
+UnitOfWorkDep = Annotated[UnitOfWork, Depends(get_unit_of_work)]
 
 
-async def get_session(database: DatabaseDep) -> AsyncSession:
-    """The ORM session of the request's unit of work."""
-    return await database.session()
+async def get_session(request: Request) -> AsyncSession:
+    """The request's session (its unit of work's)."""
+    return unit_of_work_of(request).session
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-
-
-def _driver_of(connection: AsyncConnection) -> Any:
-    """The asyncpg connection under SQLAlchemy's: an attribute read, no round trip."""
-    pooled = connection.sync_connection
-    assert pooled is not None  # a connected AsyncConnection
-    return pooled.connection.driver_connection
-
-
-def json_text(value: Any) -> str:
-    """A value for a JSONB parameter: asyncpg takes it as JSON text, through the codec that
-    SQLAlchemy's dialect installs on every connection."""
-    return json.dumps(value, separators=(",", ":"))

@@ -160,8 +160,8 @@ async def seed(app: FastAPI) -> DemoData:
 async def approve_partners(app: FastAPI, partners: list[DemoAccount]) -> None:
     """As the operator would (`shiptrack partners approve`), whatever PARTNER_APPROVAL says:
     the demo's shipments need partners that can take them."""
-    async with unit_of_work(app.state.engine) as database:
-        administration = PartnerAdministration(database, app.state.settings.public_base_url)
+    async with unit_of_work(app.state.sessionmaker) as unit:
+        administration = PartnerAdministration(unit, app.state.settings.public_base_url)
         for partner in partners:
             await administration.approve(partner.email)
 

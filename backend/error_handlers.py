@@ -114,16 +114,11 @@ def _methods_of_path(request: Request) -> list[str]:
 # database dropped, 57P05 idle session timeout), a statement or idle-in-transaction deadline
 # (57014, 25P03), or no connection slot left (53300).
 _OUTAGE_SQLSTATES = {"57P01", "57P02", "57P03", "57P04", "57P05", "57014", "25P03", "53300"}
-# Failures on the client's side of the connection, which carry no SQLSTATE.
-_CLIENT_SIDE_OUTAGES = {
-    "InterfaceError",
-    # A connection still busy with the server's "terminating connection" message when the
-    # next statement came (asyncpg notices the hang-up a loop turn later).
-    "InternalClientError",
-    "TimeoutError",
-    "ConnectionRefusedError",
-    "OSError",
-}
+# Failures on the client's side of the connection, which carry no SQLSTATE: the socket's own
+# (a refused connection, a client-side deadline: TimeoutError is an OSError), a connection
+# asyncpg no longer considers usable, or one still busy with the server's "terminating
+# connection" message when the next statement came (asyncpg notices a hang-up a turn later).
+_CLIENT_SIDE_OUTAGES = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 def _is_database_outage(exc: Exception) -> bool:
@@ -132,8 +127,7 @@ def _is_database_outage(exc: Exception) -> bool:
     sqlstate = _sqlstate(exc)
     if sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _OUTAGE_SQLSTATES):
         return True
-    names = {type(error).__name__ for error in driver_errors(exc)}
-    return bool(names & _CLIENT_SIDE_OUTAGES)
+    return any(isinstance(error, _CLIENT_SIDE_OUTAGES) for error in driver_errors(exc))
 
 
 # PostgreSQL rolled the transaction back to settle a conflict with a concurrent one: nothing
@@ -162,7 +156,7 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
                 "The change met a concurrent one and was rolled back; send it again."
             ),
         )
-    if isinstance(exc, DBAPIError | asyncpg.PostgresError) and not _is_database_outage(exc):
+    if isinstance(exc, DBAPIError) and not _is_database_outage(exc):
         return await handle_unexpected_error(request, exc)
     logger.warning("database unavailable: %s", type(exc).__name__)
     return await handle_domain_error(
@@ -184,7 +178,7 @@ async def handle_redis_error(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, DBAPIError | asyncpg.PostgresError):
+    if isinstance(exc, DBAPIError):
         # PostgreSQL's and asyncpg's messages may quote a bound value (`invalid input syntax for
         # type integer: "..."`), which hide_parameters cannot reach: log the error's kind, its
         # SQLSTATE and where it was raised, never its text.
@@ -214,11 +208,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(DBAPIError, handle_database_error)
     app.add_exception_handler(PoolTimeoutError, handle_database_error)
-    # The request paths run their statements on asyncpg itself (backend/db.py). Its
-    # client-side deadline (command_timeout) raises TimeoutError, an OSError (below).
-    app.add_exception_handler(asyncpg.PostgresError, handle_database_error)
-    app.add_exception_handler(asyncpg.InterfaceError, handle_database_error)
-    app.add_exception_handler(asyncpg.InternalClientError, handle_database_error)
+    # What SQLAlchemy passes through unwrapped: asyncpg's client-side deadline
+    # (command_timeout raises TimeoutError) and a refused or reset socket, all OSErrors.
     app.add_exception_handler(OSError, handle_network_error)
     # Any Redis failure (unreachable, full, read-only after a failover): fail closed with 503.
     app.add_exception_handler(RedisError, handle_redis_error)

@@ -19,7 +19,7 @@ from backend.accounts.partner_approval import (
     SuspensionReason,
 )
 from backend.config import Settings
-from backend.db import create_engine, unit_of_work
+from backend.db import create_engine, create_sessionmaker, unit_of_work
 from backend.fields import Name
 
 DEFAULT_LIST_LIMIT = 100
@@ -89,8 +89,8 @@ async def run_partner_command(
     """Runs one `partners` action; raises PartnerNotFound for an unknown email."""
     engine = create_engine(settings, database_url)
     try:
-        async with unit_of_work(engine) as database:
-            partners = PartnerAdministration(database, settings.public_base_url)
+        async with unit_of_work(create_sessionmaker(engine)) as unit:
+            partners = PartnerAdministration(unit, settings.public_base_url)
             match args.action:
                 case "list":
                     status = PartnerStatus(args.status) if args.status else None

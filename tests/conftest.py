@@ -13,10 +13,9 @@ import os
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -275,16 +274,6 @@ class StatementLog:
         # before_cursor_execute(conn, cursor, statement, parameters, context, executemany)
         self.statements.append(str(args[2]))
 
-    def record_driver_query(self, query: Any) -> None:
-        """asyncpg's query logger: what the request paths run on the driver (backend/db.py)."""
-        self.statements.append(str(query.query))
-
-    def watch_driver(self, dbapi_connection: Any, *_: object) -> None:
-        dbapi_connection.driver_connection.add_query_logger(self.record_driver_query)
-
-    def unwatch_driver(self, dbapi_connection: Any, *_: object) -> None:
-        dbapi_connection.driver_connection.remove_query_logger(self.record_driver_query)
-
     def queries(self) -> list[str]:
         """What was sent, less transaction control (BEGIN/COMMIT/ROLLBACK)."""
         control = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
@@ -296,15 +285,6 @@ def sql_log(app: FastAPI) -> Iterator[StatementLog]:
     """Records every statement the app's engine executes during the test."""
     log = StatementLog()
     engine = app.state.engine.sync_engine
-    # SQLAlchemy's executions, and the statements run on the driver of each pooled connection
-    # while it is checked out.
-    listeners: list[tuple[str, Callable[..., None]]] = [
-        ("before_cursor_execute", log.record),
-        ("checkout", log.watch_driver),
-        ("checkin", log.unwatch_driver),
-    ]
-    for name, listener in listeners:
-        event.listen(engine, name, listener)
+    event.listen(engine, "before_cursor_execute", log.record)
     yield log
-    for name, listener in listeners:
-        event.remove(engine, name, listener)
+    event.remove(engine, "before_cursor_execute", log.record)

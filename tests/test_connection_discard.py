@@ -17,11 +17,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.config import Settings
-from backend.db import Statement, create_engine, create_sessionmaker, unit_of_work
+from backend.db import create_engine, create_sessionmaker, unit_of_work
 
 COMMAND_TIMEOUT_SECONDS = 0.3
 SLOWER_THAN_THE_TIMEOUT = text("SELECT pg_sleep(2)")
-BACKEND_PID = Statement(text("SELECT pg_backend_pid()"))
+BACKEND_PID = text("SELECT pg_backend_pid()")
 
 
 @pytest.fixture
@@ -38,8 +38,8 @@ async def one_connection_engine(settings: Settings) -> AsyncIterator[AsyncEngine
 
 
 async def backend_pid(engine: AsyncEngine) -> int:
-    async with unit_of_work(engine) as database:
-        pid: int = await database.fetch_value(BACKEND_PID)
+    async with unit_of_work(create_sessionmaker(engine)) as unit:
+        pid: int = await unit.session.scalar(BACKEND_PID)
     return pid
 
 
@@ -48,8 +48,8 @@ async def test_a_unit_of_work_whose_statement_timed_out_closes_its_connection(
 ) -> None:
     before = await backend_pid(one_connection_engine)
     with pytest.raises(TimeoutError):
-        async with unit_of_work(one_connection_engine) as database:
-            await database.fetch_value(Statement(SLOWER_THAN_THE_TIMEOUT))
+        async with unit_of_work(create_sessionmaker(one_connection_engine)) as unit:
+            await unit.session.scalar(SLOWER_THAN_THE_TIMEOUT)
     assert await backend_pid(one_connection_engine) != before
 
 
@@ -59,8 +59,8 @@ async def test_a_cancelled_unit_of_work_closes_its_connection(
     before = await backend_pid(one_connection_engine)
 
     async def slow_request() -> None:
-        async with unit_of_work(one_connection_engine) as database:
-            await database.fetch_value(Statement(text("SELECT pg_sleep(0.2)")))
+        async with unit_of_work(create_sessionmaker(one_connection_engine)) as unit:
+            await unit.session.scalar(text("SELECT pg_sleep(0.2)"))
 
     task = asyncio.create_task(slow_request())
     await asyncio.sleep(0.05)  # the statement is on the wire
@@ -86,8 +86,8 @@ async def test_an_error_postgres_reported_keeps_the_connection(
 ) -> None:
     before = await backend_pid(one_connection_engine)
     with pytest.raises(Exception, match="division by zero"):
-        async with unit_of_work(one_connection_engine) as database:
-            await database.fetch_value(Statement(text("SELECT 1 / 0")))
+        async with unit_of_work(create_sessionmaker(one_connection_engine)) as unit:
+            await unit.session.scalar(text("SELECT 1 / 0"))
     # Rolled back and kept: reconnecting after every refused statement would be a cheap way
     # for anyone to make the service churn connections.
     assert await backend_pid(one_connection_engine) == before

@@ -9,14 +9,15 @@ import logging
 import asyncpg
 import pytest
 from fastapi import Request
-from sqlalchemy import bindparam, func, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from backend.accounts.models import Seller
 from backend.config import Settings
-from backend.db import Statement, create_engine, table_of, unit_of_work
+from backend.db import create_engine, create_sessionmaker, unit_of_work
 from backend.error_handlers import handle_database_error, handle_unexpected_error
 
 SECRET = "grace-hopper-secret-phone-5550100"
@@ -104,10 +105,11 @@ async def test_a_unit_gives_its_connection_back_after_reading_and_only_then(
     settings: Settings,
 ) -> None:
     """What a login does before bcrypt: the unit's reads end and its connection goes back to
-    the pool; it refuses when that would drop a change."""
+    the pool; it refuses when that would commit a change early."""
     assert settings.database_url is not None
     engine = create_engine(settings, settings.database_url)
-    backend_pid = Statement(select(func.pg_backend_pid()))
+    sessionmaker = create_sessionmaker(engine)
+    backend_pid = select(func.pg_backend_pid())
     pool = engine.pool
     assert isinstance(pool, QueuePool)
 
@@ -115,37 +117,32 @@ async def test_a_unit_gives_its_connection_back_after_reading_and_only_then(
         return None
 
     try:
-        async with unit_of_work(engine) as database:
-            await database.fetch_value(backend_pid)
-            await database.release_after_reading()
+        async with unit_of_work(sessionmaker) as unit:
+            seller = await unit.session.scalar(select(Seller).limit(1))
+            await unit.release_after_reading()
             assert pool.checkedout() == 0
+            if seller is not None:
+                assert seller.email  # what was loaded stays readable
             # A later statement takes a connection again, in a transaction of its own.
-            assert isinstance(await database.fetch_value(backend_pid), int)
+            assert isinstance(await unit.session.scalar(backend_pid), int)
             assert pool.checkedout() == 1
 
-            session = await database.session()
             unsaved = Seller(name="-", email="unsaved@example.com", password_hash="-", zip_code="-")
-            session.add(unsaved)
+            unit.session.add(unsaved)
             with pytest.raises(RuntimeError):
-                await database.release_after_reading()
-            session.expunge_all()  # the unit ends without writing it
+                await unit.release_after_reading()
+            unit.session.expunge_all()  # the unit ends without writing it
 
-            database.after_commit(nothing)
+            unit.after_commit(nothing)
             with pytest.raises(RuntimeError):
-                await database.release_after_reading()
+                await unit.release_after_reading()
 
-        async with unit_of_work(engine) as database:
-            # A raw write or lock ends up in the transaction too: it is not thrown away either.
-            await database.execute(Statement(select(func.pg_advisory_xact_lock(42))))
-            with pytest.raises(RuntimeError):
-                await database.release_after_reading()
-
-        async with unit_of_work(engine) as database:
-            # Nor is a write fetched for what it returns, written as text (the partner claim).
+        async with unit_of_work(sessionmaker) as unit:
+            # A write fetched for what it returns, written as text (the partner claim), counts.
             touch = text("UPDATE sellers SET name = name WHERE false RETURNING id")
-            assert await database.fetch_all(Statement(touch)) == []
+            assert (await unit.session.execute(touch)).all() == []
             with pytest.raises(RuntimeError):
-                await database.release_after_reading()
+                await unit.release_after_reading()
     finally:
         await engine.dispose()
 
@@ -155,45 +152,41 @@ async def test_a_unit_of_work_runs_nothing_once_ended_or_two_statements_at_once(
 ) -> None:
     assert settings.database_url is not None
     engine = create_engine(settings, settings.database_url)
+    sessionmaker = create_sessionmaker(engine)
     pool = engine.pool
     assert isinstance(pool, QueuePool)
-    backend_pid = Statement(select(func.pg_backend_pid()))
+    backend_pid = select(func.pg_backend_pid())
     try:
-        async with unit_of_work(engine) as ended:
-            await ended.fetch_value(backend_pid)
+        async with unit_of_work(sessionmaker) as ended:
+            await ended.session.scalar(backend_pid)
         # Its connection is back in the pool, maybe serving another request by now.
-        with pytest.raises(RuntimeError, match="ended"):
-            await ended.fetch_value(backend_pid)
+        with pytest.raises(InvalidRequestError, match="closed"):
+            await ended.session.scalar(backend_pid)
 
-        async with unit_of_work(engine) as database:
+        async with unit_of_work(sessionmaker) as unit:
             outcomes = await asyncio.gather(
-                database.fetch_value(backend_pid),
-                database.fetch_value(backend_pid),
+                unit.session.scalar(backend_pid),
+                unit.session.scalar(backend_pid),
                 return_exceptions=True,
             )
-        assert isinstance(outcomes[0], int)
-        assert isinstance(outcomes[1], RuntimeError)
+        # Two statements at once share the unit's one connection (the dialect runs them one
+        # after the other), rather than each taking one and losing the other.
+        first, second = outcomes
+        assert isinstance(first, int)
+        assert first == second
         assert pool.checkedout() == 0  # no connection left behind
     finally:
         await engine.dispose()
 
 
-def test_a_statement_refuses_what_it_would_get_wrong() -> None:
-    sellers = table_of(Seller)
-    # An IN list is expanded by SQLAlchemy at each execution, which the driver would not do.
-    with pytest.raises(ValueError, match="expanding"):
-        Statement(select(sellers.c.id).where(sellers.c.email.in_(["a@example.com"])))
-
-    by_email = Statement(select(sellers.c.id).where(sellers.c.email == bindparam("email")))
-    assert by_email.arguments({"email": "a@example.com"}) == ["a@example.com"]
-    # A misspelt name, or a value the statement fixes itself, is not silently ignored.
-    with pytest.raises(TypeError, match="email"):
-        by_email.arguments({"email": "a@example.com", "emial": "b@example.com"})
-    with pytest.raises(KeyError):
-        by_email.arguments({"emial": "a@example.com"})
-    fixed = Statement(select(sellers.c.id).where(sellers.c.email == bindparam("email", "x")))
-    with pytest.raises(TypeError):
-        fixed.arguments({"email": "a@example.com"})
+def as_raised(driver_error: asyncpg.PostgresError) -> DBAPIError:
+    """`driver_error` as a statement raises it: translated by SQLAlchemy's asyncpg dialect to
+    its DBAPI error class, then wrapped in SQLAlchemy's own exception."""
+    dialect_error = AsyncAdapt_asyncpg_dbapi.Error(str(driver_error), driver_error)  # type: ignore[no-untyped-call]
+    dialect_error.__cause__ = driver_error
+    wrapped = DBAPIError.instance("SELECT 1", None, dialect_error, AsyncAdapt_asyncpg_dbapi.Error)
+    assert isinstance(wrapped, DBAPIError)
+    return wrapped
 
 
 @pytest.mark.parametrize(
@@ -214,9 +207,9 @@ def test_a_statement_refuses_what_it_would_get_wrong() -> None:
 async def test_postgresql_ending_or_refusing_the_session_is_a_503(
     error: type[asyncpg.PostgresError],
 ) -> None:
-    """Raised by asyncpg itself on the request paths, so classified by SQLSTATE."""
+    """asyncpg's error as SQLAlchemy raises it, classified by its SQLSTATE."""
     request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "state": {}})
-    response = await handle_database_error(request, error("the server's message"))
+    response = await handle_database_error(request, as_raised(error("the server's message")))
     assert response.status_code == 503
     assert json.loads(bytes(response.body))["code"] == "service_unavailable"
 
@@ -226,6 +219,6 @@ async def test_a_refused_statement_is_still_a_500(caplog: pytest.LogCaptureFixtu
     request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "state": {}})
     with caplog.at_level(logging.ERROR):
         response = await handle_database_error(
-            request, asyncpg.exceptions.UniqueViolationError("duplicate key")
+            request, as_raised(asyncpg.exceptions.UniqueViolationError("duplicate key"))
         )
     assert response.status_code == 500

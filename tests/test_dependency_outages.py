@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.config import Settings
-from backend.db import Statement, UnitOfWorkRoute, database_of
+from backend.db import UnitOfWorkRoute, unit_of_work_of
 from backend.main import create_app
 from tests.conftest import OwnedRedis, make_settings, running_client
 from tests.factories import PASSWORD, bearer, log_in, seller_body, sign_up
@@ -286,11 +286,11 @@ async def test_a_server_hang_up_between_statements_answers_503(
     """
     settings = make_settings(database_url, redis_url, db_pool_size=1, db_max_overflow=0)
     app = create_app(settings)
-    backend_pid = Statement(select(func.pg_backend_pid()))
+    backend_pid = select(func.pg_backend_pid())
 
     async def hung_up_on(request: Request) -> dict[str, int]:
-        database = database_of(request)
-        pid = await database.fetch_value(backend_pid)
+        pid = await unit_of_work_of(request).session.scalar(backend_pid)
+        assert pid is not None
         async with db_engine.connect() as admin:
             await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         # The loop stands still while the message and the hang-up both arrive; the next turn

@@ -7,15 +7,16 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from backend.accounts.caller import Caller
 from backend.accounts.emails import AccountEmails, DailyEmailCaps
 from backend.accounts.errors import InvalidToken, WrongAccountKind
-from backend.accounts.models import AccountKind, Caller, Partner, PartnerStatus, Seller
+from backend.accounts.models import AccountKind, Partner, Seller
 from backend.accounts.passwords import PasswordHasher
-from backend.accounts.repository import AccountRepository, AccountT, caller_row
+from backend.accounts.repository import AccountRepository, account_by_id
 from backend.accounts.service import AccountService, LinkLimits, LoginLimits
 from backend.accounts.tokens import AccessClaims, LinkTokens, RevocationList, TokenCodec
 from backend.config import Settings
-from backend.db import Database, DatabaseDep
+from backend.db import UnitOfWorkDep, unit_of_work_of
 from backend.errors import Unauthorized
 from backend.openapi import PARTNER_AUTH, SELLER_AUTH, requires_auth
 from backend.rate_limit import FixedWindowLimiter
@@ -61,6 +62,11 @@ def _bearer_token(request: Request) -> str:
 
 
 async def get_access_claims(request: Request) -> AccessClaims:
+    """The bearer token's claims, once checked (signature, claims, revocation); checked once
+    per request however many dependencies ask."""
+    checked: AccessClaims | None = getattr(request.state, "access_claims", None)
+    if checked is not None:
+        return checked
     # The codec and Redis come straight from the app state rather than as sub-dependencies:
     # this runs on every authenticated request, and each dependency FastAPI resolves costs.
     codec: TokenCodec = request.app.state.token_codec
@@ -68,6 +74,7 @@ async def get_access_claims(request: Request) -> AccessClaims:
     # Fails closed: if Redis cannot answer, the request gets a 503, never a pass.
     if await RevocationList(request.app.state.redis).is_revoked(claims):
         raise InvalidToken("This token has been revoked.")
+    request.state.access_claims = claims
     return claims
 
 
@@ -79,69 +86,57 @@ def _require_kind(claims: AccessClaims, kind: AccountKind) -> None:
         raise WrongAccountKind(f"This operation needs a {kind.value} token.")
 
 
-def _check_version(token_version: int | None, claims: AccessClaims) -> None:
-    if token_version is None:
-        raise InvalidToken("The account behind this token no longer exists.")
-    if token_version != claims.token_version:
-        raise InvalidToken("This token was issued before the password was reset.")
+async def authenticate(request: Request, kind: AccountKind | None = None) -> Caller:
+    """The caller behind the request's bearer token, of `kind` if one is given: the one way
+    every route authenticates.
 
-
-def _still_valid(account: AccountT | None, claims: AccessClaims) -> AccountT:
-    _check_version(None if account is None else account.token_version, claims)
-    assert account is not None  # _check_version raised otherwise
-    return account
-
-
-@requires_auth(SELLER_AUTH)
-async def current_seller(claims: AccessClaimsDep, database: DatabaseDep) -> Seller:
-    _require_kind(claims, AccountKind.seller)
-    seller = await AccountRepository(database, Seller).get(claims.account_id)
-    return _still_valid(seller, claims)
-
-
-@requires_auth(PARTNER_AUTH)
-async def current_partner(claims: AccessClaimsDep, database: DatabaseDep) -> Partner:
-    _require_kind(claims, AccountKind.partner)
-    partner = await AccountRepository(database, Partner).get(claims.account_id)
-    return _still_valid(partner, claims)
-
-
-async def authenticate(
-    request: Request, database: Database, kind: AccountKind | None = None
-) -> Caller:
-    """The caller behind the request's bearer token, of `kind` if one is given.
-
-    The token first (signature, claims, revocation), then one indexed row of the account: its
-    token version and name, not the ORM entity, which cost a fifth of a read. A plain function
-    rather than a dependency of its own: routes on the hot path call it from the one
+    The token first (signature, claims, revocation), then the account by primary key in the
+    request's session (no relationships), whose token version must still be the token's. A plain
+    function rather than a dependency of its own: the shipment routes call it from the one
     dependency that builds their service, and each dependency FastAPI resolves costs.
     """
     claims = await get_access_claims(request)
     if kind is not None:
         _require_kind(claims, kind)
-    row = await caller_row(database, claims.kind, claims.account_id)
-    _check_version(None if row is None else row["token_version"], claims)
-    assert row is not None  # _check_version raised otherwise
-    partner_status = PartnerStatus(row["status"]) if claims.kind is AccountKind.partner else None
-    return Caller(
-        kind=claims.kind,
-        account_id=claims.account_id,
-        name=row["name"],
-        email_verified=row["email_verified_at"] is not None,
-        partner_status=partner_status,
-    )
+    session = unit_of_work_of(request).session
+    account = await account_by_id(session, claims.kind, claims.account_id)
+    if account is None:
+        raise InvalidToken("The account behind this token no longer exists.")
+    if account.token_version != claims.token_version:
+        raise InvalidToken("This token was issued before the password was reset.")
+    return Caller(claims.kind, account, claims)
 
 
+@requires_auth(SELLER_AUTH, PARTNER_AUTH)
+async def current_caller(request: Request) -> Caller:
+    return await authenticate(request)
+
+
+@requires_auth(SELLER_AUTH)
+async def current_seller(request: Request) -> Seller:
+    caller = await authenticate(request, AccountKind.seller)
+    assert isinstance(caller.account, Seller)
+    return caller.account
+
+
+@requires_auth(PARTNER_AUTH)
+async def current_partner(request: Request) -> Partner:
+    caller = await authenticate(request, AccountKind.partner)
+    assert isinstance(caller.account, Partner)
+    return caller.account
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
 CurrentSeller = Annotated[Seller, Depends(current_seller)]
 CurrentPartner = Annotated[Partner, Depends(current_partner)]
 
 
 async def account_emails(
-    database: DatabaseDep, settings: SettingsDep, redis: RedisDep, request: Request
+    unit: UnitOfWorkDep, settings: SettingsDep, redis: RedisDep, request: Request
 ) -> AccountEmails:
     links: LinkTokens = request.app.state.link_tokens
     return AccountEmails(
-        database=database,
+        session=unit.session,
         links=links,
         public_base_url=settings.public_base_url,
         verification_lifetime=timedelta(seconds=settings.email_verification_ttl_seconds),
@@ -161,24 +156,24 @@ AccountEmailsDep = Annotated[AccountEmails, Depends(account_emails)]
 
 
 async def seller_service(
-    database: DatabaseDep,
+    unit: UnitOfWorkDep,
     hasher: PasswordHasherDep,
     codec: TokenCodecDep,
     revocations: RevocationsDep,
     emails: AccountEmailsDep,
 ) -> AccountService[Seller]:
-    repository = AccountRepository(database, Seller)
+    repository = AccountRepository(unit, Seller)
     return AccountService(AccountKind.seller, repository, hasher, codec, revocations, emails)
 
 
 async def partner_service(
-    database: DatabaseDep,
+    unit: UnitOfWorkDep,
     hasher: PasswordHasherDep,
     codec: TokenCodecDep,
     revocations: RevocationsDep,
     emails: AccountEmailsDep,
 ) -> AccountService[Partner]:
-    repository = AccountRepository(database, Partner)
+    repository = AccountRepository(unit, Partner)
     return AccountService(AccountKind.partner, repository, hasher, codec, revocations, emails)
 
 
@@ -186,8 +181,8 @@ SellerServiceDep = Annotated[AccountService[Seller], Depends(seller_service)]
 PartnerServiceDep = Annotated[AccountService[Partner], Depends(partner_service)]
 
 
-async def partner_repository(database: DatabaseDep) -> AccountRepository[Partner]:
-    return AccountRepository(database, Partner)
+async def partner_repository(unit: UnitOfWorkDep) -> AccountRepository[Partner]:
+    return AccountRepository(unit, Partner)
 
 
 PartnerRepositoryDep = Annotated[AccountRepository[Partner], Depends(partner_repository)]

@@ -6,9 +6,11 @@ import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from backend.accounts.models import AccountKind, Partner, Seller
 from backend.accounts.tokens import LinkTokens
-from backend.db import Database, utcnow
+from backend.db import utcnow
 from backend.errors import RateLimited
 from backend.notifications.outbox import enqueue_email
 from backend.notifications.wording import human_moment
@@ -38,7 +40,7 @@ def _account_subject(kind: AccountKind, account: Seller | Partner) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AccountEmails:
-    database: Database
+    session: AsyncSession
     links: LinkTokens
     public_base_url: str
     verification_lifetime: timedelta
@@ -51,8 +53,8 @@ class AccountEmails:
         token = self.links.issue(
             VERIFY_EMAIL, kind, account.id, self.verification_lifetime, email=account.email
         )
-        await enqueue_email(
-            self.database,
+        enqueue_email(
+            self.session,
             "verify_email",
             account.email,
             name=account.name,
@@ -74,8 +76,8 @@ class AccountEmails:
             self.reset_lifetime,
             pwd=password_fingerprint(account.password_hash),
         )
-        await enqueue_email(
-            self.database,
+        enqueue_email(
+            self.session,
             "password_reset",
             account.email,
             name=account.name,
@@ -92,11 +94,11 @@ class AccountEmails:
         return self.public_base_url.rstrip("/")
 
 
-async def send_partner_approved(database: Database, partner: Partner, public_base_url: str) -> None:
+def send_partner_approved(session: AsyncSession, partner: Partner, public_base_url: str) -> None:
     """Tell a partner it may now receive shipments; queued in the approval's transaction."""
     base = public_base_url.rstrip("/")
-    await enqueue_email(
-        database,
+    enqueue_email(
+        session,
         "partner_approved",
         partner.email,
         name=partner.name,

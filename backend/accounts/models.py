@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ARRAY, CheckConstraint, DateTime, Index, String
@@ -27,19 +26,6 @@ class PartnerStatus(enum.StrEnum):
 
 
 _PARTNER_STATUS_VALUES = ", ".join(f"'{status.value}'" for status in PartnerStatus)
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling: an account whose access token was checked against the database."""
-
-    kind: AccountKind
-    account_id: uuid.UUID
-    name: str
-    # Sellers only: whether the email address was verified (limits unverified accounts).
-    email_verified: bool = False
-    # A partner's approval status at the time of the check; None for sellers.
-    partner_status: PartnerStatus | None = None
 
 
 class Seller(SQLModel, table=True):
@@ -100,10 +86,3 @@ class Partner(SQLModel, table=True):
     token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-
-
-Account = Seller | Partner
-ACCOUNT_MODELS: dict[AccountKind, type[Seller] | type[Partner]] = {
-    AccountKind.seller: Seller,
-    AccountKind.partner: Partner,
-}

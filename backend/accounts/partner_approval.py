@@ -21,7 +21,7 @@ from backend.accounts.errors import PartnerNotFound
 from backend.accounts.models import Partner, PartnerStatus
 from backend.accounts.repository import AccountRepository, list_partners
 from backend.config import PartnerApproval
-from backend.db import Database, utcnow
+from backend.db import UnitOfWork, utcnow
 from backend.fields import reject_unstorable
 
 # Shown to the partner on GET /partner/me; the column holds 500 characters.
@@ -53,13 +53,13 @@ class PartnerChange:
 class PartnerAdministration:
     """The operator's view of partners, in one unit of work."""
 
-    def __init__(self, database: Database, public_base_url: str) -> None:
-        self._database = database
-        self._accounts = AccountRepository(database, Partner)
+    def __init__(self, unit: UnitOfWork, public_base_url: str) -> None:
+        self._session = unit.session
+        self._accounts = AccountRepository(unit, Partner)
         self._public_base_url = public_base_url
 
     async def list(self, status: PartnerStatus | None, limit: int) -> Sequence[Partner]:
-        return await list_partners(self._database, status, limit)
+        return await list_partners(self._session, status, limit)
 
     async def approve(self, email: str) -> PartnerChange:
         """Approve a pending partner, or reinstate a suspended one; the partner is emailed."""
@@ -70,7 +70,7 @@ class PartnerAdministration:
         partner.approved_at = partner.updated_at = utcnow()
         partner.suspended_at = partner.suspended_reason = None
         await self._accounts.flush()
-        await send_partner_approved(self._database, partner, self._public_base_url)
+        send_partner_approved(self._session, partner, self._public_base_url)
         return PartnerChange(partner, changed=True)
 
     async def suspend(self, email: str, reason: str) -> PartnerChange:

@@ -6,43 +6,25 @@ import uuid
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
-from sqlalchemy import ColumnElement, bindparam
-from sqlalchemy import select as sa_select
+from sqlalchemy import ColumnElement
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from backend.accounts.models import AccountKind, Partner, PartnerStatus, Seller
-from backend.db import Database, Record, Statement, table_of, violated_constraint
+from backend.db import UnitOfWork, violated_constraint
 
 AccountT = TypeVar("AccountT", bound=Seller | Partner)
 
-MODELS: dict[AccountKind, type[Seller] | type[Partner]] = {
-    AccountKind.seller: Seller,
-    AccountKind.partner: Partner,
-}
 
-
-def _caller_statement(model: type[Seller] | type[Partner]) -> Statement:
-    table = table_of(model)
-    # A partner's status decides what it may do with shipments.
-    extra = [table.c.status] if model is Partner else []
-    return Statement(
-        sa_select(table.c.token_version, table.c.name, table.c.email_verified_at, *extra).where(
-            table.c.id == bindparam("id")
-        )
-    )
-
-
-# What checking an access token needs, by primary key: the account's token version (and its
-# name, which a shipment's emails show, and whether its email is verified, which limits what an
-# unverified seller may create), without building the entity.
-CALLER_STATEMENTS = {kind: _caller_statement(model) for kind, model in MODELS.items()}
-
-
-async def caller_row(database: Database, kind: AccountKind, account_id: uuid.UUID) -> Record | None:
-    """The account's `token_version`, `name` and `email_verified_at` (and a partner's
-    `status`), or None if it does not exist."""
-    return await database.fetch_one(CALLER_STATEMENTS[kind], id=account_id)
+async def account_by_id(
+    session: AsyncSession, kind: AccountKind, account_id: uuid.UUID
+) -> Seller | Partner | None:
+    """One primary-key lookup, no relationships (none of an account's load by themselves); an
+    account the session already holds costs nothing."""
+    if kind is AccountKind.seller:
+        return await session.get(Seller, account_id)
+    return await session.get(Partner, account_id)
 
 
 class DuplicateEmail(Exception):
@@ -52,18 +34,19 @@ class DuplicateEmail(Exception):
 class AccountRepository(Generic[AccountT]):
     """Accounts as ORM entities, in the request's unit of work.
 
-    The unit's connection is taken at the first query, not when the repository is made, so
+    The session takes its connection at the first query, not when the repository is made, so
     work before it (a password hash, a rate-limit check) holds no pooled connection.
     """
 
-    def __init__(self, database: Database, model: type[AccountT]) -> None:
-        self._database = database
+    def __init__(self, unit: UnitOfWork, model: type[AccountT]) -> None:
+        self._unit = unit
+        self._session = unit.session
         self._model = model
 
     async def get(self, account_id: uuid.UUID) -> AccountT | None:
-        """One primary-key lookup, no relationships."""
-        session = await self._database.session()
-        return await session.get(self._model, account_id)
+        """One primary-key lookup, no relationships (none of an account's load by themselves);
+        an account this session already holds costs nothing."""
+        return await self._session.get(self._model, account_id)
 
     async def lock(self, account_id: uuid.UUID) -> AccountT | None:
         """The account as it is now, locked until the transaction ends."""
@@ -81,17 +64,15 @@ class AccountRepository(Generic[AccountT]):
             .with_for_update()
             .execution_options(populate_existing=True)
         )
-        session = await self._database.session()
-        return (await session.execute(statement)).scalars().first()
+        return (await self._session.execute(statement)).scalars().first()
 
     async def get_by_email(self, email: str) -> AccountT | None:
         statement = select(self._model).where(self._model.email == email.lower())
-        session = await self._database.session()
-        return (await session.execute(statement)).scalars().first()
+        return (await self._session.execute(statement)).scalars().first()
 
     async def add(self, account: AccountT) -> AccountT:
         """Insert; raises `DuplicateEmail` when the unique email constraint refuses it."""
-        session = await self._database.session()
+        session = self._session
         session.add(account)
         try:
             # A savepoint, so a refused insert leaves the request's transaction usable.
@@ -104,22 +85,20 @@ class AccountRepository(Generic[AccountT]):
         return account
 
     async def flush(self) -> None:
-        session = await self._database.session()
-        await session.flush()
+        await self._session.flush()
 
     async def release_connection(self) -> None:
         """After reads only: end the transaction and give the connection back before slow work
         that needs none. Accounts already loaded stay readable, but a change to one is not
         saved; a later query begins a new transaction."""
-        await self._database.release_after_reading()
+        await self._unit.release_after_reading()
 
 
 async def list_partners(
-    database: Database, status: PartnerStatus | None, limit: int
+    session: AsyncSession, status: PartnerStatus | None, limit: int
 ) -> Sequence[Partner]:
     """Oldest first, so that the operator's queue of pending partners reads in order."""
     statement = select(Partner).order_by(col(Partner.created_at), col(Partner.id)).limit(limit)
     if status is not None:
         statement = statement.where(col(Partner.status) == status.value)
-    session = await database.session()
     return (await session.execute(statement)).scalars().all()

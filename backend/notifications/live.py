@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import Header, Request
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -42,7 +41,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from backend.accounts.tokens import AccessClaims, RevocationList, TokenCodec
-from backend.db import Database, database_of
+from backend.db import UnitOfWork, unit_of_work_of
 from backend.errors import problem_responses
 from backend.notifications.stream_hub import (
     Listener,
@@ -71,14 +70,9 @@ KEEP_ALIVE = ": keep-alive\n\n"  # a comment: keeps proxies from closing an idle
 # never come. One indexed query a minute per stream at the default heartbeat.
 CATCH_UP_EVERY_BEATS = 4
 # The database failures a gap fill can meet mid-stream: the stream ends, the client resumes.
-# OSError covers asyncpg's client-side deadline (TimeoutError) and the socket's own failures.
-DATABASE_FAILURES = (
-    DBAPIError,
-    PoolTimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-)
+# OSError covers asyncpg's client-side deadline (TimeoutError) and the socket's own failures,
+# which SQLAlchemy passes through unwrapped.
+DATABASE_FAILURES = (DBAPIError, PoolTimeoutError, OSError)
 
 __all__ = ["announce_after_commit", "channel", "open_timeline_stream"]
 
@@ -89,7 +83,7 @@ def event_json(event: ShipmentEvent | TimelineEvent) -> dict[str, Any]:
 
 
 def announce_after_commit(
-    database: Database, redis: Redis, shipment_id: uuid.UUID, events: Sequence[TimelineEvent]
+    unit: UnitOfWork, redis: Redis, shipment_id: uuid.UUID, events: Sequence[TimelineEvent]
 ) -> None:
     """Publish the new timeline events once (and only if) the change has committed."""
     messages = [json.dumps(event_json(event)) for event in events]
@@ -98,7 +92,7 @@ def announce_after_commit(
         for message in messages:
             await redis.publish(channel(shipment_id), message)
 
-    database.after_commit(publish)
+    unit.after_commit(publish)
 
 
 def sse(event: dict[str, Any]) -> str:
@@ -141,12 +135,11 @@ class Backlog:
     finished: bool
 
 
-async def read_backlog(database: Database, shipment_id: uuid.UUID, after: int) -> Backlog:
+async def read_backlog(session: AsyncSession, shipment_id: uuid.UUID, after: int) -> Backlog:
     """The status first, then the events: each statement sees what had committed when it began
     (Read Committed), and a terminal status commits together with its event. Read the other
     way round, a delivery committed between the two reads looked finished with nothing left to
     send, and a client resuming just before it got a 204 and never heard the terminal event."""
-    session = await database.session()
     status = await session.scalar(
         select(col(Shipment.status)).where(col(Shipment.id) == shipment_id)
     )
@@ -327,7 +320,7 @@ async def open_timeline_stream(
     hub: StreamHub = state.stream_hub
     listener = hub.admit(shipment_id, request.client.host if request.client else "unknown")
     try:
-        backlog = await read_backlog(database_of(request), shipment_id, last_event_id)
+        backlog = await read_backlog(unit_of_work_of(request).session, shipment_id, last_event_id)
     except BaseException:
         hub.release(listener)
         raise

@@ -9,64 +9,46 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, bindparam, insert, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.db import Database, Statement, json_text, table_of, utcnow
-from backend.notifications.models import OutboxMessage, OutboxStatus
+from backend.db import utcnow
+from backend.notifications.models import OutboxMessage
 
 EMAIL = "email"
 # Payload key listing the fields (secrets: a delivery code, a reset token) to erase once a message
 # is sent or dead-lettered. Templates keep them out of the subject, which is logged.
 REDACT = "redact_after_send"
 
-_now: BindParameter[datetime] = bindparam("now")
-_QUEUE = Statement(
-    insert(table_of(OutboxMessage)).values(
-        id=bindparam("id"),
-        kind=bindparam("kind"),
-        shipment_id=bindparam("shipment_id"),
-        payload=bindparam("payload"),
-        status=OutboxStatus.pending.value,
-        attempts=0,
-        next_attempt_at=bindparam("next_attempt_at"),
-        created_at=_now,
-    )
-)
 
-
-async def enqueue(
-    database: Database,
+def enqueue(
+    session: AsyncSession,
     kind: str,
     payloads: list[dict[str, Any]],
     *,
     shipment_id: uuid.UUID | None = None,
     not_before: datetime | None = None,
 ) -> list[uuid.UUID]:
-    """Queue messages in the caller's transaction: they are sent only if it commits, and not
-    before `not_before` when it is given. Returns the messages' ids."""
+    """Queue messages in the session's transaction: they are sent only if it commits, and not
+    before `not_before` when it is given. Returns the messages' ids. The rows are written at the
+    session's next flush (the commit at the latest)."""
     now = utcnow()
-    ids = [uuid.uuid4() for _ in payloads]
-    rows = [
-        {
-            "id": message_id,
-            "kind": kind,
-            "shipment_id": shipment_id,
-            "payload": json_text(payload),
-            "now": now,
-            "next_attempt_at": max(now, not_before) if not_before else now,
-        }
-        for message_id, payload in zip(ids, payloads, strict=True)
+    messages = [
+        OutboxMessage(
+            kind=kind,
+            shipment_id=shipment_id,
+            payload=payload,
+            next_attempt_at=max(now, not_before) if not_before else now,
+            created_at=now,
+        )
+        for payload in payloads
     ]
-    if len(rows) == 1:  # the usual case; asyncpg's executemany costs more for a single row
-        await database.execute(_QUEUE, **rows[0])
-    elif rows:
-        await database.execute_many(_QUEUE, rows)
-    return ids
+    session.add_all(messages)
+    return [message.id for message in messages]
 
 
-async def enqueue_email(
-    database: Database,
+def enqueue_email(
+    session: AsyncSession,
     template: str,
     to: str,
     *,
@@ -83,8 +65,8 @@ async def enqueue_email(
     `not_before` defers it (a sender over its hourly budget): it waits, it is never dropped.
     """
     payload = {"template": template, "to": to, **context, REDACT: list(secret_fields)}
-    [message_id] = await enqueue(
-        database, EMAIL, [payload], shipment_id=shipment_id, not_before=not_before
+    [message_id] = enqueue(
+        session, EMAIL, [payload], shipment_id=shipment_id, not_before=not_before
     )
     return message_id
 

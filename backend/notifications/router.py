@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, status
 from backend.accounts.dependencies import AccessClaimsDep, CurrentSeller, SettingsDep
 from backend.accounts.errors import WrongAccountKind
 from backend.accounts.models import AccountKind
-from backend.db import DatabaseDep, SessionDep, UnitOfWorkRoute
+from backend.db import SessionDep, UnitOfWorkRoute
 from backend.errors import RateLimited, problem_responses
 from backend.notifications.events import (
     SHIPMENT_CANCELLED,
@@ -52,8 +52,8 @@ webhooks_router = APIRouter(
 events_router = APIRouter(prefix="/events", tags=["Events"], route_class=UnitOfWorkRoute)
 
 
-async def webhook_service(database: DatabaseDep, session: SessionDep) -> WebhookService:
-    return WebhookService(session, EventPublisher(database))
+async def webhook_service(session: SessionDep) -> WebhookService:
+    return WebhookService(session, EventPublisher(session))
 
 
 WebhookServiceDep = Annotated[WebhookService, Depends(webhook_service)]

@@ -147,7 +147,7 @@ class OutboxWorker:
             await asyncio.gather(
                 *(self._keep_busy(lane) for lane in self._lanes),
                 # Periodic work of the worker process that is not a message to send.
-                run_expiry_sweeps(self._settings, self._sessionmaker.kw["bind"], self._stopping),
+                run_expiry_sweeps(self._settings, self._sessionmaker, self._stopping),
             )
         finally:
             await self._finish_sends()

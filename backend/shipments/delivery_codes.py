@@ -20,7 +20,7 @@ from backend.shipments.errors import (
     VerificationCodeBurned,
     VerificationCodeRequired,
 )
-from backend.shipments.repository import ShipmentState
+from backend.shipments.models import Shipment
 
 
 class DeliveryCodes:
@@ -33,15 +33,15 @@ class DeliveryCodes:
         self._max_attempts = max_attempts
         self._max_failures = max_failures_per_shipment
 
-    def _digest(self, shipment: ShipmentState, code: str) -> str:
+    def _digest(self, shipment: Shipment, code: str) -> str:
         message = f"{shipment.id}:{code}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
-    def locked(self, shipment: ShipmentState) -> bool:
+    def locked(self, shipment: Shipment) -> bool:
         """Whether the shipment had so many wrong codes that it can no longer be delivered."""
         return shipment.delivery_code_failures >= self._max_failures
 
-    def issue(self, shipment: ShipmentState) -> tuple[str, datetime]:
+    def issue(self, shipment: Shipment) -> tuple[str, datetime]:
         """A fresh code for the shipment (replacing any earlier one) and when it expires."""
         if self.locked(shipment):
             raise DeliveryLocked()
@@ -51,7 +51,7 @@ class DeliveryCodes:
         shipment.delivery_code_attempts = 0
         return code, shipment.delivery_code_expires_at
 
-    def redeem(self, shipment: ShipmentState, code: str | None) -> None:
+    def redeem(self, shipment: Shipment, code: str | None) -> None:
         """Accept the code (which burns it) or raise; a wrong try is recorded on the shipment."""
         if self.locked(shipment):
             raise DeliveryLocked()
@@ -80,6 +80,6 @@ class DeliveryCodes:
         raise InvalidVerificationCode(f"Wrong verification code; {remaining} tries left.")
 
     @staticmethod
-    def _burn(shipment: ShipmentState) -> None:
+    def _burn(shipment: Shipment) -> None:
         shipment.delivery_code_hash = None
         shipment.delivery_code_expires_at = None

@@ -14,18 +14,24 @@ from fastapi import Depends, Request
 
 from backend.accounts.dependencies import authenticate
 from backend.accounts.errors import PartnerSuspended
-from backend.accounts.models import AccountKind, Caller, PartnerStatus
-from backend.db import Database, SessionDep, database_of
+from backend.accounts.models import AccountKind, PartnerStatus
+from backend.db import SessionDep, unit_of_work_of
 from backend.openapi import PARTNER_AUTH, SELLER_AUTH, requires_auth
 from backend.shipments.public import PublicTracking
 from backend.shipments.service import ShipmentService
 
 
-def _service(request: Request, database: Database, caller: Caller) -> ShipmentService:
+async def _callers_service(request: Request, kind: AccountKind | None) -> ShipmentService:
+    caller = await authenticate(request, kind)
+    # A clear answer for a suspended partner; the queries themselves show a partner nothing
+    # unless it is approved (backend/shipments/repository.py), so a suspension that lands
+    # after this check still hides every shipment.
+    if caller.partner_status is PartnerStatus.suspended:
+        raise PartnerSuspended()
     state = request.app.state
     return ShipmentService(
-        caller,
-        database,
+        caller.account,
+        unit_of_work_of(request),
         state.delivery_codes,
         # New events are announced on the live-update pool, never the one that authenticates.
         state.stream_hub.live_redis,
@@ -33,17 +39,6 @@ def _service(request: Request, database: Database, caller: Caller) -> ShipmentSe
         links=state.link_tokens,
         settings=state.settings,
     )
-
-
-async def _callers_service(request: Request, kind: AccountKind | None) -> ShipmentService:
-    database = database_of(request)
-    caller = await authenticate(request, database, kind)
-    # A clear answer for a suspended partner; the queries themselves show a partner nothing
-    # unless it is approved (backend/shipments/repository.py), so a suspension that lands
-    # after this check still hides every shipment.
-    if caller.partner_status is PartnerStatus.suspended:
-        raise PartnerSuspended()
-    return _service(request, database, caller)
 
 
 @requires_auth(SELLER_AUTH, PARTNER_AUTH)

@@ -14,16 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from datetime import timedelta
 
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.accounts.models import AccountKind, Caller
+from backend.accounts.models import Seller
 from backend.accounts.tokens import LinkTokens
 from backend.config import Settings
-from backend.db import Database, unit_of_work, utcnow
+from backend.db import UnitOfWork, unit_of_work, utcnow
 from backend.redis_client import create_redis
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.limits import ShipmentLimits
@@ -43,9 +42,11 @@ def expiry_note(hours: int) -> str:
 
 
 class PlacedExpiry:
-    def __init__(self, settings: Settings, engine: AsyncEngine, redis: Redis) -> None:
+    def __init__(
+        self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+    ) -> None:
         self._settings = settings
-        self._engine = engine
+        self._sessionmaker = sessionmaker
         self._redis = redis
         self._codes = DeliveryCodes(
             settings.jwt_secret_key.get_secret_value(),
@@ -69,23 +70,21 @@ class PlacedExpiry:
 
     async def sweep_batch(self) -> int:
         """Cancel up to BATCH_SIZE expired shipments in one transaction; returns how many."""
-        async with unit_of_work(self._engine) as database:
-            expired = await ShipmentRepository(database).lock_expired_placed(
+        async with unit_of_work(self._sessionmaker) as unit:
+            expired = await ShipmentRepository(unit.session).lock_expired_placed(
                 utcnow() - self._age, BATCH_SIZE
             )
-            for shipment_id, seller_id in expired:
-                await self._service(database, seller_id).cancel(shipment_id, note=self._note)
+            for shipment_id, seller in expired:
+                await self._service(unit, seller).cancel(shipment_id, note=self._note)
         if expired:
             logger.info("cancelled %d shipments left placed too long", len(expired))
         return len(expired)
 
-    def _service(self, database: Database, seller_id: uuid.UUID) -> ShipmentService:
+    def _service(self, unit: UnitOfWork, seller: Seller) -> ShipmentService:
         """The seller's own view of its shipments, as its cancel request would have it."""
-        # The name is for emails a create sends; cancelling uses only the seller's id.
-        seller = Caller(kind=AccountKind.seller, account_id=seller_id, name="")
         return ShipmentService(
             seller,
-            database,
+            unit,
             self._codes,
             self._redis,
             limits=self._limits,
@@ -95,13 +94,13 @@ class PlacedExpiry:
 
 
 async def run_expiry_sweeps(
-    settings: Settings, engine: AsyncEngine, stopping: asyncio.Event
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], stopping: asyncio.Event
 ) -> None:
     """Sweep every PLACED_EXPIRY_SWEEP_SECONDS until `stopping` is set. A failed sweep (the
     database or Redis restarting) is logged and tried again at the next interval."""
     assert settings.redis_url is not None
     redis = create_redis(settings, settings.redis_url, max_connections=REDIS_CONNECTIONS)
-    expiry = PlacedExpiry(settings, engine, redis)
+    expiry = PlacedExpiry(settings, sessionmaker, redis)
     try:
         while not stopping.is_set():
             try:

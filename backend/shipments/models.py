@@ -1,8 +1,9 @@
 """Shipments, their timeline, tags and idempotency records.
 
-Only the timeline loads by itself (`lazy="selectin"`); every other relationship raises if touched
-without being loaded explicitly, so no query hides in a loop. Reads for the API do not load these
-objects at all: backend/shipments/views.py selects the view in one Core query.
+Only the timeline loads by itself (`lazy="selectin"`: one query for the timelines of every
+shipment a query returns); every other relationship raises if touched without being loaded
+explicitly, so no query hides in a loop. backend/shipments/repository.py loads them, and
+backend/shipments/views.py builds the API's views from them.
 """
 
 # No `from __future__ import annotations`: SQLModel resolves relationship types at runtime.

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload, raiseload, selectinload
-from sqlmodel import col
 
 from backend.accounts.errors import InvalidLinkToken
 from backend.accounts.tokens import LinkTokens
@@ -22,49 +19,47 @@ from backend.shipments.errors import (
     TrackingNumberNotFound,
 )
 from backend.shipments.models import Review, Shipment
+from backend.shipments.repository import ShipmentRepository
 from backend.shipments.schemas import (
     PublicDestination,
     PublicPartner,
     ReviewCreate,
     ReviewRead,
-    TimelineEvent,
     TrackingView,
 )
 from backend.shipments.status import ShipmentStatus
+from backend.shipments.views import timeline_view
 
 # The purpose of the signed link in the delivery email (LinkTokens).
 REVIEW_LINK = "review"
 
 
-def tracking_url(public_base_url: str, tracking_number: str) -> str:
-    """The recipient's tracking page (tracking_router's /t/{tracking_number})."""
-    return f"{public_base_url}/t/{tracking_number}"
-
-
 class PublicTracking:
-    """Reads through the ORM. A public view shows the newest PUBLIC_TIMELINE_LENGTH events
-    (`Shipment.recent_timeline`, loaded by selectin in a second query) and the total, never
-    the whole timeline: two queries, whatever its length."""
+    """What anyone with a tracking number may read. A public view shows the newest
+    PUBLIC_TIMELINE_LENGTH events (`Shipment.recent_timeline`, loaded by selectin in a second
+    query) and the total, never the whole timeline: two queries, whatever its length. Nothing
+    personal is loaded at all: neither the recipient's contact nor the delivery code."""
 
     def __init__(self, session: AsyncSession, links: LinkTokens) -> None:
         self._session = session
+        self._shipments = ShipmentRepository(session)
         self._links = links
 
     async def shipment_id_for(self, tracking_number: str) -> uuid.UUID:
-        shipment = await self._by_tracking_number(tracking_number, with_timeline=False)
+        shipment, _ = await self._by_tracking_number(tracking_number, recent_events=False)
         return shipment.id
 
     async def track(self, tracking_number: str) -> TrackingView:
-        shipment = await self._by_tracking_number(tracking_number)
-        return TrackingView(
+        shipment, partner_name = await self._by_tracking_number(tracking_number)
+        return TrackingView.model_construct(
             tracking_number=shipment.tracking_number,
             status=shipment.status,
             estimated_delivery=shipment.estimated_delivery,
-            destination=PublicDestination(
+            destination=PublicDestination.model_construct(
                 zip_code=shipment.destination_zip, city=shipment.destination_city
             ),
-            partner=PublicPartner(name=shipment.partner.name),
-            timeline=[TimelineEvent.model_validate(event) for event in shipment.recent_timeline],
+            partner=PublicPartner.model_construct(name=partner_name),
+            timeline=timeline_view(shipment.recent_timeline),
             # Sequences are gapless from 1: the newest is the count.
             timeline_total=shipment.last_sequence,
         )
@@ -72,7 +67,7 @@ class PublicTracking:
     async def review(self, tracking_number: str, body: ReviewCreate) -> ReviewRead:
         """The recipient's rating, with the signed link from the delivery email; once only."""
         shipment_id, _ = self._links.decode(body.token, REVIEW_LINK, "shipment", [])
-        shipment = await self._by_tracking_number(tracking_number, with_timeline=False)
+        shipment, _ = await self._by_tracking_number(tracking_number, recent_events=False)
         if shipment.id != shipment_id:
             raise InvalidLinkToken()
         if shipment.status is not ShipmentStatus.delivered:
@@ -89,22 +84,11 @@ class PublicTracking:
         return ReviewRead.model_validate(review)
 
     async def _by_tracking_number(
-        self, tracking_number: str, *, with_timeline: bool = True
-    ) -> Shipment:
-        # The full timeline (`lazy="selectin"`) is never loaded here: it may hold hundreds of
-        # events, and an anonymous caller sees the newest ones only.
-        options = [
-            joinedload(Shipment.partner),  # type: ignore[arg-type]
-            raiseload(Shipment.timeline),  # type: ignore[arg-type]
-        ]
-        if with_timeline:
-            options.append(selectinload(Shipment.recent_timeline))  # type: ignore[arg-type]
-        statement = (
-            select(Shipment)
-            .where(col(Shipment.tracking_number) == tracking_number.strip().upper())
-            .options(*options)
+        self, tracking_number: str, *, recent_events: bool = True
+    ) -> tuple[Shipment, str]:
+        found = await self._shipments.by_tracking_number(
+            tracking_number.strip().upper(), recent_events=recent_events
         )
-        shipment = (await self._session.execute(statement)).scalars().first()
-        if shipment is None:
+        if found is None:
             raise TrackingNumberNotFound()
-        return shipment
+        return found

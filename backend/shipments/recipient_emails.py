@@ -4,32 +4,35 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from backend.accounts.tokens import LinkTokens
-from backend.db import Database
 from backend.notifications.outbox import enqueue_email
 from backend.notifications.wording import human_moment
-from backend.shipments.public import REVIEW_LINK, tracking_url
-from backend.shipments.repository import ShipmentState
+from backend.shipments.models import Shipment
+from backend.shipments.public import REVIEW_LINK
+from backend.shipments.views import tracking_url
 
 
 class RecipientEmails:
     def __init__(
         self,
-        database: Database,
+        session: AsyncSession,
         *,
         links: LinkTokens,
         public_base_url: str,
         review_link_ttl_seconds: int,
     ) -> None:
-        self._database = database
+        self._session = session
         self._links = links
         self._public_base_url = public_base_url
         self._review_lifetime = timedelta(seconds=review_link_ttl_seconds)
 
-    async def created(
+    def created(
         self,
-        shipment: ShipmentState,
+        shipment: Shipment,
         *,
+        partner_name: str,
         seller_name: str,
         delivery_day: str,
         not_before: datetime | None,
@@ -37,19 +40,19 @@ class RecipientEmails:
         """The shipment is on its way: who sends it, who carries it, when it should arrive.
 
         `not_before` defers it when the seller is over its hourly budget of these emails."""
-        await self._queue(
+        self._queue(
             shipment,
             "shipment_created",
             not_before=not_before,
-            partner_name=shipment.partner_name,
+            partner_name=partner_name,
             seller_name=seller_name,
             estimated_delivery_day=delivery_day,
         )
 
-    async def delivery_code(self, shipment: ShipmentState, code: tuple[str, datetime]) -> None:
+    def delivery_code(self, shipment: Shipment, code: tuple[str, datetime]) -> None:
         """A new delivery code, which the partner asks for at the door."""
         verification_code, expires_at = code
-        await self._queue(
+        self._queue(
             shipment,
             "delivery_code",
             # Stored hashed on the shipment; in the outbox only until the email has gone.
@@ -58,17 +61,15 @@ class RecipientEmails:
             expires_at_text=human_moment(expires_at),
         )
 
-    async def delivered(self, shipment: ShipmentState) -> None:
+    def delivered(self, shipment: Shipment, *, partner_name: str) -> None:
         """The delivery notice, with the signed link to review the shipment."""
         token = self._links.issue(REVIEW_LINK, "shipment", shipment.id, self._review_lifetime)
         review_url = f"{self._page(shipment)}?review={token}"
-        await self._queue(
-            shipment, "delivered", partner_name=shipment.partner_name, review_url=review_url
-        )
+        self._queue(shipment, "delivered", partner_name=partner_name, review_url=review_url)
 
-    async def _queue(
+    def _queue(
         self,
-        shipment: ShipmentState,
+        shipment: Shipment,
         template: str,
         *,
         secret_fields: tuple[str, ...] = (),
@@ -76,8 +77,8 @@ class RecipientEmails:
         **context: str,
     ) -> None:
         """Queue an email to the recipient, sent only if this change commits."""
-        await enqueue_email(
-            self._database,
+        enqueue_email(
+            self._session,
             template,
             shipment.recipient_email,
             shipment_id=shipment.id,
@@ -90,5 +91,5 @@ class RecipientEmails:
             **context,
         )
 
-    def _page(self, shipment: ShipmentState) -> str:
+    def _page(self, shipment: Shipment) -> str:
         return tracking_url(self._public_base_url, shipment.tracking_number)

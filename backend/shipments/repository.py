@@ -1,44 +1,44 @@
-"""Statements for changing shipments. Every lookup by id carries the caller's ownership in its
-WHERE clause.
+"""Queries for shipments, in the request's session. Every lookup by id carries the caller's
+ownership in its WHERE clause (`Visibility`), so a shipment that is not the caller's is never
+loaded, let alone shown.
 
-Each statement is built with SQLAlchemy Core and compiled once (`backend.db.Statement`); they
-run on the request's unit of work (`backend.db.Database`).
+Entities come back with their timeline (`Shipment.timeline`, `lazy="selectin"`: one more query
+for any number of shipments), the partner's name and the tag names in the same row; the review,
+when there is one, is joined in. Nothing else loads.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
+    Select,
     String,
+    and_,
     any_,
     bindparam,
     delete,
     func,
+    literal,
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload, load_only, raiseload, selectinload
+from sqlmodel import col
 
-from backend.accounts.models import AccountKind, Caller, Partner, PartnerStatus, Seller
-from backend.db import Database, Record, Statement, json_text, table_of
-from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentEvent, ShipmentTag, Tag
+from backend.accounts.models import Partner, PartnerStatus, Seller
+from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentTag, Tag
 from backend.shipments.status import ShipmentStatus
-
-_shipments = table_of(Shipment)
-_events = table_of(ShipmentEvent)
-_partners = table_of(Partner)
-_tags = table_of(Tag)
-_shipment_tags = table_of(ShipmentTag)
-_idempotency = table_of(IdempotencyRecord)
-_sellers = table_of(Seller)
 
 # Take one slot from the least-loaded approved partner serving the zip that still has room.
 # Pending and suspended partners are never candidates (product.md §4). A concurrent
@@ -46,151 +46,50 @@ _sellers = table_of(Seller)
 # max_handling_capacity` on the updated row, so capacity can never be exceeded. The statement
 # considers exactly one partner: a locking query that moved on to the next candidate after a
 # failed re-check would wait for it while still holding the first, and deadlock.
-_CLAIM_PARTNER = Statement(
-    text(
-        """
-        UPDATE partners SET active_shipments = active_shipments + 1
-        WHERE id = (
-            SELECT id FROM partners
-            WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
-              AND status = 'approved'
-            ORDER BY active_shipments, id
-            LIMIT 1
-        )
-        AND active_shipments < max_handling_capacity AND status = 'approved'
-        RETURNING id, name
-        """
+_CLAIM_PARTNER = text(
+    """
+    UPDATE partners SET active_shipments = active_shipments + 1
+    WHERE id = (
+        SELECT id FROM partners
+        WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+          AND status = 'approved'
+        ORDER BY active_shipments, id
+        LIMIT 1
     )
+    AND active_shipments < max_handling_capacity AND status = 'approved'
+    RETURNING id, name
+    """
 )
-_PARTNER_WITH_ROOM_EXISTS = Statement(
-    text(
-        """
-        SELECT EXISTS (
-            SELECT 1 FROM partners
-            WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
-              AND status = 'approved'
-        )
-        """
+_PARTNER_WITH_ROOM_EXISTS = text(
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM partners
+        WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+          AND status = 'approved'
     )
-)
-_RELEASE_PARTNER = Statement(
-    update(_partners)
-    .where(_partners.c.id == bindparam("partner_id"))
-    .values(active_shipments=_partners.c.active_shipments - 1)
+    """
 )
 
-_INSERT_SHIPMENT = Statement(
-    insert(_shipments).values({column.name: bindparam(column.name) for column in _shipments.c})
-)
-# What a change may alter; the rest of a shipment is fixed at creation.
-_CHANGEABLE = (
-    "status",
-    "estimated_delivery",
-    "version",
-    "last_sequence",
-    "delivery_code_hash",
-    "delivery_code_expires_at",
-    "delivery_code_attempts",
-    "delivery_code_failures",
-    "updated_at",
-)
-_SAVE_SHIPMENT = Statement(
-    update(_shipments)
-    .where(_shipments.c.id == bindparam("shipment_id"))
-    .values({name: bindparam(name) for name in _CHANGEABLE})
-)
-_APPEND_EVENT = Statement(
-    insert(_events).values({column.name: bindparam(column.name) for column in _events.c})
-)
+# The tag names of the row's shipment, sorted, as one array column.
+_TAG_NAMES = func.array(
+    select(col(Tag.name))
+    .join(ShipmentTag, col(ShipmentTag.tag_id) == col(Tag.id))
+    .where(col(ShipmentTag.shipment_id) == col(Shipment.id))
+    .order_by(col(Tag.name))
+    .scalar_subquery()
+).label("tags")
 
-_names = bindparam("names", type_=ARRAY(String))
-_UNLINK_TAGS = Statement(
-    delete(_shipment_tags).where(_shipment_tags.c.shipment_id == bindparam("shipment_id"))
+# What a recipient's public view shows of a shipment (and `last_sequence`, which selects the
+# newest events): no contact fields, no delivery code.
+_PUBLIC_COLUMNS = (
+    Shipment.id,
+    Shipment.tracking_number,
+    Shipment.status,
+    Shipment.estimated_delivery,
+    Shipment.destination_zip,
+    Shipment.destination_city,
+    Shipment.last_sequence,
 )
-# Sorted names: concurrent first uses of the same tags lock them in one order (no deadlock).
-_CREATE_TAGS = Statement(
-    insert(_tags).from_select(["name"], select(func.unnest(_names))).on_conflict_do_nothing()
-)
-# A statement of its own, after the insert: its snapshot sees tags that a concurrent transaction
-# created (and committed) while our insert waited on them.
-_LINK_TAGS = Statement(
-    insert(_shipment_tags).from_select(
-        ["shipment_id", "tag_id"],
-        select(bindparam("shipment_id", type_=_shipments.c.id.type), _tags.c.id).where(
-            _tags.c.name == any_(_names)
-        ),
-    )
-)
-
-_CLAIM_IDEMPOTENCY_KEY = Statement(
-    insert(_idempotency)
-    .values(
-        seller_id=bindparam("seller_id"),
-        key=bindparam("key"),
-        request_fingerprint=bindparam("fingerprint"),
-        shipment_id=None,
-        response_status=None,
-        response_body=None,
-        created_at=bindparam("created_at"),
-    )
-    .on_conflict_do_nothing()
-    .returning(_idempotency.c.key)
-)
-_EARLIER_REQUEST = Statement(
-    select(_idempotency.c.request_fingerprint, _idempotency.c.response_body).where(
-        _idempotency.c.seller_id == bindparam("seller_id"),
-        _idempotency.c.key == bindparam("key"),
-    )
-)
-_RECORD_RESPONSE = Statement(
-    update(_idempotency)
-    .where(
-        _idempotency.c.seller_id == bindparam("seller_id"),
-        _idempotency.c.key == bindparam("key"),
-    )
-    .values(
-        shipment_id=bindparam("shipment_id"),
-        response_status=201,
-        response_body=bindparam("response_body"),
-    )
-)
-
-
-# An unverified seller's shipment, counted in its row under the row's lock: concurrent creates
-# queue on it and each re-checks the count, so the cap holds exactly. A seller verified
-# meanwhile passes (and the count it no longer needs goes up by one).
-_COUNT_UNVERIFIED_SHIPMENT = Statement(
-    update(_sellers)
-    .where(
-        _sellers.c.id == bindparam("seller_id"),
-        or_(
-            _sellers.c.email_verified_at.is_not(None),
-            _sellers.c.unverified_shipments < bindparam("limit"),
-        ),
-    )
-    .values(unverified_shipments=_sellers.c.unverified_shipments + 1)
-    .returning(_sellers.c.id)
-)
-
-# Shipments left `placed` since before the cutoff, oldest first, locked for the expiry sweep.
-# SKIP LOCKED: concurrent sweeps take disjoint rows, and one a seller or partner is changing
-# right now is left for the next sweep (which re-reads its status).
-_EXPIRED_PLACED = Statement(
-    select(_shipments.c.id, _shipments.c.seller_id)
-    .where(
-        _shipments.c.status == ShipmentStatus.placed.value,
-        _shipments.c.created_at < bindparam("cutoff"),
-    )
-    .order_by(_shipments.c.created_at)
-    .limit(bindparam("batch_size"))
-    .with_for_update(of=_shipments, skip_locked=True)
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedPartner:
-    id: uuid.UUID
-    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,82 +99,41 @@ class Visibility:
     seller_id: uuid.UUID | None = None
     partner_id: uuid.UUID | None = None
 
-    OWNERS = ("seller_id", "partner_id")
-
     @classmethod
-    def of(cls, caller: Caller) -> Visibility:
+    def of(cls, account: Seller | Partner) -> Visibility:
         """Sellers see the shipments they created; partners the ones assigned to them."""
-        if caller.kind is AccountKind.seller:
-            return cls(seller_id=caller.account_id)
-        return cls(partner_id=caller.account_id)
+        if isinstance(account, Seller):
+            return cls(seller_id=account.id)
+        return cls(partner_id=account.id)
 
     @property
-    def owner(self) -> tuple[str, uuid.UUID]:
-        """The shipments column that names the owner, and the owner's id."""
+    def for_partner(self) -> bool:
+        return self.partner_id is not None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """Whose shipments these are, for a query that joins the shipment's partner: a seller's
+        own, or a partner's assigned ones while that partner is approved (product.md §4)."""
         if self.seller_id is not None:
-            return "seller_id", self.seller_id
-        assert self.partner_id is not None
-        return "partner_id", self.partner_id
+            return [col(Shipment.seller_id) == self.seller_id]
+        return [
+            col(Shipment.partner_id) == self.partner_id,
+            col(Partner.status) == PartnerStatus.approved.value,
+        ]
 
 
-@dataclass(slots=True)
-class ShipmentState:
-    """What a change reads and may alter of a shipment it holds (locked, or being created)."""
+@dataclass(frozen=True, slots=True)
+class LoadedShipment:
+    """A shipment entity (its timeline loaded) with what its views show from other tables."""
 
-    id: uuid.UUID
-    seller_id: uuid.UUID
-    partner_id: uuid.UUID
+    shipment: Shipment
     partner_name: str
-    tracking_number: str
-    status: ShipmentStatus
-    content: str
-    recipient_name: str
-    recipient_email: str
-    estimated_delivery: datetime
-    version: int
-    last_sequence: int
-    delivery_code_hash: str | None
-    delivery_code_expires_at: datetime | None
-    delivery_code_attempts: int
-    delivery_code_failures: int
-    updated_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Record) -> ShipmentState:
-        values = {name: row[name] for name in _STATE_FIELDS}
-        values["status"] = ShipmentStatus(values["status"])
-        return cls(**values)
+    tags: list[str]
 
 
-_STATE_FIELDS = tuple(field.name for field in fields(ShipmentState))
-# Read from the shipments table (the partner's name comes from a join).
-_STORED_FIELDS = tuple(name for name in _STATE_FIELDS if name != "partner_name")
-
-
-def visible_to_owner(owner_column: str) -> list[ColumnElement[bool]]:
-    """Whose shipments these are, for a query that joins the shipment's partner: a seller's
-    own, or a partner's assigned ones while that partner is approved (product.md §4)."""
-    conditions = [_shipments.c[owner_column] == bindparam("owner_id")]
-    if owner_column == "partner_id":
-        conditions.append(_partners.c.status == PartnerStatus.approved.value)
-    return conditions
-
-
-def _lock_statement(owner_column: str) -> Statement:
-    # The partner's name goes into the recipient's emails. The timeline is not read: a change
-    # appends one event (by sequence), and the response reads the view afresh.
-    return Statement(
-        select(
-            *(_shipments.c[name] for name in _STORED_FIELDS),
-            _partners.c.name.label("partner_name"),
-        )
-        .join(_partners, _partners.c.id == _shipments.c.partner_id)
-        .where(_shipments.c.id == bindparam("shipment_id"), *visible_to_owner(owner_column))
-        .with_for_update(of=_shipments)
-    )
-
-
-_LOCK = {owner_column: _lock_statement(owner_column) for owner_column in Visibility.OWNERS}
+@dataclass(frozen=True, slots=True)
+class ClaimedPartner:
+    id: uuid.UUID
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,9 +144,93 @@ class EarlierRequest:
     response_body: dict[str, Any] | None
 
 
+def _shipments_of(visibility: Visibility) -> Select[Any]:
+    """Shipments the caller may see, with the partner's name, the tags and the review."""
+    return (
+        select(Shipment, col(Partner.name), _TAG_NAMES)
+        .join(Partner, col(Partner.id) == col(Shipment.partner_id))
+        .where(*visibility.conditions())
+        .options(joinedload(Shipment.review))  # type: ignore[arg-type]
+    )
+
+
+def _loaded(rows: Any) -> list[LoadedShipment]:
+    return [LoadedShipment(shipment, name, list(tags)) for shipment, name, tags in rows]
+
+
 class ShipmentRepository:
-    def __init__(self, database: Database) -> None:
-        self._database = database
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def get(self, shipment_id: uuid.UUID, visibility: Visibility) -> LoadedShipment | None:
+        statement = _shipments_of(visibility).where(col(Shipment.id) == shipment_id)
+        found = _loaded(await self._session.execute(statement))
+        return found[0] if found else None
+
+    async def page(
+        self,
+        visibility: Visibility,
+        *,
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None,
+        status: ShipmentStatus | None,
+        tag: str | None,
+    ) -> list[LoadedShipment]:
+        """Newest first, keyset-paginated on (created_at, id): `after` is the last item of the
+        previous page."""
+        statement = _shipments_of(visibility)
+        if status is not None:
+            statement = statement.where(col(Shipment.status) == status)
+        if tag is not None:
+            tagged = (
+                select(col(ShipmentTag.shipment_id))
+                .join(Tag, col(Tag.id) == col(ShipmentTag.tag_id))
+                .where(col(Tag.name) == tag)
+            )
+            statement = statement.where(col(Shipment.id).in_(tagged))
+        if after is not None:
+            statement = statement.where(
+                tuple_(col(Shipment.created_at), col(Shipment.id)) < tuple_(*after)
+            )
+        statement = statement.order_by(
+            col(Shipment.created_at).desc(), col(Shipment.id).desc()
+        ).limit(limit)
+        return _loaded(await self._session.execute(statement))
+
+    async def lock(self, shipment_id: uuid.UUID, visibility: Visibility) -> LoadedShipment | None:
+        """The shipment, locked against concurrent changes until the transaction ends."""
+        statement = (
+            _shipments_of(visibility)
+            .where(col(Shipment.id) == shipment_id)
+            .with_for_update(of=Shipment)
+        )
+        found = _loaded(await self._session.execute(statement))
+        return found[0] if found else None
+
+    async def by_tracking_number(
+        self, tracking_number: str, *, recent_events: bool
+    ) -> tuple[Shipment, str] | None:
+        """A shipment's public fields and its partner's name, with the newest events
+        (`Shipment.recent_timeline`) when `recent_events`; never the recipient's data."""
+        options = [
+            load_only(*_PUBLIC_COLUMNS),  # type: ignore[arg-type]
+            raiseload(Shipment.timeline),  # type: ignore[arg-type]
+            selectinload(Shipment.recent_timeline)  # type: ignore[arg-type]
+            if recent_events
+            else raiseload(Shipment.recent_timeline),  # type: ignore[arg-type]
+        ]
+        statement = (
+            select(Shipment, col(Partner.name))
+            .join(Partner, col(Partner.id) == col(Shipment.partner_id))
+            .where(col(Shipment.tracking_number) == tracking_number)
+            .options(*options)
+        )
+        row = (await self._session.execute(statement)).first()
+        return None if row is None else (row[0], row[1])
+
+    # --- partners' capacity --------------------------------------------------------------
 
     async def claim_partner(self, zip_code: str) -> ClaimedPartner | None:
         """Take one slot of capacity from the best partner for `zip_code`, or return None."""
@@ -298,7 +240,7 @@ class ShipmentRepository:
             claimed = await self._claim_attempt(zip_code)
             if claimed is not None:
                 return claimed
-            if not await self._database.fetch_value(_PARTNER_WITH_ROOM_EXISTS, zip=zip_code):
+            if not await self._session.scalar(_PARTNER_WITH_ROOM_EXISTS, {"zip": zip_code}):
                 return None
         return None
 
@@ -306,65 +248,48 @@ class ShipmentRepository:
         # In a savepoint: a candidate that fails PostgreSQL's re-check after the wait is not
         # updated but stays locked, and holding it while the next attempt waits for another
         # partner could deadlock two creates; rolling the savepoint back frees it.
-        attempt = await self._database.savepoint()
-        await attempt.start()
-        claimed = await self._database.fetch_one(_CLAIM_PARTNER, zip=zip_code)
+        attempt = await self._session.begin_nested()
+        claimed = (await self._session.execute(_CLAIM_PARTNER, {"zip": zip_code})).first()
         if claimed is None:
             await attempt.rollback()
             return None
         await attempt.commit()
-        return ClaimedPartner(id=claimed["id"], name=claimed["name"])
+        return ClaimedPartner(id=claimed.id, name=claimed.name)
 
     async def release_partner(self, partner_id: uuid.UUID) -> None:
         """Give back the slot of a shipment that reached a terminal status."""
-        await self._database.execute(_RELEASE_PARTNER, partner_id=partner_id)
-
-    async def insert(self, shipment: ShipmentState, **fixed: Any) -> None:
-        """Store a new shipment: its state, plus the columns only creation sets (`fixed`)."""
-        state = {name: getattr(shipment, name) for name in _STORED_FIELDS}
-        await self._database.execute(_INSERT_SHIPMENT, **state, **fixed)
-
-    async def lock(self, shipment_id: uuid.UUID, visibility: Visibility) -> ShipmentState | None:
-        """The shipment, locked against concurrent changes until the transaction ends."""
-        owner_column, owner_id = visibility.owner
-        row = await self._database.fetch_one(
-            _LOCK[owner_column], shipment_id=shipment_id, owner_id=owner_id
+        await self._session.execute(
+            update(Partner)
+            .where(col(Partner.id) == partner_id)
+            .values(active_shipments=col(Partner.active_shipments) - 1)
         )
-        return None if row is None else ShipmentState.from_row(row)
 
-    async def save(self, shipment: ShipmentState) -> None:
-        """Write back what a change altered."""
-        changed = {name: getattr(shipment, name) for name in _CHANGEABLE}
-        await self._database.execute(_SAVE_SHIPMENT, shipment_id=shipment.id, **changed)
-
-    async def append_event(
-        self,
-        shipment: ShipmentState,
-        *,
-        location_zip: str | None,
-        description: str,
-    ) -> None:
-        """The timeline event for the shipment's current status and `last_sequence`."""
-        await self._database.execute(
-            _APPEND_EVENT,
-            id=uuid.uuid4(),
-            shipment_id=shipment.id,
-            sequence=shipment.last_sequence,
-            status=shipment.status,
-            location_zip=location_zip,
-            description=description,
-            created_at=shipment.updated_at,
-        )
+    # --- tags ----------------------------------------------------------------------------
 
     async def replace_tags(self, shipment_id: uuid.UUID, names: list[str]) -> None:
         """Point the shipment at exactly these tags, creating the ones that do not exist yet."""
-        await self._database.execute(_UNLINK_TAGS, shipment_id=shipment_id)
+        await self._session.execute(
+            delete(ShipmentTag).where(col(ShipmentTag.shipment_id) == shipment_id)
+        )
         await self.add_tags(shipment_id, names)
 
     async def add_tags(self, shipment_id: uuid.UUID, names: list[str]) -> None:
-        if names:
-            await self._database.execute(_CREATE_TAGS, names=sorted(names))
-            await self._database.execute(_LINK_TAGS, shipment_id=shipment_id, names=names)
+        if not names:
+            return
+        tag_names = bindparam("names", sorted(names), type_=ARRAY(String))
+        # Sorted names: concurrent first uses of the same tags lock them in one order.
+        create_missing = insert(Tag).from_select(["name"], select(func.unnest(tag_names)))
+        await self._session.execute(create_missing.on_conflict_do_nothing())
+        # A statement of its own, after the insert: its snapshot sees tags that a concurrent
+        # transaction created (and committed) while our insert waited on them.
+        await self._session.execute(
+            insert(ShipmentTag).from_select(
+                ["shipment_id", "tag_id"],
+                select(literal(shipment_id), col(Tag.id)).where(col(Tag.name) == any_(tag_names)),
+            )
+        )
+
+    # --- idempotency and limits ----------------------------------------------------------
 
     async def claim_idempotency_key(
         self, seller_id: uuid.UUID, key: str, fingerprint: str, now: datetime
@@ -374,42 +299,79 @@ class ShipmentRepository:
         A concurrent request with the same key waits on the unique key until the first one
         commits (and then sees its record) or rolls back (and then takes the key itself).
         """
-        claimed = await self._database.fetch_value(
-            _CLAIM_IDEMPOTENCY_KEY,
-            seller_id=seller_id,
-            key=key,
-            fingerprint=fingerprint,
-            created_at=now,
+        claimed = await self._session.scalar(
+            insert(IdempotencyRecord)
+            .values(seller_id=seller_id, key=key, request_fingerprint=fingerprint, created_at=now)
+            .on_conflict_do_nothing()
+            .returning(col(IdempotencyRecord.key))
         )
         if claimed is not None:
             return None
-        earlier = await self._database.fetch_one(_EARLIER_REQUEST, seller_id=seller_id, key=key)
-        assert earlier is not None
-        return EarlierRequest(earlier["request_fingerprint"], earlier["response_body"])
+        earlier = (
+            await self._session.execute(
+                select(
+                    col(IdempotencyRecord.request_fingerprint),
+                    col(IdempotencyRecord.response_body),
+                ).where(
+                    col(IdempotencyRecord.seller_id) == seller_id,
+                    col(IdempotencyRecord.key) == key,
+                )
+            )
+        ).one()
+        return EarlierRequest(earlier[0], earlier[1])
 
     async def record_idempotent_response(
         self, seller_id: uuid.UUID, key: str, shipment_id: uuid.UUID, body: dict[str, Any]
     ) -> None:
-        await self._database.execute(
-            _RECORD_RESPONSE,
-            seller_id=seller_id,
-            key=key,
-            shipment_id=shipment_id,
-            response_body=json_text(body),
+        await self._session.execute(
+            update(IdempotencyRecord)
+            .where(
+                col(IdempotencyRecord.seller_id) == seller_id,
+                col(IdempotencyRecord.key) == key,
+            )
+            .values(shipment_id=shipment_id, response_status=201, response_body=body)
         )
 
     async def count_unverified_shipment(self, seller_id: uuid.UUID, limit: int) -> bool:
         """Count one more shipment of a seller whose email is unverified; False (nothing
-        counted) when it already has `limit`."""
-        counted = await self._database.fetch_value(
-            _COUNT_UNVERIFIED_SHIPMENT, seller_id=seller_id, limit=limit
+        counted) when it already has `limit`.
+
+        Counted in the seller's row under the row's lock: concurrent creates queue on it and
+        each re-checks the count, so the cap holds exactly. A seller verified meanwhile passes
+        (and the count it no longer needs goes up by one)."""
+        counted = await self._session.scalar(
+            update(Seller)
+            .where(
+                col(Seller.id) == seller_id,
+                or_(
+                    col(Seller.email_verified_at).is_not(None),
+                    col(Seller.unverified_shipments) < limit,
+                ),
+            )
+            .values(unverified_shipments=col(Seller.unverified_shipments) + 1)
+            .returning(col(Seller.id))
         )
         return counted is not None
 
     async def lock_expired_placed(
         self, cutoff: datetime, batch_size: int
-    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        """(id, seller id) of up to `batch_size` shipments `placed` since before `cutoff` that
-        no one else holds, locked until the transaction ends."""
-        rows = await self._database.fetch_all(_EXPIRED_PLACED, cutoff=cutoff, batch_size=batch_size)
-        return [(row["id"], row["seller_id"]) for row in rows]
+    ) -> list[tuple[uuid.UUID, Seller]]:
+        """(id, seller) of up to `batch_size` shipments `placed` since before `cutoff` that no
+        one else holds, oldest first, locked until the transaction ends. SKIP LOCKED: concurrent
+        sweeps take disjoint rows, and one a seller or partner is changing right now is left
+        for the next sweep (which re-reads its status)."""
+        statement = (
+            select(col(Shipment.id), Seller)
+            .join(Seller, col(Seller.id) == col(Shipment.seller_id))
+            .where(
+                and_(
+                    col(Shipment.status) == ShipmentStatus.placed,
+                    col(Shipment.created_at) < cutoff,
+                )
+            )
+            .order_by(col(Shipment.created_at))
+            .limit(batch_size)
+            .with_for_update(of=Shipment, skip_locked=True)
+        )
+        rows = await self._session.execute(statement)
+        return [(shipment_id, seller) for shipment_id, seller in rows]

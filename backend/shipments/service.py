@@ -22,10 +22,10 @@ from functools import partial
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from backend.accounts.models import Caller
+from backend.accounts.models import Partner, Seller
 from backend.accounts.tokens import LinkTokens
 from backend.config import Settings
-from backend.db import Database, utcnow
+from backend.db import UnitOfWork, utcnow
 from backend.errors import DomainError
 from backend.notifications.events import (
     SHIPMENT_CANCELLED,
@@ -43,16 +43,15 @@ from backend.shipments.errors import (
     EmailNotVerified,
     IdempotencyKeyReused,
     InvalidTransition,
-    InvalidVerificationCode,
     NoPartnerAvailable,
     ShipmentNotFound,
     TimelineFull,
-    VerificationCodeBurned,
     VersionMismatch,
 )
 from backend.shipments.limits import EmailSlot, ShipmentLimits
+from backend.shipments.models import Shipment, ShipmentEvent
 from backend.shipments.recipient_emails import RecipientEmails
-from backend.shipments.repository import ShipmentRepository, ShipmentState, Visibility
+from backend.shipments.repository import LoadedShipment, ShipmentRepository, Visibility
 from backend.shipments.schemas import (
     ShipmentCreate,
     ShipmentPage,
@@ -112,13 +111,13 @@ class CreatedShipment:
 
 
 class ShipmentService:
-    """Shipments as one caller sees and changes them: a seller its own, a partner the ones
+    """Shipments as one account sees and changes them: a seller its own, a partner the ones
     assigned to it. Every query carries that ownership (`Visibility`)."""
 
     def __init__(
         self,
-        caller: Caller,
-        database: Database,
+        account: Seller | Partner,
+        unit: UnitOfWork,
         codes: DeliveryCodes,
         redis: Redis,
         *,
@@ -126,19 +125,17 @@ class ShipmentService:
         links: LinkTokens,
         settings: Settings,
     ) -> None:
-        self._caller = caller
-        self._visibility = Visibility.of(caller)
-        self._database = database
-        self._shipments = ShipmentRepository(database)
+        self._account = account
+        self._visibility = Visibility.of(account)
+        self._unit = unit
+        self._shipments = ShipmentRepository(unit.session)
         self._redis = redis
-        self._events = EventPublisher(database)
+        self._events = EventPublisher(unit.session)
         self._codes = codes
         public_base_url = settings.public_base_url.rstrip("/")
-        self._views = ShipmentViews(
-            database, public_base_url, partner_pii_days=settings.partner_pii_days
-        )
+        self._views = ShipmentViews(public_base_url, partner_pii_days=settings.partner_pii_days)
         self._emails = RecipientEmails(
-            database,
+            unit.session,
             links=links,
             public_base_url=public_base_url,
             review_link_ttl_seconds=settings.review_link_ttl_seconds,
@@ -151,10 +148,10 @@ class ShipmentService:
     # --- reading -------------------------------------------------------------------------
 
     async def get(self, shipment_id: uuid.UUID) -> ShipmentRead:
-        view = await self._views.one(shipment_id, self._visibility)
-        if view is None:
+        loaded = await self._shipments.get(shipment_id, self._visibility)
+        if loaded is None:
             raise ShipmentNotFound()
-        return view
+        return self._view(loaded)
 
     async def list_page(
         self,
@@ -166,12 +163,12 @@ class ShipmentService:
     ) -> ShipmentPage:
         after = decode_cursor(cursor) if cursor else None
         # One more than asked for tells whether another page follows.
-        views = await self._views.page(
+        loaded = await self._shipments.page(
             self._visibility, limit=limit + 1, after=after, status=status, tag=tag
         )
-        items = views[:limit]
+        items = [self._view(shipment) for shipment in loaded[:limit]]
         next_cursor = None
-        if len(views) > limit:
+        if len(loaded) > limit:
             last = items[-1]
             next_cursor = encode_cursor(last.created_at, last.id)
         return ShipmentPage(items=items, next_cursor=next_cursor)
@@ -179,7 +176,7 @@ class ShipmentService:
     # --- sellers -------------------------------------------------------------------------
 
     async def create(self, body: ShipmentCreate, idempotency_key: str | None) -> CreatedShipment:
-        seller_id = self._caller.account_id
+        seller_id = self._account.id
         # Redis first, while this request holds no row lock: the seller's rate (429), and the
         # slot of the recipient's email in the seller's hourly budget.
         email_slot = await self._limits.admit_create(seller_id)
@@ -195,17 +192,17 @@ class ShipmentService:
     async def _create(
         self, body: ShipmentCreate, idempotency_key: str | None, email_not_before: datetime | None
     ) -> CreatedShipment:
-        seller = self._caller
+        seller = self._account
         if idempotency_key is not None:
             fingerprint = request_fingerprint(body)
             earlier = await self._shipments.claim_idempotency_key(
-                seller.account_id, idempotency_key, fingerprint, utcnow()
+                seller.id, idempotency_key, fingerprint, utcnow()
             )
             if earlier is not None:
                 if earlier.fingerprint != fingerprint:
                     raise IdempotencyKeyReused()
                 return CreatedShipment(ShipmentRead.model_validate(earlier.response_body), True)
-        if not seller.email_verified:
+        if seller.email_verified_at is None:
             await self._count_unverified_shipment()
 
         partner = await self._shipments.claim_partner(body.destination.zip_code)
@@ -214,56 +211,52 @@ class ShipmentService:
         # After the waits on the key and the partner's row: the closer to the commit, the less
         # a keyset page read meanwhile can miss the new shipment.
         now = utcnow()
-        shipment = ShipmentState(
-            id=uuid.uuid4(),
-            seller_id=seller.account_id,
-            partner_id=partner.id,
-            partner_name=partner.name,
+        shipment = Shipment(
             tracking_number=new_tracking_number(),
+            seller_id=seller.id,
+            partner_id=partner.id,
             status=ShipmentStatus.placed,
             content=body.content,
-            recipient_name=body.recipient.name,
-            recipient_email=body.recipient.email,
-            estimated_delivery=now + self._transit,
-            version=1,
-            last_sequence=1,
-            delivery_code_hash=None,
-            delivery_code_expires_at=None,
-            delivery_code_attempts=0,
-            delivery_code_failures=0,
-            updated_at=now,
-        )
-        await self._shipments.insert(
-            shipment,
             weight_kg=body.weight_kg,
             destination_zip=body.destination.zip_code,
             destination_address_line=body.destination.address_line,
             destination_city=body.destination.city,
+            recipient_name=body.recipient.name,
+            recipient_email=body.recipient.email,
             recipient_phone=body.recipient.phone,
             reference=body.reference,
+            estimated_delivery=now + self._transit,
+            last_sequence=1,
             created_at=now,
+            updated_at=now,
         )
-        await self._shipments.append_event(
-            shipment, location_zip=None, description=EVENT_DESCRIPTIONS[ShipmentStatus.placed]
-        )
+        shipment.review = None  # new: nothing to load, and views read it
+        shipment.timeline = [
+            _event(shipment, location_zip=None, description=EVENT_DESCRIPTIONS[shipment.status])
+        ]
+        session = self._unit.session
+        session.add(shipment)
+        await session.flush()  # the tags, the idempotency record and the events refer to it
         await self._shipments.add_tags(shipment.id, body.tags)
-        created = await self._view_of(shipment)
-        await self._emails.created(
+        created = self._view(LoadedShipment(shipment, partner.name, sorted(body.tags)))
+        self._emails.created(
             shipment,
+            partner_name=partner.name,
             seller_name=seller.name,
             delivery_day=human_day(shipment.estimated_delivery),
             not_before=email_not_before,
         )
         if idempotency_key is not None:
             await self._shipments.record_idempotent_response(
-                seller.account_id, idempotency_key, shipment.id, created.model_dump(mode="json")
+                seller.id, idempotency_key, shipment.id, created.model_dump(mode="json")
             )
         await self._publish(created, [SHIPMENT_CREATED])
         return CreatedShipment(created, replayed=False)
 
     async def cancel(self, shipment_id: uuid.UUID, *, note: str | None = None) -> ShipmentRead:
         """Cancel a `placed` shipment; `note` replaces the usual timeline line."""
-        shipment = await self._locked(shipment_id)
+        loaded = await self._locked(shipment_id)
+        shipment = loaded.shipment
         if shipment.status not in CANCELLABLE:
             raise InvalidTransition(
                 f"Only placed shipments can be cancelled; this one is {shipment.status.value}.",
@@ -271,16 +264,15 @@ class ShipmentService:
                 allowed_next=[],
             )
         await self._move(shipment, ShipmentStatus.cancelled, location_zip=None, note=note)
-        cancelled = await self._view_of(shipment)
+        cancelled = self._view(loaded)
         await self._publish(cancelled, [SHIPMENT_UPDATED, SHIPMENT_CANCELLED])
         return cancelled
 
     async def replace_tags(self, shipment_id: uuid.UUID, names: list[str]) -> ShipmentRead:
-        shipment = await self._locked(shipment_id)
-        await self._shipments.replace_tags(shipment.id, names)
-        self._bump_version(shipment)
-        await self._shipments.save(shipment)
-        return await self._view_of(shipment)
+        loaded = await self._locked(shipment_id)
+        await self._shipments.replace_tags(loaded.shipment.id, names)
+        self._bump_version(loaded.shipment)
+        return self._view(LoadedShipment(loaded.shipment, loaded.partner_name, sorted(names)))
 
     # --- partners ------------------------------------------------------------------------
 
@@ -296,8 +288,9 @@ class ShipmentService:
         )
         if guesses_code:
             # Counted before the row lock, so no lock waits on Redis (429 past the budget).
-            await self._limits.count_code_guess(self._caller.account_id)
-        shipment = await self._locked(shipment_id)
+            await self._limits.count_code_guess(self._account.id)
+        loaded = await self._locked(shipment_id)
+        shipment = loaded.shipment
         if expected_version is not None and shipment.version != expected_version:
             raise VersionMismatch(
                 f"The shipment is at version {shipment.version}, not {expected_version}.",
@@ -309,11 +302,11 @@ class ShipmentService:
             raise DeliveryLocked()
         self._check_room(shipment, target)
         if target is ShipmentStatus.delivered:
-            await self._redeem_code(shipment, change.verification_code)
+            self._redeem_code(shipment, change.verification_code)
             if guesses_code:
                 # A right code is not a guess the partner's budget is for.
-                forget = partial(self._limits.forget_code_guess, self._caller.account_id)
-                self._database.after_commit(forget)
+                forget = partial(self._limits.forget_code_guess, self._account.id)
+                self._unit.after_commit(forget)
         if change.estimated_delivery is not None:
             shipment.estimated_delivery = change.estimated_delivery
         # Going out for delivery (again): a fresh code, stored hashed with this change.
@@ -322,10 +315,10 @@ class ShipmentService:
         note = change.note or _describe_update_without_status(change)
         await self._move(shipment, target, location_zip=change.location_zip, note=note)
         if code is not None:
-            await self._emails.delivery_code(shipment, code)
+            self._emails.delivery_code(shipment, code)
         elif change.status is ShipmentStatus.delivered:
-            await self._emails.delivered(shipment)
-        updated = await self._view_of(shipment)
+            self._emails.delivered(shipment, partner_name=loaded.partner_name)
+        updated = self._view(loaded)
         delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
         await self._publish(updated, [SHIPMENT_UPDATED, *delivered])
         return updated
@@ -335,30 +328,27 @@ class ShipmentService:
     async def _publish(self, shipment: ShipmentRead, types: list[str]) -> None:
         """Events for the feed, webhooks and live streams; last, as it serializes the seller's
         events until the commit."""
-        announce_after_commit(self._database, self._redis, shipment.id, shipment.timeline[-1:])
+        announce_after_commit(self._unit, self._redis, shipment.id, shipment.timeline[-1:])
         data = {
             "shipment": shipment.model_dump(mode="json", exclude={"timeline"}),
             "timeline_event": shipment.timeline[-1].model_dump(mode="json"),
         }
         await self._events.publish(shipment.seller_id, types, data, shipment_id=shipment.id)
 
-    async def _locked(self, shipment_id: uuid.UUID) -> ShipmentState:
-        shipment = await self._shipments.lock(shipment_id, self._visibility)
-        if shipment is None:
+    async def _locked(self, shipment_id: uuid.UUID) -> LoadedShipment:
+        loaded = await self._shipments.lock(shipment_id, self._visibility)
+        if loaded is None:
             raise ShipmentNotFound()
-        return shipment
+        return loaded
 
-    async def _redeem_code(self, shipment: ShipmentState, code: str | None) -> None:
-        try:
-            self._codes.redeem(shipment, code)
-        except (InvalidVerificationCode, VerificationCodeBurned, DeliveryLocked):
-            # The wrong try counts although the request fails (these errors keep changes).
-            await self._shipments.save(shipment)
-            raise
+    def _redeem_code(self, shipment: Shipment, code: str | None) -> None:
+        # A wrong try counts although the request fails: these errors keep the unit's changes,
+        # and the session writes the counted try at the commit.
+        self._codes.redeem(shipment, code)
 
     async def _count_unverified_shipment(self) -> None:
         counted = await self._shipments.count_unverified_shipment(
-            self._caller.account_id, self._unverified_limit
+            self._account.id, self._unverified_limit
         )
         if not counted:
             raise EmailNotVerified(
@@ -371,9 +361,9 @@ class ShipmentService:
         # Best effort: a slot not given back only makes the seller's budget stricter, and
         # this must not turn the request's own answer into a 503.
         with suppress(RedisError):
-            await self._limits.return_email_slot(self._caller.account_id, slot)
+            await self._limits.return_email_slot(self._account.id, slot)
 
-    def _check_room(self, shipment: ShipmentState, target: ShipmentStatus) -> None:
+    def _check_room(self, shipment: Shipment, target: ShipmentStatus) -> None:
         """The timeline's last place is kept for the final status, so a shipment can always
         be delivered, returned or cancelled, and never holds more than the maximum."""
         if target in TERMINAL:
@@ -385,7 +375,7 @@ class ShipmentService:
             )
 
     @staticmethod
-    def _check_transition(shipment: ShipmentState, target: ShipmentStatus | None) -> None:
+    def _check_transition(shipment: Shipment, target: ShipmentStatus | None) -> None:
         current = shipment.status
         if target is None and current not in TERMINAL:
             return  # a note, a location or a new ETA for the current state
@@ -402,7 +392,7 @@ class ShipmentService:
 
     async def _move(
         self,
-        shipment: ShipmentState,
+        shipment: Shipment,
         target: ShipmentStatus,
         *,
         location_zip: str | None,
@@ -414,21 +404,30 @@ class ShipmentService:
         self._bump_version(shipment)
         # Under the shipment's row lock: no gaps, no duplicates.
         shipment.last_sequence += 1
-        await self._shipments.save(shipment)
-        await self._shipments.append_event(
-            shipment, location_zip=location_zip, description=note or EVENT_DESCRIPTIONS[target]
+        description = note or EVENT_DESCRIPTIONS[target]
+        shipment.timeline.append(
+            _event(shipment, location_zip=location_zip, description=description)
         )
         if reaches_final_state:
             # The partner's slot is free the moment this commits.
             await self._shipments.release_partner(shipment.partner_id)
 
     @staticmethod
-    def _bump_version(shipment: ShipmentState) -> None:
+    def _bump_version(shipment: Shipment) -> None:
         shipment.version += 1
         shipment.updated_at = utcnow()
 
-    async def _view_of(self, shipment: ShipmentState) -> ShipmentRead:
-        """The changed shipment exactly as reads will show it (the same query builds both)."""
-        view = await self._views.one(shipment.id, Visibility(seller_id=shipment.seller_id))
-        assert view is not None  # created or locked by this very transaction
-        return view
+    def _view(self, loaded: LoadedShipment) -> ShipmentRead:
+        return self._views.view(loaded, for_partner=self._visibility.for_partner)
+
+
+def _event(shipment: Shipment, *, location_zip: str | None, description: str) -> ShipmentEvent:
+    """The timeline event for the shipment's current status and `last_sequence`."""
+    return ShipmentEvent(
+        shipment_id=shipment.id,
+        sequence=shipment.last_sequence,
+        status=shipment.status,
+        location_zip=location_zip,
+        description=description,
+        created_at=shipment.updated_at,
+    )

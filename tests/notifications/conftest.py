@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
-from backend.db import unit_of_work
+from backend.db import create_sessionmaker, unit_of_work
 from backend.main import create_app
 from backend.notifications.outbox import enqueue_email
 from backend.notifications.worker import OutboxWorker
@@ -318,10 +318,10 @@ async def queue_emails(
     engine: AsyncEngine, count: int, *, to: str = "grace@example.com"
 ) -> list[uuid.UUID]:
     """Queue `count` 'delivered' emails in one committed transaction; returns their row ids."""
-    async with unit_of_work(engine) as database:
+    async with unit_of_work(create_sessionmaker(engine)) as unit:
         return [
-            await enqueue_email(
-                database,
+            enqueue_email(
+                unit.session,
                 "delivered",
                 to,
                 recipient_name="Grace Hopper",

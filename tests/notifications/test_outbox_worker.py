@@ -45,6 +45,11 @@ def engine_of(app: FastAPI) -> AsyncEngine:
     return engine
 
 
+def sessions_of(app: FastAPI) -> async_sessionmaker[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = app.state.sessionmaker
+    return sessionmaker
+
+
 # --- delivery --------------------------------------------------------------------------------
 
 
@@ -112,9 +117,9 @@ async def test_rows_queued_in_a_rolled_back_transaction_are_never_sent(
         pass
 
     async def failing_change() -> None:
-        async with unit_of_work(engine_of(app)) as database:
+        async with unit_of_work(sessions_of(app)) as unit:
             # The row reaches PostgreSQL, then the change fails.
-            await enqueue_email(database, "delivered", "ada@example.com", recipient_name="Ada")
+            enqueue_email(unit.session, "delivered", "ada@example.com", recipient_name="Ada")
             raise Abandoned
 
     with pytest.raises(Abandoned):
@@ -268,9 +273,9 @@ DELIVERY_CODE = "493817"
 
 async def queue_delivery_code(app: FastAPI, to: str = "grace@example.com") -> uuid.UUID:
     """A delivery code email, queued as the shipment service queues it."""
-    async with unit_of_work(engine_of(app)) as database:
-        return await enqueue_email(
-            database,
+    async with unit_of_work(sessions_of(app)) as unit:
+        return enqueue_email(
+            unit.session,
             "delivery_code",
             to,
             secret_fields=("verification_code",),
@@ -563,9 +568,9 @@ async def test_a_template_error_is_recorded_and_retried(
     smtp_server: SmtpServer,
     make_worker: WorkerFactory,
 ) -> None:
-    async with unit_of_work(engine_of(app)) as database:
+    async with unit_of_work(sessions_of(app)) as unit:
         # 'delivered' needs partner_name, tracking_url and more: a missing variable is a bug.
-        await enqueue_email(database, "delivered", "ada@example.com", recipient_name="Ada")
+        enqueue_email(unit.session, "delivered", "ada@example.com", recipient_name="Ada")
     [row] = await outbox_rows(db_engine)
 
     assert await make_worker().run_once() == 1

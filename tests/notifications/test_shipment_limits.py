@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.config import Settings
+from backend.db import create_sessionmaker
 from backend.main import create_app
 from backend.notifications.models import OutboxStatus
 from backend.redis_client import create_redis
@@ -136,7 +137,7 @@ async def expiry(settings: Settings, db_engine: AsyncEngine) -> AsyncIterator[Pl
     assert settings.redis_url is not None
     redis: Redis = create_redis(settings, settings.redis_url, max_connections=4)
     try:
-        yield PlacedExpiry(settings, db_engine, redis)
+        yield PlacedExpiry(settings, create_sessionmaker(db_engine), redis)
     finally:
         await redis.aclose()
 
@@ -195,7 +196,10 @@ async def test_simultaneous_sweeps_cancel_each_shipment_once(
     assert settings.redis_url is not None
     redis: Redis = create_redis(settings, settings.redis_url, max_connections=4)
     try:
-        sweeps = [expiry, *(PlacedExpiry(settings, db_engine, redis) for _ in range(2))]
+        sweeps = [
+            expiry,
+            *(PlacedExpiry(settings, create_sessionmaker(db_engine), redis) for _ in range(2)),
+        ]
         counts = await asyncio.gather(*(sweep.sweep() for sweep in sweeps))
     finally:
         await redis.aclose()
