@@ -100,10 +100,3 @@ class Partner(SQLModel, table=True):
     token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-
-
-Account = Seller | Partner
-ACCOUNT_MODELS: dict[AccountKind, type[Seller] | type[Partner]] = {
-    AccountKind.seller: Seller,
-    AccountKind.partner: Partner,
-}

@@ -36,7 +36,7 @@ from backend.notifications.events import (
 )
 from backend.notifications.live import announce_after_commit
 from backend.notifications.wording import human_day
-from backend.pagination import decode_cursor, encode_cursor
+from backend.pagination import decode_cursor, split_page
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.errors import (
     DeliveryLocked,
@@ -169,11 +169,7 @@ class ShipmentService:
         views = await self._views.page(
             self._visibility, limit=limit + 1, after=after, status=status, tag=tag
         )
-        items = views[:limit]
-        next_cursor = None
-        if len(views) > limit:
-            last = items[-1]
-            next_cursor = encode_cursor(last.created_at, last.id)
+        items, next_cursor = split_page(views, limit)
         return ShipmentPage(items=items, next_cursor=next_cursor)
 
     # --- sellers -------------------------------------------------------------------------

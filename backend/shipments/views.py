@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
-    and_,
     bindparam,
     case,
     false,
@@ -34,6 +33,7 @@ from sqlalchemy.types import NullType
 
 from backend.accounts.models import Partner
 from backend.db import Database, Record, Statement, table_of, utcnow
+from backend.pagination import after_last, newest_first
 from backend.shipments.models import Review, Shipment, ShipmentEvent, ShipmentTag, Tag
 from backend.shipments.public import tracking_url
 from backend.shipments.repository import Visibility, visible_to_owner
@@ -172,12 +172,9 @@ def page_query(owner_column: str, *, by_status: bool, by_tag: bool, after: bool)
         last_created_at = bindparam("last_created_at", type_=_shipments.c.created_at.type)
         last_id = bindparam("last_id", type_=_shipments.c.id.type)
         statement = statement.where(
-            or_(
-                _shipments.c.created_at < last_created_at,
-                and_(_shipments.c.created_at == last_created_at, _shipments.c.id < last_id),
-            )
+            after_last(_shipments.c.created_at, _shipments.c.id, last_created_at, last_id)
         )
-    return statement.order_by(_shipments.c.created_at.desc(), _shipments.c.id.desc()).limit(
+    return statement.order_by(*newest_first(_shipments.c.created_at, _shipments.c.id)).limit(
         bindparam("limit")
     )
 
