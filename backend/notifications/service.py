@@ -23,7 +23,7 @@ from backend.notifications.schemas import (
     WebhookEndpointRead,
 )
 from backend.notifications.webhooks import new_secret
-from backend.pagination import decode_cursor, encode_cursor
+from backend.pagination import after_last, decode_cursor, newest_first, split_page
 from backend.rate_limit import FixedWindowLimiter
 
 MAX_ENDPOINTS_PER_SELLER = 10
@@ -98,21 +98,12 @@ class WebhookService:
     ) -> WebhookDeliveryPage:
         await self._owned(seller, endpoint_id)
         statement = select(WebhookDelivery).where(col(WebhookDelivery.endpoint_id) == endpoint_id)
+        created_at, delivery_id = col(WebhookDelivery.created_at), col(WebhookDelivery.id)
         if cursor:
-            created_at, last_id = decode_cursor(cursor)
-            statement = statement.where(
-                (col(WebhookDelivery.created_at) < created_at)
-                | (
-                    (col(WebhookDelivery.created_at) == created_at)
-                    & (col(WebhookDelivery.id) < last_id)
-                )
-            )
-        statement = statement.order_by(
-            col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc()
-        ).limit(limit + 1)
+            statement = statement.where(after_last(created_at, delivery_id, *decode_cursor(cursor)))
+        statement = statement.order_by(*newest_first(created_at, delivery_id)).limit(limit + 1)
         rows = list((await self._session.execute(statement)).scalars())
-        items, more = rows[:limit], len(rows) > limit
-        next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
+        items, next_cursor = split_page(rows, limit)
         return WebhookDeliveryPage(
             items=[WebhookDeliveryRead.model_validate(row) for row in items],
             next_cursor=next_cursor,

@@ -28,7 +28,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
@@ -37,6 +36,7 @@ from sqlalchemy.orm import joinedload, load_only, raiseload, selectinload
 from sqlmodel import col
 
 from backend.accounts.models import Partner, PartnerStatus, Seller
+from backend.pagination import after_last, newest_first
 from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentTag, Tag
 from backend.shipments.status import ShipmentStatus
 
@@ -190,13 +190,10 @@ class ShipmentRepository:
                 .where(col(Tag.name) == tag)
             )
             statement = statement.where(col(Shipment.id).in_(tagged))
+        key = col(Shipment.created_at), col(Shipment.id)
         if after is not None:
-            statement = statement.where(
-                tuple_(col(Shipment.created_at), col(Shipment.id)) < tuple_(*after)
-            )
-        statement = statement.order_by(
-            col(Shipment.created_at).desc(), col(Shipment.id).desc()
-        ).limit(limit)
+            statement = statement.where(after_last(*key, *after))
+        statement = statement.order_by(*newest_first(*key)).limit(limit)
         return _loaded(await self._session.execute(statement))
 
     async def lock(self, shipment_id: uuid.UUID, visibility: Visibility) -> LoadedShipment | None:

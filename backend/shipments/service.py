@@ -36,7 +36,7 @@ from backend.notifications.events import (
 )
 from backend.notifications.live import announce_after_commit
 from backend.notifications.wording import human_day
-from backend.pagination import decode_cursor, encode_cursor
+from backend.pagination import decode_cursor, split_page
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.errors import (
     DeliveryLocked,
@@ -166,11 +166,7 @@ class ShipmentService:
         loaded = await self._shipments.page(
             self._visibility, limit=limit + 1, after=after, status=status, tag=tag
         )
-        items = [self._view(shipment) for shipment in loaded[:limit]]
-        next_cursor = None
-        if len(loaded) > limit:
-            last = items[-1]
-            next_cursor = encode_cursor(last.created_at, last.id)
+        items, next_cursor = split_page([self._view(shipment) for shipment in loaded], limit)
         return ShipmentPage(items=items, next_cursor=next_cursor)
 
     # --- sellers -------------------------------------------------------------------------

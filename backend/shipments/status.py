@@ -39,11 +39,6 @@ def allowed_next(current: ShipmentStatus) -> list[ShipmentStatus]:
     return sorted(PARTNER_TRANSITIONS[current], key=list(ShipmentStatus).index)
 
 
-def previous_states(target: ShipmentStatus) -> list[ShipmentStatus]:
-    """States from which a partner may move a shipment to `target`."""
-    return [state for state, nexts in PARTNER_TRANSITIONS.items() if target in nexts]
-
-
 # The main steps a recipient sees on the progress bar.
 PROGRESS_STEPS: tuple[ShipmentStatus, ...] = (
     ShipmentStatus.placed,

@@ -18,6 +18,7 @@ from backend.accounts.errors import InvalidLinkToken
 from backend.db import UnitOfWorkRoute, utcnow
 from backend.errors import problem_responses
 from backend.notifications.live import SSE_RESPONSES, LastEventId, open_timeline_stream
+from backend.notifications.wording import human_day, human_moment, human_time, relative_days
 from backend.pages import PAGE_HEADERS, page_templates
 from backend.shipments.dependencies import PublicTrackingDep
 from backend.shipments.errors import (
@@ -189,8 +190,8 @@ def page_context(view: TrackingView, now: datetime | None = None) -> dict[str, o
         "stopped": view.status in (ShipmentStatus.cancelled, ShipmentStatus.returned),
         "eta": {
             "iso": eta.isoformat(),
-            "date": _day(eta, today),
-            "relative": _relative_days(eta_in_days),
+            "date": human_day(eta, today=today),
+            "relative": relative_days(eta_in_days),
             "late": eta_in_days < 0,
         },
         "delivered_at": _delivered(delivered_at, today) if delivered_at is not None else None,
@@ -199,35 +200,16 @@ def page_context(view: TrackingView, now: datetime | None = None) -> dict[str, o
     }
 
 
-def _day(moment: datetime, today: date) -> str:
-    """'Wednesday 25 November' (the year only when it is not this one)."""
-    day = f"{moment:%A} {moment.day} {moment:%B}"
-    return day if moment.year == today.year else f"{day} {moment.year}"
-
-
 def _moment(moment: datetime) -> dict[str, str]:
     moment = moment.astimezone(UTC)
-    return {
-        "iso": moment.isoformat(),
-        "text": f"{moment:%a} {moment.day} {moment:%b %Y, %H:%M} UTC",
-    }
+    return {"iso": moment.isoformat(), "text": human_moment(moment, abbreviated=True)}
 
 
 def _delivered(moment: datetime, today: date) -> dict[str, str]:
     moment = moment.astimezone(UTC)
     return {
         "iso": moment.isoformat(),
-        "day": _day(moment, today),
-        "time": f"{moment:%H:%M} UTC",
-        "relative": _relative_days((moment.date() - today).days),
+        "day": human_day(moment, today=today),
+        "time": human_time(moment),
+        "relative": relative_days((moment.date() - today).days),
     }
-
-
-def _relative_days(days: int) -> str:
-    if days == 0:
-        return "today"
-    if days == 1:
-        return "tomorrow"
-    if days == -1:
-        return "yesterday"
-    return f"in {days} days" if days > 0 else f"{-days} days ago"

@@ -10,6 +10,10 @@ the worker's httpx client reaches it over real TCP.
 
 Loopback is a private address, so deliveries to the receiver need an app (and a worker) with
 `webhooks_allow_private=True`; the session `app` keeps the production default.
+
+Every request a receiver takes is checked with the Standard Webhooks reference library
+(`standardwebhooks`) against the secrets `register_endpoint` was given for its port and path;
+a receiver that took a request no such secret verifies fails the test when its block ends.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from backend.main import create_app
 from tests.conftest import make_settings, running_client
@@ -35,6 +41,15 @@ MAX_HEADER_BYTES = 64 * 1024
 CHUNK = b"\0" * (64 * 1024)
 # A trickling answer gives up after this long, so that a forgotten one cannot outlive its test.
 TRICKLE_LIMIT_SECONDS = 60.0
+
+
+def signature_verifies(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """True when the Standard Webhooks reference library accepts the request for `secret`."""
+    try:
+        Webhook(secret).verify(body, headers, json_parse=False)
+    except WebhookVerificationError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +87,10 @@ class Receiver:
     in_flight: Counter[str] = field(default_factory=Counter)
     most_in_flight: Counter[str] = field(default_factory=Counter)
     body_bytes_sent: Counter[str] = field(default_factory=Counter)
+    # Per path, the secrets of the endpoints registered for it; and the requests that none of
+    # their path's secrets verified, with the reason.
+    secrets: dict[str, list[str]] = field(default_factory=dict)
+    badly_signed: list[tuple[ReceivedRequest, str]] = field(default_factory=list)
 
     def url(self, path: str = "/hooks") -> str:
         return f"http://{self.host}:{self.port}{path}"
@@ -133,7 +152,9 @@ class Receiver:
             body = await reader.readexactly(length) if length else b""
             hostile = target in self._trickles or target in self._huge or target in self._delays
             status = 200 if hostile else self._next_status(target)
-            self.requests.append(ReceivedRequest(method, target, headers, body, status))
+            request = ReceivedRequest(method, target, headers, body, status)
+            self.requests.append(request)
+            self._check_signature(request)
             async with self._arrivals:
                 self._arrivals.notify_all()
             self.in_flight[target] += 1
@@ -153,6 +174,17 @@ class Receiver:
             writer.close()
             with suppress(ConnectionError):
                 await writer.wait_closed()
+
+    def _check_signature(self, request: ReceivedRequest) -> None:
+        secrets = self.secrets.get(request.path, [])
+        body, headers = request.body, request.headers
+        if not secrets:
+            self.badly_signed.append((request, "no endpoint registered for this path"))
+        elif not any(signature_verifies(secret, headers, body) for secret in secrets):
+            self.badly_signed.append((request, "no endpoint secret verifies the signature"))
+
+    def assert_every_request_signed(self) -> None:
+        assert not self.badly_signed, [(r.path, r.headers, why) for r, why in self.badly_signed]
 
     async def _answer(
         self, path: str, status: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -203,17 +235,26 @@ async def _hung_up_within(reader: asyncio.StreamReader, seconds: float) -> bool:
     return True
 
 
+# The receivers listening now, by port: register_endpoint hands each the secret of an endpoint
+# whose URL names its port (whatever the host name).
+_LISTENING: dict[int, Receiver] = {}
+
+
 @asynccontextmanager
 async def running_receiver() -> AsyncIterator[Receiver]:
-    """A receiver listening on 127.0.0.1 for the duration of the block."""
+    """A receiver listening on 127.0.0.1 for the duration of the block; when the block ends
+    without an error, every request it took must have verified (see the module docstring)."""
     receiver = Receiver("127.0.0.1", 0)
     server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
     receiver.port = int(server.sockets[0].getsockname()[1])
+    _LISTENING[receiver.port] = receiver
     try:
         yield receiver
     finally:
+        del _LISTENING[receiver.port]
         server.close()
         await server.wait_closed()
+    receiver.assert_every_request_signed()
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,4 +287,9 @@ async def register_endpoint(
     response = await client.post("/seller/webhooks", json={"url": url, **extra}, headers=headers)
     assert response.status_code == 201, response.text
     endpoint: dict[str, Any] = response.json()
+    parts = urlsplit(url)
+    receiver = _LISTENING.get(parts.port) if parts.port is not None else None
+    if receiver is not None:
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        receiver.secrets.setdefault(target, []).append(endpoint["secret"])
     return endpoint

@@ -1,5 +1,6 @@
 """Webhooks against real PostgreSQL, Redis and a real HTTP receiver: registration and the URL
-guard, Standard Webhooks signatures (verified by an implementation of our own), the event types,
+guard, Standard Webhooks signatures (verified with the reference library, `standardwebhooks`,
+for every request the receiver takes: see receiver.py), the event types,
 at-least-once retries and the delivery log, disabling an endpoint that keeps failing, test
 events, and the OpenAPI `webhooks` section."""
 
@@ -7,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from standardwebhooks import Webhook
 
 from backend.config import Settings
 from tests.assertions import assert_problem
@@ -36,6 +36,7 @@ from tests.notifications.receiver import (
     Receiver,
     register_endpoint,
     running_receiver,
+    signature_verifies,
 )
 from tests.shipments.factories import (
     create_shipment,
@@ -46,28 +47,6 @@ from tests.shipments.factories import (
 
 # A literal public address: accepted without DNS (this sandbox resolves no public names).
 PUBLIC_URL = "https://93.184.215.14/hooks/shiptrack"
-
-
-# --- Standard Webhooks, written from the published algorithm -----------------------------------
-
-
-def expected_signature(secret: str, message_id: str, timestamp: str, body: bytes) -> str:
-    assert secret.startswith("whsec_")
-    key = base64.b64decode(secret[len("whsec_") :])
-    signed = f"{message_id}.{timestamp}.{body.decode()}".encode()
-    return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-
-
-def signature_verifies(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """True when one of the space-separated `v1,<sig>` values of webhook-signature matches."""
-    wanted = expected_signature(
-        secret, headers["webhook-id"], headers["webhook-timestamp"], body
-    ).encode()
-    for candidate in headers["webhook-signature"].split():
-        version, _, signature = candidate.partition(",")
-        if version == "v1" and hmac.compare_digest(signature.encode(), wanted):
-            return True
-    return False
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -385,6 +364,42 @@ async def test_a_created_shipment_reaches_the_receiver_signed_per_standard_webho
     )
     other_secret = "whsec_" + base64.b64encode(b"\x00" * 32).decode()
     assert not signature_verifies(other_secret, request.headers, request.body)
+    # A replay signed correctly for a timestamp ten minutes old is refused as too old.
+    stale = int(request.headers["webhook-timestamp"]) - 600
+    replayed = {
+        **request.headers,
+        "webhook-timestamp": str(stale),
+        "webhook-signature": Webhook(endpoint["secret"]).sign(
+            request.headers["webhook-id"], datetime.fromtimestamp(stale, UTC), request.body
+        ),
+    }
+    assert not signature_verifies(endpoint["secret"], replayed, request.body)
+
+
+async def test_the_receiver_flags_a_request_its_endpoint_secret_does_not_verify(
+    hooks: HooksApp, receiver: Receiver, hook_worker: HookWorkerFactory
+) -> None:
+    """The check every receiver makes of every request (receiver.py) can fail."""
+    parties = await make_parties(hooks.client)
+    await register_endpoint(hooks.client, parties.seller_headers, receiver.url())
+    await create_shipment(hooks.client, parties.seller_headers)
+    await drain(hook_worker())
+    [delivered] = receiver.requests
+    assert receiver.badly_signed == []
+
+    forged = delivered.body.replace(b'"placed"', b'"delivered"', 1)
+    signed = ("webhook-id", "webhook-timestamp", "webhook-signature")
+    async with httpx.AsyncClient(trust_env=False) as raw:
+        await raw.post(
+            receiver.url(),
+            content=forged,
+            headers={name: delivered.headers[name] for name in signed},
+        )
+
+    [(flagged, reason)] = receiver.badly_signed
+    assert flagged.body == forged
+    assert reason == "no endpoint secret verifies the signature"
+    receiver.badly_signed.clear()  # forged on purpose: not a failure of this test
 
 
 async def test_each_change_sends_its_event_types_with_distinct_ids(
