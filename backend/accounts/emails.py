@@ -10,8 +10,8 @@ from backend.accounts.models import AccountKind, Partner, Seller
 from backend.accounts.tokens import LinkTokens
 from backend.db import Database, utcnow
 from backend.errors import RateLimited
-from backend.notifications.outbox import enqueue_email
-from backend.notifications.wording import human_moment
+from backend.outbox.outbox import enqueue_email
+from backend.outbox.wording import human_moment
 from backend.rate_limit import FixedWindowLimiter
 
 VERIFY_EMAIL = "verify-email"

@@ -1,1 +1,2 @@
-"""Outbox, email, webhooks and live updates (product.md §6) will live here."""
+"""The transactional outbox and what it sends: messages written in the transaction of the change
+behind them, the emails (templates, wording, SMTP or a folder). Imports no domain package."""

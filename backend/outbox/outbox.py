@@ -13,7 +13,7 @@ from sqlalchemy import BindParameter, bindparam, insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import Database, Statement, json_text, table_of, utcnow
-from backend.notifications.models import OutboxMessage, OutboxStatus
+from backend.outbox.models import OutboxMessage, OutboxStatus
 
 EMAIL = "email"
 # Payload key listing the fields (secrets: a delivery code, a reset token) to erase once a message

@@ -44,16 +44,16 @@ from starlette.types import Receive, Scope, Send
 from backend.accounts.tokens import AccessClaims, RevocationList, TokenCodec
 from backend.db import Database, database_of
 from backend.errors import problem_responses
-from backend.notifications.stream_hub import (
+from backend.shipments.models import Shipment, ShipmentEvent
+from backend.shipments.schemas import TimelineEvent
+from backend.shipments.status import TERMINAL, ShipmentStatus
+from backend.shipments.stream_hub import (
     Listener,
     StreamHub,
     StreamsUnavailable,
     TooManyStreams,
     channel,
 )
-from backend.shipments.models import Shipment, ShipmentEvent
-from backend.shipments.schemas import TimelineEvent
-from backend.shipments.status import TERMINAL, ShipmentStatus
 
 logger = logging.getLogger(__name__)
 

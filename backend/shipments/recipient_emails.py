@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 from backend.accounts.tokens import LinkTokens
 from backend.db import Database
-from backend.notifications.outbox import enqueue_email
-from backend.notifications.wording import human_moment
+from backend.outbox.outbox import enqueue_email
+from backend.outbox.wording import human_moment
 from backend.shipments.public import REVIEW_LINK, tracking_url
 from backend.shipments.repository import ShipmentState
 

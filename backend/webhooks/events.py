@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select
 
 from backend.db import Database, Statement, json_text, table_of, utcnow
-from backend.notifications.models import Event, WebhookEndpoint
-from backend.notifications.outbox import enqueue
+from backend.outbox.outbox import enqueue
+from backend.webhooks.models import Event, WebhookEndpoint
 
 WEBHOOK = "webhook"
 

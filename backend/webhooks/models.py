@@ -1,0 +1,83 @@
+"""The event feed and webhooks: what happened to a seller's shipments, the endpoints it is
+sent to, and the log of every delivery attempt."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Identity, Index
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+from backend.db import utcnow
+
+
+class Event(SQLModel, table=True):
+    """Something that happened to a seller's shipment, in the order it happened.
+
+    The same id travels in every webhook delivery of the event (`webhook-id`) and in the feed,
+    so a consumer can deduplicate and catch up after an outage.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_seller_position", "seller_id", "position"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    # Commit order is not id order; the feed pages by this instead.
+    position: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger, Identity(always=True), nullable=False, unique=True),
+    )
+    seller_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("sellers.id", ondelete="CASCADE"), nullable=False)
+    )
+    shipment_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("shipments.id", ondelete="CASCADE"), nullable=True),
+    )
+    type: str = Field(max_length=50)
+    data: dict[str, Any] = Field(sa_type=JSONB)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_seller_id", "seller_id"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    seller_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("sellers.id", ondelete="CASCADE"), nullable=False)
+    )
+    url: str = Field(max_length=2000)
+    description: str | None = Field(default=None, max_length=200)
+    # "whsec_" + base64 of 32 random bytes (Standard Webhooks); shown to the seller once.
+    secret: str = Field(max_length=100)
+    enabled: bool = True
+    disabled_reason: str | None = Field(default=None, max_length=500)
+    # When the current run of failed deliveries began; cleared by any success.
+    failing_since: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One attempt to deliver one event to one endpoint."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    endpoint_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False)
+    )
+    event_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("events.id", ondelete="CASCADE"), nullable=False)
+    )
+    event_type: str = Field(max_length=50)
+    attempt: int
+    succeeded: bool
+    status_code: int | None = None
+    error: str | None = Field(default=None, max_length=500)
+    duration_ms: int
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
