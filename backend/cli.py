@@ -29,9 +29,9 @@ from backend.embedded import EmbeddedUnavailable, embedded_services
 from backend.errors import DomainError
 from backend.logging_setup import configure_logging
 from backend.main import create_app
-from backend.notifications.stream_hub import shut_down_streams
-from backend.notifications.worker import OutboxWorker
 from backend.partner_commands import add_partner_commands, run_partner_command
+from backend.shipments.stream_hub import shut_down_streams
+from backend.worker import OutboxWorker
 
 logger = logging.getLogger("shiptrack")
 

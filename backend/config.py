@@ -150,7 +150,7 @@ class Settings(BaseSettings):
     outbox_email_concurrency: int = Field(default=10, ge=1, le=500)
     outbox_webhook_concurrency: int = Field(default=10, ge=1, le=500)
     # Attempts before an email is dead-lettered; with the backoff below, 16 to 32 hours (a day
-    # on average). Webhooks keep their own schedule (notifications/webhooks.py).
+    # on average). Webhooks keep their own schedule (webhooks/webhooks.py).
     outbox_max_attempts: int = Field(default=14, ge=1)
     outbox_backoff_base_seconds: float = Field(default=30.0, gt=0)
     outbox_backoff_cap_seconds: float = Field(default=8 * 3600.0, gt=0)

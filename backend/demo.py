@@ -21,7 +21,7 @@ from sqlmodel import col
 
 from backend.accounts.partner_approval import PartnerAdministration
 from backend.db import unit_of_work
-from backend.notifications.models import OutboxMessage
+from backend.outbox.models import OutboxMessage
 
 DEMO_PASSWORD = "demo-password-123"  # noqa: S105 - printed for the newcomer on purpose
 

@@ -1,4 +1,5 @@
-"""Validated field types shared by request schemas.
+"""What every package's request schemas are built from: the base of a JSON request body (unknown
+fields refused) and validated field types.
 
 Every string that reaches PostgreSQL goes through `reject_unstorable`: NUL characters and lone
 surrogates pass pydantic but make PostgreSQL (or the UTF-8 encoder) fail with a 500.
@@ -9,10 +10,24 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, EmailStr, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+)
 
 PASSWORD_MIN_BYTES = 8
 PASSWORD_MAX_BYTES = 72  # bcrypt ignores (and bcrypt 5 refuses) anything longer
+
+
+# The base of every JSON request body: an unknown field is refused, not ignored. (A comment, not
+# a docstring: pydantic would publish a docstring as the schema's description.)
+class RequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 def reject_unstorable(value: str) -> str:

@@ -19,9 +19,6 @@ from backend.error_handlers import install_error_handlers
 from backend.health.router import router as health_router
 from backend.logging_setup import configure_logging
 from backend.middleware import RequestContextMiddleware, RequestLimitsMiddleware
-from backend.notifications.router import document_webhooks, events_router, webhooks_router
-from backend.notifications.stream_hub import StreamHub
-from backend.notifications.worker import OutboxWorker
 from backend.openapi import build_openapi
 from backend.redis_client import create_redis
 from backend.reference import add_reference_pages
@@ -29,8 +26,11 @@ from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.limits import ShipmentLimits
 from backend.shipments.router import router as shipments_router
 from backend.shipments.status import STATUS_MACHINE_DOC
+from backend.shipments.stream_hub import StreamHub
 from backend.shipments.tracking_router import assets_router as tracking_assets_router
 from backend.shipments.tracking_router import router as tracking_router
+from backend.webhooks.router import document_webhooks, events_router, webhooks_router
+from backend.worker import OutboxWorker
 
 DESCRIPTION = """
 Shiptrack tracks shipments from the seller's door to the recipient's.

@@ -2,7 +2,7 @@
 
 from backend.accounts.models import Partner, Seller
 from backend.db import metadata
-from backend.notifications.models import Event, OutboxMessage, WebhookDelivery, WebhookEndpoint
+from backend.outbox.models import OutboxMessage
 from backend.shipments.models import (
     IdempotencyRecord,
     Review,
@@ -11,6 +11,7 @@ from backend.shipments.models import (
     ShipmentTag,
     Tag,
 )
+from backend.webhooks.models import Event, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "Event",

@@ -5,13 +5,14 @@ request body imply (401/403/503, 413/415, 422 as problem+json)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
+from backend.auth_schemes import SECURITY_SCHEMES, SecurityRequirement, security_of
 from backend.db import UnitOfWorkRoute
 from backend.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -29,27 +30,6 @@ from backend.errors import (
 from backend.redis_client import get_redis
 from backend.request_body import refuse_request_body
 
-SELLER_AUTH = "sellerAuth"
-PARTNER_AUTH = "partnerAuth"
-
-SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
-    SELLER_AUTH: {
-        "type": "oauth2",
-        "description": "Seller access token from `POST /seller/token` (email + password).",
-        "flows": {"password": {"tokenUrl": "/seller/token", "scopes": {}}},
-    },
-    PARTNER_AUTH: {
-        "type": "oauth2",
-        "description": "Delivery partner access token from `POST /partner/token`.",
-        "flows": {"password": {"tokenUrl": "/partner/token", "scopes": {}}},
-    },
-}
-
-SecurityRequirement = dict[str, list[str]]
-F = TypeVar("F", bound=Callable[..., Any])
-
-# Auth dependency -> the alternatives (OR) that satisfy it, registered by `@requires_auth`.
-_REQUIREMENTS: dict[Callable[..., Any], list[SecurityRequirement]] = {}
 # Errors any authenticated route can answer with.
 _AUTH_ERRORS: tuple[type[DomainError], ...] = (Unauthorized, Forbidden, DependencyUnavailable)
 # Errors a route can answer with because of a dependency it uses (directly or not).
@@ -57,16 +37,6 @@ _DEPENDENCY_ERRORS: dict[Callable[..., Any], tuple[type[DomainError], ...]] = {
     get_redis: (DependencyUnavailable,),
     refuse_request_body: (PayloadTooLarge, UnsupportedMediaType),
 }
-
-
-def requires_auth(*scheme_names: str) -> Callable[[F], F]:
-    """Mark an auth dependency; any route depending on it documents these schemes."""
-
-    def register(dependency: F) -> F:
-        _REQUIREMENTS[dependency] = [{name: []} for name in scheme_names]
-        return dependency
-
-    return register
 
 
 def _dependency_calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
@@ -79,8 +49,9 @@ def _dependency_calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
 def route_security(dependant: Dependant) -> list[SecurityRequirement]:
     """The security of the first registered auth dependency found in a route's dependencies."""
     for call in _dependency_calls(dependant):
-        if call in _REQUIREMENTS:
-            return _REQUIREMENTS[call]
+        security = security_of(call)
+        if security is not None:
+            return security
     return []
 
 

@@ -19,8 +19,9 @@ from typing import Any
 from backend.accounts.models import AccountKind
 from backend.accounts.repository import CALLER_STATEMENTS
 from backend.db import Statement
-from backend.notifications import events, outbox
+from backend.outbox import outbox
 from backend.shipments import repository, views
+from backend.webhooks import events
 
 
 def exported(statement: Statement) -> dict[str, Any]:

@@ -37,10 +37,10 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend.auth_schemes import PARTNER_AUTH, SELLER_AUTH
 from backend.config import Settings
 from backend.main import create_app
 from backend.models import metadata
-from backend.openapi import PARTNER_AUTH, SELLER_AUTH
 from tests.conftest import make_settings, running_client
 from tests.factories import PASSWORD, partner_body, seller_body
 from tests.hostile_corpus import (

@@ -49,7 +49,7 @@ MIN_TOTAL_CASES = 2000
 MIN_AUTHENTICATED_SUCCESSES = 10
 
 # Server-Sent Event streams never end: a stream would hold the case until the request timeout.
-# Their handshake and errors are covered in tests/notifications/test_live_updates.py. (/metrics,
+# Their handshake and errors are covered in tests/shipments/test_live_updates.py. (/metrics,
 # /docs and /scalar are not in the schema, so there is nothing to exclude for them.)
 EXCLUDED_PATHS = r"/stream$"
 

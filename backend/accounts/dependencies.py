@@ -15,10 +15,10 @@ from backend.accounts.passwords import PasswordHasher
 from backend.accounts.repository import AccountRepository, account_by_id
 from backend.accounts.service import AccountService, LinkLimits, LoginLimits
 from backend.accounts.tokens import AccessClaims, LinkTokens, RevocationList, TokenCodec
+from backend.auth_schemes import PARTNER_AUTH, SELLER_AUTH, requires_auth
 from backend.config import Settings
 from backend.db import UnitOfWorkDep, unit_of_work_of
 from backend.errors import Unauthorized
-from backend.openapi import PARTNER_AUTH, SELLER_AUTH, requires_auth
 from backend.rate_limit import FixedWindowLimiter
 from backend.redis_client import RedisDep
 

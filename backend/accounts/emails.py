@@ -12,8 +12,8 @@ from backend.accounts.models import AccountKind, Partner, Seller
 from backend.accounts.tokens import LinkTokens
 from backend.db import utcnow
 from backend.errors import RateLimited
-from backend.notifications.outbox import enqueue_email
-from backend.notifications.wording import human_moment
+from backend.outbox.outbox import enqueue_email
+from backend.outbox.wording import human_moment
 from backend.rate_limit import FixedWindowLimiter
 
 VERIFY_EMAIL = "verify-email"

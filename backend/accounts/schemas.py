@@ -9,7 +9,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend.accounts.models import PartnerStatus
-from backend.fields import AddressLine, Email, Name, Password, ZipCode
+from backend.fields import AddressLine, Email, Name, Password, RequestBody, ZipCode
 
 ZipCodeList = Annotated[
     list[ZipCode],
@@ -19,10 +19,6 @@ Capacity = Annotated[
     int,
     Field(ge=1, le=10_000, description="Most active (not yet delivered) shipments at once."),
 ]
-
-
-class RequestBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class SellerCreate(RequestBody):

@@ -15,8 +15,8 @@ from fastapi import Depends, Request
 from backend.accounts.dependencies import authenticate
 from backend.accounts.errors import PartnerSuspended
 from backend.accounts.models import AccountKind, PartnerStatus
+from backend.auth_schemes import PARTNER_AUTH, SELLER_AUTH, requires_auth
 from backend.db import SessionDep, unit_of_work_of
-from backend.openapi import PARTNER_AUTH, SELLER_AUTH, requires_auth
 from backend.shipments.public import PublicTracking
 from backend.shipments.service import ShipmentService
 

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.accounts.tokens import LinkTokens
-from backend.notifications.outbox import enqueue_email
-from backend.notifications.wording import human_moment
+from backend.outbox.outbox import enqueue_email
+from backend.outbox.wording import human_moment
 from backend.shipments.models import Shipment
 from backend.shipments.public import REVIEW_LINK
 from backend.shipments.views import tracking_url

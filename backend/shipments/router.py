@@ -11,7 +11,6 @@ from fastapi.responses import StreamingResponse
 from backend.accounts.errors import PartnerSuspended, WrongAccountKind
 from backend.db import UnitOfWorkRoute
 from backend.errors import RateLimited, problem_responses
-from backend.notifications.live import SSE_RESPONSES, LastEventId, open_timeline_stream
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
 from backend.request_body import NO_REQUEST_BODY
 from backend.shipments.dependencies import CallersShipments, PartnersShipments, SellersShipments
@@ -28,6 +27,7 @@ from backend.shipments.errors import (
     VerificationCodeRequired,
     VersionMismatch,
 )
+from backend.shipments.live import SSE_RESPONSES, LastEventId, open_timeline_stream
 from backend.shipments.schemas import (
     ShipmentCreate,
     ShipmentPage,

@@ -19,8 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from backend.accounts.schemas import RequestBody
-from backend.fields import AddressLine, Email, Name, ZipCode, reject_unstorable
+from backend.fields import AddressLine, Email, Name, RequestBody, ZipCode, reject_unstorable
 from backend.shipments.models import PUBLIC_TIMELINE_LENGTH
 from backend.shipments.status import ShipmentStatus
 

@@ -27,15 +27,7 @@ from backend.accounts.tokens import LinkTokens
 from backend.config import Settings
 from backend.db import UnitOfWork, utcnow
 from backend.errors import DomainError
-from backend.notifications.events import (
-    SHIPMENT_CANCELLED,
-    SHIPMENT_CREATED,
-    SHIPMENT_DELIVERED,
-    SHIPMENT_UPDATED,
-    EventPublisher,
-)
-from backend.notifications.live import announce_after_commit
-from backend.notifications.wording import human_day
+from backend.outbox.wording import human_day
 from backend.pagination import decode_cursor, split_page
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.errors import (
@@ -49,6 +41,7 @@ from backend.shipments.errors import (
     VersionMismatch,
 )
 from backend.shipments.limits import EmailSlot, ShipmentLimits
+from backend.shipments.live import announce_after_commit
 from backend.shipments.models import Shipment, ShipmentEvent
 from backend.shipments.recipient_emails import RecipientEmails
 from backend.shipments.repository import LoadedShipment, ShipmentRepository, Visibility
@@ -66,6 +59,13 @@ from backend.shipments.status import (
     allowed_next,
 )
 from backend.shipments.views import ShipmentViews
+from backend.webhooks.events import (
+    SHIPMENT_CANCELLED,
+    SHIPMENT_CREATED,
+    SHIPMENT_DELIVERED,
+    SHIPMENT_UPDATED,
+    EventPublisher,
+)
 
 # No 0/O, 1/I/L or U: readable over the phone. 14 of 30 symbols is about 68 bits.
 TRACKING_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"

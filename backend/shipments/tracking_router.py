@@ -17,8 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingRes
 from backend.accounts.errors import InvalidLinkToken
 from backend.db import UnitOfWorkRoute, utcnow
 from backend.errors import problem_responses
-from backend.notifications.live import SSE_RESPONSES, LastEventId, open_timeline_stream
-from backend.notifications.wording import human_day, human_moment, human_time, relative_days
+from backend.outbox.wording import human_day, human_moment, human_time, relative_days
 from backend.pages import PAGE_HEADERS, page_templates
 from backend.shipments.dependencies import PublicTrackingDep
 from backend.shipments.errors import (
@@ -26,6 +25,7 @@ from backend.shipments.errors import (
     ShipmentNotDelivered,
     TrackingNumberNotFound,
 )
+from backend.shipments.live import SSE_RESPONSES, LastEventId, open_timeline_stream
 from backend.shipments.schemas import ReviewCreate, ReviewRead, TrackingView
 from backend.shipments.status import PROGRESS_STEPS, TERMINAL, ShipmentStatus
 

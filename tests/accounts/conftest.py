@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from backend.config import Settings
 from backend.main import create_app
-from tests.notifications.conftest import (
+from tests.outbox.conftest import (
     make_worker,  # noqa: F401 - a fixture, shared with the notification tests
     smtp_server,  # noqa: F401 - a fixture
     worker_settings,  # noqa: F401 - a fixture

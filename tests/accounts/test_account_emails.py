@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.config import Settings
 from backend.main import create_app
-from backend.notifications.email import EmailRenderer
+from backend.outbox.email import EmailRenderer
 from tests.assertions import assert_problem
 from tests.conftest import make_settings, running_client
 from tests.factories import PASSWORD, bearer, log_in, partner_body, seller_body, sign_up

@@ -24,7 +24,7 @@ from backend.main import create_app
 from tests.assertions import assert_problem
 from tests.conftest import count_rows, running_client
 from tests.factories import account_with_token
-from tests.notifications.conftest import SmtpServer, WorkerFactory, drain
+from tests.outbox.conftest import SmtpServer, WorkerFactory, drain
 from tests.shipments.factories import create_shipment, shipment_body
 
 ZIP = "02139"

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import utcnow
-from backend.notifications.models import OutboxMessage
+from backend.outbox.models import OutboxMessage
 
 EMAIL = "email"
 # Payload key listing the fields (secrets: a delivery code, a reset token) to erase once a message

@@ -5,7 +5,7 @@ delivery looks the host up again and connects to the address that passed the che
 Registration tests replace the app's resolver by one that stalls until the test lets it answer
 (the route's `host_resolver` dependency): a stall is the point, and a resolver that waits on an
 event makes it exact. It answers with a literal public address, which registration only checks
-and never connects to. Delivery tests ask a real DNS server on loopback (tests/notifications/
+and never connects to. Delivery tests ask a real DNS server on loopback (tests/webhooks/
 dns_server.py) through WEBHOOK_DNS_SERVER.
 """
 
@@ -23,15 +23,15 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.main import create_app
-from backend.notifications.router import host_resolver
-from backend.notifications.webhooks import Resolver
-from backend.notifications.worker import OutboxWorker
+from backend.webhooks.router import host_resolver
+from backend.webhooks.webhooks import Resolver
+from backend.worker import OutboxWorker
 from tests.assertions import assert_problem
 from tests.conftest import count_rows, make_settings, running_client
 from tests.factories import account_with_token
-from tests.notifications.conftest import WorkerSettingsFactory, outbox_rows
-from tests.notifications.dns_server import DnsServer, running_dns_server
-from tests.notifications.receiver import Receiver, register_endpoint
+from tests.outbox.conftest import WorkerSettingsFactory, outbox_rows
+from tests.webhooks.dns_server import DnsServer, running_dns_server
+from tests.webhooks.receiver import Receiver, register_endpoint
 
 PUBLIC_ADDRESS = "93.184.215.14"
 REGISTRATIONS = 8

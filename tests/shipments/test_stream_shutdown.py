@@ -31,8 +31,8 @@ from tests.faults.test_graceful_shutdown import (
     seller_with_a_partner,
     wait_until_ready,
 )
-from tests.notifications.test_live_updates import SAFETY_SECONDS, public_path, scenario
-from tests.notifications.test_stream_limits import (
+from tests.shipments.test_live_updates import SAFETY_SECONDS, public_path, scenario
+from tests.shipments.test_stream_limits import (
     MANY_STREAMS,
     many_connections_client,
     open_many,

@@ -11,9 +11,11 @@ from sqlmodel import col
 
 from backend.accounts.models import Seller
 from backend.errors import Conflict, DomainError, NotFound
-from backend.notifications.events import WEBHOOK_TEST, EventPublisher
-from backend.notifications.models import Event, WebhookDelivery, WebhookEndpoint
-from backend.notifications.schemas import (
+from backend.pagination import after_last, decode_cursor, newest_first, split_page
+from backend.rate_limit import FixedWindowLimiter
+from backend.webhooks.events import WEBHOOK_TEST, EventPublisher
+from backend.webhooks.models import Event, WebhookDelivery, WebhookEndpoint
+from backend.webhooks.schemas import (
     EventPage,
     EventRead,
     WebhookDeliveryPage,
@@ -22,9 +24,7 @@ from backend.notifications.schemas import (
     WebhookEndpointCreated,
     WebhookEndpointRead,
 )
-from backend.notifications.webhooks import new_secret
-from backend.pagination import after_last, decode_cursor, newest_first, split_page
-from backend.rate_limit import FixedWindowLimiter
+from backend.webhooks.webhooks import new_secret
 
 MAX_ENDPOINTS_PER_SELLER = 10
 

@@ -1,81 +1,17 @@
-"""The transactional outbox: notifications written with the change that causes them."""
+"""The event feed and webhooks: what happened to a seller's shipments, the endpoints it is
+sent to, and the log of every delivery attempt."""
 
 from __future__ import annotations
 
-import enum
 import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    Column,
-    DateTime,
-    ForeignKey,
-    Identity,
-    Index,
-    String,
-    Text,
-    text,
-)
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Identity, Index
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from backend.db import utcnow
-
-
-class OutboxStatus(enum.StrEnum):
-    pending = "pending"
-    sent = "sent"
-    # Gave up after the configured number of attempts; kept for inspection.
-    dead = "dead"
-
-
-class OutboxMessage(SQLModel, table=True):
-    """A notification to send, written in the same transaction as the change behind it.
-
-    Nothing is sent for a change that rolls back, because the message rolls back with it.
-    `shiptrack worker` claims due rows with FOR UPDATE SKIP LOCKED and a lease: a worker that
-    dies mid-batch only delays its rows until the lease runs out and another worker takes them.
-    """
-
-    __tablename__ = "outbox_messages"
-    __table_args__ = (
-        CheckConstraint("status IN ('pending', 'sent', 'dead')", name="status_known"),
-        Index("ix_outbox_messages_created_at", "created_at"),
-        # The worker's query: pending rows whose time has come, oldest first.
-        Index(
-            "ix_outbox_messages_due",
-            "next_attempt_at",
-            postgresql_where=text("status = 'pending'"),
-        ),
-    )
-
-    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    kind: str = Field(max_length=50)
-    shipment_id: uuid.UUID | None = Field(
-        default=None,
-        sa_column=Column(ForeignKey("shipments.id", ondelete="CASCADE"), nullable=True),
-    )
-    payload: dict[str, Any] = Field(sa_type=JSONB)
-    status: str = Field(
-        default=OutboxStatus.pending.value,
-        sa_type=String(10),
-        sa_column_kwargs={"server_default": OutboxStatus.pending.value},
-    )
-    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
-    next_attempt_at: datetime = Field(
-        default_factory=utcnow,
-        sa_type=DateTime(timezone=True),
-        sa_column_kwargs={"server_default": text("now()")},
-    )
-    # While a worker holds the row: who, and until when (then anyone may take it again).
-    claimed_by: str | None = Field(default=None, max_length=100)
-    claimed_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    last_error: str | None = Field(default=None, sa_type=Text)
-    sent_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
 
 
 class Event(SQLModel, table=True):

@@ -15,24 +15,24 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.db import unit_of_work
-from backend.notifications.events import EventPublisher
-from backend.notifications.worker import OutboxWorker
+from backend.webhooks.events import EventPublisher
+from backend.worker import OutboxWorker
 from tests.assertions import assert_problem
 from tests.factories import account_with_token
-from tests.notifications.conftest import WorkerSettingsFactory, drain
-from tests.notifications.receiver import (
-    HooksApp,
-    Receiver,
-    register_endpoint,
-    running_hooks_app,
-    running_receiver,
-)
+from tests.outbox.conftest import WorkerSettingsFactory, drain
 from tests.shipments.factories import (
     Parties,
     create_shipment,
     make_parties,
     patch_shipment,
     shipment_body,
+)
+from tests.webhooks.receiver import (
+    HooksApp,
+    Receiver,
+    register_endpoint,
+    running_hooks_app,
+    running_receiver,
 )
 
 

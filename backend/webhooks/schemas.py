@@ -8,8 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from backend.accounts.schemas import RequestBody
-from backend.fields import reject_unstorable
+from backend.fields import RequestBody, reject_unstorable
 
 _EXAMPLE_ENDPOINT: dict[str, Any] = {
     "id": "5b7e8a52-0c1e-4d8f-9f0a-2d6c3b1a9e77",

@@ -12,14 +12,18 @@ from backend.accounts.errors import WrongAccountKind
 from backend.accounts.models import AccountKind
 from backend.db import SessionDep, UnitOfWorkRoute
 from backend.errors import RateLimited, problem_responses
-from backend.notifications.events import (
+from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
+from backend.rate_limit import FixedWindowLimiter
+from backend.redis_client import RedisDep
+from backend.request_body import NO_REQUEST_BODY
+from backend.webhooks.events import (
     SHIPMENT_CANCELLED,
     SHIPMENT_CREATED,
     SHIPMENT_DELIVERED,
     SHIPMENT_UPDATED,
     EventPublisher,
 )
-from backend.notifications.schemas import (
+from backend.webhooks.schemas import (
     EventPage,
     WebhookDeliveryPage,
     WebhookEndpointCreate,
@@ -28,23 +32,19 @@ from backend.notifications.schemas import (
     WebhookPayload,
     WebhookTestQueued,
 )
-from backend.notifications.service import (
+from backend.webhooks.service import (
     TooManyWebhookEndpoints,
     UnknownEvent,
     WebhookEndpointDisabled,
     WebhookEndpointNotFound,
     WebhookService,
 )
-from backend.notifications.webhooks import (
+from backend.webhooks.webhooks import (
     Resolver,
     UnsafeWebhookUrl,
     check_destination,
     resolver_for,
 )
-from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
-from backend.rate_limit import FixedWindowLimiter
-from backend.redis_client import RedisDep
-from backend.request_body import NO_REQUEST_BODY
 
 webhooks_router = APIRouter(
     prefix="/seller/webhooks", tags=["Webhooks"], route_class=UnitOfWorkRoute

@@ -23,26 +23,26 @@ from backend.config import Settings
 from tests.assertions import assert_problem
 from tests.conftest import count_rows
 from tests.factories import account_with_token
-from tests.notifications.conftest import (
-    HookWorkerFactory,
+from tests.outbox.conftest import (
     database_now,
     drain,
     make_retries_due,
     outbox_rows,
-)
-from tests.notifications.receiver import (
-    HooksApp,
-    ReceivedRequest,
-    Receiver,
-    register_endpoint,
-    running_receiver,
-    signature_verifies,
 )
 from tests.shipments.factories import (
     create_shipment,
     delivery_code,
     make_parties,
     patch_shipment,
+)
+from tests.webhooks.conftest import HookWorkerFactory
+from tests.webhooks.receiver import (
+    HooksApp,
+    ReceivedRequest,
+    Receiver,
+    register_endpoint,
+    running_receiver,
+    signature_verifies,
 )
 
 # A literal public address: accepted without DNS (this sandbox resolves no public names).

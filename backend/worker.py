@@ -27,22 +27,22 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
-from backend.notifications.email import EmailRenderer, EmailSender, email_sender
-from backend.notifications.events import WEBHOOK
-from backend.notifications.outbox import (
+from backend.outbox.email import EmailRenderer, EmailSender, email_sender
+from backend.outbox.outbox import (
     EMAIL,
     REDACT,
     ClaimedMessage,
     OutboxClaims,
     retry_delay,
 )
-from backend.notifications.webhooks import (
+from backend.shipments.expiry import run_expiry_sweeps
+from backend.webhooks.events import WEBHOOK
+from backend.webhooks.webhooks import (
     Resolver,
     WebhookDispatcher,
     resolver_for,
     webhook_retry_plan,
 )
-from backend.shipments.expiry import run_expiry_sweeps
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from backend.db import utcnow
-from backend.notifications.models import Event, WebhookEndpoint
-from backend.notifications.outbox import enqueue
+from backend.outbox.outbox import enqueue
+from backend.webhooks.models import Event, WebhookEndpoint
 
 WEBHOOK = "webhook"
 

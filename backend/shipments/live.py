@@ -1,7 +1,7 @@
 """Live updates: timeline events as Server-Sent Events, fanned out through Redis pub/sub so a
 client connected to any replica hears about changes made on any other.
 
-A stream is admitted by the process's stream hub (backend/notifications/stream_hub.py: one Redis
+A stream is admitted by the process's stream hub (backend/shipments/stream_hub.py: one Redis
 subscription for all streams, caps per process and per client address) before it reads what it
 missed from PostgreSQL, so nothing falls in between; events are deduplicated by their sequence,
 which is also the SSE `id`, and a gap is filled from the database. A client that reconnects with
@@ -43,16 +43,16 @@ from starlette.types import Receive, Scope, Send
 from backend.accounts.tokens import AccessClaims, RevocationList, TokenCodec
 from backend.db import UnitOfWork, unit_of_work_of
 from backend.errors import problem_responses
-from backend.notifications.stream_hub import (
+from backend.shipments.models import Shipment, ShipmentEvent
+from backend.shipments.schemas import TimelineEvent
+from backend.shipments.status import TERMINAL, ShipmentStatus
+from backend.shipments.stream_hub import (
     Listener,
     StreamHub,
     StreamsUnavailable,
     TooManyStreams,
     channel,
 )
-from backend.shipments.models import Shipment, ShipmentEvent
-from backend.shipments.schemas import TimelineEvent
-from backend.shipments.status import TERMINAL, ShipmentStatus
 
 logger = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from backend.notifications.worker import OutboxWorker
-from tests.notifications.conftest import (
-    HookWorkerFactory,
+from backend.worker import OutboxWorker
+from tests.outbox.conftest import (
     OutboxRow,
     SmtpServer,
     outbox_rows,
 )
-from tests.notifications.receiver import HooksApp, Receiver, register_endpoint
 from tests.shipments.factories import create_shipment, make_parties
+from tests.webhooks.conftest import HookWorkerFactory
+from tests.webhooks.receiver import HooksApp, Receiver, register_endpoint
 
 HUGE_ANSWER_BYTES = 100 * 1024 * 1024
 

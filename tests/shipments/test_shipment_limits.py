@@ -19,19 +19,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend.config import Settings
 from backend.db import create_sessionmaker
 from backend.main import create_app
-from backend.notifications.models import OutboxStatus
+from backend.outbox.models import OutboxStatus
 from backend.redis_client import create_redis
 from backend.shipments.expiry import PlacedExpiry, expiry_note
 from tests.assertions import assert_problem
 from tests.conftest import make_settings, running_client
-from tests.notifications.conftest import (
+from tests.outbox.conftest import (
     SmtpServer,
     WorkerFactory,
     database_now,
     drain,
     outbox_rows,
 )
-from tests.notifications.receiver import HooksApp, register_endpoint
 from tests.shipments.factories import (
     active_shipments,
     create_shipment,
@@ -39,6 +38,7 @@ from tests.shipments.factories import (
     shipment_body,
 )
 from tests.shipments.test_concurrency import stored_active_shipments, stored_events
+from tests.webhooks.receiver import HooksApp, register_endpoint
 
 EMAILS_PER_HOUR = 2
 

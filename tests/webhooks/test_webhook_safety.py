@@ -17,14 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.assertions import assert_problem
 from tests.conftest import count_rows
 from tests.factories import account_with_token
-from tests.notifications.conftest import HookWorkerFactory, outbox_rows
-from tests.notifications.receiver import (
+from tests.outbox.conftest import outbox_rows
+from tests.shipments.factories import create_shipment, make_parties
+from tests.webhooks.conftest import HookWorkerFactory
+from tests.webhooks.receiver import (
     HooksApp,
     Receiver,
     register_endpoint,
     running_hooks_app,
 )
-from tests.shipments.factories import create_shipment, make_parties
 
 CONNECTION_FAILED = "Connection failed."
 
@@ -110,7 +111,7 @@ async def test_logs_show_the_receivers_origin_and_never_its_keys(
     assert attempt["status_code"] == 500
     messages = [record.getMessage() for record in caplog.records]
     assert not [message for message in messages if "SECRET" in message]
-    [logged] = [r for r in caplog.records if r.name == "backend.notifications.webhooks"]
+    [logged] = [r for r in caplog.records if r.name == "backend.webhooks.webhooks"]
     assert logged.levelno == logging.INFO
     assert f"to http://127.0.0.1:{receiver.port}: HTTP 500" in logged.getMessage()
 

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.config import Settings
 from backend.db import utcnow
 from backend.errors import DomainError
-from backend.notifications.models import Event, WebhookDelivery, WebhookEndpoint
+from backend.webhooks.models import Event, WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
 

@@ -23,12 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.accounts.tokens import TokenCodec
 from backend.main import create_app
-from backend.notifications import stream_hub
+from backend.shipments import stream_hub
 from tests.accounts.test_account_emails import reset_token_for
 from tests.assertions import assert_problem
 from tests.conftest import OwnedRedis, make_settings
 from tests.factories import bearer, log_in
-from tests.notifications.test_live_updates import (
+from tests.servers import serving
+from tests.shipments.factories import bring_to, delivery_code
+from tests.shipments.test_live_updates import (
     SAFETY_SECONDS,
     EventStream,
     Replica,
@@ -40,8 +42,6 @@ from tests.notifications.test_live_updates import (
     scenario,
     stream_path,
 )
-from tests.servers import serving
-from tests.shipments.factories import bring_to, delivery_code
 from tests.sse import Frame, parse_frame
 
 # Enough to prove the point in a suite that runs in minutes; bench/stream_memory.py opens 10,000.

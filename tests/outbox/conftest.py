@@ -1,4 +1,5 @@
-"""Fixtures for notification tests: a real SMTP server in-process, workers, outbox helpers.
+"""Fixtures for the outbox and what it sends: a real SMTP server in-process, workers, outbox
+helpers.
 
 The SMTP server is aiosmtpd listening on 127.0.0.1 (a free port) on the test's own event loop,
 so aiosmtplib talks real SMTP to it. It keeps every message it accepted, parsed with the
@@ -17,7 +18,6 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any, Protocol
 
-import httpx
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from fastapi import FastAPI
@@ -26,11 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.db import create_sessionmaker, unit_of_work
-from backend.main import create_app
-from backend.notifications.outbox import enqueue_email
-from backend.notifications.worker import OutboxWorker
-from tests.conftest import make_settings, running_client
-from tests.notifications.receiver import HooksApp, Receiver, running_hooks_app, running_receiver
+from backend.outbox.outbox import enqueue_email
+from backend.worker import OutboxWorker
+from tests.conftest import make_settings
 
 PUBLIC_BASE_URL = "https://track.example"
 # Refused with a transient (4xx) reply: the sender is expected to try again later.
@@ -195,42 +193,6 @@ def make_worker(app: FastAPI, worker_settings: WorkerSettingsFactory) -> WorkerF
     return build
 
 
-@dataclass(frozen=True, slots=True)
-class TrackApp:
-    """An app of its own whose public base URL is PUBLIC_BASE_URL, with a running client."""
-
-    app: FastAPI
-    client: httpx.AsyncClient
-    settings: Settings
-
-    @property
-    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
-        sessionmaker: async_sessionmaker[AsyncSession] = self.app.state.sessionmaker
-        return sessionmaker
-
-
-@pytest.fixture
-async def track_app(database_url: str, redis_url: str) -> AsyncIterator[TrackApp]:
-    settings = make_settings(database_url, redis_url, public_base_url=PUBLIC_BASE_URL)
-    application = create_app(settings)
-    async with running_client(application) as http:
-        yield TrackApp(application, http, settings)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    """A webhook receiver on loopback (see receiver.py)."""
-    async with running_receiver() as server:
-        yield server
-
-
-@pytest.fixture
-async def hooks(database_url: str, redis_url: str) -> AsyncIterator[HooksApp]:
-    """An app whose webhook URLs may point at the loopback receiver."""
-    async with running_hooks_app(database_url, redis_url) as hooks_app:
-        yield hooks_app
-
-
 # --- the outbox table ----------------------------------------------------------------------
 
 
@@ -333,26 +295,3 @@ async def queue_emails(
             )
             for number in range(count)
         ]
-
-
-class HookWorkerFactory(Protocol):
-    def __call__(self, **overrides: Any) -> OutboxWorker: ...
-
-
-@pytest.fixture
-async def hook_worker(
-    hooks: HooksApp, worker_settings: WorkerSettingsFactory
-) -> AsyncIterator[HookWorkerFactory]:
-    """Workers over the hooks app's sessionmaker that may call the loopback receiver."""
-    workers: list[OutboxWorker] = []
-
-    def build(**overrides: Any) -> OutboxWorker:
-        grace = overrides.pop("shutdown_grace_seconds", 0.5)
-        settings = worker_settings(**{"webhooks_allow_private": True, **overrides})
-        worker = OutboxWorker(settings, hooks.sessionmaker, shutdown_grace_seconds=grace)
-        workers.append(worker)
-        return worker
-
-    yield build
-    for worker in workers:
-        await worker.aclose()

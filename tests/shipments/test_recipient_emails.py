@@ -15,19 +15,19 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from backend.notifications.models import OutboxStatus
+from backend.outbox.models import OutboxStatus
 from tests.assertions import assert_problem
 from tests.conftest import count_rows
-from tests.notifications.conftest import (
+from tests.outbox.conftest import (
     PUBLIC_BASE_URL,
     OutboxRow,
     ReceivedMail,
     SmtpServer,
-    TrackApp,
     WorkerFactory,
     drain,
     outbox_rows,
 )
+from tests.shipments.conftest import TrackApp
 from tests.shipments.factories import (
     Parties,
     bring_to,

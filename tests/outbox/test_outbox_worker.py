@@ -16,10 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db import unit_of_work
-from backend.notifications.models import OutboxMessage, OutboxStatus
-from backend.notifications.outbox import OutboxClaims, enqueue_email, retry_delay
-from backend.notifications.worker import OutboxWorker
-from tests.notifications.conftest import (
+from backend.outbox.models import OutboxMessage, OutboxStatus
+from backend.outbox.outbox import OutboxClaims, enqueue_email, retry_delay
+from backend.worker import OutboxWorker
+from tests.outbox.conftest import (
     PUBLIC_BASE_URL,
     SmtpServer,
     WorkerFactory,
@@ -533,7 +533,7 @@ async def test_the_file_backend_writes_each_message_as_an_eml_file(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="backend.notifications.email")
+    caplog.set_level(logging.INFO, logger="backend.outbox.email")
     [message_id] = await queue_emails(engine_of(app), 1, to="ada@example.com")
     settings = worker_settings(email_backend="file", data_dir=tmp_path)
     worker = OutboxWorker(settings, sessionmaker_of(app))
@@ -555,7 +555,7 @@ async def test_the_file_backend_writes_each_message_as_an_eml_file(
     assert html.get_content_type() == "text/html"
     assert f"{PUBLIC_BASE_URL}/t/TEST0000000000" in plain.get_content()
     assert f'href="{PUBLIC_BASE_URL}/t/TEST0000000000"' in html.get_content()
-    lines = [r for r in caplog.records if r.name == "backend.notifications.email"]
+    lines = [r for r in caplog.records if r.name == "backend.outbox.email"]
     assert len(lines) == 1
     assert "ada@example.com" in lines[0].getMessage()
     assert smtp_server.received == []  # the file backend never talks SMTP

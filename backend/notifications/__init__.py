@@ -1,1 +1,0 @@
-"""Outbox, email, webhooks and live updates (product.md §6) will live here."""
