@@ -9,6 +9,7 @@ when there is one, is joined in. Nothing else loads.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +17,9 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    BindParameter,
     ColumnElement,
+    DateTime,
     Select,
     String,
     and_,
@@ -110,15 +113,28 @@ class Visibility:
     def for_partner(self) -> bool:
         return self.partner_id is not None
 
-    def conditions(self) -> list[ColumnElement[bool]]:
-        """Whose shipments these are, for a query that joins the shipment's partner: a seller's
-        own, or a partner's assigned ones while that partner is approved (product.md §4)."""
-        if self.seller_id is not None:
-            return [col(Shipment.seller_id) == self.seller_id]
-        return [
-            col(Shipment.partner_id) == self.partner_id,
-            col(Partner.status) == PartnerStatus.approved.value,
-        ]
+    @property
+    def owner_id(self) -> uuid.UUID:
+        owner_id = self.partner_id or self.seller_id
+        assert owner_id is not None
+        return owner_id
+
+
+# Statements are built once, with bound parameters, for each kind of owner and each filter:
+# SQLAlchemy then finds their compiled form by a cache key it computes only once per statement.
+_OWNER_ID: BindParameter[uuid.UUID] = bindparam("owner_id")
+_SHIPMENT_ID: BindParameter[uuid.UUID] = bindparam("shipment_id")
+
+
+def _visible_to(for_partner: bool) -> list[ColumnElement[bool]]:
+    """Whose shipments these are, for a query that joins the shipment's partner: a seller's
+    own, or a partner's assigned ones while that partner is approved (product.md §4)."""
+    if not for_partner:
+        return [col(Shipment.seller_id) == _OWNER_ID]
+    return [
+        col(Shipment.partner_id) == _OWNER_ID,
+        col(Partner.status) == PartnerStatus.approved.value,
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +160,55 @@ class EarlierRequest:
     response_body: dict[str, Any] | None
 
 
-def _shipments_of(visibility: Visibility) -> Select[Any]:
+def _shipments_of(for_partner: bool) -> Select[Any]:
     """Shipments the caller may see, with the partner's name, the tags and the review."""
     return (
         select(Shipment, col(Partner.name), _TAG_NAMES)
         .join(Partner, col(Partner.id) == col(Shipment.partner_id))
-        .where(*visibility.conditions())
+        .where(*_visible_to(for_partner))
         .options(joinedload(Shipment.review))  # type: ignore[arg-type]
+    )
+
+
+@functools.cache
+def _one(for_partner: bool, *, lock: bool) -> Select[Any]:
+    statement = _shipments_of(for_partner).where(col(Shipment.id) == _SHIPMENT_ID)
+    return statement.with_for_update(of=Shipment) if lock else statement
+
+
+@functools.cache
+def _page(for_partner: bool, *, by_status: bool, by_tag: bool, after: bool) -> Select[Any]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    statement = _shipments_of(for_partner)
+    if by_status:
+        statement = statement.where(col(Shipment.status) == bindparam("status"))
+    if by_tag:
+        tagged = (
+            select(col(ShipmentTag.shipment_id))
+            .join(Tag, col(Tag.id) == col(ShipmentTag.tag_id))
+            .where(col(Tag.name) == bindparam("tag"))
+        )
+        statement = statement.where(col(Shipment.id).in_(tagged))
+    key = col(Shipment.created_at), col(Shipment.id)
+    if after:
+        last_created_at = bindparam("last_created_at", type_=DateTime(timezone=True))
+        statement = statement.where(after_last(*key, last_created_at, bindparam("last_id")))
+    return statement.order_by(*newest_first(*key)).limit(bindparam("limit"))
+
+
+@functools.cache
+def _public(*, recent_events: bool) -> Select[Shipment, str]:
+    """A shipment's public fields and its partner's name, by tracking number."""
+    recent = selectinload if recent_events else raiseload
+    return (
+        select(Shipment, col(Partner.name))
+        .join(Partner, col(Partner.id) == col(Shipment.partner_id))
+        .where(col(Shipment.tracking_number) == bindparam("tracking_number"))
+        .options(
+            load_only(*_PUBLIC_COLUMNS),  # type: ignore[arg-type]
+            raiseload(Shipment.timeline),  # type: ignore[arg-type]
+            recent(Shipment.recent_timeline),  # type: ignore[arg-type]
+        )
     )
 
 
@@ -165,8 +223,18 @@ class ShipmentRepository:
     # --- reading -------------------------------------------------------------------------
 
     async def get(self, shipment_id: uuid.UUID, visibility: Visibility) -> LoadedShipment | None:
-        statement = _shipments_of(visibility).where(col(Shipment.id) == shipment_id)
-        found = _loaded(await self._session.execute(statement))
+        return await self._one(shipment_id, visibility, lock=False)
+
+    async def lock(self, shipment_id: uuid.UUID, visibility: Visibility) -> LoadedShipment | None:
+        """The shipment, locked against concurrent changes until the transaction ends."""
+        return await self._one(shipment_id, visibility, lock=True)
+
+    async def _one(
+        self, shipment_id: uuid.UUID, visibility: Visibility, *, lock: bool
+    ) -> LoadedShipment | None:
+        statement = _one(visibility.for_partner, lock=lock)
+        parameters = {"shipment_id": shipment_id, "owner_id": visibility.owner_id}
+        found = _loaded(await self._session.execute(statement, parameters))
         return found[0] if found else None
 
     async def page(
@@ -180,51 +248,29 @@ class ShipmentRepository:
     ) -> list[LoadedShipment]:
         """Newest first, keyset-paginated on (created_at, id): `after` is the last item of the
         previous page."""
-        statement = _shipments_of(visibility)
-        if status is not None:
-            statement = statement.where(col(Shipment.status) == status)
-        if tag is not None:
-            tagged = (
-                select(col(ShipmentTag.shipment_id))
-                .join(Tag, col(Tag.id) == col(ShipmentTag.tag_id))
-                .where(col(Tag.name) == tag)
-            )
-            statement = statement.where(col(Shipment.id).in_(tagged))
-        key = col(Shipment.created_at), col(Shipment.id)
-        if after is not None:
-            statement = statement.where(after_last(*key, *after))
-        statement = statement.order_by(*newest_first(*key)).limit(limit)
-        return _loaded(await self._session.execute(statement))
-
-    async def lock(self, shipment_id: uuid.UUID, visibility: Visibility) -> LoadedShipment | None:
-        """The shipment, locked against concurrent changes until the transaction ends."""
-        statement = (
-            _shipments_of(visibility)
-            .where(col(Shipment.id) == shipment_id)
-            .with_for_update(of=Shipment)
+        statement = _page(
+            visibility.for_partner,
+            by_status=status is not None,
+            by_tag=tag is not None,
+            after=after is not None,
         )
-        found = _loaded(await self._session.execute(statement))
-        return found[0] if found else None
+        parameters: dict[str, Any] = {"owner_id": visibility.owner_id, "limit": limit}
+        if status is not None:
+            parameters["status"] = status
+        if tag is not None:
+            parameters["tag"] = tag
+        if after is not None:
+            parameters["last_created_at"], parameters["last_id"] = after
+        return _loaded(await self._session.execute(statement, parameters))
 
     async def by_tracking_number(
         self, tracking_number: str, *, recent_events: bool
     ) -> tuple[Shipment, str] | None:
         """A shipment's public fields and its partner's name, with the newest events
         (`Shipment.recent_timeline`) when `recent_events`; never the recipient's data."""
-        options = [
-            load_only(*_PUBLIC_COLUMNS),  # type: ignore[arg-type]
-            raiseload(Shipment.timeline),  # type: ignore[arg-type]
-            selectinload(Shipment.recent_timeline)  # type: ignore[arg-type]
-            if recent_events
-            else raiseload(Shipment.recent_timeline),  # type: ignore[arg-type]
-        ]
-        statement = (
-            select(Shipment, col(Partner.name))
-            .join(Partner, col(Partner.id) == col(Shipment.partner_id))
-            .where(col(Shipment.tracking_number) == tracking_number)
-            .options(*options)
-        )
-        row = (await self._session.execute(statement)).first()
+        statement = _public(recent_events=recent_events)
+        found = await self._session.execute(statement, {"tracking_number": tracking_number})
+        row = found.first()
         return None if row is None else (row[0], row[1])
 
     # --- partners' capacity --------------------------------------------------------------
