@@ -20,7 +20,10 @@ import httpx
 
 PASSWORD = "bench-password-123"  # noqa: S105 - a throwaway account in a scratch database
 EVENTS_PER_SHIPMENT = 10
-UPDATE_SHIPMENTS = 100
+# Every status update adds an event, and a timeline holds at most MAX_EVENTS_PER_SHIPMENT (200),
+# the last place kept for the final status: 300 shipments leave room for both apps' update runs
+# at 2,000 updates a second each.
+UPDATE_SHIPMENTS = 300
 EXTRA_PARTNERS = 4
 
 
