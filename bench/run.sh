@@ -135,6 +135,10 @@ for app in api floor; do
     row "list 20" "$app" "$(pid_of $app)" "$WORK/list_$app.txt"
 done
 for app in api floor; do
+    run_wrk "$(port_of $app)" bench/track.lua "$WORK/track_$app.txt" "$WORK/tracking_numbers"
+    row "public tracking (10 events)" "$app" "$(pid_of $app)" "$WORK/track_$app.txt"
+done
+for app in api floor; do
     run_wrk "$(port_of $app)" bench/create.lua "$WORK/create_$app.txt" \
         "$WORK/token" "$WORK/create_body.json"
     row "create" "$app" "$(pid_of $app)" "$WORK/create_$app.txt"
