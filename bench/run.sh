@@ -96,6 +96,8 @@ export JWT_SECRET_KEY=$JWT_SECRET_KEY LOG_LEVEL=WARNING PASSWORD_HASH_CONCURRENC
 export FLOOR_DATABASE_URL=$DATABASE_URL FLOOR_REDIS_URL=$REDIS_URL
 ENV
 echo "seeded $SHIPMENTS shipments x 10 events (and 300 to update) into $DB"
+# The floor must answer as the API does, or the ratios compare different work.
+"$BIN/python" bench/same_json.py "http://127.0.0.1:$API_PORT" "http://127.0.0.1:$FLOOR_PORT" "$WORK"
 
 RESULTS="$WORK/results.md"
 echo "| workload | app | req/s | p50 | p99 | non-2xx | socket errors | peak RSS (MiB) |" >"$RESULTS"
