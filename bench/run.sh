@@ -3,7 +3,7 @@
 # Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth), Redis on 127.0.0.1:6379 (db 9
 # is flushed), and wrk. Run from the repository root: `make bench` or `bash bench/run.sh`.
 # Knobs: DURATION (10s), THREADS (2), CONNECTIONS (32), SHIPMENTS (20); KEEP=1 keeps the data
-# for bench/profile.py.
+# for bench/profile.py and bench/round_trips.py; BENCH_OUT=dir keeps wrk's outputs and the tables.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -203,4 +203,10 @@ cat "$RESULTS"
 echo
 echo "brute force statuses: $(grep '^status' "$WORK/attack.txt" | tr '\n' ' ')"
 echo "bystander statuses:   $(grep '^status' "$WORK/bystander.txt" | tr '\n' ' ')"
-if [ -n "${BENCH_OUT:-}" ]; then mkdir -p "$BENCH_OUT" && cp "$WORK"/*.txt "$RESULTS" "$BENCH_OUT"/; fi
+echo
+"$BIN/python" bench/ratios.py "$RESULTS" | tee "$WORK/ratios.md"
+echo
+# SQL statements and round trips per request, counted in process (after the load, on the same
+# data): bench/round_trips.py.
+env "${RAISED_LIMITS[@]}" "$BIN/python" bench/round_trips.py "$WORK" | tee "$WORK/round_trips.md"
+if [ -n "${BENCH_OUT:-}" ]; then mkdir -p "$BENCH_OUT" && cp "$WORK"/*.txt "$WORK"/*.md "$BENCH_OUT"/; fi
