@@ -113,13 +113,17 @@ async def call(app: Any, request: Request) -> None:
         await asyncio.Event().wait()  # the client stays connected
         raise AssertionError("unreachable")
 
+    body_sent: list[bytes] = []
+
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
+        elif message["type"] == "http.response.body":
+            body_sent.append(message.get("body", b""))
 
     await app(scope, receive, send)
     if statuses[0] >= 300:
-        raise SystemExit(f"{method} {path}: {statuses[0]}")
+        raise SystemExit(f"{method} {path}: {statuses[0]} {b''.join(body_sent)[:500]!r}")
 
 
 async def run(app: Any, make_request: Callable[[int], Request], start: int, count: int) -> None:
