@@ -217,4 +217,5 @@ echo
 for pid in "$API_PID" "$FLOOR_PID" "$GUARDED_PID"; do kill "$pid" 2>/dev/null || true; done
 for pid in "$API_PID" "$FLOOR_PID" "$GUARDED_PID"; do wait "$pid" 2>/dev/null || true; done
 env "${RAISED_LIMITS[@]}" "$BIN/python" bench/round_trips.py "$WORK" | tee "$WORK/round_trips.md"
-if [ -n "${BENCH_OUT:-}" ]; then mkdir -p "$BENCH_OUT" && cp "$WORK"/*.txt "$WORK"/*.md "$BENCH_OUT"/; fi
+# The raw wrk outputs, the tables and the servers' logs (where a non-2xx is explained).
+if [ -n "${BENCH_OUT:-}" ]; then mkdir -p "$BENCH_OUT" && cp "$WORK"/*.txt "$WORK"/*.md "$WORK"/*.log "$BENCH_OUT"/; fi
