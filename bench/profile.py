@@ -16,7 +16,7 @@ REDIS_TIMEOUT_SECONDS=600. py-spy, cProfile or pyinstrument wrap it just as well
 It needs the data of a benchmark run: `KEEP=1 bash bench/run.sh` keeps the scratch database, Redis
 and the seeded files, and prints the `env` file to source (within the tokens' 30 minutes).
 
-Usage: python bench/profile.py api|floor read|list|create|update [REQUESTS]
+Usage: python bench/profile.py api|floor read|list|track|create|update|login [REQUESTS]
 """
 
 from __future__ import annotations
@@ -26,34 +26,45 @@ import itertools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-WORK = Path(os.environ["BENCH_WORK"])
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "32"))
 WARM_UP_REQUESTS = 64
 
 
-def request_maker(workload: str) -> Any:
-    """(method, path, body, token) of the i-th request, as the wrk scripts send them."""
-    seller = (WORK / "token").read_text().strip()
-    partner = (WORK / "partner_token").read_text().strip()
-    read_ids = (WORK / "ids").read_text().split()
-    update_ids = (WORK / "update_ids").read_text().split()
-    create_body = (WORK / "create_body.json").read_bytes()
-    update_body = (WORK / "update_body.json").read_bytes()
-    workloads = {
-        "read": lambda i: ("GET", f"/shipments/{read_ids[i % len(read_ids)]}", b"", seller),
-        "list": lambda i: ("GET", "/shipments", b"", seller),
-        "create": lambda i: ("POST", "/shipments", create_body, seller),
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+# (method, path and query, body, bearer token or None, content type) of one request.
+Request = tuple[str, str, bytes, str | None, str]
+
+
+def request_maker(workload: str, work: Path) -> Callable[[int], Request]:
+    """The i-th request of a workload, as the wrk scripts send them."""
+    seller = (work / "token").read_text().strip()
+    partner = (work / "partner_token").read_text().strip()
+    read_ids = (work / "ids").read_text().split()
+    numbers = (work / "tracking_numbers").read_text().split()
+    update_ids = (work / "update_ids").read_text().split()
+    create_body = (work / "create_body.json").read_bytes()
+    update_body = (work / "update_body.json").read_bytes()
+    login_form = (work / "login").read_bytes()
+    workloads: dict[str, Callable[[int], Request]] = {
+        "read": lambda i: ("GET", f"/shipments/{read_ids[i % len(read_ids)]}", b"", seller, JSON),
+        "list": lambda i: ("GET", "/shipments?limit=20", b"", seller, JSON),
+        "track": lambda i: ("GET", f"/track/{numbers[i % len(numbers)]}", b"", None, JSON),
+        "create": lambda i: ("POST", "/shipments", create_body, seller, JSON),
         "update": lambda i: (
             "PATCH",
             f"/shipments/{update_ids[i % len(update_ids)]}",
             update_body,
             partner,
+            JSON,
         ),
+        "login": lambda i: ("POST", "/seller/token", login_form, None, FORM),
     }
     return workloads[workload]
 
@@ -69,11 +80,14 @@ def load_app(which: str) -> Any:
     return create_app()
 
 
-async def call(app: Any, request: tuple[str, str, bytes, str]) -> None:
-    method, path, body, token = request
-    headers = [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {token}".encode())]
+async def call(app: Any, request: Request) -> None:
+    method, target, body, token, content_type = request
+    path, _, query = target.partition("?")
+    headers = [(b"host", b"127.0.0.1")]
+    if token is not None:
+        headers += [(b"authorization", f"Bearer {token}".encode())]
     if body:
-        headers += [(b"content-type", b"application/json")]
+        headers += [(b"content-type", content_type.encode())]
         headers += [(b"content-length", str(len(body)).encode())]
     scope = {
         "type": "http",
@@ -83,7 +97,7 @@ async def call(app: Any, request: tuple[str, str, bytes, str]) -> None:
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "root_path": "",
         "headers": headers,
         "client": ("127.0.0.1", 50000),
@@ -99,16 +113,20 @@ async def call(app: Any, request: tuple[str, str, bytes, str]) -> None:
         await asyncio.Event().wait()  # the client stays connected
         raise AssertionError("unreachable")
 
+    body_sent: list[bytes] = []
+
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
+        elif message["type"] == "http.response.body":
+            body_sent.append(message.get("body", b""))
 
     await app(scope, receive, send)
     if statuses[0] >= 300:
-        raise SystemExit(f"{method} {path}: {statuses[0]}")
+        raise SystemExit(f"{method} {path}: {statuses[0]} {b''.join(body_sent)[:500]!r}")
 
 
-async def run(app: Any, make_request: Any, start: int, count: int) -> None:
+async def run(app: Any, make_request: Callable[[int], Request], start: int, count: int) -> None:
     async def client(offset: int) -> None:
         for number in range(offset, start + count, CONCURRENCY):
             await call(app, make_request(number))
@@ -119,7 +137,8 @@ async def run(app: Any, make_request: Any, start: int, count: int) -> None:
 def main() -> None:
     which, workload = sys.argv[1], sys.argv[2]
     requests = int(sys.argv[3]) if len(sys.argv) > 3 else 320
-    app, make_request = load_app(which), request_maker(workload)
+    app = load_app(which)
+    make_request = request_maker(workload, Path(os.environ["BENCH_WORK"]))
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     lifespan = app.router.lifespan_context(app)

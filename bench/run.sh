@@ -3,7 +3,7 @@
 # Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth), Redis on 127.0.0.1:6379 (db 9
 # is flushed), and wrk. Run from the repository root: `make bench` or `bash bench/run.sh`.
 # Knobs: DURATION (10s), THREADS (2), CONNECTIONS (32), SHIPMENTS (20); KEEP=1 keeps the data
-# for bench/profile.py.
+# for bench/profile.py and bench/round_trips.py; BENCH_OUT=dir keeps wrk's outputs and the tables.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -70,14 +70,14 @@ FLOOR_PORT=$(free_port)
 export PASSWORD_HASH_CONCURRENCY
 PASSWORD_HASH_CONCURRENCY=$("$BIN/python" -c 'from backend.config import Settings; print(Settings().password_hash_concurrency)')
 # Production bcrypt cost (12, the default). The login rate limits are raised only so that the
-# login stream measures hashing rather than 429s.
-TOKEN_ATTEMPTS_PER_IP=1000000 TOKEN_ATTEMPTS_PER_ACCOUNT=1000000 SIGNUPS_PER_IP=1000000 \
-    TOKEN_ATTEMPTS_PER_ACCOUNT_AND_IP=1000000 "$BIN/shiptrack" serve --host 127.0.0.1 --port "$API_PORT" >"$WORK/api.log" 2>&1 &
+# login stream measures hashing rather than 429s; both apps read them (the floor through Settings).
+RAISED_LIMITS=(TOKEN_ATTEMPTS_PER_IP=1000000 TOKEN_ATTEMPTS_PER_ACCOUNT=1000000
+    TOKEN_ATTEMPTS_PER_ACCOUNT_AND_IP=1000000 SIGNUPS_PER_IP=1000000)
+env "${RAISED_LIMITS[@]}" "$BIN/shiptrack" serve --host 127.0.0.1 --port "$API_PORT" >"$WORK/api.log" 2>&1 &
 API_PID=$!
 PIDS+=("$API_PID")
-"$BIN/python" bench/floor_sql.py >"$WORK/floor_sql.json"
-FLOOR_DATABASE_URL="$DATABASE_URL" FLOOR_REDIS_URL="$REDIS_URL" FLOOR_SQL="$WORK/floor_sql.json" \
-    TOKEN_ATTEMPTS_PER_IP=1000000 "$BIN/uvicorn" --app-dir bench floor:app --host 127.0.0.1 --port "$FLOOR_PORT" \
+env "${RAISED_LIMITS[@]}" FLOOR_DATABASE_URL="$DATABASE_URL" FLOOR_REDIS_URL="$REDIS_URL" \
+    "$BIN/uvicorn" --app-dir bench floor:app --host 127.0.0.1 --port "$FLOOR_PORT" \
     --workers 1 --no-access-log --log-level warning >"$WORK/floor.log" 2>&1 &
 FLOOR_PID=$!
 PIDS+=("$FLOOR_PID")
@@ -93,9 +93,11 @@ psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d "$DB" -qc "UPDATE sellers SET em
 cat >"$WORK/env" <<ENV
 export BENCH_WORK=$WORK DATABASE_URL=$DATABASE_URL REDIS_URL=$REDIS_URL ENVIRONMENT=dev
 export JWT_SECRET_KEY=$JWT_SECRET_KEY LOG_LEVEL=WARNING PASSWORD_HASH_CONCURRENCY=$PASSWORD_HASH_CONCURRENCY
-export FLOOR_DATABASE_URL=$DATABASE_URL FLOOR_REDIS_URL=$REDIS_URL FLOOR_SQL=$WORK/floor_sql.json
+export FLOOR_DATABASE_URL=$DATABASE_URL FLOOR_REDIS_URL=$REDIS_URL
 ENV
-echo "seeded $SHIPMENTS shipments x 10 events (and 100 to update) into $DB"
+echo "seeded $SHIPMENTS shipments x 10 events (and 300 to update) into $DB"
+# The floor must answer as the API does, or the ratios compare different work.
+"$BIN/python" bench/same_json.py "http://127.0.0.1:$API_PORT" "http://127.0.0.1:$FLOOR_PORT" "$WORK"
 
 RESULTS="$WORK/results.md"
 echo "| workload | app | req/s | p50 | p99 | non-2xx | socket errors | peak RSS (MiB) |" >"$RESULTS"
@@ -117,9 +119,11 @@ run_wrk() {  # PORT SCRIPT OUTFILE ARGS...
     local port=$1 script=$2 out=$3
     shift 3
     # A short warm-up, then the measured run.
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$script" "http://127.0.0.1:$port" -- "$@" >/dev/null
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" \
-        "http://127.0.0.1:$port" -- "$@" >"$out"
+    # TIMEOUT: wrk counts a slower answer as a socket error (timeout), not as latency.
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s --timeout "${TIMEOUT:-2s}" -s "$script" \
+        "http://127.0.0.1:$port" -- "$@" >/dev/null
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout "${TIMEOUT:-2s}" --latency \
+        -s "$script" "http://127.0.0.1:$port" -- "$@" >"$out"
 }
 
 # Each workload runs on the API, then on the floor. Reads first, while the seeded timelines
@@ -135,6 +139,10 @@ for app in api floor; do
     row "list 20" "$app" "$(pid_of $app)" "$WORK/list_$app.txt"
 done
 for app in api floor; do
+    run_wrk "$(port_of $app)" bench/track.lua "$WORK/track_$app.txt" "$WORK/tracking_numbers"
+    row "public tracking (10 events)" "$app" "$(pid_of $app)" "$WORK/track_$app.txt"
+done
+for app in api floor; do
     run_wrk "$(port_of $app)" bench/create.lua "$WORK/create_$app.txt" \
         "$WORK/token" "$WORK/create_body.json"
     row "create" "$app" "$(pid_of $app)" "$WORK/create_$app.txt"
@@ -144,15 +152,18 @@ for app in api floor; do
         "$WORK/partner_token" "$WORK/update_ids" "$WORK/update_body.json"
     row "status update" "$app" "$(pid_of $app)" "$WORK/update_$app.txt"
 done
-# Logins are bcrypt at cost 12 on a thread: a few connections saturate the cores.
+# Logins are bcrypt at cost 12 on a thread: a few connections saturate the cores. Four queued
+# on one hashing thread take about a second each, more on a busy host: 10 s before a timeout.
 for app in api floor; do
-    CONNECTIONS=4 run_wrk "$(port_of $app)" bench/login.lua "$WORK/login_$app.txt" "$WORK/login"
+    CONNECTIONS=4 TIMEOUT=10s run_wrk "$(port_of $app)" bench/login.lua "$WORK/login_$app.txt" "$WORK/login"
     row "log in" "$app" "$(pid_of $app)" "$WORK/login_$app.txt"
 done
 
 # Reads while a stream of logins (bcrypt cost 12) runs on the API: two connections logging in
 # back to back for the whole read run.
-wrk -t1 -c2 -d"$(( ${DURATION%s} + 4 ))s" --latency -s bench/login.lua \
+# --timeout 10s: on a busy host a login (bcrypt on a thread at nice 10, beside the reads) can
+# take longer than wrk's 2 s default, which would count it as a socket error, not as latency.
+wrk -t1 -c2 -d"$(( ${DURATION%s} + 4 ))s" --latency --timeout 10s -s bench/login.lua \
     "http://127.0.0.1:$API_PORT" -- "$WORK/login" >"$WORK/logins.txt" &
 LOGIN_PID=$!
 PIDS+=("$LOGIN_PID")
@@ -197,4 +208,14 @@ cat "$RESULTS"
 echo
 echo "brute force statuses: $(grep '^status' "$WORK/attack.txt" | tr '\n' ' ')"
 echo "bystander statuses:   $(grep '^status' "$WORK/bystander.txt" | tr '\n' ' ')"
-if [ -n "${BENCH_OUT:-}" ]; then mkdir -p "$BENCH_OUT" && cp "$WORK"/*.txt "$RESULTS" "$BENCH_OUT"/; fi
+echo
+"$BIN/python" bench/ratios.py "$RESULTS" | tee "$WORK/ratios.md"
+echo
+# SQL statements and round trips per request, counted in process (after the load, on the same
+# data): bench/round_trips.py. The servers are stopped first: with other users of the same
+# PostgreSQL, their three pools and this one could pass its max_connections (100).
+for pid in "$API_PID" "$FLOOR_PID" "$GUARDED_PID"; do kill "$pid" 2>/dev/null || true; done
+for pid in "$API_PID" "$FLOOR_PID" "$GUARDED_PID"; do wait "$pid" 2>/dev/null || true; done
+env "${RAISED_LIMITS[@]}" "$BIN/python" bench/round_trips.py "$WORK" | tee "$WORK/round_trips.md"
+# The raw wrk outputs, the tables and the servers' logs (where a non-2xx is explained).
+if [ -n "${BENCH_OUT:-}" ]; then mkdir -p "$BENCH_OUT" && cp "$WORK"/*.txt "$WORK"/*.md "$WORK"/*.log "$BENCH_OUT"/; fi

@@ -2,9 +2,10 @@
 
 Usage: python bench/seed.py BASE_URL OUT_DIR [SHIPMENTS]
 Writes into OUT_DIR: token and partner_token (access tokens), ids (the shipments to read, one id
-a line, ten events each), update_ids (shipments for the status-update workload), the request
-bodies create_body.json and update_body.json, and the login forms login (the seller),
-bystander_login (another seller) and wrong_login (the seller with a wrong password).
+a line, ten events each), tracking_numbers (the same shipments' tracking numbers, for the public
+tracking workload), update_ids (shipments for the status-update workload), the request bodies
+create_body.json and update_body.json, and the login forms login (the seller), bystander_login
+(another seller) and wrong_login (the seller with a wrong password).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import httpx
 
 PASSWORD = "bench-password-123"  # noqa: S105 - a throwaway account in a scratch database
 EVENTS_PER_SHIPMENT = 10
-UPDATE_SHIPMENTS = 100
+# Every status update adds an event, and a timeline holds at most MAX_EVENTS_PER_SHIPMENT (200),
+# the last place kept for the final status: 300 shipments leave room for both apps' update runs
+# at 2,000 updates a second each.
+UPDATE_SHIPMENTS = 300
 EXTRA_PARTNERS = 4
 
 
@@ -60,7 +64,7 @@ def main() -> None:
         bystander_email, _ = account(http, "seller", zip_code="10001")
         partner_profile = {"serviceable_zip_codes": [zip_code], "max_handling_capacity": 10_000}
         _, partner = account(http, "partner", **partner_profile)
-        ids = []
+        ids, tracking_numbers = [], []
         for number in range(count):
             body = shipment_body(zip_code, number)
             shipment = call(http, "POST", "/shipments", seller, json=body)
@@ -71,6 +75,7 @@ def main() -> None:
             if len(shipment["timeline"]) != EVENTS_PER_SHIPMENT:
                 raise SystemExit(f"expected {EVENTS_PER_SHIPMENT} events: {shipment['timeline']}")
             ids.append(shipment["id"])
+            tracking_numbers.append(shipment["tracking_number"])
         # The status-update workloads scan these (in_transit -> in_transit), apart from the reads
         # so that the timelines read stay at ten events.
         update_ids = []
@@ -86,6 +91,7 @@ def main() -> None:
         "token": seller,
         "partner_token": partner,
         "ids": "\n".join(ids) + "\n",
+        "tracking_numbers": "\n".join(tracking_numbers) + "\n",
         "update_ids": "\n".join(update_ids) + "\n",
         "create_body.json": json.dumps(shipment_body(zip_code, 0)),
         "update_body.json": json.dumps({"status": "in_transit", "location_zip": zip_code}),

@@ -1,4 +1,4 @@
--- PATCH /shipments/<id> as the assigned partner: an in_transit scan, cycling over 100 shipments
+-- PATCH /shipments/<id> as the assigned partner: an in_transit scan, cycling over 300 shipments
 -- (row lock, status check, new timeline event, event feed).
 -- wrk ... -s bench/update.lua URL -- PARTNER_TOKEN_FILE IDS_FILE BODY_FILE
 local lib = dofile("bench/lib.lua")
