@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Select, and_, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -24,9 +24,26 @@ WEBHOOK_TEST = "webhook.test"
 
 # One lock per seller, held to the end of the transaction: events of a seller get positions in
 # commit order, so a feed reader that saw position N never later finds a smaller one appear.
-_SERIALIZE_SELLER_EVENTS = select(
-    func.pg_advisory_xact_lock(func.hashtextextended(bindparam("key"), 0))
-)
+_SERIALIZED_SELLER = select(
+    func.pg_advisory_xact_lock(func.hashtextextended(bindparam("key"), 0)).label("locked")
+).subquery("serialized")
+
+
+def _lock_and_find_endpoints(only_endpoint: bool) -> Select[uuid.UUID]:
+    """The seller's lock and its enabled endpoints in one round trip: the lock's one-row
+    subquery, outer-joined to the endpoints, so the lock is taken even when there are none
+    (the row then holds NULL)."""
+    endpoint = and_(
+        col(WebhookEndpoint.seller_id) == bindparam("seller_id"), col(WebhookEndpoint.enabled)
+    )
+    if only_endpoint:
+        endpoint = and_(endpoint, col(WebhookEndpoint.id) == bindparam("endpoint_id"))
+    return select(col(WebhookEndpoint.id)).select_from(
+        _SERIALIZED_SELLER.outerjoin(WebhookEndpoint, endpoint)
+    )
+
+
+_LOCK_AND_FIND_ENDPOINTS = {only: _lock_and_find_endpoints(only) for only in (False, True)}
 
 
 class EventPublisher:
@@ -48,7 +65,11 @@ class EventPublisher:
         Call it last in a transaction: the lock it takes is then held only until the commit.
         """
         session = self._session
-        await session.execute(_SERIALIZE_SELLER_EVENTS, {"key": f"events:{seller_id}"})
+        parameters = {"key": f"events:{seller_id}", "seller_id": seller_id}
+        if only_endpoint is not None:
+            parameters["endpoint_id"] = only_endpoint
+        statement = _LOCK_AND_FIND_ENDPOINTS[only_endpoint is not None]
+        endpoint_ids = [found for found in await session.scalars(statement, parameters) if found]
         now = utcnow()
         events = [
             Event(
@@ -61,14 +82,9 @@ class EventPublisher:
             for event_type in types
         ]
         session.add_all(events)
-        endpoints = select(col(WebhookEndpoint.id)).where(
-            col(WebhookEndpoint.seller_id) == seller_id, col(WebhookEndpoint.enabled)
-        )
-        if only_endpoint is not None:
-            endpoints = endpoints.where(col(WebhookEndpoint.id) == only_endpoint)
         deliveries = [
             {"endpoint_id": str(endpoint_id), "event_id": str(event.id)}
-            for endpoint_id in (await session.scalars(endpoints))
+            for endpoint_id in endpoint_ids
             for event in events
         ]
         enqueue(session, WEBHOOK, deliveries, shipment_id=shipment_id)
