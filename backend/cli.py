@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from backend.config import DEV_JWT_SECRET_KEY, Settings
+from backend.context import started_context
 from backend.db import create_engine, create_sessionmaker
 from backend.demo import DemoData, describe, seed
 from backend.embedded import EmbeddedUnavailable, embedded_services
@@ -30,7 +31,7 @@ from backend.errors import DomainError
 from backend.logging_setup import configure_logging
 from backend.main import create_app
 from backend.partner_commands import add_partner_commands, run_partner_command
-from backend.shipments.stream_hub import shut_down_streams
+from backend.shipments.tools import shut_down_streams
 from backend.worker import OutboxWorker
 
 logger = logging.getLogger("shiptrack")
@@ -107,8 +108,8 @@ class DrainingServer(uvicorn.Server):
         app = getattr(self.config, "loaded_app", None)
         while app is not None and not hasattr(app, "state"):
             app = getattr(app, "app", None)  # unwrap uvicorn's proxy-header middleware
-        if app is not None:
-            app.state.draining = True
+        if app is not None and (context := started_context(app)) is not None:
+            context.draining = True
             # Streams end now, with a retry hint, even during the drain: they would otherwise
             # keep the process up for the whole graceful period. Signal context: defer to the loop.
             asyncio.get_event_loop().call_soon_threadsafe(shut_down_streams, app)

@@ -30,6 +30,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlmodel import SQLModel
 
 from backend.config import Settings
+from backend.context import context_of
 from backend.errors import DomainError
 
 logger = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ class UnitOfWorkRoute(APIRoute):
         handle = super().get_route_handler()
 
         async def handle_in_unit_of_work(request: Request) -> Response:
-            async with unit_of_work(request.app.state.sessionmaker) as unit:
+            async with unit_of_work(context_of(request).sessionmaker) as unit:
                 request.state.unit_of_work = unit
                 return await handle(request)
 

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from backend.accounts.partner_approval import PartnerAdministration
+from backend.context import app_context
 from backend.db import unit_of_work
 from backend.outbox.models import OutboxMessage
 
@@ -75,7 +76,7 @@ class DemoClient:
     async def latest_delivery_code(self, shipment_id: str) -> str | None:
         """The code, read where the email waits in the outbox; None once the email is gone
         (a running worker erases it from the stored row after sending)."""
-        async with self._app.state.sessionmaker() as session:
+        async with app_context(self._app).sessionmaker() as session:
             statement = (
                 select(col(OutboxMessage.payload))
                 .where(col(OutboxMessage.shipment_id) == uuid.UUID(shipment_id))
@@ -160,8 +161,9 @@ async def seed(app: FastAPI) -> DemoData:
 async def approve_partners(app: FastAPI, partners: list[DemoAccount]) -> None:
     """As the operator would (`shiptrack partners approve`), whatever PARTNER_APPROVAL says:
     the demo's shipments need partners that can take them."""
-    async with unit_of_work(app.state.sessionmaker) as unit:
-        administration = PartnerAdministration(unit, app.state.settings.public_base_url)
+    context = app_context(app)
+    async with unit_of_work(context.sessionmaker) as unit:
+        administration = PartnerAdministration(unit, context.settings.public_base_url)
         for partner in partners:
             await administration.approve(partner.email)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,9 +13,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from backend.accounts.passwords import PasswordHasher
 from backend.accounts.router import partner_router, seller_router
 from backend.accounts.tokens import LinkTokens, TokenCodec
+from backend.accounts.tools import AccountTools
 from backend.config import Settings, get_settings
+from backend.context import AppContext
 from backend.db import create_engine, create_sessionmaker
 from backend.error_handlers import install_error_handlers
+from backend.health.readiness import ReadinessProbe
 from backend.health.router import router as health_router
 from backend.logging_setup import configure_logging
 from backend.middleware import RequestContextMiddleware, RequestLimitsMiddleware
@@ -27,6 +30,7 @@ from backend.shipments.limits import ShipmentLimits
 from backend.shipments.router import router as shipments_router
 from backend.shipments.status import STATUS_MACHINE_DOC
 from backend.shipments.stream_hub import StreamHub
+from backend.shipments.tools import ShipmentTools
 from backend.shipments.tracking_router import assets_router as tracking_assets_router
 from backend.shipments.tracking_router import router as tracking_router
 from backend.webhooks.router import document_webhooks, events_router, webhooks_router
@@ -57,65 +61,73 @@ OPENAPI_TAGS = [
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
+async def lifespan(app: FastAPI, settings: Settings, *, run_worker: bool) -> AsyncIterator[None]:
+    """Builds the app's one context (`app.state.context`), and closes what it opened."""
     if settings.database_url is None or settings.redis_url is None:
         raise RuntimeError(
             "DATABASE_URL and REDIS_URL must be set; `shiptrack serve` starts embedded ones"
         )
-    app.state.engine = create_engine(settings, settings.database_url)
-    app.state.sessionmaker = create_sessionmaker(app.state.engine)
-    app.state.redis = create_redis(settings, settings.redis_url)
-    # Live-update streams follow Redis on a connection of their own, never this client's pool.
-    app.state.stream_hub = StreamHub(settings, settings.redis_url)
-    await app.state.stream_hub.start(wait_seconds=settings.redis_timeout_seconds)
-    app.state.token_codec = TokenCodec(settings)
-    app.state.link_tokens = LinkTokens(settings)
-    app.state.delivery_codes = DeliveryCodes(
-        settings.jwt_secret_key.get_secret_value(),
-        ttl_seconds=settings.delivery_code_ttl_seconds,
-        max_attempts=settings.delivery_code_max_attempts,
-        max_failures_per_shipment=settings.delivery_code_max_failures_per_shipment,
-    )
-    app.state.shipment_limits = ShipmentLimits(app.state.redis, settings)
-    app.state.password_hasher = PasswordHasher(
-        settings.bcrypt_rounds,
-        settings.password_hash_concurrency,
-        settings.password_hash_queue_limit,
-    )
-    app.state.draining = False
-    await app.state.password_hasher.warm_up()
-    worker = OutboxWorker(settings, app.state.sessionmaker) if app.state.run_worker else None
-    worker_task = asyncio.create_task(worker.run(), name="outbox-worker") if worker else None
-    try:
+    async with AsyncExitStack() as stack:  # closes, last opened first, even a partial start
+        engine = create_engine(settings, settings.database_url)
+        stack.push_async_callback(engine.dispose)
+        redis = create_redis(settings, settings.redis_url)
+        stack.push_async_callback(redis.aclose)
+        context = AppContext(settings, engine, create_sessionmaker(engine), redis)
+        password_hasher = PasswordHasher(
+            settings.bcrypt_rounds,
+            settings.password_hash_concurrency,
+            settings.password_hash_queue_limit,
+        )
+        stack.callback(password_hasher.close)
+        context.provide(AccountTools(TokenCodec(settings), LinkTokens(settings), password_hasher))
+        # Live-update streams follow Redis on a connection of their own, never this client's pool.
+        stream_hub = StreamHub(settings, settings.redis_url)
+        await stream_hub.start(wait_seconds=settings.redis_timeout_seconds)
+        stack.push_async_callback(stream_hub.stop)
+        delivery_codes = DeliveryCodes(
+            settings.jwt_secret_key.get_secret_value(),
+            ttl_seconds=settings.delivery_code_ttl_seconds,
+            max_attempts=settings.delivery_code_max_attempts,
+            max_failures_per_shipment=settings.delivery_code_max_failures_per_shipment,
+        )
+        context.provide(ShipmentTools(delivery_codes, ShipmentLimits(redis, settings), stream_hub))
+        # Holds no connection between checks: nothing to open now or to close at shutdown.
+        context.provide(ReadinessProbe(settings))
+        await password_hasher.warm_up()
+        app.state.context = context
+        if run_worker:
+            worker = OutboxWorker(settings, context.sessionmaker)
+            worker_task = asyncio.create_task(worker.run(), name="outbox-worker")
+
+            async def stop_worker() -> None:
+                worker.stop()
+                await worker_task
+
+            stack.push_async_callback(stop_worker)
         yield
-    finally:
-        if worker is not None and worker_task is not None:
-            worker.stop()
-            await worker_task
-        await app.state.stream_hub.stop()
-        await app.state.redis.aclose()
-        await app.state.engine.dispose()
-        app.state.password_hasher.close()
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = False) -> FastAPI:
     """The API. With `run_worker`, the outbox worker runs in the same process (embedded mode)."""
     settings = settings or get_settings()
     configure_logging(settings.effective_log_format, settings.log_level)
+
+    # The lifespan gets the settings from here, not from `app.state`: the context it builds is
+    # the one thing the app keeps there.
+    def run_lifespan(app: FastAPI) -> AbstractAsyncContextManager[None]:
+        return lifespan(app, settings, run_worker=run_worker)
+
     app = FastAPI(
         title="Shiptrack API",
         version="0.1.0",
         summary="Shipment tracking for sellers, delivery partners and recipients.",
         description=DESCRIPTION + STATUS_MACHINE_DOC,
-        lifespan=lifespan,
+        lifespan=run_lifespan,
         # Swagger UI is served by backend/reference.py, with local assets and a CSP.
         docs_url=None,
         redoc_url=None,
         openapi_tags=OPENAPI_TAGS,
     )
-    app.state.settings = settings
-    app.state.run_worker = run_worker
     install_error_handlers(app)
 
     # Added innermost first: the request context wraps everything, so even a 413 has an id.

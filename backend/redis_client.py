@@ -14,6 +14,7 @@ from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 
 from backend.config import Settings
+from backend.context import context_of
 
 # A pooled connection that Redis closed (a restart, an idle timeout) fails its next command with
 # one of these. The asyncio client retries a command on the same connection object after
@@ -59,8 +60,7 @@ def pool_is_full(redis: Redis) -> bool:
 
 
 async def get_redis(request: Request) -> Redis:
-    redis: Redis = request.app.state.redis
-    return redis
+    return context_of(request).redis
 
 
 RedisDep = Annotated[Redis, Depends(get_redis)]

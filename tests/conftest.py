@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from backend.cli import migrate
 from backend.config import Settings
+from backend.context import app_context
 from backend.embedded import embedded_services, start_redis
 from backend.main import create_app
 from backend.models import metadata
@@ -284,7 +285,7 @@ class StatementLog:
 def sql_log(app: FastAPI) -> Iterator[StatementLog]:
     """Records every statement the app's engine executes during the test."""
     log = StatementLog()
-    engine = app.state.engine.sync_engine
+    engine = app_context(app).engine.sync_engine
     event.listen(engine, "before_cursor_execute", log.record)
     yield log
     event.remove(engine, "before_cursor_execute", log.record)

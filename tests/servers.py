@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from backend.shipments.stream_hub import shut_down_streams
+from backend.shipments.tools import shut_down_streams
 
 # A guard against hanging, never a measurement.
 START_SECONDS = 10.0

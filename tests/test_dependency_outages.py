@@ -12,6 +12,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.config import Settings
+from backend.context import app_context
 from backend.db import UnitOfWorkRoute, unit_of_work_of
 from backend.main import create_app
 from tests.conftest import OwnedRedis, make_settings, running_client
@@ -234,8 +235,8 @@ async def test_a_redis_that_refuses_writes_is_a_503_not_a_500(
     async with running_client(app) as http:
         account = await sign_up(http, "seller")
         # Full and not allowed to evict: every write fails (OOM), as after a misconfiguration.
-        await app.state.redis.config_set("maxmemory", 1)
-        await app.state.redis.config_set("maxmemory-policy", "noeviction")
+        await app_context(app).redis.config_set("maxmemory", 1)
+        await app_context(app).redis.config_set("maxmemory-policy", "noeviction")
 
         response = await http.post(
             "/seller/token", data={"username": account["email"], "password": PASSWORD}
@@ -259,7 +260,7 @@ async def test_pooled_connections_closed_by_postgres_are_replaced_unseen(
         account = await sign_up(http, "seller")
         headers = bearer(await log_in(http, "seller", account["email"]))
         assert (await http.get("/shipments", headers=headers)).status_code == 200
-        async with app.state.engine.connect() as pooled:
+        async with app_context(app).engine.connect() as pooled:
             pid = (await pooled.execute(text("SELECT pg_backend_pid()"))).scalar_one()
 
         async with db_engine.connect() as admin:
@@ -272,7 +273,7 @@ async def test_pooled_connections_closed_by_postgres_are_replaced_unseen(
         for _ in range(3):
             response = await http.get("/shipments", headers=headers)
             assert response.status_code == 200, response.text
-        async with app.state.engine.connect() as pooled:
+        async with app_context(app).engine.connect() as pooled:
             assert (await pooled.execute(text("SELECT pg_backend_pid()"))).scalar_one() != pid
 
 

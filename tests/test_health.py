@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend.cli import DrainingServer
+from backend.context import app_context
 from backend.main import create_app
 from tests.assertions import assert_problem
 from tests.conftest import METRICS_TOKEN, OwnedRedis, make_settings, running_client
@@ -34,11 +35,11 @@ def unused_tcp_port() -> int:
 
 @contextmanager
 def draining(app: FastAPI) -> Iterator[None]:
-    app.state.draining = True
+    app_context(app).draining = True
     try:
         yield
     finally:
-        app.state.draining = False
+        app_context(app).draining = False
 
 
 def request_count(exposition: str, method: str, route: str, status: str) -> float:
@@ -119,10 +120,15 @@ async def test_readiness_says_saturated_not_down_while_the_request_pools_are_ful
     app = create_app(settings)
     async with running_client(app) as http:
         _, headers = await account_with_token(http, "seller")
-        engine, pool = app.state.engine, app.state.redis.connection_pool
+        context = app_context(app)
+        engine, pool = context.engine, context.redis.connection_pool
         # Every connection of both request pools is busy (held here, as long requests would).
         async with engine.connect(), engine.connect():
-            redis_connections = [await pool.get_connection() for _ in range(2)]
+            # redis-py leaves this one untyped.
+            redis_connections = [
+                await pool.get_connection()  # type: ignore[no-untyped-call]
+                for _ in range(2)
+            ]
             try:
                 busy = await http.get("/health/ready")
                 # A request meanwhile waits for a connection, then gets a 503.
@@ -250,7 +256,7 @@ async def test_sigterm_handler_of_serve_turns_readiness_to_draining(
         assert response.status_code == 503
         assert response.json()["status"] == "draining"
     finally:
-        app.state.draining = False
+        app_context(app).draining = False
     assert (await client.get("/health/ready")).status_code == 200
 
 

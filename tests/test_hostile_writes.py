@@ -193,17 +193,14 @@ def field_paths(
     return paths
 
 
-def _collection_app() -> FastAPI:
-    # Never started: only its routes and OpenAPI document are read, so the URLs are never used.
-    return create_app(make_settings("postgresql+asyncpg://unused/unused", "redis://unused:6379/0"))
-
-
-COLLECTION_APP = _collection_app()
+# Never started: only its routes and OpenAPI document are read, so the URLs are never used.
+COLLECTION_SETTINGS = make_settings("postgresql+asyncpg://unused/unused", "redis://unused:6379/0")
+COLLECTION_APP = create_app(COLLECTION_SETTINGS)
 DOCUMENT = COLLECTION_APP.openapi()
 COMPONENTS: Mapping[str, Any] = DOCUMENT.get("components", {}).get("schemas", {})
 WRITE_ROUTES = write_routes(DOCUMENT)
 # The apps here keep the default limit.
-MAX_BODY_BYTES: int = COLLECTION_APP.state.settings.max_body_bytes
+MAX_BODY_BYTES: int = COLLECTION_SETTINGS.max_body_bytes
 JSON_ROUTES = [route for route in WRITE_ROUTES if route.body is BodyKind.JSON]
 FORM_ROUTES = [route for route in WRITE_ROUTES if route.body is BodyKind.FORM]
 ROUTES_WITH_PATH_PARAMS = [route for route in WRITE_ROUTES if route.path_params]

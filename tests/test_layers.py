@@ -19,6 +19,8 @@ BACKEND = Path(__file__).resolve().parent.parent / "backend"
 LAYERS: list[list[str]] = [
     # settings, errors, logging
     ["backend.config", "backend.errors", "backend.logging_setup"],
+    # the application context: what the lifespan builds, typed, knowing no domain
+    ["backend.context"],
     # the database and Redis, and what routes and schemas are built from
     [
         "backend.db",

@@ -14,9 +14,11 @@ from backend.accounts.models import AccountKind, Partner, Seller
 from backend.accounts.passwords import PasswordHasher
 from backend.accounts.repository import AccountRepository, account_by_id
 from backend.accounts.service import AccountService, LinkLimits, LoginLimits
-from backend.accounts.tokens import AccessClaims, LinkTokens, RevocationList, TokenCodec
+from backend.accounts.tokens import AccessClaims, RevocationList, TokenCodec
+from backend.accounts.tools import AccountTools
 from backend.auth_schemes import PARTNER_AUTH, SELLER_AUTH, requires_auth
 from backend.config import Settings
+from backend.context import context_of
 from backend.db import UnitOfWorkDep, unit_of_work_of
 from backend.errors import Unauthorized
 from backend.rate_limit import FixedWindowLimiter
@@ -28,18 +30,15 @@ DAY = 24 * 3600
 # Every dependency here is `async def`, even when it awaits nothing: FastAPI runs plain `def`
 # dependencies on a worker thread, and a thread hop per dependency per request is measurable.
 async def get_app_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return context_of(request).settings
 
 
 async def get_token_codec(request: Request) -> TokenCodec:
-    codec: TokenCodec = request.app.state.token_codec
-    return codec
+    return context_of(request).part(AccountTools).token_codec
 
 
 async def get_password_hasher(request: Request) -> PasswordHasher:
-    hasher: PasswordHasher = request.app.state.password_hasher
-    return hasher
+    return context_of(request).part(AccountTools).password_hasher
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
@@ -67,12 +66,12 @@ async def get_access_claims(request: Request) -> AccessClaims:
     checked: AccessClaims | None = getattr(request.state, "access_claims", None)
     if checked is not None:
         return checked
-    # The codec and Redis come straight from the app state rather than as sub-dependencies:
+    # The codec and Redis come straight from the app's context rather than as sub-dependencies:
     # this runs on every authenticated request, and each dependency FastAPI resolves costs.
-    codec: TokenCodec = request.app.state.token_codec
-    claims = codec.decode(_bearer_token(request))
+    context = context_of(request)
+    claims = context.part(AccountTools).token_codec.decode(_bearer_token(request))
     # Fails closed: if Redis cannot answer, the request gets a 503, never a pass.
-    if await RevocationList(request.app.state.redis).is_revoked(claims):
+    if await RevocationList(context.redis).is_revoked(claims):
         raise InvalidToken("This token has been revoked.")
     request.state.access_claims = claims
     return claims
@@ -134,10 +133,9 @@ CurrentPartner = Annotated[Partner, Depends(current_partner)]
 async def account_emails(
     unit: UnitOfWorkDep, settings: SettingsDep, redis: RedisDep, request: Request
 ) -> AccountEmails:
-    links: LinkTokens = request.app.state.link_tokens
     return AccountEmails(
         session=unit.session,
-        links=links,
+        links=context_of(request).part(AccountTools).link_tokens,
         public_base_url=settings.public_base_url,
         verification_lifetime=timedelta(seconds=settings.email_verification_ttl_seconds),
         reset_lifetime=timedelta(seconds=settings.password_reset_ttl_seconds),

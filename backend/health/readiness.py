@@ -20,7 +20,6 @@ import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
-from fastapi import FastAPI
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -129,13 +128,3 @@ def _result_of(task: asyncio.Task[CheckResult]) -> CheckResult:
     if not task.done() or task.cancelled() or task.exception() is not None:
         return "down"  # no answer within the deadline
     return task.result()
-
-
-def readiness_probe(app: FastAPI) -> ReadinessProbe:
-    """The app's probe, made on first use. It holds no connection between checks, so there is
-    nothing to open at start-up or to close at shutdown (a check in flight ends by its timeout)."""
-    probe: ReadinessProbe | None = getattr(app.state, "readiness_probe", None)
-    if probe is None:
-        probe = ReadinessProbe(app.state.settings)
-        app.state.readiness_probe = probe
-    return probe

@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
 
-from backend.config import Settings
+from backend.context import context_of
 from backend.errors import NotFound, Unauthorized
-from backend.health.readiness import CheckResult, readiness_probe
+from backend.health.readiness import CheckResult, ReadinessProbe
 
 router = APIRouter(tags=["Operations"])
 
@@ -61,11 +61,10 @@ async def check_readiness(request: Request) -> JSONResponse:
     since a busy replica taken out of rotation only moves its load onto the others. `down`
     (503) means a new connection failed or no answer came within the timeout.
     """
-    state = request.app.state
-    checks = await readiness_probe(request.app).check(state.engine, state.redis)
+    context = context_of(request)
+    checks = await context.part(ReadinessProbe).check(context.engine, context.redis)
     reachable = "down" not in checks.values()
-    draining = getattr(request.app.state, "draining", False)
-    if draining:
+    if context.draining:
         readiness = Readiness(status="draining", checks=checks)
     else:
         readiness = Readiness(status="ready" if reachable else "unavailable", checks=checks)
@@ -78,7 +77,7 @@ async def check_readiness(request: Request) -> JSONResponse:
 async def metrics_scraper(request: Request) -> None:
     """Let through only a scraper sending `Authorization: Bearer <METRICS_TOKEN>`. Without a
     token configured the route answers like one that does not exist."""
-    settings: Settings = request.app.state.settings
+    settings = context_of(request).settings
     if settings.metrics_token is None:
         raise NotFound()
     expected = f"Bearer {settings.metrics_token.get_secret_value()}".encode()

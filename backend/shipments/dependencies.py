@@ -15,10 +15,13 @@ from fastapi import Depends, Request
 from backend.accounts.dependencies import authenticate
 from backend.accounts.errors import PartnerSuspended
 from backend.accounts.models import AccountKind, PartnerStatus
+from backend.accounts.tools import AccountTools
 from backend.auth_schemes import PARTNER_AUTH, SELLER_AUTH, requires_auth
+from backend.context import context_of
 from backend.db import SessionDep, unit_of_work_of
 from backend.shipments.public import PublicTracking
 from backend.shipments.service import ShipmentService
+from backend.shipments.tools import ShipmentTools
 
 
 async def _callers_service(request: Request, kind: AccountKind | None) -> ShipmentService:
@@ -28,16 +31,17 @@ async def _callers_service(request: Request, kind: AccountKind | None) -> Shipme
     # after this check still hides every shipment.
     if caller.partner_status is PartnerStatus.suspended:
         raise PartnerSuspended()
-    state = request.app.state
+    context = context_of(request)
+    tools = context.part(ShipmentTools)
     return ShipmentService(
         caller.account,
         unit_of_work_of(request),
-        state.delivery_codes,
+        tools.delivery_codes,
         # New events are announced on the live-update pool, never the one that authenticates.
-        state.stream_hub.live_redis,
-        limits=state.shipment_limits,
-        links=state.link_tokens,
-        settings=state.settings,
+        tools.stream_hub.live_redis,
+        limits=tools.limits,
+        links=context.part(AccountTools).link_tokens,
+        settings=context.settings,
     )
 
 
@@ -58,7 +62,7 @@ async def partners_shipments(request: Request) -> ShipmentService:
 
 
 async def public_tracking(session: SessionDep, request: Request) -> PublicTracking:
-    return PublicTracking(session, request.app.state.link_tokens)
+    return PublicTracking(session, context_of(request).part(AccountTools).link_tokens)
 
 
 CallersShipments = Annotated[ShipmentService, Depends(callers_shipments)]

@@ -40,7 +40,9 @@ from sqlmodel import col
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from backend.accounts.tokens import AccessClaims, RevocationList, TokenCodec
+from backend.accounts.tokens import AccessClaims, RevocationList
+from backend.accounts.tools import AccountTools
+from backend.context import context_of
 from backend.db import UnitOfWork, unit_of_work_of
 from backend.errors import problem_responses
 from backend.shipments.models import Shipment, ShipmentEvent
@@ -53,6 +55,7 @@ from backend.shipments.stream_hub import (
     TooManyStreams,
     channel,
 )
+from backend.shipments.tools import ShipmentTools
 
 logger = logging.getLogger(__name__)
 
@@ -298,8 +301,9 @@ class TimelineStreamResponse(StreamingResponse):
 
 def _token_watch(request: Request) -> TokenWatch:
     """The bearer token the route has already authenticated, to check again later."""
-    codec: TokenCodec = request.app.state.token_codec
-    hub: StreamHub = request.app.state.stream_hub
+    context = context_of(request)
+    codec = context.part(AccountTools).token_codec
+    hub = context.part(ShipmentTools).stream_hub
     token = request.headers.get("authorization", "").partition(" ")[2].strip()
     # Checked on the hub's own connections: never on those that authenticate requests.
     return TokenWatch(codec.decode(token), RevocationList(hub.live_redis))
@@ -314,10 +318,10 @@ async def open_timeline_stream(
     updates are unavailable; 204 for a finished shipment with nothing left to send, which
     tells a browser's EventSource to stop reconnecting.
     """
-    state = request.app.state
-    settings = state.settings
+    context = context_of(request)
+    settings = context.settings
     token = _token_watch(request) if authenticated else None
-    hub: StreamHub = state.stream_hub
+    hub = context.part(ShipmentTools).stream_hub
     listener = hub.admit(shipment_id, request.client.host if request.client else "unknown")
     try:
         backlog = await read_backlog(unit_of_work_of(request).session, shipment_id, last_event_id)
@@ -330,7 +334,7 @@ async def open_timeline_stream(
     stream = TimelineStream(
         hub=hub,
         listener=listener,
-        sessionmaker=state.sessionmaker,
+        sessionmaker=context.sessionmaker,
         shipment_id=shipment_id,
         last_event_id=last_event_id,
         timing=StreamTiming(settings.sse_heartbeat_seconds, settings.stream_max_lifetime_seconds),

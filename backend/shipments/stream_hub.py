@@ -27,7 +27,6 @@ import time
 import uuid
 from collections import deque
 
-from fastapi import FastAPI
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
@@ -281,11 +280,3 @@ class StreamHub:
             )
             self._outage_logged = True
         self.end_all(EndReason.redis_lost)
-
-
-def shut_down_streams(app: FastAPI) -> None:
-    """What a server calls when shutdown starts: end the app's streams with a retry hint, so
-    only real requests are left for the graceful period. Safe before startup and twice."""
-    hub: StreamHub | None = getattr(app.state, "stream_hub", None)
-    if hub is not None:
-        hub.shut_down()

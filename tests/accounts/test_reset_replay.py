@@ -21,6 +21,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend.context import app_context
 from backend.main import create_app
 from tests.accounts.test_account_emails import reset, reset_token_for
 from tests.conftest import make_settings
@@ -56,7 +57,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 async def warm_up_the_pool(app: FastAPI) -> None:
     """Open the database connections a server that has been up a while would hold: a cold
     pool's connection set-ups (a PostgreSQL process each) are not what is measured."""
-    engine: AsyncEngine = app.state.engine
+    engine: AsyncEngine = app_context(app).engine
     connections = [await engine.connect() for _ in range(engine.pool.size())]  # type: ignore[attr-defined]
     for connection in connections:
         await connection.close()

@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.config import Settings
+from backend.context import app_context
 from backend.db import create_sessionmaker, unit_of_work
 from backend.outbox.outbox import enqueue_email
 from backend.worker import OutboxWorker
@@ -186,7 +187,7 @@ def make_worker(app: FastAPI, worker_settings: WorkerSettingsFactory) -> WorkerF
     ) -> OutboxWorker:
         return OutboxWorker(
             worker_settings(**overrides),
-            sessionmaker or app.state.sessionmaker,
+            sessionmaker or app_context(app).sessionmaker,
             worker_id=worker_id,
         )
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from backend.context import app_context
 from backend.db import unit_of_work
 from backend.outbox.models import OutboxMessage, OutboxStatus
 from backend.outbox.outbox import OutboxClaims, enqueue_email, retry_delay
@@ -36,18 +37,15 @@ from tests.outbox.conftest import (
 
 
 def sessionmaker_of(app: FastAPI) -> async_sessionmaker[AsyncSession]:
-    sessionmaker: async_sessionmaker[AsyncSession] = app.state.sessionmaker
-    return sessionmaker
+    return app_context(app).sessionmaker
 
 
 def engine_of(app: FastAPI) -> AsyncEngine:
-    engine: AsyncEngine = app.state.engine
-    return engine
+    return app_context(app).engine
 
 
 def sessions_of(app: FastAPI) -> async_sessionmaker[AsyncSession]:
-    sessionmaker: async_sessionmaker[AsyncSession] = app.state.sessionmaker
-    return sessionmaker
+    return app_context(app).sessionmaker
 
 
 # --- delivery --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
+from backend.context import app_context
 from backend.main import create_app
 from tests.conftest import make_settings, running_client
 from tests.outbox.conftest import (
@@ -33,8 +34,7 @@ class TrackApp:
 
     @property
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
-        sessionmaker: async_sessionmaker[AsyncSession] = self.app.state.sessionmaker
-        return sessionmaker
+        return app_context(self.app).sessionmaker
 
 
 @pytest.fixture

@@ -22,8 +22,11 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.accounts.tokens import TokenCodec
+from backend.accounts.tools import AccountTools
+from backend.context import app_context
 from backend.main import create_app
 from backend.shipments import stream_hub
+from backend.shipments.tools import shut_down_streams
 from tests.accounts.test_account_emails import reset_token_for
 from tests.assertions import assert_problem
 from tests.conftest import OwnedRedis, make_settings
@@ -269,7 +272,7 @@ async def test_a_stream_ends_when_its_token_expires(database_url: str, redis_url
     async with serving(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
         setup = await scenario(http)
         seller_token = setup.parties.seller_headers["Authorization"].split()[1]
-        claims = app.state.token_codec.decode(seller_token)
+        claims = app_context(app).part(AccountTools).token_codec.decode(seller_token)
         # A token of the same account that outlives the stream's start by about a second.
         short = settings.model_copy(update={"access_token_ttl_seconds": 2})
         brief = TokenCodec(short).issue(claims.account_id, claims.kind, claims.token_version)
@@ -384,7 +387,7 @@ async def test_shutdown_ends_every_stream_with_a_retry_hint(
     ):
         setup = await scenario(http)
         streams = await open_many(stack, crowd, public_path(setup.shipment), 20)
-        stream_hub.shut_down_streams(app)  # what SIGTERM does first (backend/cli.py)
+        shut_down_streams(app)  # what SIGTERM does first (backend/cli.py)
         endings = await asyncio.gather(*(rest_of_stream(stream) for stream in streams))
         # New streams are refused while the server winds down; other requests still work.
         late = await refused(http, public_path(setup.shipment))

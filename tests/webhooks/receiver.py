@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from backend.context import app_context
 from backend.main import create_app
 from tests.conftest import make_settings, running_client
 
@@ -266,8 +267,7 @@ class HooksApp:
 
     @property
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
-        sessionmaker: async_sessionmaker[AsyncSession] = self.app.state.sessionmaker
-        return sessionmaker
+        return app_context(self.app).sessionmaker
 
 
 @asynccontextmanager

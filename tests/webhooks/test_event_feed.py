@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend.context import app_context
 from backend.db import unit_of_work
 from backend.webhooks.events import EventPublisher
 from backend.worker import OutboxWorker
@@ -266,7 +267,7 @@ async def test_a_change_committing_after_a_slower_one_comes_after_it_in_the_feed
     other = await create_shipment(client, parties.seller_headers)
     seen = (await feed_page(client, parties.seller_headers))["items"]
     assert len(seen) == 2
-    async with unit_of_work(app.state.sessionmaker) as slow_transaction:
+    async with unit_of_work(app_context(app).sessionmaker) as slow_transaction:
         # What every change of a shipment does last, for another shipment of the same seller.
         [slow] = await EventPublisher(slow_transaction.session).publish(
             uuid.UUID(parties.seller["id"]),

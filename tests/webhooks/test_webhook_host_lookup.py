@@ -22,6 +22,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend.context import app_context
 from backend.main import create_app
 from backend.webhooks.router import host_resolver
 from backend.webhooks.webhooks import Resolver
@@ -192,7 +193,7 @@ async def send_test_event_through(
         assert sent.status_code == 202, sent.text
         worker = OutboxWorker(
             worker_settings(webhook_dns_server=dns_server.address, **overrides),
-            application.state.sessionmaker,
+            app_context(application).sessionmaker,
         )
         try:
             await worker.run_once()
