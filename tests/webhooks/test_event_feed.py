@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -32,21 +31,7 @@ from tests.webhooks.receiver import (
     HooksApp,
     Receiver,
     register_endpoint,
-    running_hooks_app,
-    running_receiver,
 )
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with running_receiver() as server:
-        yield server
-
-
-@pytest.fixture
-async def hooks(database_url: str, redis_url: str) -> AsyncIterator[HooksApp]:
-    async with running_hooks_app(database_url, redis_url) as hooks_app:
-        yield hooks_app
 
 
 async def feed_page(
