@@ -202,8 +202,9 @@ EVENT_FEED = f"WITH {_FEED}"
 # A new statement, so that its snapshot sees tags a concurrent create committed meanwhile.
 FINISH_CREATE = f"""
 WITH linked AS (
-    INSERT INTO shipment_tags (shipment_id, tag_id)
-    SELECT $1::uuid, id FROM tags WHERE name = ANY($7::varchar[])
+    INSERT INTO shipment_tags (shipment_id, tag_id, seller_id, partner_id, created_at)
+    SELECT s.id, t.id, s.seller_id, s.partner_id, s.created_at
+    FROM shipments s JOIN tags t ON t.name = ANY($7::varchar[]) WHERE s.id = $1::uuid
 ), email AS (
     INSERT INTO outbox_messages (id, kind, shipment_id, payload, status, attempts,
                                  next_attempt_at, created_at)
