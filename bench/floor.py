@@ -140,7 +140,7 @@ WITH caller AS (
     UPDATE partners SET active_shipments = active_shipments + 1
     WHERE id = (
         SELECT id FROM partners
-        WHERE $2::varchar = ANY(serviceable_zip_codes)
+        WHERE serviceable_zip_codes @> ARRAY[$2::varchar]
           AND active_shipments < max_handling_capacity AND status = 'approved'
         ORDER BY active_shipments, id LIMIT 1
     )
@@ -152,7 +152,7 @@ SELECT c.token_version AS caller_version, c.name AS caller_name, c.email_verifie
        p.id AS partner_id, p.name AS partner_name,
        CASE WHEN p.id IS NULL THEN EXISTS (
            SELECT 1 FROM partners
-           WHERE $2::varchar = ANY(serviceable_zip_codes)
+           WHERE serviceable_zip_codes @> ARRAY[$2::varchar]
              AND active_shipments < max_handling_capacity AND status = 'approved'
        ) END AS room
 FROM caller c LEFT JOIN claimed p ON true

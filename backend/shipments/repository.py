@@ -48,12 +48,16 @@ from backend.shipments.status import ShipmentStatus
 # max_handling_capacity` on the updated row, so capacity can never be exceeded. The statement
 # considers exactly one partner: a locking query that moved on to the next candidate after a
 # failed re-check would wait for it while still holding the first, and deadlock.
+# `serviceable_zip_codes @> ARRAY[zip]` (the same rows as `zip = ANY(serviceable_zip_codes)`)
+# is the form the GIN index on the column serves; the cast keeps both sides varchar[], since a
+# text[] on one side would cast the column and leave the index out.
 _CLAIM_PARTNER = text(
     """
     UPDATE partners SET active_shipments = active_shipments + 1
     WHERE id = (
         SELECT id FROM partners
-        WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
+          AND active_shipments < max_handling_capacity
           AND status = 'approved'
         ORDER BY active_shipments, id
         LIMIT 1
@@ -66,7 +70,8 @@ _PARTNER_WITH_ROOM_EXISTS = text(
     """
     SELECT EXISTS (
         SELECT 1 FROM partners
-        WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
+          AND active_shipments < max_handling_capacity
           AND status = 'approved'
     )
     """
