@@ -27,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal_column,
     or_,
     select,
     text,
@@ -434,7 +435,9 @@ class ShipmentRepository:
             .join(Seller, col(Seller.id) == col(Shipment.seller_id))
             .where(
                 and_(
-                    col(Shipment.status) == ShipmentStatus.placed,
+                    # A literal, like the predicate of ix_shipments_placed_created: with a bound
+                    # parameter, a generic plan could not prove it and would leave the index out.
+                    col(Shipment.status) == literal_column(f"'{ShipmentStatus.placed.value}'"),
                     col(Shipment.created_at) < cutoff,
                 )
             )
