@@ -140,7 +140,7 @@ WITH caller AS (
     UPDATE partners SET active_shipments = active_shipments + 1
     WHERE id = (
         SELECT id FROM partners
-        WHERE $2::varchar = ANY(serviceable_zip_codes)
+        WHERE serviceable_zip_codes @> ARRAY[$2::varchar]
           AND active_shipments < max_handling_capacity AND status = 'approved'
         ORDER BY active_shipments, id LIMIT 1
     )
@@ -152,7 +152,7 @@ SELECT c.token_version AS caller_version, c.name AS caller_name, c.email_verifie
        p.id AS partner_id, p.name AS partner_name,
        CASE WHEN p.id IS NULL THEN EXISTS (
            SELECT 1 FROM partners
-           WHERE $2::varchar = ANY(serviceable_zip_codes)
+           WHERE serviceable_zip_codes @> ARRAY[$2::varchar]
              AND active_shipments < max_handling_capacity AND status = 'approved'
        ) END AS room
 FROM caller c LEFT JOIN claimed p ON true
@@ -202,8 +202,9 @@ EVENT_FEED = f"WITH {_FEED}"
 # A new statement, so that its snapshot sees tags a concurrent create committed meanwhile.
 FINISH_CREATE = f"""
 WITH linked AS (
-    INSERT INTO shipment_tags (shipment_id, tag_id)
-    SELECT $1::uuid, id FROM tags WHERE name = ANY($7::varchar[])
+    INSERT INTO shipment_tags (shipment_id, tag_id, seller_id, partner_id, created_at)
+    SELECT s.id, t.id, s.seller_id, s.partner_id, s.created_at
+    FROM shipments s JOIN tags t ON t.name = ANY($7::varchar[]) WHERE s.id = $1::uuid
 ), email AS (
     INSERT INTO outbox_messages (id, kind, shipment_id, payload, status, attempts,
                                  next_attempt_at, created_at)

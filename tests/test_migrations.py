@@ -169,8 +169,13 @@ async def test_upgrade_creates_tables_with_their_constraints(
     assert {
         "ix_shipments_seller_created",
         "ix_shipments_partner_created",
-        "ix_shipments_status",
+        "ix_shipments_seller_status_created",
+        "ix_shipments_partner_status_created",
     } <= set(shipment_indexes)
+    tag_indexes = await indexes(scratch_engine, "shipment_tags")
+    assert {"ix_shipment_tags_seller_tag_created", "ix_shipment_tags_partner_tag_created"} <= set(
+        tag_indexes
+    )
 
 
 async def test_migrated_constraints_refuse_bad_rows(
@@ -249,6 +254,47 @@ async def test_partners_that_exist_before_approval_stay_approved_and_new_ones_st
     with pytest.raises(IntegrityError, match="ck_partners_status_known"):
         async with scratch_engine.begin() as connection:
             await connection.execute(text("UPDATE partners SET status = 'banned'"))
+
+
+INDEXES_REVISION = "91ac0dfb25d5"
+
+
+async def test_tag_links_that_exist_before_the_owner_indexes_get_their_shipments_owners(
+    scratch_url: str, scratch_engine: AsyncEngine
+) -> None:
+    # A tag filter reads the links' copies of the shipment's owners: links stored before they
+    # existed must be found too.
+    await upgrade(scratch_url, f"{INDEXES_REVISION}-1")
+    seller, partner, shipment = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with scratch_engine.begin() as connection:
+        for statement in (
+            "INSERT INTO sellers (id, name, email, password_hash, zip_code, created_at,"
+            " updated_at) VALUES (:seller, 'S', 's@example.com', 'h', '02139', now(), now())",
+            "INSERT INTO partners (id, name, email, password_hash, serviceable_zip_codes,"
+            " max_handling_capacity, created_at, updated_at)"
+            " VALUES (:partner, 'P', 'p@example.com', 'h', ARRAY['02139'], 3, now(), now())",
+            "INSERT INTO shipments (id, tracking_number, seller_id, partner_id, status, content,"
+            " weight_kg, destination_zip, recipient_name, recipient_email, estimated_delivery,"
+            " version, last_sequence, delivery_code_attempts, created_at, updated_at)"
+            " VALUES (:shipment, 'T1', :seller, :partner, 'placed', 'c', 1, '02139', 'R',"
+            " 'r@example.com', now(), 1, 0, 0, '2026-01-02T03:04:05Z', now())",
+            "INSERT INTO tags (name) VALUES ('gift')",
+            "INSERT INTO shipment_tags (shipment_id, tag_id) SELECT :shipment, id FROM tags",
+        ):
+            values = {"seller": seller, "partner": partner, "shipment": shipment}
+            await connection.execute(
+                text(statement), {k: v for k, v in values.items() if f":{k}" in statement}
+            )
+
+    await upgrade(scratch_url)
+    async with scratch_engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT seller_id, partner_id, created_at FROM shipment_tags")
+        )
+        stored = [tuple(row) for row in rows]
+    assert len(stored) == 1
+    assert stored[0][:2] == (seller, partner)
+    assert stored[0][2].isoformat() == "2026-01-02T03:04:05+00:00"
 
 
 async def test_downgrade_to_base_removes_everything_and_upgrade_works_again(

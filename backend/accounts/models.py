@@ -57,7 +57,8 @@ class Partner(SQLModel, table=True):
         CheckConstraint(f"status IN ({_PARTNER_STATUS_VALUES})", name="status_known"),
         CheckConstraint("max_handling_capacity >= 1", name="capacity_positive"),
         CheckConstraint("active_shipments >= 0", name="active_not_negative"),
-        # Assignment looks partners up by destination zip: `zip = ANY(serviceable_zip_codes)`.
+        # Assignment looks partners up by destination zip, spelled for this index:
+        # `serviceable_zip_codes @> ARRAY[zip]` (`zip = ANY(...)` cannot use it).
         Index("ix_partners_serviceable_zip_codes", "serviceable_zip_codes", postgresql_using="gin"),
     )
 

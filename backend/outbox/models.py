@@ -41,7 +41,8 @@ class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox_messages"
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'sent', 'dead')", name="status_known"),
-        Index("ix_outbox_messages_created_at", "created_at"),
+        # Deleting a shipment cascades here, and the demo looks a shipment's messages up.
+        Index("ix_outbox_messages_shipment_id", "shipment_id"),
         # The worker's query: pending rows whose time has come, oldest first.
         Index(
             "ix_outbox_messages_due",

@@ -54,9 +54,26 @@ class StatusColumn(TypeDecorator[ShipmentStatus]):
         return None if value is None else ShipmentStatus(value)
 
 
+# A link's copy of its shipment's keyset-pagination key.
+_KEY = ("created_at", "shipment_id")
+
+
 class ShipmentTag(SQLModel, table=True):
+    """A shipment's tag, with copies of the shipment's owners and creation time.
+
+    The copies let one index serve a tag-filtered page of one owner, newest first: the page
+    walks (seller_id | partner_id, tag_id, created_at, shipment_id) instead of every shipment of
+    the owner probing its tags. They are written with the link, from the shipment's row, by the
+    one statement that inserts links (ShipmentRepository.add_tags); links are only ever replaced
+    under the shipment's row lock. `seller_id` and `created_at` never change; anything that
+    moves a shipment to another partner must update `partner_id` here in the same transaction.
+    """
+
     __tablename__ = "shipment_tags"
-    __table_args__ = (Index("ix_shipment_tags_tag_id", "tag_id"),)
+    __table_args__ = (
+        Index("ix_shipment_tags_seller_tag_created", "seller_id", "tag_id", *_KEY),
+        Index("ix_shipment_tags_partner_tag_created", "partner_id", "tag_id", *_KEY),
+    )
 
     shipment_id: uuid.UUID = Field(
         sa_column=Column(ForeignKey("shipments.id", ondelete="CASCADE"), primary_key=True)
@@ -64,6 +81,10 @@ class ShipmentTag(SQLModel, table=True):
     tag_id: int = Field(
         sa_column=Column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
     )
+    # Copies of the shipment's columns (no foreign keys: the shipment's own are the checks).
+    seller_id: uuid.UUID
+    partner_id: uuid.UUID
+    created_at: datetime = Field(sa_type=DateTime(timezone=True))
 
 
 class Tag(SQLModel, table=True):
@@ -102,8 +123,11 @@ class Shipment(SQLModel, table=True):
         # Newest-first pages per owner and per partner (keyset on created_at, id).
         Index("ix_shipments_seller_created", "seller_id", "created_at", "id"),
         Index("ix_shipments_partner_created", "partner_id", "created_at", "id"),
-        Index("ix_shipments_status", "status"),
-        # The expiry sweep's oldest still-placed shipments (backend/shipments/expiry.py).
+        # The same pages filtered by status: one range of the index, whatever the status's share.
+        Index("ix_shipments_seller_status_created", "seller_id", "status", "created_at", "id"),
+        Index("ix_shipments_partner_status_created", "partner_id", "status", "created_at", "id"),
+        # The expiry sweep's oldest still-placed shipments (backend/shipments/expiry.py); its
+        # query spells 'placed' as a literal, so even a generic plan can prove the predicate.
         Index(
             "ix_shipments_placed_created",
             "created_at",
@@ -180,7 +204,7 @@ class IdempotencyRecord(SQLModel, table=True):
     key: str = Field(max_length=255, primary_key=True)
     # SHA-256 of the canonical request body: a retry must send the same body.
     request_fingerprint: str = Field(max_length=64)
-    shipment_id: uuid.UUID | None = Field(default=None, foreign_key="shipments.id")
+    shipment_id: uuid.UUID | None = Field(default=None, foreign_key="shipments.id", index=True)
     response_status: int | None = None
     response_body: dict[str, Any] | None = Field(default=None, sa_type=JSONB)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

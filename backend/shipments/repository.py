@@ -27,7 +27,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
-    literal,
+    literal_column,
     or_,
     select,
     text,
@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload, load_only, raiseload, selectinload
+from sqlalchemy.orm import aliased, joinedload, load_only, raiseload, selectinload
 from sqlmodel import col
 
 from backend.accounts.models import Partner, PartnerStatus, Seller
@@ -49,12 +49,16 @@ from backend.shipments.status import ShipmentStatus
 # max_handling_capacity` on the updated row, so capacity can never be exceeded. The statement
 # considers exactly one partner: a locking query that moved on to the next candidate after a
 # failed re-check would wait for it while still holding the first, and deadlock.
+# `serviceable_zip_codes @> ARRAY[zip]` (the same rows as `zip = ANY(serviceable_zip_codes)`)
+# is the form the GIN index on the column serves; the cast keeps both sides varchar[], since a
+# text[] on one side would cast the column and leave the index out.
 _CLAIM_PARTNER = text(
     """
     UPDATE partners SET active_shipments = active_shipments + 1
     WHERE id = (
         SELECT id FROM partners
-        WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
+          AND active_shipments < max_handling_capacity
           AND status = 'approved'
         ORDER BY active_shipments, id
         LIMIT 1
@@ -67,18 +71,21 @@ _PARTNER_WITH_ROOM_EXISTS = text(
     """
     SELECT EXISTS (
         SELECT 1 FROM partners
-        WHERE :zip = ANY(serviceable_zip_codes) AND active_shipments < max_handling_capacity
+        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
+          AND active_shipments < max_handling_capacity
           AND status = 'approved'
     )
     """
 )
 
-# The tag names of the row's shipment, sorted, as one array column.
+# The tag names of the row's shipment, sorted, as one array column. Correlated to the shipment
+# only: a page filtered by tag joins shipment_tags too, and must still show every tag.
 _TAG_NAMES = func.array(
     select(col(Tag.name))
     .join(ShipmentTag, col(ShipmentTag.tag_id) == col(Tag.id))
     .where(col(ShipmentTag.shipment_id) == col(Shipment.id))
     .order_by(col(Tag.name))
+    .correlate(Shipment)
     .scalar_subquery()
 ).label("tags")
 
@@ -178,18 +185,28 @@ def _one(for_partner: bool, *, lock: bool) -> Select[Any]:
 
 @functools.cache
 def _page(for_partner: bool, *, by_status: bool, by_tag: bool, after: bool) -> Select[Any]:
-    """Newest first, keyset-paginated on (created_at, id)."""
+    """Newest first, keyset-paginated on (created_at, id).
+
+    Each variant is one range of one index, read in order until the page is full: the owner's
+    shipments (ix_shipments_{seller,partner}_created), the owner's shipments in one status
+    (ix_shipments_{seller,partner}_status_created), or the owner's links to one tag
+    (ix_shipment_tags_{seller,partner}_tag_created, which carry the shipment's created_at). A
+    rare or absent tag or status then costs what a common one does, never a walk through every
+    shipment of the owner."""
     statement = _shipments_of(for_partner)
+    key: tuple[Any, Any] = col(Shipment.created_at), col(Shipment.id)
     if by_status:
         statement = statement.where(col(Shipment.status) == bindparam("status"))
     if by_tag:
-        tagged = (
-            select(col(ShipmentTag.shipment_id))
-            .join(Tag, col(Tag.id) == col(ShipmentTag.tag_id))
-            .where(col(Tag.name) == bindparam("tag"))
+        tagged = aliased(ShipmentTag, name="tagged")
+        tagged_owner = col(tagged.partner_id) if for_partner else col(tagged.seller_id)
+        # A scalar subquery, not a join: the tag's id is then a constant of the index range.
+        tag_id = select(col(Tag.id)).where(col(Tag.name) == bindparam("tag")).scalar_subquery()
+        statement = statement.join(tagged, col(tagged.shipment_id) == col(Shipment.id)).where(
+            tagged_owner == _OWNER_ID, col(tagged.tag_id) == tag_id
         )
-        statement = statement.where(col(Shipment.id).in_(tagged))
-    key = col(Shipment.created_at), col(Shipment.id)
+        # The link's copies of the shipment's key, so that the index gives the order.
+        key = col(tagged.created_at), col(tagged.shipment_id)
     if after:
         last_created_at = bindparam("last_created_at", type_=DateTime(timezone=True))
         statement = statement.where(after_last(*key, last_created_at, bindparam("last_id")))
@@ -324,11 +341,21 @@ class ShipmentRepository:
         create_missing = insert(Tag).from_select(["name"], select(func.unnest(tag_names)))
         await self._session.execute(create_missing.on_conflict_do_nothing())
         # A statement of its own, after the insert: its snapshot sees tags that a concurrent
-        # transaction created (and committed) while our insert waited on them.
+        # transaction created (and committed) while our insert waited on them. The links copy
+        # the shipment's owners and creation time from its row (flushed by now).
+        columns = ["shipment_id", "tag_id", "seller_id", "partner_id", "created_at"]
         await self._session.execute(
             insert(ShipmentTag).from_select(
-                ["shipment_id", "tag_id"],
-                select(literal(shipment_id), col(Tag.id)).where(col(Tag.name) == any_(tag_names)),
+                columns,
+                select(
+                    col(Shipment.id),
+                    col(Tag.id),
+                    col(Shipment.seller_id),
+                    col(Shipment.partner_id),
+                    col(Shipment.created_at),
+                )
+                .join(Tag, col(Tag.name) == any_(tag_names))
+                .where(col(Shipment.id) == shipment_id),
             )
         )
 
@@ -408,7 +435,9 @@ class ShipmentRepository:
             .join(Seller, col(Seller.id) == col(Shipment.seller_id))
             .where(
                 and_(
-                    col(Shipment.status) == ShipmentStatus.placed,
+                    # A literal, like the predicate of ix_shipments_placed_created: with a bound
+                    # parameter, a generic plan could not prove it and would leave the index out.
+                    col(Shipment.status) == literal_column(f"'{ShipmentStatus.placed.value}'"),
                     col(Shipment.created_at) < cutoff,
                 )
             )

@@ -22,13 +22,21 @@ class Event(SQLModel, table=True):
     """
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_seller_position", "seller_id", "position"),)
+    __table_args__ = (
+        # The feed: a seller's events in position order. The only index on `position`: a global
+        # one would tempt the planner, for a seller with many events, to walk everybody's
+        # events in order and filter them.
+        Index("ix_events_seller_position", "seller_id", "position", unique=True),
+        # Deleting a shipment cascades here.
+        Index("ix_events_shipment_id", "shipment_id"),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    # Commit order is not id order; the feed pages by this instead.
+    # Commit order is not id order; the feed pages by this instead. Unique per seller (the
+    # feed's index); the identity makes it unique overall.
     position: int | None = Field(
         default=None,
-        sa_column=Column(BigInteger, Identity(always=True), nullable=False, unique=True),
+        sa_column=Column(BigInteger, Identity(always=True), nullable=False),
     )
     seller_id: uuid.UUID = Field(
         sa_column=Column(ForeignKey("sellers.id", ondelete="CASCADE"), nullable=False)
@@ -65,7 +73,11 @@ class WebhookDelivery(SQLModel, table=True):
     """One attempt to deliver one event to one endpoint."""
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
+        # Deleting an event (with its shipment) cascades here.
+        Index("ix_webhook_deliveries_event_id", "event_id"),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     endpoint_id: uuid.UUID = Field(

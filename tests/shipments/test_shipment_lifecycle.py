@@ -316,6 +316,55 @@ async def test_list_accepts_limit_bounds_and_filters(
     assert await ids(tag="unused") == []
 
 
+async def test_tag_filtered_lists_page_show_every_tag_and_follow_replaced_tags(
+    client: httpx.AsyncClient,
+) -> None:
+    parties = await make_parties(client, max_handling_capacity=10)
+    created = [
+        await create_shipment(client, parties.seller_headers, tags=["gift", f"n{number}"])
+        for number in range(5)
+    ]
+    untagged = await create_shipment(client, parties.seller_headers, tags=[])
+    other = await make_parties(client)
+    await create_shipment(client, other.seller_headers, tags=["gift"])
+    newest_first = [shipment["id"] for shipment in reversed(created)]
+
+    async def pages(headers: dict[str, str], **params: str) -> list[list[dict[str, Any]]]:
+        found: list[list[dict[str, Any]]] = []
+        cursor: str | None = None
+        while True:
+            query = {**params, "limit": "2", **({"cursor": cursor} if cursor else {})}
+            response = await client.get("/shipments", params=query, headers=headers)
+            assert response.status_code == 200, response.text
+            found.append(response.json()["items"])
+            cursor = response.json()["next_cursor"]
+            if cursor is None:
+                return found
+
+    for headers in (parties.seller_headers, parties.partner_headers):
+        gift_pages = await pages(headers, tag="gift")
+        assert [len(page) for page in gift_pages] == [2, 2, 1]
+        items = [item for page in gift_pages for item in page]
+        assert [item["id"] for item in items] == newest_first
+        # The filter selects shipments; each still shows all its tags.
+        assert [item["tags"] for item in items] == [
+            ["gift", f"n{number}"] for number in reversed(range(5))
+        ]
+        assert await pages(headers, tag="gift", status="placed") == gift_pages
+        assert await pages(headers, tag="gift", status="delivered") == [[]]
+
+    url = f"/shipments/{created[0]['id']}/tags"
+    await client.put(url, json={"tags": ["n0"]}, headers=parties.seller_headers)
+    url = f"/shipments/{untagged['id']}/tags"
+    await client.put(url, json={"tags": ["gift"]}, headers=parties.seller_headers)
+    for headers in (parties.seller_headers, parties.partner_headers):
+        items = [item for page in await pages(headers, tag="gift") for item in page]
+        assert [item["id"] for item in items] == [untagged["id"], *newest_first[:4]]
+        assert [item["id"] for page in await pages(headers, tag="n0") for item in page] == [
+            created[0]["id"]
+        ]
+
+
 # --- cancel and tags ---------------------------------------------------------------------------
 
 
