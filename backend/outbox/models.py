@@ -41,7 +41,14 @@ class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox_messages"
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'sent', 'dead')", name="status_known"),
+        # The retention purge's oldest dead-lettered rows (backend/retention.py).
         Index("ix_outbox_messages_created_at", "created_at"),
+        # The retention purge's oldest sent rows.
+        Index(
+            "ix_outbox_messages_sent_at",
+            "sent_at",
+            postgresql_where=text("status = 'sent'"),
+        ),
         # The worker's query: pending rows whose time has come, oldest first.
         Index(
             "ix_outbox_messages_due",

@@ -22,7 +22,11 @@ class Event(SQLModel, table=True):
     """
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_seller_position", "seller_id", "position"),)
+    __table_args__ = (
+        Index("ix_events_seller_position", "seller_id", "position"),
+        # The retention purge's oldest events (backend/retention.py).
+        Index("ix_events_created_at", "created_at"),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     # Commit order is not id order; the feed pages by this instead.
@@ -65,7 +69,12 @@ class WebhookDelivery(SQLModel, table=True):
     """One attempt to deliver one event to one endpoint."""
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
+        # The retention purge's oldest attempts, and the attempts deleted with their event.
+        Index("ix_webhook_deliveries_created_at", "created_at"),
+        Index("ix_webhook_deliveries_event_id", "event_id"),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     endpoint_id: uuid.UUID = Field(
