@@ -184,6 +184,23 @@ class Settings(BaseSettings):
     # URL of the caller's choosing.
     webhook_test_sends_per_minute: int = Field(default=5, ge=1)
 
+    # Retention: the worker deletes, in small batches, what is older than these.
+    # Sent outbox messages (their rows hold recipients' addresses), days after they were sent.
+    sent_outbox_retention_days: int = Field(default=7, ge=1)
+    # Dead-lettered outbox messages, days after they were written: kept at least as long as
+    # sent ones, for inspection.
+    dead_outbox_retention_days: int = Field(default=30, ge=1)
+    # The event feed's window (GET /events), days. At least 2: a webhook retried for ~28 h
+    # still needs its event. An event's delivery log goes with it.
+    event_retention_days: int = Field(default=30, ge=2)
+    # Webhook delivery attempts (GET /seller/webhooks/{id}/deliveries), days; at most the
+    # feed's window, since an event takes its deliveries with it.
+    webhook_delivery_retention_days: int = Field(default=30, ge=1)
+    # Idempotency keys, hours: a retry with the same key after this creates a new shipment.
+    idempotency_key_retention_hours: int = Field(default=24, ge=1)
+    # How often the worker purges.
+    retention_purge_seconds: float = Field(default=600.0, gt=0)
+
     # Live updates: a comment on idle Server-Sent Event streams this often keeps proxies from
     # closing them.
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
@@ -236,6 +253,20 @@ class Settings(BaseSettings):
         if server is not None:
             parse_dns_server(server)
         return server
+
+    @model_validator(mode="after")
+    def check_retention(self) -> Self:
+        if self.dead_outbox_retention_days < self.sent_outbox_retention_days:
+            raise ValueError(
+                "DEAD_OUTBOX_RETENTION_DAYS must be at least SENT_OUTBOX_RETENTION_DAYS: "
+                "dead-lettered messages are kept for inspection"
+            )
+        if self.webhook_delivery_retention_days > self.event_retention_days:
+            raise ValueError(
+                "WEBHOOK_DELIVERY_RETENTION_DAYS must be at most EVENT_RETENTION_DAYS: "
+                "deleting an event deletes its delivery log"
+            )
+        return self
 
     @model_validator(mode="after")
     def refuse_weak_key_outside_dev(self) -> Self:

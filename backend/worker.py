@@ -35,6 +35,7 @@ from backend.outbox.outbox import (
     OutboxClaims,
     retry_delay,
 )
+from backend.retention import run_retention_purges
 from backend.shipments.expiry import run_expiry_sweeps
 from backend.webhooks.events import WEBHOOK
 from backend.webhooks.webhooks import (
@@ -148,6 +149,7 @@ class OutboxWorker:
                 *(self._keep_busy(lane) for lane in self._lanes),
                 # Periodic work of the worker process that is not a message to send.
                 run_expiry_sweeps(self._settings, self._sessionmaker, self._stopping),
+                run_retention_purges(self._settings, self._sessionmaker, self._stopping),
             )
         finally:
             await self._finish_sends()

@@ -39,6 +39,7 @@ LAYERS: list[list[str]] = [
     # what assembles the domains into processes and documents
     [
         "backend.worker",
+        "backend.retention",
         "backend.models",
         "backend.demo",
         "backend.partner_commands",

@@ -189,3 +189,32 @@ def test_usable_cores_respect_a_container_cpu_quota(
     monkeypatch.setattr(config, "CGROUP_CPU_LIMIT", limit)
     affinity = len(os.sched_getaffinity(0))
     assert config.usable_cores() == (affinity if expected is None else min(affinity, expected))
+
+
+def test_retention_defaults_keep_dead_letters_and_the_feed_longer_than_sent_mail() -> None:
+    settings = settings_from(environment="dev")
+    assert settings.sent_outbox_retention_days == 7
+    assert settings.dead_outbox_retention_days == 30
+    assert settings.event_retention_days == 30
+    assert settings.webhook_delivery_retention_days == 30
+    assert 24 <= settings.idempotency_key_retention_hours <= 72
+
+
+def test_dead_letters_are_never_kept_shorter_than_sent_messages() -> None:
+    with pytest.raises(ValidationError, match="DEAD_OUTBOX_RETENTION_DAYS"):
+        settings_from(
+            environment="dev", sent_outbox_retention_days=10, dead_outbox_retention_days=9
+        )
+
+
+def test_the_delivery_log_cannot_outlive_its_events() -> None:
+    with pytest.raises(ValidationError, match="WEBHOOK_DELIVERY_RETENTION_DAYS"):
+        settings_from(
+            environment="dev", event_retention_days=14, webhook_delivery_retention_days=15
+        )
+
+
+def test_the_feed_keeps_events_as_long_as_webhooks_are_retried() -> None:
+    # Webhook retries span about 28 hours and read the event at each attempt.
+    with pytest.raises(ValidationError, match="event_retention_days"):
+        settings_from(environment="dev", event_retention_days=1)

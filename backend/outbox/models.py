@@ -43,6 +43,14 @@ class OutboxMessage(SQLModel, table=True):
         CheckConstraint("status IN ('pending', 'sent', 'dead')", name="status_known"),
         # Deleting a shipment cascades here, and the demo looks a shipment's messages up.
         Index("ix_outbox_messages_shipment_id", "shipment_id"),
+        # The retention purge's oldest dead-lettered rows (backend/retention.py).
+        Index("ix_outbox_messages_created_at", "created_at"),
+        # The retention purge's oldest sent rows.
+        Index(
+            "ix_outbox_messages_sent_at",
+            "sent_at",
+            postgresql_where=text("status = 'sent'"),
+        ),
         # The worker's query: pending rows whose time has come, oldest first.
         Index(
             "ix_outbox_messages_due",

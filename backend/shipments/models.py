@@ -197,6 +197,8 @@ class IdempotencyRecord(SQLModel, table=True):
     """The first response to a seller's `Idempotency-Key`, replayed to every retry."""
 
     __tablename__ = "idempotency_keys"
+    # The retention purge's oldest keys (backend/retention.py).
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
     seller_id: uuid.UUID = Field(
         sa_column=Column(ForeignKey("sellers.id", ondelete="CASCADE"), primary_key=True)

@@ -367,28 +367,34 @@ class ShipmentRepository:
         """Reserve `key` for this request, or return the request that holds it.
 
         A concurrent request with the same key waits on the unique key until the first one
-        commits (and then sees its record) or rolls back (and then takes the key itself).
+        commits (and then sees its record) or rolls back (and then takes the key itself). A
+        record the retention purge deletes between the two statements frees the key: it is
+        claimed again.
         """
-        claimed = await self._session.scalar(
-            insert(IdempotencyRecord)
-            .values(seller_id=seller_id, key=key, request_fingerprint=fingerprint, created_at=now)
-            .on_conflict_do_nothing()
-            .returning(col(IdempotencyRecord.key))
-        )
-        if claimed is not None:
-            return None
-        earlier = (
-            await self._session.execute(
-                select(
-                    col(IdempotencyRecord.request_fingerprint),
-                    col(IdempotencyRecord.response_body),
-                ).where(
-                    col(IdempotencyRecord.seller_id) == seller_id,
-                    col(IdempotencyRecord.key) == key,
+        while True:
+            claimed = await self._session.scalar(
+                insert(IdempotencyRecord)
+                .values(
+                    seller_id=seller_id, key=key, request_fingerprint=fingerprint, created_at=now
                 )
+                .on_conflict_do_nothing()
+                .returning(col(IdempotencyRecord.key))
             )
-        ).one()
-        return EarlierRequest(earlier[0], earlier[1])
+            if claimed is not None:
+                return None
+            earlier = (
+                await self._session.execute(
+                    select(
+                        col(IdempotencyRecord.request_fingerprint),
+                        col(IdempotencyRecord.response_body),
+                    ).where(
+                        col(IdempotencyRecord.seller_id) == seller_id,
+                        col(IdempotencyRecord.key) == key,
+                    )
+                )
+            ).first()
+            if earlier is not None:
+                return EarlierRequest(earlier[0], earlier[1])
 
     async def record_idempotent_response(
         self, seller_id: uuid.UUID, key: str, shipment_id: uuid.UUID, body: dict[str, Any]

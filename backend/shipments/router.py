@@ -48,7 +48,8 @@ IdempotencyKey = Annotated[
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",
         description="Any unique string (a UUID works). Retries with the same key and body get "
-        "the original response and create nothing.",
+        "the original response and create nothing, for IDEMPOTENCY_KEY_RETENTION_HOURS (24 h by "
+        "default): a retry after that creates a new shipment.",
     ),
 ]
 IfMatch = Annotated[
@@ -95,7 +96,9 @@ async def create_shipment(
     The shipment starts `placed`, with an ETA of now plus the default transit time.
 
     Send an `Idempotency-Key` to retry safely: the same key and body return the original 201
-    (with `Idempotent-Replayed: true`); the same key with another body is 422.
+    (with `Idempotent-Replayed: true`); the same key with another body is 422. Keys are
+    remembered for `IDEMPOTENCY_KEY_RETENTION_HOURS` (24 h by default, like Stripe's): a retry
+    after that creates a new shipment.
 
     Limits: `SHIPMENTS_PER_SELLER_PER_MINUTE` creates a minute (429 with `Retry-After`); until
     its email address is verified, a seller may create `UNVERIFIED_SELLER_SHIPMENT_LIMIT`

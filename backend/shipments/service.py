@@ -18,6 +18,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -246,7 +247,10 @@ class ShipmentService:
             await self._shipments.record_idempotent_response(
                 seller.id, idempotency_key, shipment.id, created.model_dump(mode="json")
             )
-        await self._publish(created, [SHIPMENT_CREATED])
+        initial = created.model_dump(
+            mode="json", include={"status", "estimated_delivery", "partner"}
+        )
+        await self._publish(created, [SHIPMENT_CREATED], initial)
         return CreatedShipment(created, replayed=False)
 
     async def cancel(self, shipment_id: uuid.UUID, *, note: str | None = None) -> ShipmentRead:
@@ -261,7 +265,8 @@ class ShipmentService:
             )
         await self._move(shipment, ShipmentStatus.cancelled, location_zip=None, note=note)
         cancelled = self._view(loaded)
-        await self._publish(cancelled, [SHIPMENT_UPDATED, SHIPMENT_CANCELLED])
+        changes = {"status": ShipmentStatus.cancelled.value}
+        await self._publish(cancelled, [SHIPMENT_UPDATED, SHIPMENT_CANCELLED], changes)
         return cancelled
 
     async def replace_tags(self, shipment_id: uuid.UUID, names: list[str]) -> ShipmentRead:
@@ -305,6 +310,10 @@ class ShipmentService:
                 self._unit.after_commit(forget)
         if change.estimated_delivery is not None:
             shipment.estimated_delivery = change.estimated_delivery
+        # What this report alters, for the feed; read before _move applies the status.
+        changes = change.model_dump(mode="json", include={"estimated_delivery"}, exclude_none=True)
+        if target is not shipment.status:
+            changes["status"] = target.value
         # Going out for delivery (again): a fresh code, stored hashed with this change.
         going_out = change.status is ShipmentStatus.out_for_delivery
         code = self._codes.issue(shipment) if going_out else None
@@ -316,17 +325,25 @@ class ShipmentService:
             self._emails.delivered(shipment, partner_name=loaded.partner_name)
         updated = self._view(loaded)
         delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
-        await self._publish(updated, [SHIPMENT_UPDATED, *delivered])
+        await self._publish(updated, [SHIPMENT_UPDATED, *delivered], changes)
         return updated
 
     # --- internals -----------------------------------------------------------------------
 
-    async def _publish(self, shipment: ShipmentRead, types: list[str]) -> None:
+    async def _publish(
+        self, shipment: ShipmentRead, types: list[str], changes: dict[str, Any]
+    ) -> None:
         """Events for the feed, webhooks and live streams; last, as it serializes the seller's
-        events until the commit."""
+        events until the commit. An event says what changed (`changes`: only the fields this
+        change set), not the whole shipment (webhooks/schemas.py ShipmentEventData)."""
         announce_after_commit(self._unit, self._redis, shipment.id, shipment.timeline[-1:])
         data = {
-            "shipment": shipment.model_dump(mode="json", exclude={"timeline"}),
+            "shipment_id": str(shipment.id),
+            "tracking_number": shipment.tracking_number,
+            "reference": shipment.reference,
+            "status": shipment.status.value,
+            "version": shipment.version,
+            "changes": changes,
             "timeline_event": shipment.timeline[-1].model_dump(mode="json"),
         }
         await self._events.publish(shipment.seller_id, types, data, shipment_id=shipment.id)

@@ -29,6 +29,8 @@ class Event(SQLModel, table=True):
         Index("ix_events_seller_position", "seller_id", "position", unique=True),
         # Deleting a shipment cascades here.
         Index("ix_events_shipment_id", "shipment_id"),
+        # The retention purge's oldest events (backend/retention.py).
+        Index("ix_events_created_at", "created_at"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -75,7 +77,8 @@ class WebhookDelivery(SQLModel, table=True):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
-        # Deleting an event (with its shipment) cascades here.
+        # The retention purge's oldest attempts, and the attempts deleted with their event.
+        Index("ix_webhook_deliveries_created_at", "created_at"),
         Index("ix_webhook_deliveries_event_id", "event_id"),
     )
 

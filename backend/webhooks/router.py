@@ -186,7 +186,16 @@ async def list_events(
     limit: Limit = DEFAULT_PAGE_SIZE,
 ) -> EventPage:
     """Your events in the order they happened: catch up after an outage with the last id you
-    saw. The ids are those of the webhook deliveries (`webhook-id`)."""
+    saw. The ids are those of the webhook deliveries (`webhook-id`).
+
+    Each `shipment.*` event says what changed (`ShipmentEventData`: the shipment's id,
+    tracking number, status and version, the fields this event set, and its timeline event),
+    not the whole shipment: `GET /shipments/{id}` gives that.
+
+    The feed keeps events for `EVENT_RETENTION_DAYS` (30 days by default); older ones are
+    deleted, and an `after` id that is gone is answered 422 `unknown_event`: start again
+    without `after` and skip the ids you already processed.
+    """
     return await webhooks.feed(seller, after=after, limit=limit)
 
 
@@ -201,6 +210,10 @@ Headers: `webhook-id` (the event id, identical on every retry: deduplicate on it
 `webhook-timestamp` (Unix seconds; reject old ones), `webhook-signature`
 (`v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{raw body}">`, keyed with the
 base64-decoded part of your secret after `whsec_`). Answer 2xx within 10 seconds.
+
+The body says what changed, not the whole shipment: `data.changes` holds only the fields this
+event set, `data.version` orders events of one shipment. Fetch `GET /shipments/{id}` for the
+rest (recipient, destination, tags, the whole timeline).
 """
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from typing_extensions import TypedDict
 
 from backend.fields import RequestBody, reject_unstorable
 
@@ -84,11 +85,43 @@ _EXAMPLE_DELIVERY: dict[str, Any] = {
     "duration_ms": 41,
     "created_at": "2026-11-22T09:31:02Z",
 }
+_EXAMPLE_EVENT_DATA: dict[str, Any] = {
+    "shipment_id": "3d0c8a8e-2f7b-4f57-9d6c-0f3c1b2a4e51",
+    "tracking_number": "7KQ2M9XHT4B8RW",
+    "reference": "order-1042",
+    "status": "in_transit",
+    "version": 2,
+    "changes": {"status": "in_transit"},
+    "timeline_event": {
+        "sequence": 2,
+        "status": "in_transit",
+        "location_zip": "02110",
+        "description": "In transit",
+        "created_at": "2026-11-22T14:05:00Z",
+    },
+}
+_EXAMPLE_CREATED_DATA: dict[str, Any] = {
+    **_EXAMPLE_EVENT_DATA,
+    "status": "placed",
+    "version": 1,
+    "changes": {
+        "status": "placed",
+        "estimated_delivery": "2026-11-25T09:30:00Z",
+        "partner": {"id": "0f6b1c2d-8e4a-4b7c-9d1e-2a3b4c5d6e7f", "name": "Harbor Couriers"},
+    },
+    "timeline_event": {
+        "sequence": 1,
+        "status": "placed",
+        "location_zip": None,
+        "description": "Shipment created",
+        "created_at": "2026-11-22T09:30:00Z",
+    },
+}
 _EXAMPLE_EVENT: dict[str, Any] = {
     "id": "9d2f6c1a-3b4e-4f5a-8b7c-1d2e3f4a5b6c",
     "type": "shipment.updated",
     "shipment_id": "3d0c8a8e-2f7b-4f57-9d6c-0f3c1b2a4e51",
-    "data": {"shipment": {"status": "in_transit"}, "timeline_event": {"sequence": 2}},
+    "data": _EXAMPLE_EVENT_DATA,
     "created_at": "2026-11-22T14:05:00Z",
 }
 
@@ -126,7 +159,11 @@ class EventRead(BaseModel):
     id: uuid.UUID = Field(description="Also the `webhook-id` of every delivery of this event.")
     type: str
     shipment_id: uuid.UUID | None
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(
+        description="For `shipment.*` events, what changed (`ShipmentEventData`, as in the "
+        "webhook deliveries); for `webhook.test`, a message. `GET /shipments/{id}` gives the "
+        "whole shipment."
+    )
     created_at: datetime
 
 
@@ -147,11 +184,55 @@ class WebhookTestQueued(BaseModel):
     event_id: uuid.UUID
 
 
+class EventPartner(TypedDict):
+    id: uuid.UUID
+    name: str
+
+
+class ShipmentChanges(TypedDict, total=False):
+    """Only the fields this event set, with their new values; a field it left alone is absent
+    (never null). `shipment.created` carries the initial `status`, `estimated_delivery` and
+    `partner`; a report carries `status` when the status changed and `estimated_delivery` when
+    a new estimate came with it; a cancellation carries `status`. A scan or a note alone
+    changes nothing here: it is in `timeline_event`."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    status: str
+    estimated_delivery: datetime
+    partner: EventPartner
+
+
+class EventTimelineEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sequence: int = Field(description="Position in the shipment's timeline: 1, 2, 3… no gaps.")
+    status: str
+    location_zip: str | None
+    description: str | None
+    created_at: datetime
+
+
 class ShipmentEventData(BaseModel):
-    shipment: dict[str, Any] = Field(
-        description="The shipment as `GET /shipments/{id}` shows it, without the timeline."
+    """What a `shipment.*` event says: which shipment, where it stands now, and what this
+    event changed. Not the whole shipment: fetch `GET /shipments/{id}` for that (recipient,
+    destination, tags, the full timeline). Events recorded by versions before this shape
+    carry a `shipment` snapshot instead, until they leave the feed (`EVENT_RETENTION_DAYS`)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [_EXAMPLE_CREATED_DATA, _EXAMPLE_EVENT_DATA]}
     )
-    timeline_event: dict[str, Any] = Field(description="The timeline event behind this event.")
+
+    shipment_id: uuid.UUID
+    tracking_number: str
+    reference: str | None = Field(description="Your own reference, as given at creation.")
+    status: str = Field(description="The shipment's status after this event.")
+    version: int = Field(
+        description="The shipment's version after this event (the `ETag` of its GET): "
+        "higher is newer, so an event older than what you hold can be ignored."
+    )
+    changes: ShipmentChanges
+    timeline_event: EventTimelineEntry = Field(description="The timeline event behind this event.")
 
 
 class WebhookPayload(BaseModel):
@@ -163,17 +244,7 @@ class WebhookPayload(BaseModel):
                 {
                     "type": "shipment.updated",
                     "timestamp": "2026-11-22T14:05:00Z",
-                    "data": {
-                        "shipment": {
-                            "id": "3d0c8a8e-2f7b-4f57-9d6c-0f3c1b2a4e51",
-                            "status": "in_transit",
-                        },
-                        "timeline_event": {
-                            "sequence": 2,
-                            "status": "in_transit",
-                            "location_zip": "02110",
-                        },
-                    },
+                    "data": _EXAMPLE_EVENT_DATA,
                 }
             ]
         }

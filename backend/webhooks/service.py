@@ -51,7 +51,10 @@ class UnknownEvent(DomainError):
     status_code = 422
     code = "unknown_event"
     title = "Unknown event"
-    default_detail = "`after` must be the id of one of your events."
+    default_detail = (
+        "`after` must be the id of one of your events still in the feed, which keeps them "
+        "EVENT_RETENTION_DAYS; start again without `after` if it is older."
+    )
 
 
 class WebhookService:

@@ -53,11 +53,9 @@ def upgrade() -> None:
     op.create_index('ix_webhook_deliveries_event_id', 'webhook_deliveries', ['event_id'], unique=False)
     op.create_index('ix_outbox_messages_shipment_id', 'outbox_messages', ['shipment_id'], unique=False)
     op.create_index('ix_idempotency_keys_shipment_id', 'idempotency_keys', ['shipment_id'], unique=False)
-    op.drop_index('ix_outbox_messages_created_at', table_name='outbox_messages')
 
 
 def downgrade() -> None:
-    op.create_index('ix_outbox_messages_created_at', 'outbox_messages', ['created_at'], unique=False)
     op.drop_index('ix_idempotency_keys_shipment_id', table_name='idempotency_keys')
     op.drop_index('ix_outbox_messages_shipment_id', table_name='outbox_messages')
     op.drop_index('ix_webhook_deliveries_event_id', table_name='webhook_deliveries')

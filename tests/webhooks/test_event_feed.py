@@ -4,6 +4,7 @@ between sellers, the same ids as the webhook deliveries, and commit order under 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend.context import app_context
 from backend.db import unit_of_work
 from backend.webhooks.events import EventPublisher
+from backend.webhooks.schemas import ShipmentEventData
 from backend.worker import OutboxWorker
 from tests.assertions import assert_problem
 from tests.factories import account_with_token
@@ -106,20 +108,32 @@ async def test_the_feed_lists_events_oldest_first_with_the_webhook_ids(
         ("shipment.updated", second_id),
         ("shipment.cancelled", second_id),
     ]
-    assert [item["data"]["shipment"]["id"] for item in items] == [
+    assert [item["data"]["shipment_id"] for item in items] == [
         first_id,
         second_id,
         first_id,
         second_id,
         second_id,
     ]
-    assert [item["data"]["shipment"]["status"] for item in items] == [
+    assert [item["data"]["status"] for item in items] == [
         "placed",
         "placed",
         "in_transit",
         "cancelled",
         "cancelled",
     ]
+    # Each event carries what it changed, not the whole shipment.
+    assert [item["data"]["changes"].get("status") for item in items] == [
+        "placed",
+        "placed",
+        "in_transit",
+        "cancelled",
+        "cancelled",
+    ]
+    assert [item["data"]["version"] for item in items] == [1, 1, 2, 2, 2]
+    for item in items:
+        # The documented shape (the OpenAPI webhooks section), and nothing more.
+        ShipmentEventData.model_validate(item["data"])
     assert [item["created_at"] for item in items] == sorted(item["created_at"] for item in items)
     # The ids are the webhook-ids of the deliveries, and each delivery's body is the event.
     by_webhook_id = {request.headers["webhook-id"]: request.json() for request in receiver.requests}
@@ -257,7 +271,7 @@ async def test_a_change_committing_after_a_slower_one_comes_after_it_in_the_feed
         [slow] = await EventPublisher(slow_transaction.session).publish(
             uuid.UUID(parties.seller["id"]),
             ["shipment.updated"],
-            {"shipment": {"id": other["id"]}, "timeline_event": {"note": "slow"}},
+            {"shipment_id": other["id"], "timeline_event": {"note": "slow"}},
             shipment_id=uuid.UUID(other["id"]),
         )
         patch = asyncio.create_task(
@@ -287,7 +301,7 @@ async def test_concurrent_updates_by_several_partners_keep_the_feed_in_commit_or
     """Partners report on one seller's shipments at once while a reader keeps catching up with
     `after`. Positions follow commit order, so the reader never skips an event that committed
     after it had moved past a later one: what it collected equals the final feed."""
-    seller, seller_headers = await account_with_token(client, "seller")
+    _, seller_headers = await account_with_token(client, "seller")
     shipments: list[tuple[str, dict[str, str]]] = []
     for number in range(PARTNERS):
         zip_code = f"0310{number}"
@@ -347,4 +361,8 @@ async def test_concurrent_updates_by_several_partners_keep_the_feed_in_commit_or
             if item["shipment_id"] == shipment_id
         ]
         assert sequences == list(range(1, UPDATES_PER_SHIPMENT + 2))
-    assert all(item["data"]["shipment"]["seller_id"] == seller["id"] for item in final)
+    assert {item["data"]["shipment_id"] for item in final} == {
+        shipment_id for shipment_id, _ in shipments
+    }
+    # A scan changes no field: it is all in the timeline event.
+    assert {json.dumps(item["data"]["changes"]) for item in final[PARTNERS:]} == {"{}"}

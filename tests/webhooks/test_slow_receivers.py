@@ -109,7 +109,7 @@ async def test_a_trickling_receiver_holds_up_neither_emails_nor_other_sellers_we
     await eventually(other_seller_served, within=2)
 
     [webhook] = receiver.received_at("/other")
-    assert webhook.json()["data"]["shipment"]["id"] == shipment["id"]
+    assert webhook.json()["data"]["shipment_id"] == shipment["id"]
     [email] = smtp_server.received_by(recipient)
     assert shipment["tracking_number"] in email.subject
     # Meanwhile the slow endpoint still holds two attempts, and never had more.

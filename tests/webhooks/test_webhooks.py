@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
 from backend.config import Settings
+from backend.webhooks.schemas import ShipmentEventData
 from tests.assertions import assert_problem
 from tests.conftest import count_rows
 from tests.factories import account_with_token
@@ -339,13 +340,23 @@ async def test_a_created_shipment_reaches_the_receiver_signed_per_standard_webho
     payload = request.json()
     assert payload["type"] == "shipment.created"
     assert datetime.fromisoformat(payload["timestamp"]).tzinfo is not None
-    assert set(payload["data"]) == {"shipment", "timeline_event"}
-    assert payload["data"]["shipment"]["id"] == shipment["id"]
-    assert payload["data"]["shipment"]["tracking_number"] == shipment["tracking_number"]
-    assert payload["data"]["shipment"]["status"] == "placed"
-    assert "timeline" not in payload["data"]["shipment"]
-    assert payload["data"]["timeline_event"]["status"] == "placed"
-    assert payload["data"]["timeline_event"]["sequence"] == 1
+    # What happened, not a copy of the shipment: the integrator GETs the rest.
+    assert payload["data"] == {
+        "shipment_id": shipment["id"],
+        "tracking_number": shipment["tracking_number"],
+        "reference": shipment["reference"],
+        "status": "placed",
+        "version": 1,
+        "changes": {
+            "status": "placed",
+            "estimated_delivery": payload["data"]["changes"]["estimated_delivery"],
+            "partner": shipment["partner"],
+        },
+        "timeline_event": shipment["timeline"][0],
+    }
+    estimated = datetime.fromisoformat(payload["data"]["changes"]["estimated_delivery"])
+    assert estimated == datetime.fromisoformat(shipment["estimated_delivery"])
+    ShipmentEventData.model_validate(payload["data"])
 
     # Anything changed in transit breaks the signature.
     tampered = request.body.replace(b'"placed"', b'"delivered"', 1)
@@ -429,8 +440,27 @@ async def test_each_change_sends_its_event_types_with_distinct_ids(
     assert moved.status_code == 200, moved.text
     [updated] = await sent_since_last_look()
     assert updated.json()["type"] == "shipment.updated"
-    assert updated.json()["data"]["shipment"]["status"] == "in_transit"
-    assert updated.json()["data"]["timeline_event"]["sequence"] == 2
+    assert updated.json()["data"]["status"] == "in_transit"
+    assert updated.json()["data"]["version"] == moved.json()["version"]
+    assert updated.json()["data"]["changes"] == {"status": "in_transit"}
+    assert updated.json()["data"]["timeline_event"] == moved.json()["timeline"][-1]
+
+    # A new estimate with a scan: only the estimate changed.
+    new_eta = "2030-01-02T03:04:05Z"
+    scanned = await patch_shipment(
+        hooks.client,
+        parties.partner_headers,
+        shipment["id"],
+        status="in_transit",
+        location_zip="03301",
+        estimated_delivery=new_eta,
+    )
+    assert scanned.status_code == 200, scanned.text
+    [rescheduled] = await sent_since_last_look()
+    changes = rescheduled.json()["data"]["changes"]
+    assert set(changes) == {"estimated_delivery"}
+    assert datetime.fromisoformat(changes["estimated_delivery"]) == datetime.fromisoformat(new_eta)
+    assert rescheduled.json()["data"]["timeline_event"]["location_zip"] == "03301"
 
     out = await patch_shipment(
         hooks.client, parties.partner_headers, shipment["id"], status="out_for_delivery"
@@ -453,7 +483,8 @@ async def test_each_change_sends_its_event_types_with_distinct_ids(
         "shipment.updated",
     ]
     [delivered] = [r for r in delivered_batch if r.json()["type"] == "shipment.delivered"]
-    assert delivered.json()["data"]["shipment"]["status"] == "delivered"
+    assert delivered.json()["data"]["status"] == "delivered"
+    assert delivered.json()["data"]["changes"] == {"status": "delivered"}
     assert delivered.json()["data"]["timeline_event"]["status"] == "delivered"
 
     other = await create_shipment(hooks.client, parties.seller_headers)
@@ -465,8 +496,9 @@ async def test_each_change_sends_its_event_types_with_distinct_ids(
     cancelled_batch = await sent_since_last_look()
     assert types_of(cancelled_batch) == ["shipment.cancelled", "shipment.updated"]
     for request in cancelled_batch:
-        assert request.json()["data"]["shipment"]["id"] == other["id"]
-        assert request.json()["data"]["shipment"]["status"] == "cancelled"
+        assert request.json()["data"]["shipment_id"] == other["id"]
+        assert request.json()["data"]["status"] == "cancelled"
+        assert request.json()["data"]["changes"] == {"status": "cancelled"}
         assert request.json()["data"]["timeline_event"]["status"] == "cancelled"
 
     # Refused changes publish nothing.
@@ -485,7 +517,7 @@ async def test_each_change_sends_its_event_types_with_distinct_ids(
 
     # One delivery per event, each under the event's own id.
     ids = [request.headers["webhook-id"] for request in receiver.requests]
-    assert len(ids) == len(set(ids)) == 8
+    assert len(ids) == len(set(ids)) == 9
     assert sorted(ids) == sorted(event_id for event_id, _ in events_before)
 
 
@@ -761,6 +793,18 @@ async def test_openapi_documents_the_webhook_payloads(client: httpx.AsyncClient)
         payload = resolve(document, body)
         assert {"type", "timestamp", "data"} <= set(payload["properties"])
         data = resolve(document, payload["properties"]["data"])
-        assert {"shipment", "timeline_event"} <= set(data["properties"])
+        assert set(data["properties"]) == {
+            "shipment_id",
+            "tracking_number",
+            "reference",
+            "status",
+            "version",
+            "changes",
+            "timeline_event",
+        }
+        changes = resolve(document, data["properties"]["changes"])
+        assert set(changes["properties"]) == {"status", "estimated_delivery", "partner"}
+        assert changes.get("required", []) == []
+        assert "GET /shipments/{id}" in operation["description"]
         assert "webhook-signature" in operation["description"]
         assert any(status.startswith("2") for status in operation["responses"])
