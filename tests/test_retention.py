@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.config import Settings
+from backend.context import app_context
 from backend.retention import RetentionPurge, retained_kinds
 from tests.conftest import count_rows
 from tests.outbox.conftest import (
@@ -102,7 +103,7 @@ async def create_with_key(
 
 
 def purge_for(app: FastAPI, settings: Settings, batch_size: int = 1000) -> RetentionPurge:
-    return RetentionPurge(settings, app.state.sessionmaker, batch_size=batch_size)
+    return RetentionPurge(settings, app_context(app).sessionmaker, batch_size=batch_size)
 
 
 async def test_defaults_window_each_kind_as_documented(settings: Settings) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     DateTime,
     Select,
     String,
+    TextClause,
     and_,
     any_,
     bindparam,
@@ -43,15 +44,33 @@ from backend.pagination import after_last, newest_first
 from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentTag, Tag
 from backend.shipments.status import ShipmentStatus
 
-# Take one slot from the least-loaded approved partner serving the zip that still has room.
-# Pending and suspended partners are never candidates (product.md §4). A concurrent
-# creator waits on the row lock, then PostgreSQL re-checks `active_shipments <
-# max_handling_capacity` on the updated row, so capacity can never be exceeded. The statement
-# considers exactly one partner: a locking query that moved on to the next candidate after a
-# failed re-check would wait for it while still holding the first, and deadlock.
-# `serviceable_zip_codes @> ARRAY[zip]` (the same rows as `zip = ANY(serviceable_zip_codes)`)
-# is the form the GIN index on the column serves; the cast keeps both sides varchar[], since a
-# text[] on one side would cast the column and leave the index out.
+# Both claims take one slot from the least-loaded approved partner serving the zip that still
+# has room (pending and suspended partners are never candidates, product.md §4); `@>`, so that
+# the GIN index on the zip codes can serve them.
+#
+# First try: the least-loaded candidate that no concurrent create holds right now (SKIP
+# LOCKED), so that simultaneous creates into one zip spread over its partners instead of
+# queueing on one row. The row is locked before its room is re-checked, so capacity holds.
+_CLAIM_FREE_PARTNER = text(
+    """
+    UPDATE partners SET active_shipments = active_shipments + 1
+    WHERE id = (
+        SELECT id FROM partners
+        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
+          AND active_shipments < max_handling_capacity
+          AND status = 'approved'
+        ORDER BY active_shipments, id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id, name
+    """
+)
+# Then, when every candidate is busy: wait for the least-loaded one. A concurrent creator waits
+# on the row lock, then PostgreSQL re-checks `active_shipments < max_handling_capacity` on the
+# updated row, so capacity can never be exceeded. The statement considers exactly one partner:
+# a locking query that moved on to the next candidate after a failed re-check would wait for it
+# while still holding the first, and deadlock.
 _CLAIM_PARTNER = text(
     """
     UPDATE partners SET active_shipments = active_shipments + 1
@@ -294,22 +313,23 @@ class ShipmentRepository:
 
     async def claim_partner(self, zip_code: str) -> ClaimedPartner | None:
         """Take one slot of capacity from the best partner for `zip_code`, or return None."""
+        claimed = await self._claim_attempt(_CLAIM_FREE_PARTNER, zip_code)
         # A candidate that filled up while we waited is not claimed; try again (a new snapshot)
         # while any partner still has room.
         for _ in range(10):
-            claimed = await self._claim_attempt(zip_code)
             if claimed is not None:
                 return claimed
             if not await self._session.scalar(_PARTNER_WITH_ROOM_EXISTS, {"zip": zip_code}):
                 return None
-        return None
+            claimed = await self._claim_attempt(_CLAIM_PARTNER, zip_code)
+        return claimed
 
-    async def _claim_attempt(self, zip_code: str) -> ClaimedPartner | None:
-        # In a savepoint: a candidate that fails PostgreSQL's re-check after the wait is not
+    async def _claim_attempt(self, claim: TextClause, zip_code: str) -> ClaimedPartner | None:
+        # In a savepoint: a candidate that fails PostgreSQL's re-check after a wait is not
         # updated but stays locked, and holding it while the next attempt waits for another
         # partner could deadlock two creates; rolling the savepoint back frees it.
         attempt = await self._session.begin_nested()
-        claimed = (await self._session.execute(_CLAIM_PARTNER, {"zip": zip_code})).first()
+        claimed = (await self._session.execute(claim, {"zip": zip_code})).first()
         if claimed is None:
             await attempt.rollback()
             return None

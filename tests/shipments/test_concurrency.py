@@ -267,10 +267,13 @@ async def test_a_create_that_lost_its_partner_lets_go_of_it_before_trying_the_ne
     first, second = sorted(partners, key=uuid.UUID)  # equally free: the lower id comes first
 
     async with db_engine.connect() as filler, db_engine.connect() as other:
-        # `filler` fills the first partner but has not committed: the create waits on it.
+        # `filler` fills the first partner but has not committed, and `other` holds the second:
+        # every candidate is busy, so the create waits on the least loaded, the first.
         await filler.execute(
             text("UPDATE partners SET active_shipments = 1 WHERE id = :id"), {"id": first}
         )
+        lock_query = "SELECT id FROM partners WHERE id = :id FOR UPDATE"
+        await other.execute(text(lock_query), {"id": second})
         create = asyncio.create_task(
             client.post(
                 "/shipments",
@@ -279,9 +282,7 @@ async def test_a_create_that_lost_its_partner_lets_go_of_it_before_trying_the_ne
             )
         )
         await until_waiting_on_locks(db_engine, 1)
-        # `other` holds the second partner and queues for the first, behind the create.
-        lock_query = "SELECT id FROM partners WHERE id = :id FOR UPDATE"
-        await other.execute(text(lock_query), {"id": second})
+        # `other` queues for the first partner too, behind the create.
         other_waits = asyncio.create_task(other.execute(text(lock_query), {"id": first}))
         await until_waiting_on_locks(db_engine, 2)
 
@@ -534,3 +535,35 @@ async def test_a_retry_listing_the_same_tags_in_another_order_is_the_same_reques
     assert retry.json() == first.json()
     assert_problem(other_tags, 422, "idempotency_key_reused")
     assert await count_rows(db_engine, "shipments") == 1
+
+
+async def test_a_create_takes_a_free_partner_rather_than_queue_behind_a_busy_one(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    """Two partners serve the zip and one is held by another transaction (another create,
+    until it commits): the create takes the other one at once instead of waiting."""
+    _, seller_headers = await account_with_token(client, "seller")
+    zip_code = "73302"
+    partners = [
+        (
+            await account_with_token(
+                client, "partner", serviceable_zip_codes=[zip_code], max_handling_capacity=5
+            )
+        )[0]["id"]
+        for _ in range(2)
+    ]
+    first, second = sorted(partners, key=uuid.UUID)  # equally free: the lower id comes first
+
+    async with db_engine.connect() as busy:
+        lock_query = "SELECT id FROM partners WHERE id = :id FOR UPDATE"
+        await busy.execute(text(lock_query), {"id": first})
+        async with asyncio.timeout(10):  # it would wait for `busy` forever
+            response = await client.post(
+                "/shipments",
+                json=shipment_body(destination={"zip_code": zip_code}),
+                headers=seller_headers,
+            )
+        await busy.rollback()
+
+    assert response.status_code == 201, response.text
+    assert response.json()["partner"]["id"] == second

@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from backend.context import app_context
 from backend.shipments.repository import ShipmentRepository
 from tests.shipments.factories import Parties, create_shipment, make_parties
 
@@ -100,7 +101,7 @@ class Statements:
 @pytest.fixture
 def statements(app: FastAPI) -> Iterator[Statements]:
     log = Statements()
-    engine = app.state.engine.sync_engine
+    engine = app_context(app).engine.sync_engine
     event.listen(engine, "before_cursor_execute", log.record)
     yield log
     event.remove(engine, "before_cursor_execute", log.record)
@@ -310,7 +311,7 @@ async def test_assignment_can_find_partners_by_zip_through_the_gin_index(
 async def test_the_expiry_sweep_uses_the_partial_index_even_in_a_generic_plan(
     app: FastAPI, db_engine: AsyncEngine, statements: Statements, seeded: Seeded
 ) -> None:
-    sessionmaker: async_sessionmaker[AsyncSession] = app.state.sessionmaker
+    sessionmaker: async_sessionmaker[AsyncSession] = app_context(app).sessionmaker
     statements.sent.clear()
     async with sessionmaker() as session:
         cutoff = datetime.now(UTC) - timedelta(hours=72)
