@@ -72,6 +72,17 @@ def enqueue_email(
 
 
 @dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed attempt to record: retried after `delay_seconds`, or dead once the row has had
+    `max_attempts` attempts."""
+
+    message_id: uuid.UUID
+    error: str
+    delay_seconds: float
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedMessage:
     id: uuid.UUID
     kind: str
@@ -134,7 +145,7 @@ _MARK_SENT = text(
         payload = payload - ARRAY(
             SELECT jsonb_array_elements_text(COALESCE(payload -> 'redact_after_send', '[]'))
         )
-    WHERE id = :id AND claimed_by = :worker
+    WHERE id = ANY(CAST(:ids AS uuid[])) AND claimed_by = :worker
     """
 )
 _MARK_FAILED = text(
@@ -207,20 +218,30 @@ class OutboxClaims:
             await self._session.execute(_RELEASE, {"worker": self._worker, "ids": ids})
 
     async def mark_sent(self, message_id: uuid.UUID) -> None:
-        async with self._session.begin():
-            await self._session.execute(_MARK_SENT, {"id": message_id, "worker": self._worker})
+        await self.settle([message_id], [])
 
     async def mark_failed(
         self, message_id: uuid.UUID, error: str, *, delay_seconds: float, max_attempts: int
     ) -> None:
+        await self.settle([], [Failure(message_id, error, delay_seconds, max_attempts)])
+
+    async def settle(self, sent: Sequence[uuid.UUID], failed: Sequence[Failure]) -> None:
+        """Record outcomes in one transaction: the rows in `sent` are done, those in `failed`
+        retried later or dead-lettered. Rows this worker no longer holds are left alone."""
         async with self._session.begin():
-            await self._session.execute(
-                _MARK_FAILED,
-                {
-                    "id": message_id,
-                    "worker": self._worker,
-                    "error": error[:2000],
-                    "delay_seconds": delay_seconds,
-                    "max_attempts": max_attempts,
-                },
-            )
+            if sent:
+                await self._session.execute(_MARK_SENT, {"ids": list(sent), "worker": self._worker})
+            if failed:
+                await self._session.execute(
+                    _MARK_FAILED,
+                    [
+                        {
+                            "id": failure.message_id,
+                            "worker": self._worker,
+                            "error": failure.error[:2000],
+                            "delay_seconds": failure.delay_seconds,
+                            "max_attempts": failure.max_attempts,
+                        }
+                        for failure in failed
+                    ],
+                )
