@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.outbox.email import EmailRenderer, EmailSender, email_sender
+from backend.outbox.models import EMAIL_LANE, WEBHOOK_LANE
 from backend.outbox.outbox import (
     EMAIL,
     REDACT,
@@ -88,16 +89,11 @@ class Lane:
         size: int,
         lookahead: int,
         send: Callable[[Held], Coroutine[Any, Any, None]],
-        *,
-        kind: str | None = None,
-        exclude_kind: str | None = None,
     ) -> None:
+        # The lane's name is the lane its rows are in (backend/outbox/models.py).
         self.name = name
         self.size = size
         self.lookahead = lookahead
-        # The rows this lane claims: of `kind`, or of every kind but `exclude_kind`.
-        self.kind = kind
-        self.exclude_kind = exclude_kind
         self.waiting: deque[Held] = deque()
         self.sends: set[asyncio.Task[None]] = set()
         self._send = send
@@ -231,19 +227,17 @@ class OutboxWorker:
         self._shutdown_grace = shutdown_grace_seconds
         # Unknown kinds go with the emails, to be dead-lettered there.
         self._lanes = (
-            self._lane("emails", settings.outbox_email_concurrency, exclude_kind=WEBHOOK),
-            self._lane("webhooks", settings.outbox_webhook_concurrency, kind=WEBHOOK),
+            self._lane(EMAIL_LANE, settings.outbox_email_concurrency),
+            self._lane(WEBHOOK_LANE, settings.outbox_webhook_concurrency),
         )
         # Webhook rows held (waiting or in flight) per endpoint id.
         self._endpoint_sends: Counter[str] = Counter()
         self._settlements = Settlements(self._write_outcomes)
 
-    def _lane(
-        self, name: str, size: int, *, kind: str | None = None, exclude_kind: str | None = None
-    ) -> Lane:
+    def _lane(self, name: str, size: int) -> Lane:
         # Claimed ahead: enough to start the next sends while the next claim is on its way.
         lookahead = min(size, self._settings.outbox_batch_size)
-        return Lane(name, size, lookahead, self._settle, kind=kind, exclude_kind=exclude_kind)
+        return Lane(name, size, lookahead, self._settle)
 
     def periodic_tasks(self) -> list[Coroutine[Any, Any, None]]:
         """Work of the worker process that is not a message to send: each runs until
@@ -327,8 +321,7 @@ class OutboxWorker:
             claimed = await OutboxClaims(session, self.worker_id).claim(
                 wanted,
                 self._settings.outbox_lease_seconds,
-                kind=lane.kind,
-                exclude_kind=lane.exclude_kind,
+                lane=lane.name,
                 busy_endpoints=self._busy_endpoints(),
             )
         over_limit: list[uuid.UUID] = []

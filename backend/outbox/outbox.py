@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import utcnow
-from backend.outbox.models import OutboxMessage
+from backend.outbox.models import LANE_OF_ROW, OutboxMessage
 
 EMAIL = "email"
 # Payload key listing the fields (secrets: a delivery code, a reset token) to erase once a message
@@ -92,11 +92,10 @@ class ClaimedMessage:
     created_at: datetime
 
 
-# Due rows that nobody holds (or whose holder's lease ran out), oldest first: all of them, only
-# those of `kind`, or all but those of `exclude_kind`, skipping rows for the endpoints in `busy`.
-# SKIP LOCKED lets concurrent workers take disjoint rows instead of queueing behind each other.
-_CLAIM = text(
-    """
+# Due rows that nobody holds (or whose holder's lease ran out), oldest first, of one lane (or of
+# any), skipping rows for the endpoints in `busy`. SKIP LOCKED lets concurrent workers take
+# disjoint rows instead of queueing behind each other.
+_CLAIM = """
     UPDATE outbox_messages AS m
     SET claimed_by = :worker,
         claimed_until = now() + make_interval(secs => :lease_seconds),
@@ -105,8 +104,7 @@ _CLAIM = text(
         SELECT id FROM outbox_messages
         WHERE status = 'pending' AND next_attempt_at <= now()
           AND (claimed_until IS NULL OR claimed_until < now())
-          AND (CAST(:kind AS text) IS NULL OR kind = CAST(:kind AS text))
-          AND (CAST(:exclude_kind AS text) IS NULL OR kind <> CAST(:exclude_kind AS text))
+          {lane}
           AND COALESCE(payload ->> 'endpoint_id', '') <> ALL(CAST(:busy AS text[]))
         ORDER BY next_attempt_at
         LIMIT :batch_size
@@ -115,7 +113,9 @@ _CLAIM = text(
     WHERE m.id = due.id
     RETURNING m.id, m.kind, m.payload, m.attempts, m.created_at
     """
-)
+_CLAIM_ANY = text(_CLAIM.format(lane=""))
+# The lane's condition as written in the index, so that the claim walks that lane's rows only.
+_CLAIM_LANE = text(_CLAIM.format(lane=f"AND {LANE_OF_ROW} = :lane"))
 # Renewal and release, like settling, only touch rows this worker still holds.
 _RENEW = text(
     """
@@ -182,22 +182,22 @@ class OutboxClaims:
         batch_size: int,
         lease_seconds: int,
         *,
-        kind: str | None = None,
-        exclude_kind: str | None = None,
+        lane: str | None = None,
         busy_endpoints: Sequence[str] = (),
     ) -> list[ClaimedMessage]:
-        """Take up to `batch_size` due rows for `lease_seconds`: any kind, only `kind`, or every
-        kind but `exclude_kind`; none for the webhook endpoints in `busy_endpoints`."""
+        """Take up to `batch_size` due rows for `lease_seconds`, of `lane` (EMAIL_LANE or
+        WEBHOOK_LANE) or of any; none for the webhook endpoints in `busy_endpoints`."""
         parameters = {
             "worker": self._worker,
             "lease_seconds": lease_seconds,
             "batch_size": batch_size,
-            "kind": kind,
-            "exclude_kind": exclude_kind,
             "busy": list(busy_endpoints),
         }
+        statement = _CLAIM_ANY
+        if lane is not None:
+            statement, parameters["lane"] = _CLAIM_LANE, lane
         async with self._session.begin():
-            rows = await self._session.execute(_CLAIM, parameters)
+            rows = await self._session.execute(statement, parameters)
             return [
                 ClaimedMessage(row.id, row.kind, row.payload, row.attempts, row.created_at)
                 for row in rows
