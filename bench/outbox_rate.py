@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from aiosmtpd.smtp import SMTP
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPTRACK = ROOT / ".venv" / "bin" / "shiptrack"
@@ -86,8 +87,6 @@ class _AcceptAll:
 
 
 def _run_sinks(ports: Any) -> None:
-    from aiosmtpd.smtp import SMTP
-
     async def main() -> None:
         loop = asyncio.get_running_loop()
         handler = _AcceptAll()
@@ -260,7 +259,7 @@ async def _run_scenario(
     source: Path | None,
 ) -> Result:
     processes = [
-        subprocess.Popen(_worker_command(source), env=env, cwd=source or ROOT)  # noqa: S603
+        subprocess.Popen(_worker_command(source), env=env, cwd=source or ROOT)  # noqa: S603, ASYNC220
         for _ in range(workers)
     ]
     started = time.monotonic()
@@ -302,7 +301,7 @@ async def _run_scenario(
 def _row(result: Result) -> str:
     def cell(label: str) -> str:
         if not result.queued.get(label):
-            return "–"
+            return "-"
         rate = result.rates.get(label, 0.0)
         done = result.sent.get(label, 0)
         suffix = "" if done == result.queued[label] or label == "slow" else " (unfinished)"
@@ -325,9 +324,9 @@ async def main(arguments: argparse.Namespace) -> None:
     try:
         smtp_port, http_port = ports.get(timeout=30)
         env = _worker_env(dsn.replace("postgresql://", "postgresql+asyncpg://"), smtp_port)
-        subprocess.run([str(SHIPTRACK), "migrate"], env=env, cwd=ROOT, check=True)  # noqa: S603
+        subprocess.run([str(SHIPTRACK), "migrate"], env=env, cwd=ROOT, check=True)  # noqa: S603, ASYNC221
         fast, slow = await _setup(dsn, http_port)
-        print(
+        print(  # noqa: T201 - the output of a measurement script
             f"K={arguments.count}, deadline {arguments.deadline:g} s, "
             f"workers from {arguments.source or f'git {_git_head()}'}\n\n"
             "| workers | scenario | emails/s | fast webhooks/s | 2 s webhooks/s | run s |\n"
@@ -340,7 +339,7 @@ async def main(arguments: argparse.Namespace) -> None:
                 result = await _run_scenario(
                     dsn, env, workers, scenario, queued, arguments.deadline, arguments.source
                 )
-                print(_row(result), flush=True)
+                print(_row(result), flush=True)  # noqa: T201
     finally:
         sinks.terminate()
         sinks.join(5)
@@ -350,7 +349,7 @@ async def main(arguments: argparse.Namespace) -> None:
 
 
 def _git_head() -> str:
-    described = subprocess.run(
+    described = subprocess.run(  # noqa: S603
         ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],  # noqa: S607
         capture_output=True,
         text=True,
