@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import time
 import uuid
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -30,6 +33,7 @@ class EmailRenderer:
             autoescape=select_autoescape(["html"]),
             undefined=StrictUndefined,  # a missing variable is a bug, not an empty string
             keep_trailing_newline=True,
+            auto_reload=False,  # templates ship with the code: no stat() per email
         )
         self._base_url = public_base_url.rstrip("/")
 
@@ -66,24 +70,94 @@ class EmailRenderer:
 class EmailSender(Protocol):
     async def send(self, message: EmailMessage) -> None: ...
 
+    async def aclose(self) -> None: ...
+
+
+# An SMTP connection idle for longer is closed rather than used again: servers drop idle
+# clients after a while (RFC 5321 asks them to wait at least 5 minutes; some wait less).
+SMTP_IDLE_SECONDS = 15.0
+
 
 class SmtpSender:
+    """Sends over SMTP, keeping connections open between messages: connecting, EHLO, STARTTLS
+    and AUTH are paid once per connection, not once per message. One message at a time per
+    connection; as many connections as messages sent at once (the worker's email lane)."""
+
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        # Free connections, the most recently used last, with when each was last used.
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._hostname: str | None = None
 
     async def send(self, message: EmailMessage) -> None:
+        client = self._take_idle()
+        if client is not None:
+            try:
+                await client.send_message(message)
+            except aiosmtplib.SMTPServerDisconnected:
+                # The server hung up on an idle connection: try once on a new one.
+                client.close()
+            except BaseException:
+                client.close()
+                raise
+            else:
+                self._give_back(client)
+                return
+        client = await self._connect()
+        try:
+            await client.send_message(message)
+        except BaseException:
+            # After a refusal or an error, the connection's state is unknown: never reused.
+            client.close()
+            raise
+        self._give_back(client)
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for client, _ in idle:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await client.quit()
+            client.close()
+
+    def _take_idle(self) -> aiosmtplib.SMTP | None:
+        now = time.monotonic()
+        while self._idle:
+            client, last_used = self._idle.pop()
+            if client.is_connected and now - last_used < SMTP_IDLE_SECONDS:
+                return client
+            client.close()
+        return None
+
+    async def _local_hostname(self) -> str:
+        """This machine's name for EHLO, looked up once: left to aiosmtplib, it is looked up
+        again (in a thread) on every connect."""
+        if self._hostname is None:
+            self._hostname = await asyncio.to_thread(socket.getfqdn)
+        return self._hostname
+
+    def _give_back(self, client: aiosmtplib.SMTP) -> None:
+        self._idle.append((client, time.monotonic()))
+
+    async def _connect(self) -> aiosmtplib.SMTP:
         settings = self._settings
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
-        await aiosmtplib.send(
-            message,
+        client = aiosmtplib.SMTP(
             hostname=settings.smtp_host,
             port=settings.smtp_port,
+            local_hostname=await self._local_hostname(),
             username=settings.smtp_username,
             password=password,
             use_tls=settings.smtp_security == "tls",
             start_tls=settings.smtp_security == "starttls",
             timeout=settings.smtp_timeout_seconds,
         )
+        try:
+            await client.connect()
+        except BaseException:
+            client.close()
+            raise
+        return client
 
 
 class FolderSender:
@@ -97,6 +171,9 @@ class FolderSender:
         path = self._folder / f"{sent_at}-{message['Message-ID'].strip('<>').split('@')[0]}.eml"
         await asyncio.to_thread(self._write, path, message.as_bytes())
         logger.info("email to %s: %s (%s)", message["To"], message["Subject"], path)
+
+    async def aclose(self) -> None:
+        pass
 
     def _write(self, path: Path, content: bytes) -> None:
         self._folder.mkdir(parents=True, exist_ok=True)

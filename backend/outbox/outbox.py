@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import utcnow
-from backend.outbox.models import OutboxMessage
+from backend.outbox.models import LANE_OF_ROW, OutboxMessage
 
 EMAIL = "email"
 # Payload key listing the fields (secrets: a delivery code, a reset token) to erase once a message
@@ -72,6 +72,17 @@ def enqueue_email(
 
 
 @dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed attempt to record: retried after `delay_seconds`, or dead once the row has had
+    `max_attempts` attempts."""
+
+    message_id: uuid.UUID
+    error: str
+    delay_seconds: float
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedMessage:
     id: uuid.UUID
     kind: str
@@ -81,11 +92,10 @@ class ClaimedMessage:
     created_at: datetime
 
 
-# Due rows that nobody holds (or whose holder's lease ran out), oldest first: all of them, only
-# those of `kind`, or all but those of `exclude_kind`, skipping rows for the endpoints in `busy`.
-# SKIP LOCKED lets concurrent workers take disjoint rows instead of queueing behind each other.
-_CLAIM = text(
-    """
+# Due rows that nobody holds (or whose holder's lease ran out), oldest first, of one lane (or of
+# any), skipping rows for the endpoints in `busy`. SKIP LOCKED lets concurrent workers take
+# disjoint rows instead of queueing behind each other.
+_CLAIM = """
     UPDATE outbox_messages AS m
     SET claimed_by = :worker,
         claimed_until = now() + make_interval(secs => :lease_seconds),
@@ -94,8 +104,7 @@ _CLAIM = text(
         SELECT id FROM outbox_messages
         WHERE status = 'pending' AND next_attempt_at <= now()
           AND (claimed_until IS NULL OR claimed_until < now())
-          AND (CAST(:kind AS text) IS NULL OR kind = CAST(:kind AS text))
-          AND (CAST(:exclude_kind AS text) IS NULL OR kind <> CAST(:exclude_kind AS text))
+          {lane}
           AND COALESCE(payload ->> 'endpoint_id', '') <> ALL(CAST(:busy AS text[]))
         ORDER BY next_attempt_at
         LIMIT :batch_size
@@ -104,7 +113,9 @@ _CLAIM = text(
     WHERE m.id = due.id
     RETURNING m.id, m.kind, m.payload, m.attempts, m.created_at
     """
-)
+_CLAIM_ANY = text(_CLAIM.format(lane=""))
+# The lane's condition as written in the index, so that the claim walks that lane's rows only.
+_CLAIM_LANE = text(_CLAIM.format(lane=f"AND {LANE_OF_ROW} = :lane"))
 # Renewal and release, like settling, only touch rows this worker still holds.
 _RENEW = text(
     """
@@ -134,7 +145,7 @@ _MARK_SENT = text(
         payload = payload - ARRAY(
             SELECT jsonb_array_elements_text(COALESCE(payload -> 'redact_after_send', '[]'))
         )
-    WHERE id = :id AND claimed_by = :worker
+    WHERE id = ANY(CAST(:ids AS uuid[])) AND claimed_by = :worker
     """
 )
 _MARK_FAILED = text(
@@ -171,22 +182,22 @@ class OutboxClaims:
         batch_size: int,
         lease_seconds: int,
         *,
-        kind: str | None = None,
-        exclude_kind: str | None = None,
+        lane: str | None = None,
         busy_endpoints: Sequence[str] = (),
     ) -> list[ClaimedMessage]:
-        """Take up to `batch_size` due rows for `lease_seconds`: any kind, only `kind`, or every
-        kind but `exclude_kind`; none for the webhook endpoints in `busy_endpoints`."""
+        """Take up to `batch_size` due rows for `lease_seconds`, of `lane` (EMAIL_LANE or
+        WEBHOOK_LANE) or of any; none for the webhook endpoints in `busy_endpoints`."""
         parameters = {
             "worker": self._worker,
             "lease_seconds": lease_seconds,
             "batch_size": batch_size,
-            "kind": kind,
-            "exclude_kind": exclude_kind,
             "busy": list(busy_endpoints),
         }
+        statement = _CLAIM_ANY
+        if lane is not None:
+            statement, parameters["lane"] = _CLAIM_LANE, lane
         async with self._session.begin():
-            rows = await self._session.execute(_CLAIM, parameters)
+            rows = await self._session.execute(statement, parameters)
             return [
                 ClaimedMessage(row.id, row.kind, row.payload, row.attempts, row.created_at)
                 for row in rows
@@ -207,20 +218,30 @@ class OutboxClaims:
             await self._session.execute(_RELEASE, {"worker": self._worker, "ids": ids})
 
     async def mark_sent(self, message_id: uuid.UUID) -> None:
-        async with self._session.begin():
-            await self._session.execute(_MARK_SENT, {"id": message_id, "worker": self._worker})
+        await self.settle([message_id], [])
 
     async def mark_failed(
         self, message_id: uuid.UUID, error: str, *, delay_seconds: float, max_attempts: int
     ) -> None:
+        await self.settle([], [Failure(message_id, error, delay_seconds, max_attempts)])
+
+    async def settle(self, sent: Sequence[uuid.UUID], failed: Sequence[Failure]) -> None:
+        """Record outcomes in one transaction: the rows in `sent` are done, those in `failed`
+        retried later or dead-lettered. Rows this worker no longer holds are left alone."""
         async with self._session.begin():
-            await self._session.execute(
-                _MARK_FAILED,
-                {
-                    "id": message_id,
-                    "worker": self._worker,
-                    "error": error[:2000],
-                    "delay_seconds": delay_seconds,
-                    "max_attempts": max_attempts,
-                },
-            )
+            if sent:
+                await self._session.execute(_MARK_SENT, {"ids": list(sent), "worker": self._worker})
+            if failed:
+                await self._session.execute(
+                    _MARK_FAILED,
+                    [
+                        {
+                            "id": failure.message_id,
+                            "worker": self._worker,
+                            "error": failure.error[:2000],
+                            "delay_seconds": failure.delay_seconds,
+                            "max_attempts": failure.max_attempts,
+                        }
+                        for failure in failed
+                    ],
+                )

@@ -11,6 +11,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
+from aiosmtpd.smtp import SMTP
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -22,6 +23,7 @@ from backend.outbox.outbox import OutboxClaims, enqueue_email, retry_delay
 from backend.worker import OutboxWorker
 from tests.outbox.conftest import (
     PUBLIC_BASE_URL,
+    RecordingHandler,
     SmtpServer,
     WorkerFactory,
     WorkerSettingsFactory,
@@ -390,6 +392,44 @@ async def test_an_unreachable_smtp_server_is_a_retry_not_a_loss(
     [mail] = smtp_server.received
     assert mail.message_id == row.message_id
     assert (await outbox_row(db_engine, message_id)).status == OutboxStatus.sent
+
+
+async def test_smtp_connections_are_kept_and_one_closed_while_idle_costs_no_attempt(
+    app: FastAPI,
+    db_engine: AsyncEngine,
+    make_worker: WorkerFactory,
+) -> None:
+    handler = RecordingHandler()
+    connections = 0
+    loop = asyncio.get_running_loop()
+
+    def new_connection() -> SMTP:
+        nonlocal connections
+        connections += 1
+        # This server hangs up on a client that stays silent for half a second.
+        return SMTP(handler, hostname="smtp.test", loop=loop, timeout=0.5)
+
+    server = await loop.create_server(new_connection, "127.0.0.1", 0)
+    worker = make_worker(smtp_port=server.sockets[0].getsockname()[1], outbox_email_concurrency=1)
+    try:
+        queued = await queue_emails(engine_of(app), 3)
+        assert await worker.run_once() == 1
+        assert await worker.run_once() == 1
+        assert connections == 1  # the second email went over the first one's connection
+
+        await asyncio.sleep(1.0)  # long enough for the server to hang up on the idle connection
+        assert await worker.run_once() == 1
+    finally:
+        await worker.aclose()
+        server.close()
+        await server.wait_closed()
+
+    assert connections == 2
+    assert sorted(mail.message_id for mail in handler.received) == sorted(
+        f"<{message_id.hex}@shiptrack>" for message_id in queued
+    )
+    rows = await outbox_rows(db_engine)
+    assert {(row.status, row.attempts) for row in rows} == {(OutboxStatus.sent, 1)}
 
 
 # --- several workers ---------------------------------------------------------------------------
