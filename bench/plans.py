@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from backend.accounts.models import Seller
 from backend.outbox.outbox import OutboxClaims
+from backend.shipments.assignment import PartnerAssignment
 from backend.shipments.repository import ShipmentRepository, Visibility
 from backend.shipments.status import ShipmentStatus
 from backend.webhooks.service import WebhookService
@@ -56,7 +57,7 @@ def feed(session: AsyncSession) -> Awaitable[Any]:
 
 
 def claim_partner(session: AsyncSession) -> Awaitable[Any]:
-    return ShipmentRepository(session)._claim_attempt("00020")
+    return PartnerAssignment(session).claim("00020")
 
 
 def expiry(session: AsyncSession) -> Awaitable[Any]:

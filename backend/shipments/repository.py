@@ -22,7 +22,6 @@ from sqlalchemy import (
     DateTime,
     Select,
     String,
-    TextClause,
     and_,
     any_,
     bindparam,
@@ -31,7 +30,6 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
@@ -41,61 +39,8 @@ from sqlmodel import col
 
 from backend.accounts.models import Partner, PartnerStatus, Seller
 from backend.pagination import after_last, newest_first
-from backend.shipments.models import IdempotencyRecord, Shipment, ShipmentTag, Tag
+from backend.shipments.models import Shipment, ShipmentTag, Tag
 from backend.shipments.status import ShipmentStatus
-
-# Both claims take one slot from the least-loaded approved partner serving the zip that still
-# has room (pending and suspended partners are never candidates, product.md §4); `@>`, so that
-# the GIN index on the zip codes can serve them.
-#
-# First try: the least-loaded candidate that no concurrent create holds right now (SKIP
-# LOCKED), so that simultaneous creates into one zip spread over its partners instead of
-# queueing on one row. The row is locked before its room is re-checked, so capacity holds.
-_CLAIM_FREE_PARTNER = text(
-    """
-    UPDATE partners SET active_shipments = active_shipments + 1
-    WHERE id = (
-        SELECT id FROM partners
-        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
-          AND active_shipments < max_handling_capacity
-          AND status = 'approved'
-        ORDER BY active_shipments, id
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING id, name
-    """
-)
-# Then, when every candidate is busy: wait for the least-loaded one. A concurrent creator waits
-# on the row lock, then PostgreSQL re-checks `active_shipments < max_handling_capacity` on the
-# updated row, so capacity can never be exceeded. The statement considers exactly one partner:
-# a locking query that moved on to the next candidate after a failed re-check would wait for it
-# while still holding the first, and deadlock.
-_CLAIM_PARTNER = text(
-    """
-    UPDATE partners SET active_shipments = active_shipments + 1
-    WHERE id = (
-        SELECT id FROM partners
-        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
-          AND active_shipments < max_handling_capacity
-          AND status = 'approved'
-        ORDER BY active_shipments, id
-        LIMIT 1
-    )
-    AND active_shipments < max_handling_capacity AND status = 'approved'
-    RETURNING id, name
-    """
-)
-_PARTNER_WITH_ROOM_EXISTS = text(
-    """
-    SELECT EXISTS (
-        SELECT 1 FROM partners
-        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
-          AND active_shipments < max_handling_capacity
-          AND status = 'approved'
-    )
-    """
-)
 
 # The tag names of the row's shipment, sorted, as one array column. Correlated to the shipment
 # only: a page filtered by tag joins shipment_tags too, and must still show every tag.
@@ -170,20 +115,6 @@ class LoadedShipment:
     shipment: Shipment
     partner_name: str
     tags: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedPartner:
-    id: uuid.UUID
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class EarlierRequest:
-    """The request that already holds an idempotency key, and the response it got."""
-
-    fingerprint: str
-    response_body: dict[str, Any] | None
 
 
 def _shipments_of(for_partner: bool) -> Select[Any]:
@@ -309,41 +240,6 @@ class ShipmentRepository:
         row = found.first()
         return None if row is None else (row[0], row[1])
 
-    # --- partners' capacity --------------------------------------------------------------
-
-    async def claim_partner(self, zip_code: str) -> ClaimedPartner | None:
-        """Take one slot of capacity from the best partner for `zip_code`, or return None."""
-        claimed = await self._claim_attempt(_CLAIM_FREE_PARTNER, zip_code)
-        # A candidate that filled up while we waited is not claimed; try again (a new snapshot)
-        # while any partner still has room.
-        for _ in range(10):
-            if claimed is not None:
-                return claimed
-            if not await self._session.scalar(_PARTNER_WITH_ROOM_EXISTS, {"zip": zip_code}):
-                return None
-            claimed = await self._claim_attempt(_CLAIM_PARTNER, zip_code)
-        return claimed
-
-    async def _claim_attempt(self, claim: TextClause, zip_code: str) -> ClaimedPartner | None:
-        # In a savepoint: a candidate that fails PostgreSQL's re-check after a wait is not
-        # updated but stays locked, and holding it while the next attempt waits for another
-        # partner could deadlock two creates; rolling the savepoint back frees it.
-        attempt = await self._session.begin_nested()
-        claimed = (await self._session.execute(claim, {"zip": zip_code})).first()
-        if claimed is None:
-            await attempt.rollback()
-            return None
-        await attempt.commit()
-        return ClaimedPartner(id=claimed.id, name=claimed.name)
-
-    async def release_partner(self, partner_id: uuid.UUID) -> None:
-        """Give back the slot of a shipment that reached a terminal status."""
-        await self._session.execute(
-            update(Partner)
-            .where(col(Partner.id) == partner_id)
-            .values(active_shipments=col(Partner.active_shipments) - 1)
-        )
-
     # --- tags ----------------------------------------------------------------------------
 
     async def replace_tags(self, shipment_id: uuid.UUID, names: list[str]) -> None:
@@ -379,54 +275,7 @@ class ShipmentRepository:
             )
         )
 
-    # --- idempotency and limits ----------------------------------------------------------
-
-    async def claim_idempotency_key(
-        self, seller_id: uuid.UUID, key: str, fingerprint: str, now: datetime
-    ) -> EarlierRequest | None:
-        """Reserve `key` for this request, or return the request that holds it.
-
-        A concurrent request with the same key waits on the unique key until the first one
-        commits (and then sees its record) or rolls back (and then takes the key itself). A
-        record the retention purge deletes between the two statements frees the key: it is
-        claimed again.
-        """
-        while True:
-            claimed = await self._session.scalar(
-                insert(IdempotencyRecord)
-                .values(
-                    seller_id=seller_id, key=key, request_fingerprint=fingerprint, created_at=now
-                )
-                .on_conflict_do_nothing()
-                .returning(col(IdempotencyRecord.key))
-            )
-            if claimed is not None:
-                return None
-            earlier = (
-                await self._session.execute(
-                    select(
-                        col(IdempotencyRecord.request_fingerprint),
-                        col(IdempotencyRecord.response_body),
-                    ).where(
-                        col(IdempotencyRecord.seller_id) == seller_id,
-                        col(IdempotencyRecord.key) == key,
-                    )
-                )
-            ).first()
-            if earlier is not None:
-                return EarlierRequest(earlier[0], earlier[1])
-
-    async def record_idempotent_response(
-        self, seller_id: uuid.UUID, key: str, shipment_id: uuid.UUID, body: dict[str, Any]
-    ) -> None:
-        await self._session.execute(
-            update(IdempotencyRecord)
-            .where(
-                col(IdempotencyRecord.seller_id) == seller_id,
-                col(IdempotencyRecord.key) == key,
-            )
-            .values(shipment_id=shipment_id, response_status=201, response_body=body)
-        )
+    # --- limits --------------------------------------------------------------------------
 
     async def count_unverified_shipment(self, seller_id: uuid.UUID, limit: int) -> bool:
         """Count one more shipment of a seller whose email is unverified; False (nothing

@@ -30,6 +30,7 @@ from backend.db import UnitOfWork, utcnow
 from backend.errors import DomainError
 from backend.outbox.wording import human_day
 from backend.pagination import decode_cursor, split_page
+from backend.shipments.assignment import PartnerAssignment
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.errors import (
     DeliveryLocked,
@@ -41,6 +42,7 @@ from backend.shipments.errors import (
     TimelineFull,
     VersionMismatch,
 )
+from backend.shipments.idempotency import IdempotencyKeys
 from backend.shipments.limits import EmailSlot, ShipmentLimits
 from backend.shipments.live import announce_after_commit
 from backend.shipments.models import Shipment, ShipmentEvent
@@ -130,6 +132,8 @@ class ShipmentService:
         self._visibility = Visibility.of(account)
         self._unit = unit
         self._shipments = ShipmentRepository(unit.session)
+        self._assignment = PartnerAssignment(unit.session)
+        self._idempotency = IdempotencyKeys(unit.session)
         self._redis = redis
         self._events = EventPublisher(unit.session)
         self._codes = codes
@@ -192,7 +196,7 @@ class ShipmentService:
         seller = self._account
         if idempotency_key is not None:
             fingerprint = request_fingerprint(body)
-            earlier = await self._shipments.claim_idempotency_key(
+            earlier = await self._idempotency.claim(
                 seller.id, idempotency_key, fingerprint, utcnow()
             )
             if earlier is not None:
@@ -202,7 +206,7 @@ class ShipmentService:
         if seller.email_verified_at is None:
             await self._count_unverified_shipment()
 
-        partner = await self._shipments.claim_partner(body.destination.zip_code)
+        partner = await self._assignment.claim(body.destination.zip_code)
         if partner is None:
             raise NoPartnerAvailable()
         # After the waits on the key and the partner's row: the closer to the commit, the less
@@ -244,7 +248,7 @@ class ShipmentService:
             not_before=email_not_before,
         )
         if idempotency_key is not None:
-            await self._shipments.record_idempotent_response(
+            await self._idempotency.record_response(
                 seller.id, idempotency_key, shipment.id, created.model_dump(mode="json")
             )
         initial = created.model_dump(
@@ -423,7 +427,7 @@ class ShipmentService:
         )
         if reaches_final_state:
             # The partner's slot is free the moment this commits.
-            await self._shipments.release_partner(shipment.partner_id)
+            await self._assignment.release(shipment.partner_id)
 
     @staticmethod
     def _bump_version(shipment: Shipment) -> None:

@@ -1,0 +1,112 @@
+"""Partner assignment: a new shipment takes one slot of a partner's capacity, and a shipment
+that ends gives it back (product.md §5). PostgreSQL settles races: the slot is taken by a
+conditional UPDATE of the partner's row, so capacity is never exceeded.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import TextClause, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from backend.accounts.models import Partner
+
+# Both claims take one slot from the least-loaded approved partner serving the zip that still
+# has room (pending and suspended partners are never candidates, product.md §4); `@>`, so that
+# the GIN index on the zip codes can serve them.
+#
+# First try: the least-loaded candidate that no concurrent create holds right now (SKIP
+# LOCKED), so that simultaneous creates into one zip spread over its partners instead of
+# queueing on one row. The row is locked before its room is re-checked, so capacity holds.
+_CLAIM_FREE_PARTNER = text(
+    """
+    UPDATE partners SET active_shipments = active_shipments + 1
+    WHERE id = (
+        SELECT id FROM partners
+        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
+          AND active_shipments < max_handling_capacity
+          AND status = 'approved'
+        ORDER BY active_shipments, id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id, name
+    """
+)
+# Then, when every candidate is busy: wait for the least-loaded one. A concurrent creator waits
+# on the row lock, then PostgreSQL re-checks `active_shipments < max_handling_capacity` on the
+# updated row, so capacity can never be exceeded. The statement considers exactly one partner:
+# a locking query that moved on to the next candidate after a failed re-check would wait for it
+# while still holding the first, and deadlock.
+_CLAIM_PARTNER = text(
+    """
+    UPDATE partners SET active_shipments = active_shipments + 1
+    WHERE id = (
+        SELECT id FROM partners
+        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
+          AND active_shipments < max_handling_capacity
+          AND status = 'approved'
+        ORDER BY active_shipments, id
+        LIMIT 1
+    )
+    AND active_shipments < max_handling_capacity AND status = 'approved'
+    RETURNING id, name
+    """
+)
+_PARTNER_WITH_ROOM_EXISTS = text(
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM partners
+        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
+          AND active_shipments < max_handling_capacity
+          AND status = 'approved'
+    )
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedPartner:
+    id: uuid.UUID
+    name: str
+
+
+class PartnerAssignment:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def claim(self, zip_code: str) -> ClaimedPartner | None:
+        """Take one slot of capacity from the best partner for `zip_code`, or return None."""
+        claimed = await self._claim_attempt(_CLAIM_FREE_PARTNER, zip_code)
+        # A candidate that filled up while we waited is not claimed; try again (a new snapshot)
+        # while any partner still has room.
+        for _ in range(10):
+            if claimed is not None:
+                return claimed
+            if not await self._session.scalar(_PARTNER_WITH_ROOM_EXISTS, {"zip": zip_code}):
+                return None
+            claimed = await self._claim_attempt(_CLAIM_PARTNER, zip_code)
+        return claimed
+
+    async def _claim_attempt(self, claim: TextClause, zip_code: str) -> ClaimedPartner | None:
+        # In a savepoint: a candidate that fails PostgreSQL's re-check after a wait is not
+        # updated but stays locked, and holding it while the next attempt waits for another
+        # partner could deadlock two creates; rolling the savepoint back frees it.
+        attempt = await self._session.begin_nested()
+        claimed = (await self._session.execute(claim, {"zip": zip_code})).first()
+        if claimed is None:
+            await attempt.rollback()
+            return None
+        await attempt.commit()
+        return ClaimedPartner(id=claimed.id, name=claimed.name)
+
+    async def release(self, partner_id: uuid.UUID) -> None:
+        """Give back the slot of a shipment that reached a terminal status."""
+        await self._session.execute(
+            update(Partner)
+            .where(col(Partner.id) == partner_id)
+            .values(active_shipments=col(Partner.active_shipments) - 1)
+        )
