@@ -8,64 +8,49 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import TextClause, text, update
+from sqlalchemy import String, Update, bindparam, cast, exists, select, update
+from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from backend.accounts.models import Partner
+from backend.accounts.models import Partner, PartnerStatus
 
-# Both claims take one slot from the least-loaded approved partner serving the zip that still
-# has room (pending and suspended partners are never candidates, product.md §4); `@>`, so that
-# the GIN index on the zip codes can serve them.
+# Approved partners serving the zip that still have room (pending and suspended partners are
+# never candidates, product.md §4). `@>` with an array of the column's own type, so that the
+# GIN index on the zip codes can serve it.
+_HAS_ROOM = (
+    col(Partner.active_shipments) < col(Partner.max_handling_capacity),
+    col(Partner.status) == PartnerStatus.approved.value,
+)
+_CANDIDATES = (
+    select(col(Partner.id))
+    .where(
+        col(Partner.serviceable_zip_codes).bool_op("@>")(array([cast(bindparam("zip"), String)])),
+        *_HAS_ROOM,
+    )
+    .order_by(col(Partner.active_shipments), col(Partner.id))
+    .limit(1)
+)
+_TAKE_SLOT = (
+    update(Partner)
+    .values(active_shipments=col(Partner.active_shipments) + 1)
+    .returning(col(Partner.id), col(Partner.name))
+)
+# Both claims take one slot from the least-loaded candidate.
 #
 # First try: the least-loaded candidate that no concurrent create holds right now (SKIP
 # LOCKED), so that simultaneous creates into one zip spread over its partners instead of
 # queueing on one row. The row is locked before its room is re-checked, so capacity holds.
-_CLAIM_FREE_PARTNER = text(
-    """
-    UPDATE partners SET active_shipments = active_shipments + 1
-    WHERE id = (
-        SELECT id FROM partners
-        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
-          AND active_shipments < max_handling_capacity
-          AND status = 'approved'
-        ORDER BY active_shipments, id
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING id, name
-    """
+_CLAIM_FREE_PARTNER = _TAKE_SLOT.where(
+    col(Partner.id) == _CANDIDATES.with_for_update(skip_locked=True).scalar_subquery()
 )
 # Then, when every candidate is busy: wait for the least-loaded one. A concurrent creator waits
-# on the row lock, then PostgreSQL re-checks `active_shipments < max_handling_capacity` on the
-# updated row, so capacity can never be exceeded. The statement considers exactly one partner:
-# a locking query that moved on to the next candidate after a failed re-check would wait for it
-# while still holding the first, and deadlock.
-_CLAIM_PARTNER = text(
-    """
-    UPDATE partners SET active_shipments = active_shipments + 1
-    WHERE id = (
-        SELECT id FROM partners
-        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
-          AND active_shipments < max_handling_capacity
-          AND status = 'approved'
-        ORDER BY active_shipments, id
-        LIMIT 1
-    )
-    AND active_shipments < max_handling_capacity AND status = 'approved'
-    RETURNING id, name
-    """
-)
-_PARTNER_WITH_ROOM_EXISTS = text(
-    """
-    SELECT EXISTS (
-        SELECT 1 FROM partners
-        WHERE serviceable_zip_codes @> ARRAY[CAST(:zip AS varchar)]
-          AND active_shipments < max_handling_capacity
-          AND status = 'approved'
-    )
-    """
-)
+# on the row lock, then PostgreSQL re-checks the room on the updated row, so capacity can never
+# be exceeded. The statement considers exactly one partner: a locking query that moved on to
+# the next candidate after a failed re-check would wait for it while still holding the first,
+# and deadlock.
+_CLAIM_PARTNER = _TAKE_SLOT.where(col(Partner.id) == _CANDIDATES.scalar_subquery(), *_HAS_ROOM)
+_PARTNER_WITH_ROOM_EXISTS = select(exists(_CANDIDATES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +76,7 @@ class PartnerAssignment:
             claimed = await self._claim_attempt(_CLAIM_PARTNER, zip_code)
         return claimed
 
-    async def _claim_attempt(self, claim: TextClause, zip_code: str) -> ClaimedPartner | None:
+    async def _claim_attempt(self, claim: Update, zip_code: str) -> ClaimedPartner | None:
         # In a savepoint: a candidate that fails PostgreSQL's re-check after a wait is not
         # updated but stays locked, and holding it while the next attempt waits for another
         # partner could deadlock two creates; rolling the savepoint back frees it.
