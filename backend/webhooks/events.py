@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, func, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -22,28 +22,18 @@ SHIPMENT_DELIVERED = "shipment.delivered"
 SHIPMENT_CANCELLED = "shipment.cancelled"
 WEBHOOK_TEST = "webhook.test"
 
-# One lock per seller, held to the end of the transaction: events of a seller get positions in
-# commit order, so a feed reader that saw position N never later finds a smaller one appear.
-_SERIALIZED_SELLER = select(
-    func.pg_advisory_xact_lock(func.hashtextextended(bindparam("key"), 0)).label("locked")
-).subquery("serialized")
 
-
-def _lock_and_find_endpoints(only_endpoint: bool) -> Select[uuid.UUID]:
-    """The seller's lock and its enabled endpoints in one round trip: the lock's one-row
-    subquery, outer-joined to the endpoints, so the lock is taken even when there are none
-    (the row then holds NULL)."""
-    endpoint = and_(
+def _enabled_endpoints(only_endpoint: bool) -> Select[uuid.UUID]:
+    """The seller's enabled endpoints (or the one of them a test send is for)."""
+    statement = select(col(WebhookEndpoint.id)).where(
         col(WebhookEndpoint.seller_id) == bindparam("seller_id"), col(WebhookEndpoint.enabled)
     )
     if only_endpoint:
-        endpoint = and_(endpoint, col(WebhookEndpoint.id) == bindparam("endpoint_id"))
-    return select(col(WebhookEndpoint.id)).select_from(
-        _SERIALIZED_SELLER.outerjoin(WebhookEndpoint, endpoint)
-    )
+        statement = statement.where(col(WebhookEndpoint.id) == bindparam("endpoint_id"))
+    return statement
 
 
-_LOCK_AND_FIND_ENDPOINTS = {only: _lock_and_find_endpoints(only) for only in (False, True)}
+_ENABLED_ENDPOINTS = {only: _enabled_endpoints(only) for only in (False, True)}
 
 
 class EventPublisher:
@@ -60,16 +50,15 @@ class EventPublisher:
         only_endpoint: uuid.UUID | None = None,
     ) -> list[uuid.UUID]:
         """Record events and queue one webhook delivery per enabled endpoint and event; returns
-        the events' ids. The rows are written at the session's next flush.
-
-        Call it last in a transaction: the lock it takes is then held only until the commit.
+        the events' ids. The rows are written at the session's next flush; the feed orders
+        them by the transaction that writes them (`Event.transaction_id`), so no lock is taken.
         """
         session = self._session
-        parameters = {"key": f"events:{seller_id}", "seller_id": seller_id}
+        parameters: dict[str, Any] = {"seller_id": seller_id}
         if only_endpoint is not None:
             parameters["endpoint_id"] = only_endpoint
-        statement = _LOCK_AND_FIND_ENDPOINTS[only_endpoint is not None]
-        endpoint_ids = [found for found in await session.scalars(statement, parameters) if found]
+        statement = _ENABLED_ENDPOINTS[only_endpoint is not None]
+        endpoint_ids = list(await session.scalars(statement, parameters))
         now = utcnow()
         events = [
             Event(

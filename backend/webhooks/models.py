@@ -7,11 +7,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Identity, Index
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Identity, Index, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from backend.db import utcnow
+
+# xid8 has no cast to bigint of its own; its text form is the number.
+CURRENT_TRANSACTION_ID = "(pg_current_xact_id()::text)::bigint"
 
 
 class Event(SQLModel, table=True):
@@ -23,10 +26,16 @@ class Event(SQLModel, table=True):
 
     __tablename__ = "events"
     __table_args__ = (
-        # The feed: a seller's events in position order. The only index on `position`: a global
-        # one would tempt the planner, for a seller with many events, to walk everybody's
-        # events in order and filter them.
-        Index("ix_events_seller_position", "seller_id", "position", unique=True),
+        # The feed: a seller's events in (transaction, position) order. The only index on
+        # `position`: a global one would tempt the planner, for a seller with many events, to
+        # walk everybody's events in order and filter them.
+        Index(
+            "ix_events_seller_transaction_position",
+            "seller_id",
+            "transaction_id",
+            "position",
+            unique=True,
+        ),
         # Deleting a shipment cascades here.
         Index("ix_events_shipment_id", "shipment_id"),
         # The retention purge's oldest events (backend/retention.py).
@@ -39,6 +48,14 @@ class Event(SQLModel, table=True):
     position: int | None = Field(
         default=None,
         sa_column=Column(BigInteger, Identity(always=True), nullable=False),
+    )
+    # The transaction that recorded the event (`pg_current_xact_id()`, set by PostgreSQL). The
+    # feed lists events in (transaction, position) order, and only those of transactions older
+    # than every one still running: a reader can then never pass an event that commits later
+    # (WebhookService.feed), and writers need no lock to keep the feed in order.
+    transaction_id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger, nullable=False, server_default=text(CURRENT_TRANSACTION_ID)),
     )
     seller_id: uuid.UUID = Field(
         sa_column=Column(ForeignKey("sellers.id", ondelete="CASCADE"), nullable=False)

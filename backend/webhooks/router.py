@@ -188,6 +188,10 @@ async def list_events(
     """Your events in the order they happened: catch up after an outage with the last id you
     saw. The ids are those of the webhook deliveries (`webhook-id`).
 
+    Following `after`, you never miss an event: one that commits after you read a page always
+    comes after that page. An event appears once every change that began before it has
+    finished, normally within milliseconds of its commit (a webhook may arrive first).
+
     Each `shipment.*` event says what changed (`ShipmentEventData`: the shipment's id,
     tracking number, status and version, the fields this event set, and its timeline event),
     not the whole shipment: `GET /shipments/{id}` gives that.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import BigInteger, Text, cast, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -27,6 +28,15 @@ from backend.webhooks.schemas import (
 from backend.webhooks.webhooks import new_secret
 
 MAX_ENDPOINTS_PER_SELLER = 10
+
+# The oldest transaction still running, as a number comparable to `Event.transaction_id`. Read
+# afresh by every statement (Read Committed), so a statement never lists an event of a
+# transaction that was still running when it began, nor anything after one.
+_HORIZON = cast(cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger)
+# How long a feed request waits for committed events still behind the horizon, and how often it
+# looks again; past that it answers without them (they come with the next request).
+FEED_HORIZON_WAIT_SECONDS = 0.2
+FEED_HORIZON_POLL_SECONDS = 0.01
 
 
 class WebhookEndpointNotFound(NotFound):
@@ -131,23 +141,34 @@ class WebhookService:
         return event_id
 
     async def feed(self, seller: Seller, *, after: uuid.UUID | None, limit: int) -> EventPage:
+        """The seller's events after `after`, in (transaction, position) order, up to the
+        horizon: events of transactions older than every transaction still running. An event
+        that commits later belongs to a transaction still running now, so it will come after
+        whatever this page returns: a reader that follows `after` never skips one."""
+        key = col(Event.transaction_id), col(Event.position)
         statement = select(Event).where(col(Event.seller_id) == seller.id)
         if after is not None:
-            position = await self._session.scalar(
-                select(col(Event.position)).where(
-                    col(Event.id) == after, col(Event.seller_id) == seller.id
-                )
-            )
-            if position is None:
-                raise UnknownEvent()
-            statement = statement.where(col(Event.position) > position)
-        rows = list(
-            (
+            last = (
                 await self._session.execute(
-                    statement.order_by(col(Event.position)).limit(limit + 1)
+                    select(*key).where(col(Event.id) == after, col(Event.seller_id) == seller.id)
                 )
-            ).scalars()
-        )
+            ).first()
+            if last is None:
+                raise UnknownEvent()
+            statement = statement.where(tuple_(*key) > tuple_(*last))
+        page = statement.where(key[0] < _HORIZON).order_by(*key).limit(limit + 1)
+        rows = list((await self._session.execute(page)).scalars())
+        # Events committed but still behind the horizon (an older transaction, anywhere in the
+        # database cluster, has not ended yet): usually a matter of milliseconds, so wait a
+        # little for them rather than answer without.
+        waited = 0.0
+        while len(rows) <= limit and waited < FEED_HORIZON_WAIT_SECONDS:
+            held_back = statement.where(key[0] >= _HORIZON).exists()
+            if not await self._session.scalar(select(held_back)):
+                break
+            await asyncio.sleep(FEED_HORIZON_POLL_SECONDS)
+            waited += FEED_HORIZON_POLL_SECONDS
+            rows = list((await self._session.execute(page)).scalars())
         return EventPage(
             items=[EventRead.model_validate(row) for row in rows[:limit]],
             has_more=len(rows) > limit,

@@ -286,7 +286,7 @@ async def test_a_sellers_feed_reads_its_own_events_in_order(
 
     plan = await plan_of(db_engine, statement, parameters)
 
-    [scan] = index_scans(plan, "ix_events_seller_position") or [{}]
+    [scan] = index_scans(plan, "ix_events_seller_transaction_position") or [{}]
     assert "seller_id = " in scan.get("Index Cond", ""), describe(plan)
     assert "Filter" not in scan, describe(scan)
     assert not [node for node in main_nodes(plan) if node["Node Type"] == "Sort"], describe(plan)

@@ -58,15 +58,16 @@ async def whole_feed(client: httpx.AsyncClient, headers: dict[str, str]) -> list
     raise AssertionError("the feed never ended")
 
 
-async def positions(engine: AsyncEngine, event_ids: list[str]) -> dict[str, int]:
+async def positions(engine: AsyncEngine, event_ids: list[str]) -> dict[str, tuple[int, int]]:
+    """Where each event stands in the feed's order: its transaction, then its position."""
     async with engine.connect() as connection:
         rows = (
             await connection.execute(
-                text("SELECT id, position FROM events WHERE id = ANY(:ids)"),
+                text("SELECT id, transaction_id, position FROM events WHERE id = ANY(:ids)"),
                 {"ids": [uuid.UUID(event_id) for event_id in event_ids]},
             )
         ).all()
-    return {str(row.id): int(row.position) for row in rows}
+    return {str(row.id): (int(row.transaction_id), int(row.position)) for row in rows}
 
 
 async def five_events(client: httpx.AsyncClient, parties: Parties) -> list[str]:
@@ -260,7 +261,9 @@ async def test_a_change_committing_after_a_slower_one_comes_after_it_in_the_feed
     app: FastAPI, client: httpx.AsyncClient, db_engine: AsyncEngine
 ) -> None:
     """A transaction that recorded an event but has not committed yet holds back later events
-    of the same seller: a reader that catches up in between must not skip the slow one."""
+    of the same seller: a reader that catches up in between must not skip the slow one. (The
+    later change no longer waits for the slow one: nothing is locked; the feed holds its event
+    back until the slow transaction has ended.)"""
     parties = await make_parties(client)
     reported = await create_shipment(client, parties.seller_headers)
     other = await create_shipment(client, parties.seller_headers)
@@ -274,10 +277,12 @@ async def test_a_change_committing_after_a_slower_one_comes_after_it_in_the_feed
             {"shipment_id": other["id"], "timeline_event": {"note": "slow"}},
             shipment_id=uuid.UUID(other["id"]),
         )
+        await slow_transaction.session.flush()  # written, so the transaction has its id
         patch = asyncio.create_task(
             patch_shipment(client, parties.partner_headers, reported["id"], status="in_transit")
         )
         await until_blocked_or_done(db_engine, patch)
+        assert patch.done()  # the later change did not wait for the slow one
         # A reader catching up while the slow transaction is still open; it commits next.
         seen += (await feed_page(client, parties.seller_headers, after=seen[-1]["id"]))["items"]
     response = await patch
@@ -348,7 +353,7 @@ async def test_concurrent_updates_by_several_partners_keep_the_feed_in_commit_or
     assert len({item["id"] for item in final}) == total
     assert [item["id"] for item in collected] == [item["id"] for item in final]
     assert {item["type"] for item in final[PARTNERS:]} == {"shipment.updated"}
-    # Stored positions strictly increase along the feed.
+    # The stored order (transaction, then position) strictly increases along the feed.
     stored = await positions(db_engine, [item["id"] for item in final])
     ordered = [stored[item["id"]] for item in final]
     assert ordered == sorted(ordered)
