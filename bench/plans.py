@@ -3,8 +3,8 @@
 Usage: DATABASE_URL=postgresql+asyncpg://.../<db> python bench/plans.py [CASE ...]
 The database is migrated and seeded by bench/plans_seed.sql. Each case calls the service's code
 (the repository, the feed, the outbox claim) in a transaction that is rolled back, captures the
-statement it sends, with its parameters, and runs it again under EXPLAIN (ANALYZE, BUFFERS), also
-rolled back. Prints each case's statement and plan.
+statements it sends, with their parameters, and runs each again under EXPLAIN (ANALYZE,
+BUFFERS), also rolled back. Prints each case's statements and plans.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from backend.accounts.models import Seller
 from backend.outbox.outbox import OutboxClaims
@@ -39,6 +39,8 @@ BIG_PARTNER = md5_uuid("partner1")
 # partner's list and 40,000 deep for the seller's.
 DEEP_ID = md5_uuid("shipment150000")
 DEEP_AT = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=150000)
+DEEP_TRACKING_NUMBER = "T000000150000"
+DEEP_FEED_EVENT = md5_uuid("feed150000")
 
 Call = Callable[[AsyncSession], Awaitable[Any]]
 
@@ -51,9 +53,21 @@ def page(visibility: Visibility, **filters: Any) -> Call:
     return call
 
 
-def feed(session: AsyncSession) -> Awaitable[Any]:
-    seller = Seller(id=BIG_SELLER, name="", email="", password_hash="", zip_code="")
-    return WebhookService(session, None).feed(seller, after=None, limit=20)  # type: ignore[arg-type]
+def feed(after: uuid.UUID | None) -> Call:
+    def call(session: AsyncSession) -> Awaitable[Any]:
+        seller = Seller(id=BIG_SELLER, name="", email="", password_hash="", zip_code="")
+        service = WebhookService(session, None)  # type: ignore[arg-type]
+        return service.feed(seller, after=after, limit=20)
+
+    return call
+
+
+def read_one(session: AsyncSession) -> Awaitable[Any]:
+    return ShipmentRepository(session).get(DEEP_ID, SELLER)
+
+
+def track(session: AsyncSession) -> Awaitable[Any]:
+    return ShipmentRepository(session).by_tracking_number(DEEP_TRACKING_NUMBER, recent_events=True)
 
 
 def claim_partner(session: AsyncSession) -> Awaitable[Any]:
@@ -72,6 +86,8 @@ async def outbox_claim(session: AsyncSession) -> Any:
 SELLER = Visibility(seller_id=BIG_SELLER)
 PARTNER = Visibility(partner_id=BIG_PARTNER)
 CASES: dict[str, Call] = {
+    "read_one": read_one,
+    "track": track,
     "seller_first_page": page(SELLER),
     "seller_deep_page": page(SELLER, after=(DEEP_AT, DEEP_ID)),
     "partner_deep_page": page(PARTNER, after=(DEEP_AT, DEEP_ID)),
@@ -82,13 +98,28 @@ CASES: dict[str, Call] = {
     "seller_status_rare": page(SELLER, status=ShipmentStatus.returned),
     "seller_status_recent": page(SELLER, status=ShipmentStatus.in_transit),
     "partner_status_rare": page(PARTNER, status=ShipmentStatus.returned),
-    "events_feed": feed,
+    "events_feed": feed(after=None),
+    "events_feed_after": feed(after=DEEP_FEED_EVENT),
     "claim_partner": claim_partner,
     "expiry_sweep": expiry,
     "outbox_claim": outbox_claim,
 }
 # Not a statement of the service's: what deleting one shipment costs in foreign-key checks.
 DELETE_ONE = f"DELETE FROM shipments WHERE id = '{DEEP_ID}'"  # noqa: S608 - a constant uuid
+
+
+def _is_transaction_control(statement: str) -> bool:
+    return statement.lstrip().upper().startswith(("BEGIN", "SAVEPOINT", "RELEASE", "ROLLBACK"))
+
+
+async def _explain(engine: AsyncEngine, statement: str, parameters: Any) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS), in a transaction rolled back: a write changes nothing."""
+    async with engine.connect() as connection:
+        explain = f"EXPLAIN (ANALYZE, BUFFERS) {statement}"
+        rows = await connection.exec_driver_sql(explain, tuple(parameters or ()))
+        plan = "\n".join(row[0] for row in rows)
+        await connection.rollback()
+    return plan
 
 
 async def main() -> None:
@@ -103,22 +134,17 @@ async def main() -> None:
     for name in names:
         captured.clear()
         if name == "delete_shipment":
-            statement, parameters = DELETE_ONE, ()
+            statements = [(DELETE_ONE, ())]
         else:
             async with AsyncSession(engine) as session:
                 await CASES[name](session)
                 await session.rollback()
-            control = ("BEGIN", "SAVEPOINT")
-            statement, parameters = next(
-                (s, p) for s, p in captured if not s.lstrip().upper().startswith(control)
-            )
-        async with engine.connect() as connection:
-            explain = f"EXPLAIN (ANALYZE, BUFFERS) {statement}"
-            rows = await connection.exec_driver_sql(explain, tuple(parameters or ()))
-            plan = "\n".join(row[0] for row in rows)
-            await connection.rollback()
-        shown = f"```sql\n{statement.strip()}\n-- {parameters}\n```\n\n```\n{plan}\n```"
-        sys.stdout.write(f"### {name}\n\n{shown}\n\n")
+            statements = [(s, p) for s, p in captured if not _is_transaction_control(s)]
+        sys.stdout.write(f"### {name}\n\n")
+        for statement, parameters in statements:
+            plan = await _explain(engine, statement, parameters)
+            sys.stdout.write(f"```sql\n{statement.strip()}\n-- {parameters}\n```\n\n")
+            sys.stdout.write(f"```\n{plan}\n```\n\n")
     await engine.dispose()
 
 

@@ -2,7 +2,16 @@
 -- partner carrying 62,500, built by SQL in a migrated scratch database (see bench/README.md,
 -- "Issue 14: plans"). Ids are md5-derived so that every run builds the same rows.
 --   psql -v ON_ERROR_STOP=1 -d <db> -f bench/plans_seed.sql
+-- The scale benchmark (bench/scale.sh) builds the same shape at other sizes:
+--   psql -v shipments=1000000 -v timeline=5 ...
+\if :{?shipments}
+\else
 \set shipments 250000
+\endif
+\if :{?timeline}
+\else
+\set timeline 2
+\endif
 
 INSERT INTO sellers (id, name, email, password_hash, zip_code, created_at, updated_at,
                      email_verified_at)
@@ -35,7 +44,7 @@ SELECT md5('shipment' || n)::uuid, 'T' || lpad(n::text, 12, '0'),
            ELSE 'delivered'
        END,
        'Parcel ' || n, 1.5, lpad((n % 1000)::text, 5, '0'), 'Grace Hopper',
-       'grace@example.com', timestamptz '2026-01-04' + n * interval '1 minute', 2, 2, 0,
+       'grace@example.com', timestamptz '2026-01-04' + n * interval '1 minute', 2, :timeline, 0,
        timestamptz '2026-01-01' + n * interval '1 minute',
        timestamptz '2026-01-01' + n * interval '1 minute'
 FROM generate_series(1, :shipments) AS n;
@@ -45,19 +54,22 @@ FROM (SELECT partner_id, count(*) AS active FROM shipments
       WHERE status IN ('placed', 'in_transit', 'out_for_delivery') GROUP BY partner_id) AS counts
 WHERE partners.id = counts.partner_id;
 
+-- `timeline` events per shipment: placed, then its current status.
 INSERT INTO shipment_events (id, shipment_id, sequence, status, created_at)
 SELECT md5('event' || n || '-' || seq)::uuid, md5('shipment' || n)::uuid, seq,
        CASE WHEN seq = 1 THEN 'placed' ELSE s.status END, s.created_at
-FROM generate_series(1, :shipments) AS n, generate_series(1, 2) AS seq,
+FROM generate_series(1, :shipments) AS n, generate_series(1, :timeline) AS seq,
      LATERAL (SELECT status, created_at FROM shipments WHERE id = md5('shipment' || n)::uuid) AS s;
 
 -- 30 tags on everybody's shipments; "vip" only on other sellers' (n % 50 = 3 is never seller
 -- 1's): absent for the big seller, present in the table.
 INSERT INTO tags (name) SELECT 'tag-' || n FROM generate_series(1, 30) AS n;
 INSERT INTO tags (name) VALUES ('vip');
-INSERT INTO shipment_tags (shipment_id, tag_id)
-SELECT md5('shipment' || n)::uuid, t.id
+-- A link carries copies of its shipment's owners and creation time, as the service writes it.
+INSERT INTO shipment_tags (shipment_id, tag_id, seller_id, partner_id, created_at)
+SELECT s.id, t.id, s.seller_id, s.partner_id, s.created_at
 FROM generate_series(1, :shipments) AS n
+JOIN shipments AS s ON s.id = md5('shipment' || n)::uuid
 JOIN tags AS t ON t.name = 'tag-' || (1 + n % 30)
              OR (n % 3 = 0 AND t.name = 'tag-' || (1 + (n / 3 + 7) % 30))
              OR (n % 50 = 3 AND t.name = 'vip');

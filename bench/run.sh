@@ -41,15 +41,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() {  # URL PID
-    for _ in $(seq 100); do
-        curl -s -o /dev/null "$1" && return 0
-        kill -0 "$2" 2>/dev/null || { echo "server $2 died" >&2; return 1; }
-        sleep 0.1
-    done
-    echo "server at $1 did not start" >&2; return 1
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB" >/dev/null
 redis-cli -u "$REDIS_URL" flushdb >/dev/null
