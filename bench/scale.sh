@@ -4,13 +4,14 @@
 # shape (bench/plans_seed.sql, built by SQL): seller 1 owns 40 % of the shipments and partner 1
 # carries 25 %, with SMALL (10,000: enough for a full page in every workload) and BIG
 # (1,000,000) shipments of TIMELINE (5) events each. The big build takes a few minutes and
-# about 3 GB.
+# about 3 GB. A third, "long", has 1,000 shipments of LONG_TIMELINE (200, the cap) events each,
+# for a list's first page with its timelines and without (`include=`).
 # Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth), Redis on 127.0.0.1:6379 (db 9
 # is flushed) and wrk. Run from the repository root: `bash bench/scale.sh`.
 # Each workload runs ROUNDS (3) times on each database, alternating, and the table compares the
 # medians: on a shared two-core host one run's p99 moves by up to 1.5x on its own. Eight
 # connections keep the p99 close to what a request costs rather than to the queue before it.
-# Knobs: SMALL, BIG, TIMELINE, ROUNDS, DURATION (5s), THREADS (2), CONNECTIONS (8);
+# Knobs: SMALL, BIG, TIMELINE, LONG_TIMELINE, ROUNDS, DURATION (5s), THREADS (2), CONNECTIONS (8);
 # BENCH_OUT=dir keeps wrk's outputs, the plans and the table; KEEP=1 keeps the databases.
 # Takes about 15 minutes with the defaults.
 set -euo pipefail
@@ -20,6 +21,7 @@ BIN=.venv/bin
 SMALL=${SMALL:-10000}
 BIG=${BIG:-1000000}
 TIMELINE=${TIMELINE:-5}
+LONG_TIMELINE=${LONG_TIMELINE:-200}
 DURATION=${DURATION:-5s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-8}
@@ -56,18 +58,18 @@ export JWT_SECRET_KEY="bench-only-key-$(od -An -tx1 -N24 /dev/urandom | tr -d ' 
 export SHIPMENTS_PER_SELLER_PER_MINUTE=1000000000 RECIPIENT_EMAILS_PER_SELLER_PER_HOUR=1000000000
 redis-cli -u "$REDIS_URL" flushdb >/dev/null
 
-# NAME SIZE: build database NAME with SIZE shipments, serve it on a port of its own (written to
+# NAME SIZE EVENTS: build database NAME with SIZE shipments of EVENTS events each, serve it on a port of its own (written to
 # $WORK/NAME/port) and write its requests into $WORK/NAME/.
-build_and_serve() {
-    local name=$1 size=$2 db="shiptrack_scale_${1}_$$" dir="$WORK/$1" port
+build_and_serve() {  # NAME SIZE EVENTS_PER_SHIPMENT
+    local name=$1 size=$2 events=$3 db="shiptrack_scale_${1}_$$" dir="$WORK/$1" port
     mkdir -p "$dir"
     DATABASES+=("$db")
     psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" >/dev/null
     DATABASE_URL="$PG/$db" "$BIN/shiptrack" migrate >/dev/null
     local started=$SECONDS
     psql -h 127.0.0.1 -U postgres -d "$db" -q -v ON_ERROR_STOP=1 -v shipments="$size" \
-        -v timeline="$TIMELINE" -f bench/plans_seed.sql
-    echo "$name: $size shipments built in $((SECONDS - started)) s," \
+        -v timeline="$events" -f bench/plans_seed.sql
+    echo "$name: $size shipments of $events events built in $((SECONDS - started)) s," \
         "$(psql -h 127.0.0.1 -U postgres -d "$db" -Atc "SELECT pg_size_pretty(pg_database_size('$db'))")" \
         | tee "$dir/build.txt"
     port=$(free_port)
@@ -78,16 +80,16 @@ build_and_serve() {
     DATABASE_URL="$PG/$db" "$BIN/python" bench/scale_requests.py "http://127.0.0.1:$port" "$dir"
 }
 
-# WORKLOAD SCRIPT ARGS...: ROUNDS times on each database, one right after the other so that
-# each pair of runs sees the same host, the first alternating between the two (a 2 s warm-up,
-# then the measured run). Arguments naming
-# `DIR/` are each database's own files.
+# WORKLOAD SCRIPT ARGS...: ROUNDS times on each database of $DATABASE_PAIR, one right after the
+# other so that each pair of runs sees the same host, the first alternating between the two (a
+# 2 s warm-up, then the measured run). Arguments naming `DIR/` are each database's own files.
+DATABASE_PAIR="small big"
 measure() {
-    local workload=$1 script=$2 name port round
+    local workload=$1 script=$2 name port round order
     shift 2
     for round in $(seq "$ROUNDS"); do
-        local order="small big"
-        if [ $((round % 2)) -eq 0 ]; then order="big small"; fi
+        order=$DATABASE_PAIR
+        if [ $((round % 2)) -eq 0 ]; then order=$(echo "$order" | awk '{for (i = NF; i > 0; i--) printf "%s ", $i}'); fi
         for name in $order; do
             port=$(cat "$WORK/$name/port")
             local args=("${@//DIR/$WORK/$name}")
@@ -100,11 +102,12 @@ measure() {
     done
 }
 
-build_and_serve small "$SMALL"
-build_and_serve big "$BIG"
+build_and_serve small "$SMALL" "$TIMELINE"
+build_and_serve big "$BIG" "$TIMELINE"
+build_and_serve long 1000 "$LONG_TIMELINE"
 # Reads first, on the data as built; then the writes, which add to it.
-for workload in read_one first_page deep_page tag_absent tag_present status_cancelled events_first \
-    events_after; do
+for workload in read_one first_page first_page_bare deep_page tag_absent tag_present \
+    status_cancelled events_first events_after; do
     measure "$workload" bench/get.lua "DIR/$workload.paths" DIR/seller_token
 done
 measure track bench/get.lua DIR/track.paths
@@ -113,6 +116,12 @@ for workload in partner_first_page partner_deep_page; do
 done
 measure create bench/create.lua DIR/seller_token DIR/create_body.json
 measure update bench/update.lua DIR/partner_token DIR/update_ids DIR/update_body.json
+# Pages of shipments with long timelines (LONG_TIMELINE events each), with their timelines and
+# without (`include=`).
+DATABASE_PAIR=long
+for workload in first_page first_page_bare; do
+    measure "$workload" bench/get.lua "DIR/$workload.paths" DIR/seller_token
+done
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 # The plans of the service's statements on the big data (after the writes above); its cases
 # name shipment 150,000 and its neighbours.
@@ -121,5 +130,7 @@ if [ "$BIG" -ge 250000 ]; then
 fi
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, one API process each, medians of $ROUNDS rounds; $TIMELINE events per shipment"
-"$BIN/python" bench/scale_table.py "$WORK/small" "$WORK/big" | tee "$WORK/scale.md"
-if [ -n "${BENCH_OUT:-}" ]; then mkdir -p "$BENCH_OUT" && cp -r "$WORK"/small "$WORK"/big "$WORK"/scale.md "$BENCH_OUT"/; fi
+"$BIN/python" bench/scale_table.py "$WORK/small" "$WORK/big" "$WORK/long" | tee "$WORK/scale.md"
+if [ -n "${BENCH_OUT:-}" ]; then
+    mkdir -p "$BENCH_OUT" && cp -r "$WORK"/small "$WORK"/big "$WORK"/long "$WORK"/scale.md "$BENCH_OUT"/
+fi

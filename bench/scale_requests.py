@@ -84,6 +84,7 @@ async def read_paths(connection: AsyncConnection) -> dict[str, list[str]]:
         "read_one": [f"/shipments/{shipment_id}" for (shipment_id,) in ids],
         "track": [f"/track/{number}" for (number,) in numbers],
         "first_page": ["/shipments?limit=20"],
+        "first_page_bare": ["/shipments?limit=20&include="],
         "deep_page": [f"/shipments?limit=20&cursor={cursor}"],
         "tag_absent": ["/shipments?limit=20&tag=vip"],
         "tag_present": ["/shipments?limit=20&tag=tag-5"],

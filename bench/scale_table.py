@@ -2,7 +2,10 @@
 outputs in two directories (bench/scale.sh: WORKLOAD.ROUND.txt), and the big data's p99 against
 the small. Each figure is the median of the rounds; failures are summed.
 
-Usage: python bench/scale_table.py SMALL_DIR BIG_DIR
+Usage: python bench/scale_table.py SMALL_DIR BIG_DIR LONG_DIR
+
+A second table compares a first page of 20 with short timelines (the small database) and with
+long ones (LONG_DIR), each with its timelines and without (`include=`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ WORKLOADS = {
     "read_one": "GET one shipment (seller)",
     "track": "GET /track/{tn} (anonymous)",
     "first_page": "list, first page (seller)",
+    "first_page_bare": "list, first page without timelines (`include=`)",
     "deep_page": "list, half-way down (seller; page 7,500 of the big)",
     "tag_absent": "list, `tag` absent for the seller",
     "tag_present": "list, `tag` on 1 in 23",
@@ -39,6 +43,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     failures: int  # non-2xx answers and socket errors
+    kib_per_response: float  # headers included
 
 
 def parse(path: Path) -> Run:
@@ -53,7 +58,11 @@ def parse(path: Path) -> Run:
     failures = int(non_2xx[1]) if non_2xx else 0
     if socket_errors:
         failures += sum(int(count) for count in socket_errors.groups())
-    return Run(rate, milliseconds(p50), milliseconds(p99), failures)
+    requests, amount, unit = re.search(  # type: ignore[union-attr]
+        r"(\d+) requests in \S+, ([\d.]+)([KMG]B) read", output
+    ).groups()
+    kib = float(amount) * {"KB": 1, "MB": 1024, "GB": 1024 * 1024}[unit] / int(requests)
+    return Run(rate, milliseconds(p50), milliseconds(p99), failures, kib)
 
 
 def median_of_rounds(directory: Path, workload: str) -> Run:
@@ -63,6 +72,7 @@ def median_of_rounds(directory: Path, workload: str) -> Run:
         statistics.median(run.p50_ms for run in runs),
         statistics.median(run.p99_ms for run in runs),
         sum(run.failures for run in runs),
+        statistics.median(run.kib_per_response for run in runs),
     )
 
 
@@ -81,10 +91,26 @@ def main() -> None:
             f"| {label} | {small.rate:.0f} | {small.p99_ms:.1f} ms | {big.rate:.0f} "
             f"| {big.p99_ms:.1f} ms | **{ratio:.2f}x**{mark} | {small.failures}, {big.failures} |"
         )
-    for name in ("small", "big"):
-        build = Path(sys.argv[1 if name == "small" else 2]) / "build.txt"
-        lines.append(f"\n{build.read_text().strip()}")
+    lines += ["", *long_timelines(small_dir, Path(sys.argv[3])), ""]
+    for directory in sys.argv[1:4]:
+        lines.append((Path(directory) / "build.txt").read_text().strip())
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def long_timelines(small_dir: Path, long_dir: Path) -> list[str]:
+    lines = [
+        "| first page of 20 | req/s | p50 | p99 | KiB per response | failures |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    shapes = (("first_page", "with timelines"), ("first_page_bare", "`include=`"))
+    for directory, events in ((small_dir, "5 events each"), (long_dir, "200 events each")):
+        for workload, shape in shapes:
+            run = median_of_rounds(directory, workload)
+            lines.append(
+                f"| {events}, {shape} | {run.rate:.0f} | {run.p50_ms:.1f} ms "
+                f"| {run.p99_ms:.1f} ms | {run.kib_per_response:.1f} | {run.failures} |"
+            )
+    return lines
 
 
 if __name__ == "__main__":
