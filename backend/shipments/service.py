@@ -30,7 +30,7 @@ from backend.db import UnitOfWork, utcnow
 from backend.errors import DomainError
 from backend.outbox.wording import human_day
 from backend.pagination import decode_cursor, split_page
-from backend.shipments.assignment import PartnerAssignment
+from backend.shipments.assignment import AssignedPartner, PartnerAssignment
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.errors import (
     DeliveryLocked,
@@ -206,10 +206,39 @@ class ShipmentService:
         if seller.email_verified_at is None:
             await self._count_unverified_shipment()
 
-        partner = await self._assignment.claim(body.destination.zip_code)
-        if partner is None:
+        zip_code = body.destination.zip_code
+        # Everything is written before the partner's slot is taken, so its row (which every
+        # create into its zips needs) stays locked only from `take_slot` to the commit.
+        attempt = await self._unit.session.begin_nested()
+        chosen = await self._assignment.least_loaded(zip_code)
+        if chosen is None:
             raise NoPartnerAvailable()
-        # After the waits on the key and the partner's row: the closer to the commit, the less
+        created = await self._write_shipment(body, chosen, idempotency_key, email_not_before)
+        if await self._assignment.take_slot(chosen.id):
+            await attempt.commit()
+        else:
+            # The partner filled up (or was suspended) since it was chosen: undo the writes and
+            # let go of the partner's row, take a slot first this time, and write them again for
+            # the partner that has it.
+            await attempt.rollback()
+            partner = await self._assignment.claim(zip_code)
+            if partner is None:
+                raise NoPartnerAvailable()
+            created = await self._write_shipment(body, partner, idempotency_key, email_not_before)
+        announce_after_commit(self._unit, self._redis, created.id, created.timeline)
+        return CreatedShipment(created, replayed=False)
+
+    async def _write_shipment(
+        self,
+        body: ShipmentCreate,
+        partner: AssignedPartner,
+        idempotency_key: str | None,
+        email_not_before: datetime | None,
+    ) -> ShipmentRead:
+        """The new shipment with its first event, tags, email, idempotency record and feed
+        event, all flushed: what the create writes, but the partner's slot."""
+        seller = self._account
+        # After the waits on the key and the seller's row: the closer to the commit, the less
         # a keyset page read meanwhile can miss the new shipment.
         now = utcnow()
         shipment = Shipment(
@@ -254,8 +283,9 @@ class ShipmentService:
         initial = created.model_dump(
             mode="json", include={"status", "estimated_delivery", "partner"}
         )
-        await self._publish(created, [SHIPMENT_CREATED], initial)
-        return CreatedShipment(created, replayed=False)
+        await self._record_events(created, [SHIPMENT_CREATED], initial)
+        await session.flush()  # the email and the feed event, before the slot is taken
+        return created
 
     async def cancel(self, shipment_id: uuid.UUID, *, note: str | None = None) -> ShipmentRead:
         """Cancel a `placed` shipment; `note` replaces the usual timeline line."""
@@ -337,10 +367,16 @@ class ShipmentService:
     async def _publish(
         self, shipment: ShipmentRead, types: list[str], changes: dict[str, Any]
     ) -> None:
-        """Events for the feed, webhooks and live streams; last, as it serializes the seller's
-        events until the commit. An event says what changed (`changes`: only the fields this
-        change set), not the whole shipment (webhooks/schemas.py ShipmentEventData)."""
+        """Events for the feed, webhooks and live streams."""
         announce_after_commit(self._unit, self._redis, shipment.id, shipment.timeline[-1:])
+        await self._record_events(shipment, types, changes)
+
+    async def _record_events(
+        self, shipment: ShipmentRead, types: list[str], changes: dict[str, Any]
+    ) -> None:
+        """The change in the feed and in the webhook deliveries it queues. An event says what
+        changed (`changes`: only the fields this change set), not the whole shipment
+        (webhooks/schemas.py ShipmentEventData)."""
         data = {
             "shipment_id": str(shipment.id),
             "tracking_number": shipment.tracking_number,

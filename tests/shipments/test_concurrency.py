@@ -567,3 +567,101 @@ async def test_a_create_takes_a_free_partner_rather_than_queue_behind_a_busy_one
 
     assert response.status_code == 201, response.text
     assert response.json()["partner"]["id"] == second
+
+
+async def test_a_create_stalled_in_its_writes_does_not_hold_up_its_partner(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    """A create takes its partner's slot only after writing the shipment, so another create for
+    the same (only) partner goes through while the first is still writing.
+
+    The first create stalls on a tag that another transaction is inserting (its insert waits for
+    that transaction to end). Had it taken the slot first, the partner's row would stay locked
+    through the stall and the second create would wait behind it.
+    """
+    # Two sellers: an unverified seller's creates also queue on its own row (its count).
+    _, first_seller = await account_with_token(client, "seller")
+    _, second_seller = await account_with_token(client, "seller")
+    zip_code = "73303"
+    partner, _ = await account_with_token(
+        client, "partner", serviceable_zip_codes=[zip_code], max_handling_capacity=5
+    )
+    destination = {"zip_code": zip_code}
+
+    async with db_engine.connect() as tag_writer:
+        await tag_writer.execute(text("INSERT INTO tags (name) VALUES ('stalled-tag')"))
+        stalled = asyncio.create_task(
+            client.post(
+                "/shipments",
+                json=shipment_body(destination=destination, tags=["stalled-tag"]),
+                headers=first_seller,
+            )
+        )
+        await until_waiting_on_locks(db_engine, 1)
+        async with asyncio.timeout(10):  # it would wait for the stalled create forever
+            second = await client.post(
+                "/shipments", json=shipment_body(destination=destination), headers=second_seller
+            )
+        assert not stalled.done()
+        await tag_writer.rollback()
+        first = await stalled
+
+    assert second.status_code == 201, second.text
+    assert first.status_code == 201, first.text
+    assert first.json()["tags"] == ["stalled-tag"]
+    assert {first.json()["partner"]["id"], second.json()["partner"]["id"]} == {partner["id"]}
+    assert await stored_active_shipments(db_engine, partner["id"]) == 2
+
+
+async def test_a_create_whose_partner_filled_up_meanwhile_is_written_once_for_the_next(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    """The partner a create chose fills up before the create takes its slot: the create undoes
+    what it wrote for that partner and is stored once, for the partner with room."""
+    _, seller_headers = await account_with_token(client, "seller")
+    zip_code = "73304"
+    partners = [
+        (
+            await account_with_token(
+                client, "partner", serviceable_zip_codes=[zip_code], max_handling_capacity=1
+            )
+        )[0]["id"]
+        for _ in range(2)
+    ]
+    first, second = sorted(partners, key=uuid.UUID)  # equally free: the lower id is chosen
+
+    async with db_engine.connect() as filler:
+        # Not committed yet: the create still sees the first partner free, chooses it, writes,
+        # and waits for this row when it takes the slot.
+        await filler.execute(
+            text("UPDATE partners SET active_shipments = 1 WHERE id = :id"), {"id": first}
+        )
+        create = asyncio.create_task(
+            client.post(
+                "/shipments",
+                json=shipment_body(destination={"zip_code": zip_code}, tags=["fragile"]),
+                headers=seller_headers,
+            )
+        )
+        await until_waiting_on_locks(db_engine, 1)
+        await filler.commit()
+        response = await create
+
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["partner"]["id"] == second
+    assert await stored_active_shipments(db_engine, first) == 1  # the filler's, not the create's
+    assert await stored_active_shipments(db_engine, second) == 1
+    assert await count_rows(db_engine, "shipments") == 1
+    assert [status for _, status, _ in await stored_events(db_engine, created["id"])] == ["placed"]
+    async with db_engine.connect() as connection:
+        stored = await connection.execute(
+            text(
+                "SELECT (SELECT count(*) FROM shipment_tags),"
+                " (SELECT partner_id FROM shipment_tags),"
+                " (SELECT count(*) FROM outbox_messages WHERE shipment_id IS NOT NULL),"
+                " (SELECT count(*) FROM events WHERE type = 'shipment.created')"
+            )
+        )
+        links, link_partner, emails, feed_events = stored.one()
+    assert (links, str(link_partner), emails, feed_events) == (1, second, 1, 1)
