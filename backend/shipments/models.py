@@ -186,6 +186,18 @@ class Shipment(SQLModel, table=True):
             ),
         }
     )
+    # The newest event alone: when it was reached, for a list that leaves the timeline out.
+    last_event: ShipmentEvent | None = Relationship(
+        sa_relationship_kwargs={
+            "lazy": "raise",
+            "viewonly": True,
+            "uselist": False,
+            "primaryjoin": lambda: and_(
+                foreign(col(ShipmentEvent.shipment_id)) == col(Shipment.id),
+                col(ShipmentEvent.sequence) == col(Shipment.last_sequence),
+            ),
+        }
+    )
     tags: list[Tag] = Relationship(link_model=ShipmentTag, sa_relationship_kwargs={"lazy": "raise"})
     review: Optional["Review"] = Relationship(
         sa_relationship_kwargs={"lazy": "raise", "uselist": False}

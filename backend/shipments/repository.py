@@ -134,7 +134,9 @@ def _one(for_partner: bool, *, lock: bool) -> Select[Any]:
 
 
 @functools.cache
-def _page(for_partner: bool, *, by_status: bool, by_tag: bool, after: bool) -> Select[Any]:
+def _page(
+    for_partner: bool, *, by_status: bool, by_tag: bool, after: bool, with_timeline: bool
+) -> Select[Any]:
     """Newest first, keyset-paginated on (created_at, id).
 
     Each variant is one range of one index, read in order until the page is full: the owner's
@@ -160,7 +162,18 @@ def _page(for_partner: bool, *, by_status: bool, by_tag: bool, after: bool) -> S
     if after:
         last_created_at = bindparam("last_created_at", type_=DateTime(timezone=True))
         statement = statement.where(after_last(*key, last_created_at, bindparam("last_id")))
+    if not with_timeline:
+        statement = statement.options(*_WITHOUT_TIMELINE[for_partner])
     return statement.order_by(*newest_first(*key)).limit(bindparam("limit"))
+
+
+# A page without the timelines loads none of their events (and raises if a view reads one). A
+# partner's view still needs the time of the newest event: when an ended shipment's recipient
+# data is redacted.
+_WITHOUT_TIMELINE = {
+    False: (raiseload(Shipment.timeline),),  # type: ignore[arg-type]
+    True: (raiseload(Shipment.timeline), selectinload(Shipment.last_event)),  # type: ignore[arg-type]
+}
 
 
 @functools.cache
@@ -212,14 +225,16 @@ class ShipmentRepository:
         after: tuple[datetime, uuid.UUID] | None,
         status: ShipmentStatus | None,
         tag: str | None,
+        with_timeline: bool = True,
     ) -> list[LoadedShipment]:
         """Newest first, keyset-paginated on (created_at, id): `after` is the last item of the
-        previous page."""
+        previous page. Without the timelines, their events are not loaded at all."""
         statement = _page(
             visibility.for_partner,
             by_status=status is not None,
             by_tag=tag is not None,
             after=after is not None,
+            with_timeline=with_timeline,
         )
         parameters: dict[str, Any] = {"owner_id": visibility.owner_id, "limit": limit}
         if status is not None:

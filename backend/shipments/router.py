@@ -124,14 +124,30 @@ async def list_shipments(
     ] = None,
     status_filter: Annotated[ShipmentStatus | None, Query(alias="status")] = None,
     tag: Annotated[TagSlug | None, Query()] = None,
+    include: Annotated[
+        str | None,
+        Query(
+            pattern=r"^(timeline)?$",
+            description="What each shipment embeds. Left out: everything, today the `timeline` "
+            "(up to MAX_EVENTS_PER_SHIPMENT events each). `include=` (empty) leaves the "
+            "timelines out (`timeline` is then null): a much smaller and faster page when "
+            "shipments have long timelines. `include=timeline` is the default shape.",
+        ),
+    ] = None,
 ) -> ShipmentPage:
     """Shipments newest first: a seller's own, or those assigned to the calling partner.
 
     Filter by `status` and by `tag`; follow `next_cursor` until it is null. A partner sees
     its shipments once the operator has approved it (an empty list while `pending`; 403
-    `partner_suspended` while suspended).
+    `partner_suspended` while suspended). `include=` lists them without their timelines.
     """
-    return await shipments.list_page(limit=limit, cursor=cursor, status=status_filter, tag=tag)
+    return await shipments.list_page(
+        limit=limit,
+        cursor=cursor,
+        status=status_filter,
+        tag=tag,
+        with_timeline=include is None or include == "timeline",
+    )
 
 
 @router.get(

@@ -319,6 +319,14 @@ class ShipmentRead(BaseModel):
     timeline: list[TimelineEvent] = Field(description="Oldest first.")
 
 
+class ShipmentListItem(ShipmentRead):
+    """A shipment in a list: as `ShipmentRead`, but the timeline may be left out."""
+
+    timeline: list[TimelineEvent] | None = Field(  # type: ignore[assignment]
+        description="Oldest first; null when the list was asked for without it (`include`)."
+    )
+
+
 class ShipmentPage(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -331,7 +339,7 @@ class ShipmentPage(BaseModel):
         }
     )
 
-    items: list[ShipmentRead]
+    items: list[ShipmentListItem]
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end."
     )

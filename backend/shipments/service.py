@@ -165,13 +165,24 @@ class ShipmentService:
         cursor: str | None,
         status: ShipmentStatus | None,
         tag: str | None,
+        with_timeline: bool = True,
     ) -> ShipmentPage:
         after = decode_cursor(cursor) if cursor else None
         # One more than asked for tells whether another page follows.
         loaded = await self._shipments.page(
-            self._visibility, limit=limit + 1, after=after, status=status, tag=tag
+            self._visibility,
+            limit=limit + 1,
+            after=after,
+            status=status,
+            tag=tag,
+            with_timeline=with_timeline,
         )
-        items, next_cursor = split_page([self._view(shipment) for shipment in loaded], limit)
+        for_partner = self._visibility.for_partner
+        views = [
+            self._views.list_item(shipment, for_partner=for_partner, with_timeline=with_timeline)
+            for shipment in loaded
+        ]
+        items, next_cursor = split_page(views, limit)
         return ShipmentPage(items=items, next_cursor=next_cursor)
 
     # --- sellers -------------------------------------------------------------------------

@@ -7,7 +7,8 @@ of a shipment with its timeline costs about as much as loading it).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
+from typing import Any
 
 from backend.db import utcnow
 from backend.shipments.models import Review, Shipment, ShipmentEvent
@@ -17,6 +18,7 @@ from backend.shipments.schemas import (
     PartnerSummary,
     RecipientRead,
     ReviewRead,
+    ShipmentListItem,
     ShipmentRead,
     TimelineEvent,
 )
@@ -35,51 +37,69 @@ class ShipmentViews:
 
     def view(self, loaded: LoadedShipment, *, for_partner: bool) -> ShipmentRead:
         """The shipment as its seller, or (`for_partner`) its partner, sees it."""
+        timeline = loaded.shipment.timeline
+        fields = self._fields(loaded, for_partner, timeline[-1] if timeline else None)
+        return ShipmentRead.model_construct(**fields, timeline=timeline_view(timeline))
+
+    def list_item(
+        self, loaded: LoadedShipment, *, for_partner: bool, with_timeline: bool
+    ) -> ShipmentListItem:
+        """The shipment in a list: its view, with its timeline or (loaded without one) null."""
+        if with_timeline:
+            timeline = loaded.shipment.timeline
+            newest = timeline[-1] if timeline else None
+            events = timeline_view(timeline)
+        else:
+            # Loaded without the timeline: a partner's page loads the newest event instead, for
+            # when the shipment ended. A seller's view never needs it.
+            newest = loaded.shipment.last_event if for_partner else None
+            events = None
+        fields = self._fields(loaded, for_partner, newest)
+        return ShipmentListItem.model_construct(**fields, timeline=events)
+
+    def _fields(
+        self, loaded: LoadedShipment, for_partner: bool, newest_event: ShipmentEvent | None
+    ) -> dict[str, Any]:
+        """Everything a view shows but the timeline. `newest_event` dates a partner's view."""
         shipment = loaded.shipment
-        redacted = for_partner and self._past_pii_retention(shipment)
-        return ShipmentRead.model_construct(
-            id=shipment.id,
-            tracking_number=shipment.tracking_number,
-            status=shipment.status,
-            content=shipment.content,
-            weight_kg=shipment.weight_kg,
-            destination=DestinationRead.model_construct(
+        redacted = for_partner and self._past_pii_retention(shipment, newest_event)
+        return {
+            "id": shipment.id,
+            "tracking_number": shipment.tracking_number,
+            "status": shipment.status,
+            "content": shipment.content,
+            "weight_kg": shipment.weight_kg,
+            "destination": DestinationRead.model_construct(
                 zip_code=shipment.destination_zip,
                 address_line=None if redacted else shipment.destination_address_line,
                 city=shipment.destination_city,
             ),
-            recipient=RecipientRead.model_construct(
+            "recipient": RecipientRead.model_construct(
                 name=None if redacted else shipment.recipient_name,
                 email=None if redacted else shipment.recipient_email,
                 phone=None if redacted else shipment.recipient_phone,
             ),
-            tags=loaded.tags,
-            reference=shipment.reference,
-            seller_id=shipment.seller_id,
-            partner=PartnerSummary.model_construct(
+            "tags": loaded.tags,
+            "reference": shipment.reference,
+            "seller_id": shipment.seller_id,
+            "partner": PartnerSummary.model_construct(
                 id=shipment.partner_id, name=loaded.partner_name
             ),
-            estimated_delivery=shipment.estimated_delivery,
-            version=shipment.version,
-            created_at=shipment.created_at,
-            updated_at=shipment.updated_at,
-            tracking_url=tracking_url(self._public_base_url, shipment.tracking_number),
-            recipient_redacted=redacted,
-            review=_review(shipment.review),
-            timeline=timeline_view(shipment.timeline),
-        )
+            "estimated_delivery": shipment.estimated_delivery,
+            "version": shipment.version,
+            "created_at": shipment.created_at,
+            "updated_at": shipment.updated_at,
+            "tracking_url": tracking_url(self._public_base_url, shipment.tracking_number),
+            "recipient_redacted": redacted,
+            "review": _review(shipment.review),
+        }
 
-    def _past_pii_retention(self, shipment: Shipment) -> bool:
+    def _past_pii_retention(self, shipment: Shipment, newest_event: ShipmentEvent | None) -> bool:
         """A partner keeps the recipient's contact fields for PARTNER_PII_DAYS after the
-        shipment ends (product.md §4): from its terminal event, always its last."""
-        ended_at = _ended_at(shipment)
-        return ended_at is not None and ended_at < utcnow() - self._pii_retention
-
-
-def _ended_at(shipment: Shipment) -> datetime | None:
-    if shipment.status not in TERMINAL or not shipment.timeline:
-        return None
-    return shipment.timeline[-1].created_at
+        shipment ends (product.md §4): from its terminal event, always its newest."""
+        if shipment.status not in TERMINAL or newest_event is None:
+            return False
+        return newest_event.created_at < utcnow() - self._pii_retention
 
 
 def timeline_view(events: list[ShipmentEvent]) -> list[TimelineEvent]:

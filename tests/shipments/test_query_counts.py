@@ -170,3 +170,36 @@ async def test_public_tracking_costs_the_same_queries_for_short_and_long_timelin
 
     # Two queries per view, for either timeline.
     assert len(queries_by_notes[1]) == len(queries_by_notes[80]) == 4, queries_by_notes
+
+
+async def test_a_page_without_timelines_loads_no_events(
+    client: httpx.AsyncClient, sql_log: StatementLog
+) -> None:
+    """`include=` leaves the timelines out of a list: a seller's page is then two queries (no
+    events read at all), a partner's loads only each shipment's newest event (when it ended
+    dates the partner's view of the recipient), and every other field is as in the full page."""
+    parties = await make_parties(client, max_handling_capacity=25)
+    await shipments_with_long_timelines(client, parties, 3)
+    without = {"limit": 20, "include": ""}
+
+    for table, headers in (
+        ("sellers", parties.seller_headers),
+        ("partners", parties.partner_headers),
+    ):
+        full, _ = await measured_get(client, sql_log, "/shipments", headers, {"limit": 20})
+        page, queries = await measured_get(client, sql_log, "/shipments", headers, without)
+
+        assert [item["timeline"] for item in page["items"]] == [None, None, None]
+        assert [{**item, "timeline": None} for item in full["items"]] == page["items"]
+        if table == "sellers":
+            assert len(queries) == 2, "\n".join(queries)
+            assert all("shipment_events" not in query for query in queries), queries
+        else:
+            assert len(queries) == 3, "\n".join(queries)
+            newest_events = queries[2]
+            assert "FROM shipments AS" in newest_events  # joined: each shipment's newest only
+            assert ".last_sequence" in newest_events, newest_events
+        explicit, _ = await measured_get(
+            client, sql_log, "/shipments", headers, {"limit": 20, "include": "timeline"}
+        )
+        assert explicit == full
