@@ -70,8 +70,12 @@ def track(session: AsyncSession) -> Awaitable[Any]:
     return ShipmentRepository(session).by_tracking_number(DEEP_TRACKING_NUMBER, recent_events=True)
 
 
-def claim_partner(session: AsyncSession) -> Awaitable[Any]:
-    return PartnerAssignment(session).claim("00020")
+async def assign_partner(session: AsyncSession) -> bool:
+    """A create's two assignment statements: the choice, then (last) the slot."""
+    assignment = PartnerAssignment(session)
+    chosen = await assignment.choose("00020")
+    assert chosen is not None, "the seed's partners serve 00020"
+    return await assignment.take_slot(chosen.id)
 
 
 def expiry(session: AsyncSession) -> Awaitable[Any]:
@@ -100,7 +104,7 @@ CASES: dict[str, Call] = {
     "partner_status_rare": page(PARTNER, status=ShipmentStatus.returned),
     "events_feed": feed(after=None),
     "events_feed_after": feed(after=DEEP_FEED_EVENT),
-    "claim_partner": claim_partner,
+    "assign_partner": assign_partner,
     "expiry_sweep": expiry,
     "outbox_claim": outbox_claim,
 }

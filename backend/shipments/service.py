@@ -73,6 +73,10 @@ from backend.webhooks.events import (
 # No 0/O, 1/I/L or U: readable over the phone. 14 of 30 symbols is about 68 bits.
 TRACKING_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
 TRACKING_NUMBER_LENGTH = 14
+# A create whose chosen partner filled up before it took the slot chooses again, this many
+# times in all: each lost race means another create got a slot, so a partner with room is
+# rarely lost more than once or twice.
+ASSIGNMENT_ATTEMPTS = 10
 
 EVENT_DESCRIPTIONS = {
     ShipmentStatus.placed: "Shipment created",
@@ -217,27 +221,23 @@ class ShipmentService:
         if seller.email_verified_at is None:
             await self._count_unverified_shipment()
 
-        zip_code = body.destination.zip_code
-        # Everything is written before the partner's slot is taken, so its row (which every
-        # create into its zips needs) stays locked only from `take_slot` to the commit.
-        attempt = await self._unit.session.begin_nested()
-        chosen = await self._assignment.least_loaded(zip_code)
-        if chosen is None:
-            raise NoPartnerAvailable()
-        created = await self._write_shipment(body, chosen, idempotency_key, email_not_before)
-        if await self._assignment.take_slot(chosen.id):
-            await attempt.commit()
-        else:
-            # The partner filled up (or was suspended) since it was chosen: undo the writes and
-            # let go of the partner's row, take a slot first this time, and write them again for
-            # the partner that has it.
-            await attempt.rollback()
-            partner = await self._assignment.claim(zip_code)
+        # Everything is written before the partner's slot is taken, so that the partner's row
+        # (which every create into its zips needs) is locked only from `take_slot` to the
+        # commit. A partner that fills up meanwhile refuses the slot: the attempt's writes are
+        # undone (a savepoint) and the create chooses again, while anyone has room.
+        session = self._unit.session
+        for _ in range(ASSIGNMENT_ATTEMPTS):
+            attempt = await session.begin_nested()
+            partner = await self._assignment.choose(body.destination.zip_code)
             if partner is None:
-                raise NoPartnerAvailable()
+                break
             created = await self._write_shipment(body, partner, idempotency_key, email_not_before)
-        announce_after_commit(self._unit, self._redis, created.id, created.timeline)
-        return CreatedShipment(created, replayed=False)
+            if await self._assignment.take_slot(partner.id):
+                await attempt.commit()
+                announce_after_commit(self._unit, self._redis, created.id, created.timeline)
+                return CreatedShipment(created, replayed=False)
+            await attempt.rollback()
+        raise NoPartnerAvailable()
 
     async def _write_shipment(
         self,

@@ -617,7 +617,8 @@ async def test_a_create_whose_partner_filled_up_meanwhile_is_written_once_for_th
     client: httpx.AsyncClient, db_engine: AsyncEngine
 ) -> None:
     """The partner a create chose fills up before the create takes its slot: the create undoes
-    what it wrote for that partner and is stored once, for the partner with room."""
+    what it wrote for that partner and is stored once, for the partner with room, and its
+    `Idempotency-Key` replays that one shipment."""
     _, seller_headers = await account_with_token(client, "seller")
     zip_code = "73304"
     partners = [
@@ -629,6 +630,8 @@ async def test_a_create_whose_partner_filled_up_meanwhile_is_written_once_for_th
         for _ in range(2)
     ]
     first, second = sorted(partners, key=uuid.UUID)  # equally free: the lower id is chosen
+    body = shipment_body(destination={"zip_code": zip_code}, tags=["fragile"])
+    headers = {**seller_headers, "Idempotency-Key": "order-7731"}
 
     async with db_engine.connect() as filler:
         # Not committed yet: the create still sees the first partner free, chooses it, writes,
@@ -636,13 +639,7 @@ async def test_a_create_whose_partner_filled_up_meanwhile_is_written_once_for_th
         await filler.execute(
             text("UPDATE partners SET active_shipments = 1 WHERE id = :id"), {"id": first}
         )
-        create = asyncio.create_task(
-            client.post(
-                "/shipments",
-                json=shipment_body(destination={"zip_code": zip_code}, tags=["fragile"]),
-                headers=seller_headers,
-            )
-        )
+        create = asyncio.create_task(client.post("/shipments", json=body, headers=headers))
         await until_waiting_on_locks(db_engine, 1)
         await filler.commit()
         response = await create
@@ -660,8 +657,79 @@ async def test_a_create_whose_partner_filled_up_meanwhile_is_written_once_for_th
                 "SELECT (SELECT count(*) FROM shipment_tags),"
                 " (SELECT partner_id FROM shipment_tags),"
                 " (SELECT count(*) FROM outbox_messages WHERE shipment_id IS NOT NULL),"
-                " (SELECT count(*) FROM events WHERE type = 'shipment.created')"
+                " (SELECT count(*) FROM events WHERE type = 'shipment.created'),"
+                " (SELECT count(*) FROM idempotency_keys)"
             )
         )
-        links, link_partner, emails, feed_events = stored.one()
-    assert (links, str(link_partner), emails, feed_events) == (1, second, 1, 1)
+        links, link_partner, emails, feed_events, keys = stored.one()
+    assert (links, str(link_partner), emails, feed_events, keys) == (1, second, 1, 1, 1)
+    replay = await client.post("/shipments", json=body, headers=headers)
+    assert replay.status_code == 201
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == created
+
+
+async def test_a_create_waits_for_the_only_partner_held_by_an_operator(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    """The only partner with room is held FOR UPDATE for a moment (an operator's change, a
+    password reset): the create waits for it rather than answer that nobody has room."""
+    _, seller_headers = await account_with_token(client, "seller")
+    zip_code = "73305"
+    partner, _ = await account_with_token(
+        client, "partner", serviceable_zip_codes=[zip_code], max_handling_capacity=2
+    )
+
+    async with db_engine.connect() as operator:
+        lock = "SELECT id FROM partners WHERE id = :id FOR UPDATE"
+        await operator.execute(text(lock), {"id": partner["id"]})
+        create = asyncio.create_task(
+            client.post(
+                "/shipments",
+                json=shipment_body(destination={"zip_code": zip_code}),
+                headers=seller_headers,
+            )
+        )
+        await until_waiting_on_locks(db_engine, 1)
+        await operator.commit()
+        response = await create
+
+    assert response.status_code == 201, response.text
+    assert response.json()["partner"]["id"] == partner["id"]
+    assert await stored_active_shipments(db_engine, partner["id"]) == 1
+
+
+async def test_simultaneous_creates_with_a_new_tag_fill_two_partners_without_deadlock(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    """Thirty creates at once, all first uses of one tag, into a zip whose two partners have
+    room for fifteen: they wait on each other's tag and on each partner's slot, some lose their
+    partner and choose again, and exactly fifteen are stored, the rest refused with 409."""
+    _, seller_headers = await account_with_token(client, "seller")
+    zip_code = "73306"
+    small, _ = await account_with_token(
+        client, "partner", serviceable_zip_codes=[zip_code], max_handling_capacity=5
+    )
+    large, _ = await account_with_token(
+        client, "partner", serviceable_zip_codes=[zip_code], max_handling_capacity=10
+    )
+    body = shipment_body(destination={"zip_code": zip_code}, tags=["first-use", "rush"])
+
+    responses = await all_at_once(
+        client.post("/shipments", json=body, headers=seller_headers) for _ in range(30)
+    )
+
+    created = split_created(responses)
+    assert Counter(r.status_code for r in responses) == {201: 15, 409: 15}
+    assert Counter(shipment["partner"]["id"] for shipment in created) == {
+        small["id"]: 5,
+        large["id"]: 10,
+    }
+    assert await stored_active_shipments(db_engine, small["id"]) == 5
+    assert await stored_active_shipments(db_engine, large["id"]) == 10
+    assert await count_rows(db_engine, "shipments") == 15
+    assert await count_rows(db_engine, "shipment_events") == 15
+    assert await count_rows(db_engine, "shipment_tags") == 30
+    async with db_engine.connect() as connection:
+        tags = await connection.execute(text("SELECT name FROM tags ORDER BY name"))
+        assert [name for (name,) in tags] == ["first-use", "rush"]

@@ -180,7 +180,7 @@ async def test_a_page_without_timelines_loads_no_events(
     dates the partner's view of the recipient), and every other field is as in the full page."""
     parties = await make_parties(client, max_handling_capacity=25)
     await shipments_with_long_timelines(client, parties, 3)
-    without = {"limit": 20, "include": ""}
+    without: dict[str, str | int] = {"limit": 20, "include": ""}
 
     for table, headers in (
         ("sellers", parties.seller_headers),

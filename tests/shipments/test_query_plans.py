@@ -297,10 +297,10 @@ async def test_assignment_can_find_partners_by_zip_through_the_gin_index(
 ) -> None:
     statements.sent.clear()
     await create_shipment(client, seeded.parties.seller_headers)
-    statement, parameters = statements.one("UPDATE partners SET active_shipments")
+    statement, parameters = statements.one("FROM partners", "FOR KEY SHARE SKIP LOCKED")
 
     # Twenty-odd partners fit in a page, where a sequential scan is the right plan; the point
-    # here is that the claim's zip condition CAN use the index (`zip = ANY(column)` cannot).
+    # here is that the choice's zip condition CAN use the index (`zip = ANY(column)` cannot).
     plan = await plan_of(db_engine, statement, parameters, "enable_seqscan = off")
 
     scans = index_scans(plan, "ix_partners_serviceable_zip_codes")
