@@ -96,6 +96,27 @@ def split_created(responses: list[httpx.Response]) -> list[dict[str, Any]]:
     return created
 
 
+def create_in_background(
+    client: httpx.AsyncClient, headers: dict[str, str], zip_code: str
+) -> asyncio.Task[httpx.Response]:
+    body = shipment_body(destination={"zip_code": zip_code})
+    return asyncio.create_task(client.post("/shipments", json=body, headers=headers))
+
+
+async def equally_free_partners(
+    client: httpx.AsyncClient, zip_code: str, *, capacity: int
+) -> list[str]:
+    """Two new partners serving `zip_code`, in the order assignment prefers equally loaded
+    partners: the lower id first."""
+    partners = [
+        await account_with_token(
+            client, "partner", serviceable_zip_codes=[zip_code], max_handling_capacity=capacity
+        )
+        for _ in range(2)
+    ]
+    return sorted((partner["id"] for partner, _ in partners), key=uuid.UUID)
+
+
 # --- assignment ----------------------------------------------------------------------------
 
 
@@ -250,37 +271,24 @@ async def test_a_create_that_lost_its_partner_lets_go_of_it_before_trying_the_ne
 ) -> None:
     """A create waits on the best partner, which fills up meanwhile; it then tries the next.
 
-    PostgreSQL leaves the first partner's row locked by the create although it was not claimed.
-    Holding it while waiting for the second partner deadlocked against anyone holding the second
-    and waiting for the first (here: `other`), and one of them was aborted.
+    The create keeps a lock on the first partner's row although it got no slot there (its
+    choice's, and its foreign key's). Holding it while waiting for the second partner
+    deadlocked against anyone holding the second and waiting for the first (here: `other`), and
+    one of them was aborted: the create lets go of it (its attempt's savepoint) first.
     """
     _, seller_headers = await account_with_token(client, "seller")
     zip_code = "73301"
-    partners = [
-        (
-            await account_with_token(
-                client, "partner", serviceable_zip_codes=[zip_code], max_handling_capacity=1
-            )
-        )[0]["id"]
-        for _ in range(2)
-    ]
-    first, second = sorted(partners, key=uuid.UUID)  # equally free: the lower id comes first
+    first, second = await equally_free_partners(client, zip_code, capacity=1)
 
     async with db_engine.connect() as filler, db_engine.connect() as other:
-        # `filler` fills the first partner but has not committed, and `other` holds the second:
-        # every candidate is busy, so the create waits on the least loaded, the first.
+        # `filler` fills the first partner but has not committed, so the create still chooses
+        # it and waits there for its slot; `other` holds the second.
         await filler.execute(
             text("UPDATE partners SET active_shipments = 1 WHERE id = :id"), {"id": first}
         )
         lock_query = "SELECT id FROM partners WHERE id = :id FOR UPDATE"
         await other.execute(text(lock_query), {"id": second})
-        create = asyncio.create_task(
-            client.post(
-                "/shipments",
-                json=shipment_body(destination={"zip_code": zip_code}),
-                headers=seller_headers,
-            )
-        )
+        create = create_in_background(client, seller_headers, zip_code)
         await until_waiting_on_locks(db_engine, 1)
         # `other` queues for the first partner too, behind the create.
         other_waits = asyncio.create_task(other.execute(text(lock_query), {"id": first}))
@@ -544,15 +552,7 @@ async def test_a_create_takes_a_free_partner_rather_than_queue_behind_a_busy_one
     until it commits): the create takes the other one at once instead of waiting."""
     _, seller_headers = await account_with_token(client, "seller")
     zip_code = "73302"
-    partners = [
-        (
-            await account_with_token(
-                client, "partner", serviceable_zip_codes=[zip_code], max_handling_capacity=5
-            )
-        )[0]["id"]
-        for _ in range(2)
-    ]
-    first, second = sorted(partners, key=uuid.UUID)  # equally free: the lower id comes first
+    first, second = await equally_free_partners(client, zip_code, capacity=5)
 
     async with db_engine.connect() as busy:
         lock_query = "SELECT id FROM partners WHERE id = :id FOR UPDATE"
@@ -621,15 +621,7 @@ async def test_a_create_whose_partner_filled_up_meanwhile_is_written_once_for_th
     `Idempotency-Key` replays that one shipment."""
     _, seller_headers = await account_with_token(client, "seller")
     zip_code = "73304"
-    partners = [
-        (
-            await account_with_token(
-                client, "partner", serviceable_zip_codes=[zip_code], max_handling_capacity=1
-            )
-        )[0]["id"]
-        for _ in range(2)
-    ]
-    first, second = sorted(partners, key=uuid.UUID)  # equally free: the lower id is chosen
+    first, second = await equally_free_partners(client, zip_code, capacity=1)
     body = shipment_body(destination={"zip_code": zip_code}, tags=["fragile"])
     headers = {**seller_headers, "Idempotency-Key": "order-7731"}
 
@@ -683,13 +675,7 @@ async def test_a_create_waits_for_the_only_partner_held_by_an_operator(
     async with db_engine.connect() as operator:
         lock = "SELECT id FROM partners WHERE id = :id FOR UPDATE"
         await operator.execute(text(lock), {"id": partner["id"]})
-        create = asyncio.create_task(
-            client.post(
-                "/shipments",
-                json=shipment_body(destination={"zip_code": zip_code}),
-                headers=seller_headers,
-            )
-        )
+        create = create_in_background(client, seller_headers, zip_code)
         await until_waiting_on_locks(db_engine, 1)
         await operator.commit()
         response = await create
