@@ -24,16 +24,7 @@ source bench/lib.sh
 WORK=$(mktemp -d)
 PIDS=()
 DATABASES=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    for db in "${DATABASES[@]}"; do
-        psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-    done
-    redis-cli -u "$REDIS_URL" flushdb >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+trap stop_servers_and_drop_data EXIT INT TERM
 redis-cli -u "$REDIS_URL" flushdb >/dev/null
 
 serve() {  # NAME SOURCE_DIR: a database and an API process running SOURCE_DIR's code

@@ -22,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from backend.accounts.models import Seller
+from backend.outbox.models import EMAIL_LANE
 from backend.outbox.outbox import OutboxClaims
 from backend.shipments.assignment import PartnerAssignment
 from backend.shipments.repository import ShipmentRepository, Visibility
@@ -84,7 +85,7 @@ def expiry(session: AsyncSession) -> Awaitable[Any]:
 
 async def outbox_claim(session: AsyncSession) -> Any:
     await session.rollback()  # OutboxClaims opens its own transaction
-    return await OutboxClaims(session, "bench").claim(20, 60)
+    return await OutboxClaims(session, "bench").claim(20, 60, lane=EMAIL_LANE)
 
 
 SELLER = Visibility(seller_id=BIG_SELLER)

@@ -36,20 +36,7 @@ source bench/lib.sh
 WORK=$(mktemp -d)
 DATABASES=()
 PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ -z "${KEEP:-}" ]; then
-        for db in "${DATABASES[@]}"; do
-            psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-        done
-    else
-        echo "kept ${DATABASES[*]}"
-    fi
-    redis-cli -u "$REDIS_URL" flushdb >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+trap stop_servers_and_drop_data EXIT INT TERM
 
 export REDIS_URL ENVIRONMENT=dev LOG_LEVEL=WARNING
 export JWT_SECRET_KEY="bench-only-key-$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
