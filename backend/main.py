@@ -127,6 +127,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         docs_url=None,
         redoc_url=None,
         openapi_tags=OPENAPI_TAGS,
+        # Where clients reach this deployment, for the reference's code samples and generated
+        # clients. PUBLIC_BASE_URL already holds any path prefix a proxy adds, so FastAPI must
+        # not add the ASGI root_path as a second server.
+        servers=[{"url": settings.public_base_url, "description": "This deployment"}],
+        root_path_in_servers=False,
     )
     install_error_handlers(app)
 

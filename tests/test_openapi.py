@@ -255,6 +255,9 @@ async def test_every_documented_error_response_is_problem_json(spec: dict[str, A
     for path, method, status, response in _error_responses(spec):
         content = response.get("content", {})
         schemas = [media.get("schema") for media in content.values()]
+        # A page answers its errors with a page: the tracking page's 404 is HTML.
+        if set(content) == {"text/html"}:
+            continue
         # A status report (readiness: 503 with the same body as its 200) is not an error document.
         if schemas and all(
             schema is not None and schema in _success_schemas(operations[(path, method)])
@@ -440,6 +443,31 @@ async def test_scalar_falls_back_to_the_pinned_cdn_bundle_with_integrity(
     assert "https://cdn.jsdelivr.net" not in directives["script-src"].split()
     assert missing.status_code == 404
     assert missing.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_servers_name_the_public_base_url(settings: Settings) -> None:
+    """Code samples and generated clients call the deployment, with any prefix a proxy adds,
+    and FastAPI adds no second server from the ASGI root_path."""
+    public = "https://track.example.com/api"
+    app = create_app(settings.model_copy(update={"public_base_url": public}))
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        served = (await http.get("/openapi.json")).json()
+
+    assert served["servers"] == [{"url": public, "description": "This deployment"}]
+
+
+async def test_the_tracking_page_is_documented_as_html(
+    spec: dict[str, Any], client: httpx.AsyncClient
+) -> None:
+    operation = spec["paths"]["/t/{tracking_number}"]["get"]
+
+    assert operation["security"] == []
+    for status in ("200", "404"):
+        assert set(operation["responses"][status]["content"]) == {"text/html"}
+    missing = await client.get("/t/NOSUCHNUMBER42")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("text/html")
 
 
 async def test_reference_pages_are_not_in_the_schema(spec: dict[str, Any]) -> None:

@@ -33,6 +33,11 @@ router = APIRouter(tags=["Public tracking"], route_class=UnitOfWorkRoute)
 # Files the tracking page loads; no database involved.
 assets_router = APIRouter(include_in_schema=False)
 templates = page_templates(Path(__file__).parent / "templates")
+# For the reference: how each page begins.
+_PAGE_HEAD = '<!doctype html>\n<html lang="en">\n<head>\n  <meta charset="utf-8">\n  ...\n'
+_PAGE_EXAMPLE = _PAGE_HEAD + "  <title>Out for delivery · 7KQ2M9XHR4TBWC · Shiptrack</title>\n..."
+_NOT_FOUND_EXAMPLE = _PAGE_HEAD + "  <title>Tracking number not found · Shiptrack</title>\n..."
+
 TRACKING_SCRIPT = Path(__file__).parent / "static" / "tracking.js"
 
 TRACKING_NUMBER_FORMAT = re.compile(r"[A-Za-z0-9]{6,20}")
@@ -110,14 +115,30 @@ async def stream_tracking(
     return await open_timeline_stream(request, shipment_id, last_event_id or 0, authenticated=False)
 
 
-@router.get("/t/{tracking_number}", response_class=HTMLResponse, include_in_schema=False)
+@router.get(
+    "/t/{tracking_number}",
+    response_class=HTMLResponse,
+    summary="The recipient's tracking page",
+    responses={
+        200: {
+            "description": "The page (HTML): status, progress, estimated delivery, timeline.",
+            "content": {"text/html": {"schema": {"type": "string"}, "example": _PAGE_EXAMPLE}},
+        },
+        404: {
+            "description": "No shipment has this tracking number: a page that says so (HTML).",
+            "content": {"text/html": {"schema": {"type": "string"}, "example": _NOT_FOUND_EXAMPLE}},
+        },
+    },
+)
 async def tracking_page(
     request: Request,
     tracking_number: str,
     shipments: PublicTrackingDep,
     review: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> HTMLResponse:
-    """The recipient's tracking page (server-rendered, no external assets)."""
+    """The page the recipient's emails link to: server-rendered HTML, no external assets,
+    the public fields only (what `GET /track/{tracking_number}` returns). With `review` (the
+    token in the delivery email's link) a delivered shipment's page offers the review form."""
     try:
         # Checked like the JSON route's parameter: anything else cannot be a tracking number.
         if not TRACKING_NUMBER_FORMAT.fullmatch(tracking_number):
