@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import uvicorn
@@ -28,12 +28,24 @@ async def serving(app: FastAPI, *, graceful_seconds: int = 5) -> AsyncIterator[s
     uvicorn runs the app's lifespan. On exit it shuts down as on SIGTERM, waiting at most
     `graceful_seconds` for open requests and streams.
     """
+    async with serving_built(lambda _base_url: app, graceful_seconds=graceful_seconds) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serving_built(
+    build: Callable[[str], FastAPI], *, graceful_seconds: int = 5
+) -> AsyncIterator[str]:
+    """As `serving`, for an app that must know where it is served (its PUBLIC_BASE_URL, which
+    the API reference names as its server): `build` gets the base URL and returns the app."""
     # Bound before uvicorn starts, so no other process can take the port in between. An explicit
     # IPPROTO_TCP makes asyncio set TCP_NODELAY on accepted connections, as it does when uvicorn
     # binds the socket itself (without it every keep-alive request waits for a delayed ACK).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = int(sock.getsockname()[1])
+    base_url = f"http://127.0.0.1:{port}"
+    app = build(base_url)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -51,7 +63,7 @@ async def serving(app: FastAPI, *, graceful_seconds: int = 5) -> AsyncIterator[s
             while not server.started:
                 assert not task.done(), "the server stopped before it started"
                 await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
+        yield base_url
     finally:
         # As `shiptrack serve` does on SIGTERM (backend/cli.py): streams end first, at once.
         shut_down_streams(app)

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -35,7 +36,7 @@ from playwright.async_api import (
 
 from backend.main import create_app
 from tests.conftest import make_settings
-from tests.servers import serving
+from tests.servers import serving_built
 
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 # Upper bound for anything that waits (a guard against hanging, never a measurement).
@@ -71,11 +72,18 @@ class LiveServer:
 @pytest.fixture(scope="session")
 async def live_server(database_url: str, redis_url: str) -> AsyncIterator[LiveServer]:
     """Shared by every browser test (each still starts from empty tables and Redis)."""
+
     # A stream notices that its page has gone only when its next heartbeat fails to send; a
     # short heartbeat lets the server stop at once at the end of the run instead of waiting.
-    app = create_app(make_settings(database_url, redis_url, sse_heartbeat_seconds=0.5))
+    def build(base_url: str) -> FastAPI:
+        # Served where its reference says it is: Scalar sends "Authorize" to that server.
+        settings = make_settings(
+            database_url, redis_url, sse_heartbeat_seconds=0.5, public_base_url=base_url
+        )
+        return create_app(settings)
+
     async with (
-        serving(app, graceful_seconds=2) as base_url,
+        serving_built(build, graceful_seconds=2) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=SAFETY_SECONDS) as http,
     ):
         yield LiveServer(base_url, http)
