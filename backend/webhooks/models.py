@@ -93,7 +93,9 @@ class WebhookDelivery(SQLModel, table=True):
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
-        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
+        # An endpoint's log, newest first, keyset-paginated on (created_at, id): the id makes
+        # the cursor's row comparison one index range, at any depth.
+        Index("ix_webhook_deliveries_endpoint_created_id", "endpoint_id", "created_at", "id"),
         # The retention purge's oldest attempts, and the attempts deleted with their event.
         Index("ix_webhook_deliveries_created_at", "created_at"),
         Index("ix_webhook_deliveries_event_id", "event_id"),

@@ -71,8 +71,28 @@ FROM generate_series(1, 2000) AS n ORDER BY n;
 INSERT INTO events (id, seller_id, type, data, created_at)
 SELECT gen_random_uuid(), CAST(:seller AS uuid), 'webhook.test', '{}', now()
 FROM generate_series(1, 4000) AS n ORDER BY n;
+-- The dominant seller's endpoint, with a delivery attempt per event of the seller's.
+INSERT INTO webhook_endpoints (id, seller_id, url, secret, enabled, created_at)
+VALUES (CAST(:endpoint AS uuid), CAST(:seller AS uuid), 'https://hooks.example.com/plan',
+        'whsec_plan', true, now());
+INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, attempt, succeeded,
+                                status_code, duration_ms, created_at)
+SELECT gen_random_uuid(), CAST(:endpoint AS uuid), e.id, e.type, 1, true, 200, 12,
+       now() - e.position * interval '1 second'
+FROM events AS e WHERE e.seller_id = CAST(:seller AS uuid);
 """
-ANALYZED = ("sellers", "partners", "shipments", "tags", "shipment_tags", "events")
+ANALYZED = (
+    "sellers",
+    "partners",
+    "shipments",
+    "tags",
+    "shipment_tags",
+    "events",
+    "webhook_endpoints",
+    "webhook_deliveries",
+)
+ENDPOINT_ID = "0d1e0000-0000-4000-8000-000000000001"
+PLAN_ENDPOINT = f"/seller/webhooks/{ENDPOINT_ID}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +137,7 @@ async def seeded(client: httpx.AsyncClient, db_engine: AsyncEngine) -> Seeded:
         "shipments": SHIPMENTS,
         "other_sellers": OTHER_SELLERS,
         "other_partners": OTHER_PARTNERS,
+        "endpoint": ENDPOINT_ID,
     }
     async with db_engine.begin() as connection:
         for statement in SEED.split(";\n"):
@@ -220,6 +241,29 @@ async def test_a_deep_cursor_is_an_index_condition_for_sellers_and_partners(
         scan = assert_driven_by(plan, index, "ROW(created_at, id) <")
         assert scan["Node Type"] == "Index Scan", describe(scan)
         assert scan["Scan Direction"] == "Backward", describe(scan)
+
+
+async def test_a_deep_page_of_an_endpoints_deliveries_is_one_index_range(
+    client: httpx.AsyncClient, db_engine: AsyncEngine, statements: Statements, seeded: Seeded
+) -> None:
+    headers = seeded.parties.seller_headers
+    first = await client.get(f"{PLAN_ENDPOINT}/deliveries", params={"limit": 100}, headers=headers)
+    assert first.status_code == 200, first.text
+    cursor = first.json()["next_cursor"]
+    assert cursor is not None
+
+    statements.sent.clear()
+    deeper = await client.get(
+        f"{PLAN_ENDPOINT}/deliveries", params={"limit": 100, "cursor": cursor}, headers=headers
+    )
+    assert deeper.status_code == 200, deeper.text
+    statement, parameters = statements.one("FROM webhook_deliveries", "LIMIT")
+    plan = await plan_of(db_engine, statement, parameters)
+
+    scan = assert_driven_by(
+        plan, "ix_webhook_deliveries_endpoint_created_id", "endpoint_id =", "ROW(created_at, id) <"
+    )
+    assert scan["Scan Direction"] == "Backward", describe(scan)
 
 
 @pytest.mark.parametrize("tag", ["common", "elsewhere", "never-used"])
