@@ -28,3 +28,30 @@ stop_servers_and_drop_data() {
     redis-cli -u "$REDIS_URL" flushdb >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
+
+# NAME SHIPMENTS EVENTS [SOURCE_DIR]: a scratch database "${DB_PREFIX}_NAME_$$" built by
+# bench/plans_seed.sql (SHIPMENTS shipments of EVENTS events each), served by the API of
+# SOURCE_DIR (a checkout; this one by default) on a free port written to $WORK/NAME/port, and
+# the requests of bench/scale_requests.py written into $WORK/NAME/. Needs BIN (absolute), PG,
+# WORK, DB_PREFIX, and the arrays DATABASES and PIDS of stop_servers_and_drop_data.
+serve_seeded() {
+    local name=$1 size=$2 events=$3 source=${4:-$PWD} db="${DB_PREFIX}_${1}_$$" dir="$WORK/$1"
+    local port started
+    mkdir -p "$dir"
+    DATABASES+=("$db")
+    psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" >/dev/null
+    DATABASE_URL="$PG/$db" PYTHONPATH="$source" "$BIN/python" -m backend.cli migrate >/dev/null
+    started=$SECONDS
+    psql -h 127.0.0.1 -U postgres -d "$db" -q -v ON_ERROR_STOP=1 -v shipments="$size" \
+        -v timeline="$events" -f bench/plans_seed.sql
+    echo "$name: $size shipments of $events events built in $((SECONDS - started)) s," \
+        "$(psql -h 127.0.0.1 -U postgres -d "$db" -Atc "SELECT pg_size_pretty(pg_database_size('$db'))")" \
+        | tee "$dir/build.txt"
+    port=$(free_port)
+    echo "$port" >"$dir/port"
+    DATABASE_URL="$PG/$db" PYTHONPATH="$source" "$BIN/python" -m backend.cli serve \
+        --host 127.0.0.1 --port "$port" >"$dir/api.log" 2>&1 &
+    PIDS+=("$!")
+    wait_up "http://127.0.0.1:$port/health/live" "$!" || { cat "$dir/api.log"; exit 1; }
+    DATABASE_URL="$PG/$db" "$BIN/python" bench/scale_requests.py "http://127.0.0.1:$port" "$dir"
+}

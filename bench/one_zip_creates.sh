@@ -15,6 +15,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 ROUNDS=${ROUNDS:-3}
 PG="postgresql+asyncpg://postgres@127.0.0.1:5432"
+DB_PREFIX=shiptrack_one_zip
 export REDIS_URL=redis://127.0.0.1:6379/9 ENVIRONMENT=dev LOG_LEVEL=WARNING
 export JWT_SECRET_KEY="bench-only-key-$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
 export SHIPMENTS_PER_SELLER_PER_MINUTE=1000000000 RECIPIENT_EMAILS_PER_SELLER_PER_HOUR=1000000000
@@ -27,30 +28,17 @@ DATABASES=()
 trap stop_servers_and_drop_data EXIT INT TERM
 redis-cli -u "$REDIS_URL" flushdb >/dev/null
 
-serve() {  # NAME SOURCE_DIR: a database and an API process running SOURCE_DIR's code
-    local name=$1 source=$2 db="shiptrack_one_zip_${1}_$$" dir="$WORK/$1" port
-    mkdir -p "$dir"
-    DATABASES+=("$db")
-    psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" >/dev/null
-    (cd "$source" && DATABASE_URL="$PG/$db" PYTHONPATH="$source" "$BIN/alembic" upgrade head >/dev/null 2>&1)
-    psql -h 127.0.0.1 -U postgres -d "$db" -q -v ON_ERROR_STOP=1 -v shipments=10000 \
-        -f bench/plans_seed.sql
-    # The create workload's zip has one partner: partner 1 alone serves 99999 (the seed's zips
-    # are 00000-00999).
-    psql -h 127.0.0.1 -U postgres -d "$db" -qc \
+# The create workload's zip has one partner: partner 1 alone serves 99999 (the seed's zips are
+# 00000-00999).
+one_partner_zip() {  # NAME SOURCE_DIR
+    serve_seeded "$1" 10000 2 "$2"
+    psql -h 127.0.0.1 -U postgres -d "${DB_PREFIX}_$1_$$" -qc \
         "UPDATE partners SET serviceable_zip_codes = serviceable_zip_codes || '{99999}' WHERE email = 'partner1@example.com'"
-    port=$(free_port)
-    echo "$port" >"$dir/port"
-    DATABASE_URL="$PG/$db" PYTHONPATH="$source" "$BIN/python" -m backend.cli serve \
-        --host 127.0.0.1 --port "$port" >"$dir/api.log" 2>&1 &
-    PIDS+=("$!")
-    wait_up "http://127.0.0.1:$port/health/live" "$!" || { cat "$dir/api.log"; exit 1; }
-    DATABASE_URL="$PG/$db" "$BIN/python" bench/scale_requests.py "http://127.0.0.1:$port" "$dir"
-    sed 's/"zip_code": "00020"/"zip_code": "99999"/' "$dir/create_body.json" >"$dir/one_zip_body.json"
+    sed 's/"zip_code": "00020"/"zip_code": "99999"/' "$WORK/$1/create_body.json" >"$WORK/$1/one_zip_body.json"
 }
 
-serve before "$(realpath "$1")"
-serve after "$(realpath "$2")"
+one_partner_zip before "$(realpath "$1")"
+one_partner_zip after "$(realpath "$2")"
 echo "| round | tree | req/s | p50 | p99 | non-2xx, socket errors |"
 echo "|---|---|---:|---:|---:|---|"
 for round in $(seq "$ROUNDS"); do
@@ -67,5 +55,5 @@ for round in $(seq "$ROUNDS"); do
             "| $(grep -h 'Non-2xx\|Socket errors' "$dir/run.txt" | tr -s ' \n' ' ' || true) |"
     done
 done
-psql -h 127.0.0.1 -U postgres -d "shiptrack_one_zip_after_$$" -Atc \
+psql -h 127.0.0.1 -U postgres -d "${DB_PREFIX}_after_$$" -Atc \
     "SELECT 'partner 1 active shipments: ' || active_shipments FROM partners WHERE email = 'partner1@example.com'"

@@ -13,11 +13,12 @@
 # connections keep the p99 close to what a request costs rather than to the queue before it.
 # Knobs: SMALL, BIG, TIMELINE, LONG_TIMELINE, ROUNDS, DURATION (5s), THREADS (2), CONNECTIONS (8);
 # BENCH_OUT=dir keeps wrk's outputs, the plans and the table; KEEP=1 keeps the databases.
-# Takes about 15 minutes with the defaults.
+# Takes about 20 minutes with the defaults.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-BIN=.venv/bin
+BIN=$PWD/.venv/bin
+DB_PREFIX=shiptrack_scale
 SMALL=${SMALL:-10000}
 BIG=${BIG:-1000000}
 TIMELINE=${TIMELINE:-5}
@@ -45,28 +46,6 @@ export JWT_SECRET_KEY="bench-only-key-$(od -An -tx1 -N24 /dev/urandom | tr -d ' 
 export SHIPMENTS_PER_SELLER_PER_MINUTE=1000000000 RECIPIENT_EMAILS_PER_SELLER_PER_HOUR=1000000000
 redis-cli -u "$REDIS_URL" flushdb >/dev/null
 
-# NAME SIZE EVENTS: build database NAME with SIZE shipments of EVENTS events each, serve it on a port of its own (written to
-# $WORK/NAME/port) and write its requests into $WORK/NAME/.
-build_and_serve() {  # NAME SIZE EVENTS_PER_SHIPMENT
-    local name=$1 size=$2 events=$3 db="shiptrack_scale_${1}_$$" dir="$WORK/$1" port
-    mkdir -p "$dir"
-    DATABASES+=("$db")
-    psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" >/dev/null
-    DATABASE_URL="$PG/$db" "$BIN/shiptrack" migrate >/dev/null
-    local started=$SECONDS
-    psql -h 127.0.0.1 -U postgres -d "$db" -q -v ON_ERROR_STOP=1 -v shipments="$size" \
-        -v timeline="$events" -f bench/plans_seed.sql
-    echo "$name: $size shipments of $events events built in $((SECONDS - started)) s," \
-        "$(psql -h 127.0.0.1 -U postgres -d "$db" -Atc "SELECT pg_size_pretty(pg_database_size('$db'))")" \
-        | tee "$dir/build.txt"
-    port=$(free_port)
-    echo "$port" >"$dir/port"
-    DATABASE_URL="$PG/$db" "$BIN/shiptrack" serve --host 127.0.0.1 --port "$port" >"$dir/api.log" 2>&1 &
-    PIDS+=("$!")
-    wait_up "http://127.0.0.1:$port/health/live" "$!" || { cat "$dir/api.log"; exit 1; }
-    DATABASE_URL="$PG/$db" "$BIN/python" bench/scale_requests.py "http://127.0.0.1:$port" "$dir"
-}
-
 # WORKLOAD SCRIPT ARGS...: ROUNDS times on each database of $DATABASE_PAIR, one right after the
 # other so that each pair of runs sees the same host, the first alternating between the two (a
 # 2 s warm-up, then the measured run). Arguments naming `DIR/` are each database's own files.
@@ -89,9 +68,9 @@ measure() {
     done
 }
 
-build_and_serve small "$SMALL" "$TIMELINE"
-build_and_serve big "$BIG" "$TIMELINE"
-build_and_serve long 1000 "$LONG_TIMELINE"
+serve_seeded small "$SMALL" "$TIMELINE"
+serve_seeded big "$BIG" "$TIMELINE"
+serve_seeded long 1000 "$LONG_TIMELINE"
 # Reads first, on the data as built; then the writes, which add to it.
 for workload in read_one first_page first_page_bare deep_page tag_absent tag_present \
     status_cancelled events_first events_after; do
@@ -113,7 +92,7 @@ for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 # The plans of the service's statements on the big data (after the writes above); its cases
 # name shipment 150,000 and its neighbours.
 if [ "$BIG" -ge 250000 ]; then
-    DATABASE_URL="$PG/shiptrack_scale_big_$$" "$BIN/python" bench/plans.py >"$WORK/big/plans.md"
+    DATABASE_URL="$PG/${DB_PREFIX}_big_$$" "$BIN/python" bench/plans.py >"$WORK/big/plans.md"
 fi
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, one API process each, medians of $ROUNDS rounds; $TIMELINE events per shipment"
