@@ -37,25 +37,26 @@ class ShipmentViews:
 
     def view(self, loaded: LoadedShipment, *, for_partner: bool) -> ShipmentRead:
         """The shipment as its seller, or (`for_partner`) its partner, sees it."""
-        timeline = loaded.shipment.timeline
-        fields = self._fields(loaded, for_partner, timeline[-1] if timeline else None)
-        return ShipmentRead.model_construct(**fields, timeline=timeline_view(timeline))
+        return ShipmentRead.model_construct(**self._fields_with_timeline(loaded, for_partner))
 
     def list_item(
         self, loaded: LoadedShipment, *, for_partner: bool, with_timeline: bool
     ) -> ShipmentListItem:
         """The shipment in a list: its view, with its timeline or (loaded without one) null."""
         if with_timeline:
-            timeline = loaded.shipment.timeline
-            newest = timeline[-1] if timeline else None
-            events = timeline_view(timeline)
+            fields = self._fields_with_timeline(loaded, for_partner)
         else:
             # Loaded without the timeline: a partner's page loads the newest event instead, for
             # when the shipment ended. A seller's view never needs it.
             newest = loaded.shipment.last_event if for_partner else None
-            events = None
-        fields = self._fields(loaded, for_partner, newest)
-        return ShipmentListItem.model_construct(**fields, timeline=events)
+            fields = {**self._fields(loaded, for_partner, newest), "timeline": None}
+        return ShipmentListItem.model_construct(**fields)
+
+    def _fields_with_timeline(self, loaded: LoadedShipment, for_partner: bool) -> dict[str, Any]:
+        """A view's fields with the loaded timeline, whose newest event dates a partner's view."""
+        timeline = loaded.shipment.timeline
+        fields = self._fields(loaded, for_partner, timeline[-1] if timeline else None)
+        return {**fields, "timeline": timeline_view(timeline)}
 
     def _fields(
         self, loaded: LoadedShipment, for_partner: bool, newest_event: ShipmentEvent | None
