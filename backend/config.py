@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # Per client address, each on its own budget: logins, and forgot/reset/verify requests.
     token_attempts_per_ip: int = Field(default=30, ge=1)
     signups_per_ip: int = Field(default=20, ge=1)
+    # Requests per second with one API key (429 with Retry-After beyond), as payment APIs
+    # allow; a key is the unit an integration is throttled by, whatever address it calls from.
+    api_key_requests_per_second: int = Field(default=100, ge=1)
     # Account emails per account per day. Beyond: `forgot` still answers 202 but sends nothing
     # (it must not reveal the account); a verification resend answers 429.
     reset_emails_per_account_per_day: int = Field(default=5, ge=1)

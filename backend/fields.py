@@ -8,10 +8,12 @@ surrogates pass pydantic but make PostgreSQL (or the UTF-8 encoder) fail with a 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -103,4 +105,21 @@ ZipCode = Annotated[
         max_length=20,
     ),
     AfterValidator(normalize_zip_code),
+]
+
+
+def _future_in_utc(value: datetime) -> datetime:
+    try:
+        in_utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be a date between the years 1 and 9999 in UTC") from None
+    if in_utc <= datetime.now(UTC):
+        raise ValueError("must be in the future")
+    return in_utc
+
+
+FutureUtcDatetime = Annotated[
+    AwareDatetime,
+    AfterValidator(_future_in_utc),
+    Field(description="RFC 3339 with an offset, in the future.", examples=["2026-11-25T17:00:00Z"]),
 ]

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from backend.accounts.api_keys.usage import KeyUsage
 from backend.accounts.passwords import PasswordHasher
 from backend.accounts.router import partner_router, seller_router
 from backend.accounts.tokens import LinkTokens, TokenCodec
@@ -79,7 +80,11 @@ async def lifespan(app: FastAPI, settings: Settings, *, run_worker: bool) -> Asy
             settings.password_hash_queue_limit,
         )
         stack.callback(password_hasher.close)
-        context.provide(AccountTools(TokenCodec(settings), LinkTokens(settings), password_hasher))
+        key_usage = KeyUsage(context.sessionmaker)
+        stack.push_async_callback(key_usage.drain)
+        context.provide(
+            AccountTools(TokenCodec(settings), LinkTokens(settings), password_hasher, key_usage)
+        )
         # Live-update streams follow Redis on a connection of their own, never this client's pool.
         stream_hub = StreamHub(settings, settings.redis_url)
         await stream_hub.start(wait_seconds=settings.redis_timeout_seconds)

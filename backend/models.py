@@ -1,5 +1,6 @@
 """Every table model, imported in one place so the metadata is complete for Alembic."""
 
+from backend.accounts.api_keys.models import ApiKey
 from backend.accounts.models import Partner, Seller
 from backend.db import metadata
 from backend.outbox.models import OutboxMessage
@@ -14,6 +15,7 @@ from backend.shipments.models import (
 from backend.webhooks.models import Event, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
+    "ApiKey",
     "Event",
     "IdempotencyRecord",
     "OutboxMessage",

@@ -1,6 +1,6 @@
-"""The OpenAPI document: two OAuth2 password schemes, each operation's `security` derived from
-the auth dependency the route actually uses, and the problem responses that its dependencies and
-request body imply (401/403/503, 413/415, 422 as problem+json)."""
+"""The OpenAPI document: two OAuth2 password schemes and API keys, each operation's `security`
+derived from the auth dependency the route actually uses, and the problem responses that its
+dependencies and request body imply (401/403/429/503, 413/415, 422 as problem+json)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
-from backend.auth_schemes import SECURITY_SCHEMES, SecurityRequirement, security_of
+from backend.auth_schemes import (
+    API_KEY_AUTH,
+    SECURITY_SCHEMES,
+    SecurityRequirement,
+    security_of,
+)
 from backend.db import UnitOfWorkRoute
 from backend.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -23,6 +28,7 @@ from backend.errors import (
     MalformedBody,
     PayloadTooLarge,
     Problem,
+    RateLimited,
     Unauthorized,
     UnsupportedMediaType,
     problem_responses,
@@ -55,9 +61,13 @@ def route_security(dependant: Dependant) -> list[SecurityRequirement]:
     return []
 
 
-def _implied_errors(route: RouteContext, *, authenticated: bool) -> list[type[DomainError]]:
+def _implied_errors(
+    route: RouteContext, security: list[SecurityRequirement]
+) -> list[type[DomainError]]:
     """Errors a route can answer with, whatever its handler does, given what it depends on."""
-    errors: list[type[DomainError]] = list(_AUTH_ERRORS) if authenticated else []
+    errors: list[type[DomainError]] = list(_AUTH_ERRORS) if security else []
+    if any(API_KEY_AUTH in requirement for requirement in security):
+        errors.append(RateLimited)  # each key's requests per second
     if isinstance(route.original_route, UnitOfWorkRoute) and DependencyUnavailable not in errors:
         # Its unit of work needs PostgreSQL; only such routes can reach the database.
         errors.append(DependencyUnavailable)
@@ -94,7 +104,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
     for route in _documented_routes(app):
         security = route_security(route.dependant)
-        errors = _implied_errors(route, authenticated=bool(security))
+        errors = _implied_errors(route, security)
         for method in route.methods or ():
             operation = schema["paths"][route.path_format].get(method.lower())
             if operation is None:

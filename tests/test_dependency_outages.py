@@ -106,7 +106,7 @@ async def test_redis_outage_fails_closed_and_recovers(
         assert (await http.post("/seller/logout", headers=headers)).status_code == 204
         revoked = await http.get("/seller/me", headers=headers)
         assert revoked.status_code == 401
-        assert revoked.headers["www-authenticate"] == "Bearer"
+        assert revoked.headers["www-authenticate"] == 'Bearer error="invalid_token"'
         assert revoked.headers["content-type"].startswith(PROBLEM)
 
 

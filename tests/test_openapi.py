@@ -16,7 +16,13 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from backend.accounts.dependencies import current_partner, current_seller, get_access_claims
+from backend.accounts.dependencies import (
+    current_partner,
+    current_seller,
+    get_access_claims,
+    seller_for_webhooks,
+    seller_reading_events,
+)
 from backend.config import Settings
 from backend.main import create_app
 from backend.reference_assets import ALL_FILES, SCALAR_JS, SWAGGER_CSS, SWAGGER_JS, digest
@@ -24,6 +30,7 @@ from backend.shipments.dependencies import (
     callers_shipments,
     partners_shipments,
     sellers_shipments,
+    streaming_callers_shipments,
 )
 from tests.conftest import make_settings
 
@@ -59,29 +66,43 @@ def _dependency_calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
         yield from _dependency_calls(sub)
 
 
-def _expected_security_by_operation(app: FastAPI) -> dict[tuple[str, str], set[str] | None]:
-    """(path, method) -> the scheme names the route's own dependencies call for.
+Security = frozenset[tuple[str, tuple[str, ...]]]
+SELLER_OR_PARTNER: Security = frozenset({("sellerAuth", ()), ("partnerAuth", ())})
 
-    None means: authenticated through the bearer token, but by a dependency that is neither the
-    seller nor the partner one (an "either kind" route); the caller checks it loosely.
+# What each auth dependency must document, written out from product.md §7 and §11.1 rather than
+# read from the registry the builder uses: each alternative is (scheme, scopes).
+EXPECTED_SECURITY: dict[Callable[..., Any], Security] = {
+    current_seller: frozenset({("sellerAuth", ())}),
+    current_partner: frozenset({("partnerAuth", ())}),
+    sellers_shipments: frozenset({("sellerAuth", ()), ("apiKey", ("shipments:write",))}),
+    partners_shipments: frozenset({("partnerAuth", ()), ("apiKey", ("shipments:write",))}),
+    callers_shipments: SELLER_OR_PARTNER | {("apiKey", ("shipments:read",))},
+    streaming_callers_shipments: SELLER_OR_PARTNER,
+    seller_for_webhooks: frozenset({("sellerAuth", ()), ("apiKey", ("webhooks",))}),
+    seller_reading_events: frozenset({("sellerAuth", ()), ("apiKey", ("events:read",))}),
+}
+
+
+def _expected_security_by_operation(app: FastAPI) -> dict[tuple[str, str], Security | None]:
+    """(path, method) -> the security the route's own auth dependency calls for.
+
+    None means: authenticated through the bearer token, but by a dependency not in
+    EXPECTED_SECURITY (an "either kind" route); the caller checks it loosely.
     """
-    expected: dict[tuple[str, str], set[str] | None] = {}
+    expected: dict[tuple[str, str], Security | None] = {}
     for context in iter_route_contexts(app.routes):
         if not isinstance(context.original_route, APIRoute) or not context.include_in_schema:
             continue
-        calls = set(_dependency_calls(context.dependant))
-        schemes: set[str] | None = set()
-        if calls & {current_seller, sellers_shipments}:
-            schemes = {"sellerAuth"} | (schemes or set())
-        if calls & {current_partner, partners_shipments}:
-            schemes = {"partnerAuth"} | (schemes or set())
-        if callers_shipments in calls:
-            schemes = {"sellerAuth", "partnerAuth"}
-        if not schemes and get_access_claims in calls:
-            schemes = None
+        calls = list(_dependency_calls(context.dependant))
+        known = [EXPECTED_SECURITY[call] for call in calls if call in EXPECTED_SECURITY]
+        # A route's first auth dependency decides; any later one must agree with it.
+        assert all(security == known[0] for security in known), context.path_format
+        security: Security | None = known[0] if known else frozenset()
+        if not known and get_access_claims in calls:
+            security = None
         assert context.path_format is not None
         for method in context.methods or ():
-            expected[(context.path_format, method.lower())] = schemes
+            expected[(context.path_format, method.lower())] = security
     return expected
 
 
@@ -122,11 +143,13 @@ def _media_has_example(spec: dict[str, Any], media: dict[str, Any]) -> bool:
     return "schema" in media and _schema_has_example(spec, media["schema"])
 
 
-async def test_security_schemes_are_two_oauth2_password_flows(
+async def test_security_schemes_are_two_oauth2_password_flows_and_api_keys(
     spec: dict[str, Any], client: httpx.AsyncClient
 ) -> None:
     schemes = spec["components"]["securitySchemes"]
-    assert set(schemes) == {"sellerAuth", "partnerAuth"}
+    assert set(schemes) == {"sellerAuth", "partnerAuth", "apiKey"}
+    assert schemes["apiKey"]["type"] == "http"
+    assert schemes["apiKey"]["scheme"] == "bearer"
     for name, token_url in (("sellerAuth", "/seller/token"), ("partnerAuth", "/partner/token")):
         scheme = schemes[name]
         assert scheme["type"] == "oauth2"
@@ -161,12 +184,23 @@ async def test_each_operation_security_follows_its_auth_dependency(
             kinds.add("public")
             assert security == [], key
         else:
-            kinds.add("/".join(sorted(schemes)))
-            assert all(len(alt) == 1 and next(iter(alt.values())) == [] for alt in security)
-            assert {name for alt in security for name in alt} == schemes, key
+            assert all(len(alt) == 1 for alt in security), key
+            documented_security = {
+                (name, tuple(scopes)) for alt in security for name, scopes in alt.items()
+            }
+            assert documented_security == schemes, key
             assert len(security) == len(schemes), key
-    # The walk is not vacuous: seller-only, partner-only, either-kind and public operations.
-    assert {"public", "sellerAuth", "partnerAuth", "partnerAuth/sellerAuth"} <= kinds
+            kinds.add("/".join(sorted(name for name, _ in schemes)))
+    # The walk is not vacuous: seller-only, partner-only, either-kind, key-taking and public.
+    assert {
+        "public",
+        "sellerAuth",
+        "partnerAuth",
+        "partnerAuth/sellerAuth",
+        "apiKey/sellerAuth",
+        "apiKey/partnerAuth",
+        "apiKey/partnerAuth/sellerAuth",
+    } <= kinds
 
 
 async def test_security_of_known_operations(spec: dict[str, Any]) -> None:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from backend.accounts.caller import Caller
+from backend.accounts.api_keys.models import Scope
+from backend.accounts.api_keys.secret import looks_like_key
+from backend.accounts.api_keys.service import verified_key
+from backend.accounts.caller import Caller, KeyGrant
 from backend.accounts.emails import AccountEmails, DailyEmailCaps
-from backend.accounts.errors import InvalidToken, WrongAccountKind
+from backend.accounts.errors import (
+    AccessTokenRequired,
+    InsufficientScope,
+    InvalidToken,
+    WrongAccountKind,
+)
 from backend.accounts.models import AccountKind, Partner, Seller
 from backend.accounts.passwords import PasswordHasher
 from backend.accounts.repository import AccountRepository, account_by_id
@@ -80,30 +89,65 @@ async def get_access_claims(request: Request) -> AccessClaims:
 AccessClaimsDep = Annotated[AccessClaims, Depends(get_access_claims)]
 
 
-def _require_kind(claims: AccessClaims, kind: AccountKind) -> None:
-    if claims.kind is not kind:
-        raise WrongAccountKind(f"This operation needs a {kind.value} token.")
+async def authenticate(
+    request: Request, kind: AccountKind | None = None, scope: Scope | None = None
+) -> Caller:
+    """The caller behind the request's bearer credential, of `kind` if one is given: the one
+    way every route authenticates.
 
-
-async def authenticate(request: Request, kind: AccountKind | None = None) -> Caller:
-    """The caller behind the request's bearer token, of `kind` if one is given: the one way
-    every route authenticates.
-
-    The token first (signature, claims, revocation), then the account by primary key in the
-    request's session (no relationships), whose token version must still be the token's. A plain
-    function rather than a dependency of its own: the shipment routes call it from the one
-    dependency that builds their service, and each dependency FastAPI resolves costs.
+    An access token (a JWT: signature, claims, revocation, then the account by primary key,
+    whose token version must still be the token's), or an API key (its row and account in one
+    query, then its per-key rate limit). A key is accepted only where the route names the
+    `scope` it needs, and only if the key has it. Checked once per request, however many
+    dependencies ask. A plain function rather than a dependency of its own: the shipment routes
+    call it from the one dependency that builds their service, and each dependency costs.
     """
+    caller: Caller | None = getattr(request.state, "caller", None)
+    if caller is None:
+        credential = _bearer_token(request)
+        if looks_like_key(credential):
+            caller = await _caller_by_key(request, credential)
+        else:
+            caller = await _caller_by_token(request)
+        request.state.caller = caller
+    if kind is not None and caller.kind is not kind:
+        credential_name = "key" if caller.key is not None else "token"
+        raise WrongAccountKind(f"This operation needs a {kind.value} {credential_name}.")
+    if caller.key is not None:
+        if scope is None:
+            raise AccessTokenRequired()
+        if scope not in caller.key.scopes:
+            raise InsufficientScope(scope.value)
+    return caller
+
+
+async def _caller_by_token(request: Request) -> Caller:
     claims = await get_access_claims(request)
-    if kind is not None:
-        _require_kind(claims, kind)
     session = unit_of_work_of(request).session
     account = await account_by_id(session, claims.kind, claims.account_id)
     if account is None:
         raise InvalidToken("The account behind this token no longer exists.")
     if account.token_version != claims.token_version:
         raise InvalidToken("This token was issued before the password was reset.")
-    return Caller(claims.kind, account, claims)
+    return Caller(claims.kind, account, claims=claims)
+
+
+async def _caller_by_key(request: Request, credential: str) -> Caller:
+    context = context_of(request)
+    found = await verified_key(unit_of_work_of(request).session, credential)
+    key = found.key
+    # Per key, whichever replica and address it calls from; fails closed (503) without Redis.
+    await FixedWindowLimiter(
+        context.redis, "api-key", context.settings.api_key_requests_per_second, 1
+    ).hit(str(key.id))
+    context.part(AccountTools).key_usage.note(key.id, key.last_used_at)
+    grant = KeyGrant(
+        key_id=key.id,
+        scopes=frozenset(Scope(scope) for scope in key.scopes),
+        livemode=key.livemode,
+        last_used_at=key.last_used_at,
+    )
+    return Caller(AccountKind(key.account_kind), found.account, key=grant)
 
 
 @requires_auth(SELLER_AUTH, PARTNER_AUTH)
@@ -125,9 +169,23 @@ async def current_partner(request: Request) -> Partner:
     return caller.account
 
 
+def _seller_with(scope: Scope) -> Callable[[Request], Awaitable[Caller]]:
+    @requires_auth(SELLER_AUTH, key_scope=scope)
+    async def current_seller_with_scope(request: Request) -> Caller:
+        """A seller by access token, or by an API key that has `scope`."""
+        return await authenticate(request, AccountKind.seller, scope)
+
+    return current_seller_with_scope
+
+
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
 CurrentSeller = Annotated[Seller, Depends(current_seller)]
 CurrentPartner = Annotated[Partner, Depends(current_partner)]
+# The seller routes an integration calls with a key.
+seller_for_webhooks = _seller_with(Scope.webhooks)
+seller_reading_events = _seller_with(Scope.events_read)
+SellerForWebhooks = Annotated[Caller, Depends(seller_for_webhooks)]
+SellerReadingEvents = Annotated[Caller, Depends(seller_reading_events)]
 
 
 async def account_emails(

@@ -22,7 +22,47 @@ class InvalidCredentials(Unauthorized):
 class InvalidToken(Unauthorized):
     code = "invalid_token"
     title = "Invalid token"
-    default_detail = "The bearer token is missing, malformed, expired or revoked."
+    default_detail = "The bearer token or API key is malformed, unknown, expired or revoked."
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail)
+        # RFC 6750 §3.1: a credential was sent and is not good; a client should not retry it.
+        self.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+
+
+class InsufficientScope(Forbidden):
+    code = "insufficient_scope"
+    title = "API key lacks a scope"
+    default_detail = "This API key does not have the scope this operation needs."
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            f"This API key does not have the `{scope}` scope this operation needs; create a "
+            "key with it.",
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+            required_scope=scope,
+        )
+
+
+class AccessTokenRequired(Forbidden):
+    code = "access_token_required"
+    title = "Access token required"
+    default_detail = (
+        "This operation takes an access token from a password login, not an API key: keys "
+        "cannot manage keys, log out, or change the account."
+    )
+
+
+class TooManyApiKeys(Conflict):
+    code = "too_many_keys"
+    title = "Too many API keys"
+    default_detail = "An account has at most 20 API keys; delete one you no longer use first."
+
+
+class ApiKeyNotFound(NotFound):
+    code = "api_key_not_found"
+    title = "No such API key"
+    default_detail = "You have no API key with this id."
 
 
 class WrongAccountKind(Forbidden):

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response, status
 
+from backend.accounts.api_keys.router import add_api_key_routes
 from backend.accounts.dependencies import (
     AccessClaimsDep,
     ClientIpDep,
@@ -49,13 +50,13 @@ from backend.accounts.schemas import (
     TokenResponse,
 )
 from backend.accounts.service import AccountService, update_partner
+from backend.accounts.tokens import NO_STORE
 from backend.db import UnitOfWorkRoute
 from backend.errors import RateLimited, problem_responses
 from backend.pages import PAGE_HEADERS, page_templates
 from backend.redis_client import RedisDep
 from backend.request_body import NO_REQUEST_BODY
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 templates = page_templates(Path(__file__).parent / "templates")
 
 seller_router = APIRouter(prefix="/seller", tags=["Sellers"], route_class=UnitOfWorkRoute)
@@ -244,6 +245,7 @@ async def read_current_seller(seller: CurrentSeller) -> Seller:
 
 
 add_session_routes(seller_router, AccountKind.seller, seller_service, current_seller)
+add_api_key_routes(seller_router, AccountKind.seller, current_seller)
 
 
 @partner_router.post(
@@ -295,3 +297,4 @@ async def update_current_partner(
 
 
 add_session_routes(partner_router, AccountKind.partner, partner_service, current_partner)
+add_api_key_routes(partner_router, AccountKind.partner, current_partner)

@@ -16,6 +16,9 @@ from backend.config import Settings
 ALGORITHM = "HS256"
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - RFC 9068: keeps other JWTs signed with the same key from passing as tokens
 REQUIRED_CLAIMS = ["sub", "kind", "aud", "jti", "iat", "exp", "iss", "ver"]
+# The headers of every response that carries a credential (a token, a key's secret): never
+# stored by a browser or a proxy (RFC 6749 §5.1).
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def audience(kind: AccountKind) -> str:

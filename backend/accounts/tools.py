@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backend.accounts.api_keys.usage import KeyUsage
 from backend.accounts.passwords import PasswordHasher
 from backend.accounts.tokens import LinkTokens, TokenCodec
 
@@ -16,3 +17,5 @@ class AccountTools:
     # Email verification, password reset and the recipients' tracking links.
     link_tokens: LinkTokens
     password_hasher: PasswordHasher
+    # When API keys were last used, recorded beside the requests.
+    key_usage: KeyUsage

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from backend.accounts.api_keys.models import Scope
 from backend.accounts.dependencies import authenticate
 from backend.accounts.errors import PartnerSuspended
 from backend.accounts.models import AccountKind, PartnerStatus
@@ -24,8 +25,10 @@ from backend.shipments.service import ShipmentService
 from backend.shipments.tools import ShipmentTools
 
 
-async def _callers_service(request: Request, kind: AccountKind | None) -> ShipmentService:
-    caller = await authenticate(request, kind)
+async def _callers_service(
+    request: Request, kind: AccountKind | None, scope: Scope | None
+) -> ShipmentService:
+    caller = await authenticate(request, kind, scope)
     # A clear answer for a suspended partner; the queries themselves show a partner nothing
     # unless it is approved (backend/shipments/repository.py), so a suspension that lands
     # after this check still hides every shipment.
@@ -45,20 +48,27 @@ async def _callers_service(request: Request, kind: AccountKind | None) -> Shipme
     )
 
 
-@requires_auth(SELLER_AUTH, PARTNER_AUTH)
+@requires_auth(SELLER_AUTH, PARTNER_AUTH, key_scope=Scope.shipments_read)
 async def callers_shipments(request: Request) -> ShipmentService:
     """A seller's own shipments, or those assigned to the calling partner."""
-    return await _callers_service(request, None)
+    return await _callers_service(request, None, Scope.shipments_read)
 
 
-@requires_auth(SELLER_AUTH)
+@requires_auth(SELLER_AUTH, PARTNER_AUTH)
+async def streaming_callers_shipments(request: Request) -> ShipmentService:
+    """As `callers_shipments`, with an access token only: an open stream re-checks its token's
+    revocation and expiry as it runs, which a key, checked in PostgreSQL, does not have."""
+    return await _callers_service(request, None, None)
+
+
+@requires_auth(SELLER_AUTH, key_scope=Scope.shipments_write)
 async def sellers_shipments(request: Request) -> ShipmentService:
-    return await _callers_service(request, AccountKind.seller)
+    return await _callers_service(request, AccountKind.seller, Scope.shipments_write)
 
 
-@requires_auth(PARTNER_AUTH)
+@requires_auth(PARTNER_AUTH, key_scope=Scope.shipments_write)
 async def partners_shipments(request: Request) -> ShipmentService:
-    return await _callers_service(request, AccountKind.partner)
+    return await _callers_service(request, AccountKind.partner, Scope.shipments_write)
 
 
 async def public_tracking(session: SessionDep, request: Request) -> PublicTracking:
@@ -66,6 +76,7 @@ async def public_tracking(session: SessionDep, request: Request) -> PublicTracki
 
 
 CallersShipments = Annotated[ShipmentService, Depends(callers_shipments)]
+StreamingCallersShipments = Annotated[ShipmentService, Depends(streaming_callers_shipments)]
 SellersShipments = Annotated[ShipmentService, Depends(sellers_shipments)]
 PartnersShipments = Annotated[ShipmentService, Depends(partners_shipments)]
 PublicTrackingDep = Annotated[PublicTracking, Depends(public_tracking)]

@@ -13,7 +13,12 @@ from backend.db import UnitOfWorkRoute
 from backend.errors import RateLimited, problem_responses
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
 from backend.request_body import NO_REQUEST_BODY
-from backend.shipments.dependencies import CallersShipments, PartnersShipments, SellersShipments
+from backend.shipments.dependencies import (
+    CallersShipments,
+    PartnersShipments,
+    SellersShipments,
+    StreamingCallersShipments,
+)
 from backend.shipments.errors import (
     DeliveryLocked,
     EmailNotVerified,
@@ -175,7 +180,7 @@ async def get_shipment(
 async def stream_shipment(
     request: Request,
     shipment_id: uuid.UUID,
-    shipments: CallersShipments,
+    shipments: StreamingCallersShipments,
     last_event_id: LastEventId = None,
 ) -> Response:
     """Live timeline of a shipment for its seller or assigned partner (Server-Sent Events).
@@ -183,6 +188,7 @@ async def stream_shipment(
     Starts with every event after `Last-Event-ID` (all of them without it), then each new one
     as it happens, on whichever replica it happened. The stream ends when the token expires
     or is revoked; open streams are capped per client address (429) and per server (503).
+    Streams take an access token, not an API key: integrations follow webhooks or the feed.
     """
     await shipments.get(shipment_id)  # 404 unless the caller may see it
     return await open_timeline_stream(request, shipment_id, last_event_id or 0, authenticated=True)

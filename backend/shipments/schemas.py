@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Self
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -19,7 +18,15 @@ from pydantic import (
     model_validator,
 )
 
-from backend.fields import AddressLine, Email, Name, RequestBody, ZipCode, reject_unstorable
+from backend.fields import (
+    AddressLine,
+    Email,
+    FutureUtcDatetime,
+    Name,
+    RequestBody,
+    ZipCode,
+    reject_unstorable,
+)
 from backend.shipments.models import PUBLIC_TIMELINE_LENGTH
 from backend.shipments.status import ShipmentStatus
 
@@ -83,23 +90,6 @@ VerificationCode = Annotated[
     str,
     StringConstraints(pattern=r"^[0-9]{6}$"),
     Field(description="The 6-digit code the recipient received by email.", examples=["042917"]),
-]
-
-
-def _future_in_utc(value: datetime) -> datetime:
-    try:
-        in_utc = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("must be a date between the years 1 and 9999 in UTC") from None
-    if in_utc <= datetime.now(UTC):
-        raise ValueError("must be in the future")
-    return in_utc
-
-
-FutureUtcDatetime = Annotated[
-    AwareDatetime,
-    AfterValidator(_future_in_utc),
-    Field(description="RFC 3339 with an offset, in the future.", examples=["2026-11-25T17:00:00Z"]),
 ]
 
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Query, status
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
 
-from backend.accounts.dependencies import AccessClaimsDep, CurrentSeller, SettingsDep
-from backend.accounts.errors import WrongAccountKind
+from backend.accounts.api_keys.models import Scope
+from backend.accounts.dependencies import (
+    SellerForWebhooks,
+    SellerReadingEvents,
+    SettingsDep,
+    authenticate,
+)
 from backend.accounts.models import AccountKind
-from backend.db import SessionDep, UnitOfWorkRoute
+from backend.db import SessionDep, UnitOfWorkRoute, unit_of_work_of
 from backend.errors import RateLimited, problem_responses
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
 from backend.rate_limit import FixedWindowLimiter
@@ -69,15 +74,16 @@ ResolverDep = Annotated[Resolver, Depends(host_resolver)]
 
 async def checked_registration(
     body: WebhookEndpointCreate,
-    claims: AccessClaimsDep,
+    request: Request,
     settings: SettingsDep,
     resolve: ResolverDep,
 ) -> WebhookEndpointCreate:
-    """The registration, once its URL passed the SSRF check. Declared before the seller, so it
-    runs before the unit of work takes a connection: a host lookup can take seconds, and
-    requests holding pooled connections through them would leave none for anyone else."""
-    if claims.kind is not AccountKind.seller:
-        raise WrongAccountKind("This operation needs a seller token.")
+    """The registration, once its URL passed the SSRF check. Declared before the seller: the
+    caller is authenticated, and the connection that took given back, before the host lookup.
+    A lookup can take seconds, and requests holding pooled connections through them would leave
+    none for anyone else."""
+    await authenticate(request, AccountKind.seller, Scope.webhooks)
+    await unit_of_work_of(request).release_after_reading()
     await check_destination(
         body.url,
         allow_private=settings.webhooks_allow_private,
@@ -105,7 +111,7 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
     responses=problem_responses(UnsafeWebhookUrl, TooManyWebhookEndpoints),
 )
 async def create_webhook_endpoint(
-    body: CheckedRegistration, seller: CurrentSeller, webhooks: WebhookServiceDep
+    body: CheckedRegistration, seller: SellerForWebhooks, webhooks: WebhookServiceDep
 ) -> WebhookEndpointCreated:
     """Register a URL to receive your events, signed per Standard Webhooks.
 
@@ -120,7 +126,7 @@ async def create_webhook_endpoint(
 
 @webhooks_router.get("", response_model=WebhookEndpointList)
 async def list_webhook_endpoints(
-    seller: CurrentSeller, webhooks: WebhookServiceDep
+    seller: SellerForWebhooks, webhooks: WebhookServiceDep
 ) -> WebhookEndpointList:
     """Your endpoints, oldest first (secrets are never shown again)."""
     return WebhookEndpointList(items=await webhooks.list_endpoints(seller))
@@ -133,7 +139,7 @@ async def list_webhook_endpoints(
     responses=problem_responses(WebhookEndpointNotFound),
 )
 async def delete_webhook_endpoint(
-    endpoint_id: uuid.UUID, seller: CurrentSeller, webhooks: WebhookServiceDep
+    endpoint_id: uuid.UUID, seller: SellerForWebhooks, webhooks: WebhookServiceDep
 ) -> None:
     """Stop sending to this endpoint; deliveries still queued for it are dropped."""
     await webhooks.delete(seller, endpoint_id)
@@ -146,7 +152,7 @@ async def delete_webhook_endpoint(
 )
 async def list_webhook_deliveries(
     endpoint_id: uuid.UUID,
-    seller: CurrentSeller,
+    seller: SellerForWebhooks,
     webhooks: WebhookServiceDep,
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -164,7 +170,7 @@ async def list_webhook_deliveries(
 )
 async def send_webhook_test(
     endpoint_id: uuid.UUID,
-    seller: CurrentSeller,
+    seller: SellerForWebhooks,
     webhooks: WebhookServiceDep,
     limiter: WebhookTestLimiter,
 ) -> WebhookTestQueued:
@@ -178,7 +184,7 @@ async def send_webhook_test(
 
 @events_router.get("", response_model=EventPage, responses=problem_responses(UnknownEvent))
 async def list_events(
-    seller: CurrentSeller,
+    seller: SellerReadingEvents,
     webhooks: WebhookServiceDep,
     after: Annotated[
         uuid.UUID | None, Query(description="The last event id you processed; omit to start.")

@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, Text, cast, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from backend.accounts.models import Seller
+from backend.accounts.caller import Caller
 from backend.errors import Conflict, DomainError, NotFound
 from backend.pagination import after_last, decode_cursor, newest_first, split_page
 from backend.rate_limit import FixedWindowLimiter
@@ -72,42 +72,45 @@ class WebhookService:
         self._session = session
         self._events = events
 
-    async def register(self, seller: Seller, body: WebhookEndpointCreate) -> WebhookEndpointCreated:
+    async def register(self, seller: Caller, body: WebhookEndpointCreate) -> WebhookEndpointCreated:
         """Store an endpoint whose URL has passed `check_destination`: the router checks it
         before the request's unit of work takes a connection, since a host lookup can be slow."""
         # One registration per seller at a time, so concurrent ones cannot pass the cap together.
         await self._session.execute(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-            {"key": f"webhook-endpoints:{seller.id}"},
+            {"key": f"webhook-endpoints:{seller.account_id}"},
         )
         count = await self._session.scalar(
-            select(func.count()).where(col(WebhookEndpoint.seller_id) == seller.id)
+            select(func.count()).where(col(WebhookEndpoint.seller_id) == seller.account_id)
         )
         if (count or 0) >= MAX_ENDPOINTS_PER_SELLER:
             raise TooManyWebhookEndpoints()
         endpoint = WebhookEndpoint(
-            seller_id=seller.id, url=body.url, description=body.description, secret=new_secret()
+            seller_id=seller.account_id,
+            url=body.url,
+            description=body.description,
+            secret=new_secret(),
         )
         self._session.add(endpoint)
         await self._session.flush()
         return WebhookEndpointCreated.model_validate(endpoint)
 
-    async def list_endpoints(self, seller: Seller) -> list[WebhookEndpointRead]:
+    async def list_endpoints(self, seller: Caller) -> list[WebhookEndpointRead]:
         statement = (
             select(WebhookEndpoint)
-            .where(col(WebhookEndpoint.seller_id) == seller.id)
+            .where(col(WebhookEndpoint.seller_id) == seller.account_id)
             .order_by(col(WebhookEndpoint.created_at))
         )
         endpoints = (await self._session.execute(statement)).scalars()
         return [WebhookEndpointRead.model_validate(endpoint) for endpoint in endpoints]
 
-    async def delete(self, seller: Seller, endpoint_id: uuid.UUID) -> None:
+    async def delete(self, seller: Caller, endpoint_id: uuid.UUID) -> None:
         endpoint = await self._owned(seller, endpoint_id)
         await self._session.delete(endpoint)
         await self._session.flush()
 
     async def deliveries(
-        self, seller: Seller, endpoint_id: uuid.UUID, *, limit: int, cursor: str | None
+        self, seller: Caller, endpoint_id: uuid.UUID, *, limit: int, cursor: str | None
     ) -> WebhookDeliveryPage:
         await self._owned(seller, endpoint_id)
         statement = select(WebhookDelivery).where(col(WebhookDelivery.endpoint_id) == endpoint_id)
@@ -123,7 +126,7 @@ class WebhookService:
         )
 
     async def send_test(
-        self, seller: Seller, endpoint_id: uuid.UUID, limiter: FixedWindowLimiter
+        self, seller: Caller, endpoint_id: uuid.UUID, limiter: FixedWindowLimiter
     ) -> uuid.UUID:
         endpoint = await self._owned(seller, endpoint_id)
         if not endpoint.enabled:
@@ -136,21 +139,23 @@ class WebhookService:
             "endpoint_id": str(endpoint.id),
         }
         [event_id] = await self._events.publish(
-            seller.id, [WEBHOOK_TEST], data, only_endpoint=endpoint.id
+            seller.account_id, [WEBHOOK_TEST], data, only_endpoint=endpoint.id
         )
         return event_id
 
-    async def feed(self, seller: Seller, *, after: uuid.UUID | None, limit: int) -> EventPage:
+    async def feed(self, seller: Caller, *, after: uuid.UUID | None, limit: int) -> EventPage:
         """The seller's events after `after`, in (transaction, position) order, up to the
         horizon: events of transactions older than every transaction still running. An event
         that commits later belongs to a transaction still running now, so it will come after
         whatever this page returns: a reader that follows `after` never skips one."""
         key = col(Event.transaction_id), col(Event.position)
-        statement = select(Event).where(col(Event.seller_id) == seller.id)
+        statement = select(Event).where(col(Event.seller_id) == seller.account_id)
         if after is not None:
             last = (
                 await self._session.execute(
-                    select(*key).where(col(Event.id) == after, col(Event.seller_id) == seller.id)
+                    select(*key).where(
+                        col(Event.id) == after, col(Event.seller_id) == seller.account_id
+                    )
                 )
             ).first()
             if last is None:
@@ -174,9 +179,10 @@ class WebhookService:
             has_more=len(rows) > limit,
         )
 
-    async def _owned(self, seller: Seller, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    async def _owned(self, seller: Caller, endpoint_id: uuid.UUID) -> WebhookEndpoint:
         statement = select(WebhookEndpoint).where(
-            col(WebhookEndpoint.id) == endpoint_id, col(WebhookEndpoint.seller_id) == seller.id
+            col(WebhookEndpoint.id) == endpoint_id,
+            col(WebhookEndpoint.seller_id) == seller.account_id,
         )
         endpoint = (await self._session.execute(statement)).scalars().first()
         if endpoint is None:

@@ -194,7 +194,7 @@ def assert_link_page_refused(response: httpx.Response) -> None:
 
 def assert_invalid_token(response: httpx.Response) -> None:
     assert_problem(response, 401, "invalid_token")
-    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
 
 def without_per_request_headers(response: httpx.Response) -> dict[str, str]:

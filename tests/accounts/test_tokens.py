@@ -26,7 +26,9 @@ OTHER_KIND = {"seller": "partner", "partner": "seller"}
 
 def assert_unauthorized(response: httpx.Response, code: str = "invalid_token") -> None:
     assert_problem(response, 401, code)
-    assert response.headers["www-authenticate"] == "Bearer"
+    # RFC 6750: a credential that was sent and refused says so; none sent is a bare challenge.
+    expected = 'Bearer error="invalid_token"' if code == "invalid_token" else "Bearer"
+    assert response.headers["www-authenticate"] == expected
 
 
 def claims_of(token: str, settings: Settings, kind: str) -> dict[str, Any]:
