@@ -343,3 +343,41 @@ async def test_suspended_partners_get_nothing_with_a_key(
         )
     response = await client.get("/shipments", headers=bearer(key["secret"]))
     assert_problem(response, 403, "partner_suspended")
+
+
+async def test_a_pending_partners_key_sees_no_shipment(
+    manual_client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    """Approval decides what a partner sees, whichever credential it sends."""
+    client = manual_client
+    partner, headers = await account_with_token(
+        client, "partner", serviceable_zip_codes=["02139"], max_handling_capacity=5
+    )
+    key = await create_key(client, "partner", headers)
+    listed = await client.get("/shipments", headers=bearer(key["secret"]))
+    assert listed.status_code == 200
+    assert listed.json()["items"] == []
+    async with db_engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE partners SET status = 'suspended' WHERE id = :id"), {"id": partner["id"]}
+        )
+    assert_problem(
+        await client.get("/shipments", headers=bearer(key["secret"])), 403, "partner_suspended"
+    )
+
+
+async def test_a_deleted_key_is_refused_at_once_by_every_replica(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Keys are checked in PostgreSQL on every request: no replica holds one in a cache."""
+    _, headers = await account_with_token(client, "seller")
+    key = await create_key(client, "seller", headers)
+    async with running_client(create_app(settings)) as other_replica:
+        for replica in (client, other_replica):
+            response = await replica.get("/shipments", headers=bearer(key["secret"]))
+            assert response.status_code == 200
+        deleted = await client.delete(f"/seller/api-keys/{key['id']}", headers=headers)
+        assert deleted.status_code == 204
+        for replica in (other_replica, client):
+            response = await replica.get("/shipments", headers=bearer(key["secret"]))
+            assert_problem(response, 401, "invalid_token")
