@@ -27,6 +27,19 @@ FAVICON_DATA_URL = (
     "font-family='sans-serif' font-size='20' font-weight='700' text-anchor='middle' "
     "fill='white'%3ES%3C/text%3E%3C/svg%3E"
 )
+# This API's OAuth2 password flows take a username and a password, nothing else; Scalar's form
+# for such a flow also offers a client id and secret, where to send them, and scopes, none of
+# which applies here. Hidden by what Scalar puts in those rows (the client id's placeholder, the
+# client secret's, the row after it, the scopes' disclosure), so that the box shows only what
+# works; tests/browser/test_scalar.py checks that it still does with each Scalar version.
+# `!important`: Scalar's own utility classes (`display: contents` on these rows) are scoped to
+# its app and would win on specificity.
+_AUTH_BOX_CSS = """
+tr:has([data-placeholder="12345"]),
+tr:has(input[placeholder="XYZ123"]),
+tr:has(input[placeholder="XYZ123"]) + tr,
+tr:has([class*="scopes-accordion"]) { display: none !important; }
+"""
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 _CACHED_ASSET = {"Cache-Control": "public, max-age=3600"}
 
@@ -79,6 +92,7 @@ def _add_scalar(app: FastAPI, bundle: Path) -> None:
         scalar_favicon_url=FAVICON_DATA_URL,
         agent=AgentScalarConfig(disabled=True),
         show_developer_tools="never",
+        custom_css=_AUTH_BOX_CSS,
     ).body
     html = bytes(rendered).decode()
     if not local:

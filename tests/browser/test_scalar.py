@@ -65,6 +65,7 @@ async def test_renders_offline_with_both_auth_schemes(
         - listbox:
           - option "sellerAuth"
           - option "partnerAuth"
+          - option "apiKey"
         """
     )
     await expect(page.get_by_role("listbox")).to_be_visible()
@@ -82,6 +83,9 @@ async def test_authorize_logs_in_with_the_password_flow(
 
     await choose_auth_type(page, f"{kind}Auth")
     await expect(auth_field(page, "Token URL")).to_have_text(f"/{kind}/token")
+    # Only what this password flow takes: no client id or secret, nowhere to send them, no scopes.
+    for unused in ("Client ID", "Client Secret", "Credentials Location", "No Scopes Defined"):
+        await expect(authentication(page).get_by_text(unused)).to_be_hidden()
     await auth_field(page, "Username").fill(account["email"])
     await authentication(page).get_by_role("textbox", name="Password").fill(account["password"])
     await authentication(page).get_by_role("button", name="Authorize").click()
@@ -92,4 +96,19 @@ async def test_authorize_logs_in_with_the_password_flow(
     me = await live_server.http.get(f"/{kind}/me", headers=bearer(await access_token.input_value()))
     assert me.status_code == 200, me.text
     assert me.json()["email"] == account["email"]
+    assert_needed_only_loopback(opened)
+
+
+async def test_an_api_key_is_a_bearer_token_in_the_auth_box(
+    open_page: OpenPage, live_server: LiveServer
+) -> None:
+    opened = await open_reference(open_page)
+    page = opened.page
+
+    await choose_auth_type(page, "apiKey")
+    box = authentication(page)
+    await expect(box.get_by_text("Bearer Token")).to_be_visible()
+    await expect(box.get_by_text("st_test_")).to_be_visible()  # the scheme's description
+    for absent in ("Username", "Client ID", "Token URL"):
+        await expect(box.get_by_text(absent, exact=True)).to_be_hidden()
     assert_needed_only_loopback(opened)
