@@ -23,7 +23,7 @@ from backend.health.readiness import ReadinessProbe
 from backend.health.router import router as health_router
 from backend.logging_setup import configure_logging
 from backend.middleware import RequestContextMiddleware, RequestLimitsMiddleware
-from backend.openapi import build_openapi
+from backend.openapi import build_openapi, operation_id
 from backend.redis_client import create_redis
 from backend.reference import add_reference_pages
 from backend.shipments.delivery_codes import DeliveryCodes
@@ -34,6 +34,7 @@ from backend.shipments.stream_hub import StreamHub
 from backend.shipments.tools import ShipmentTools
 from backend.shipments.tracking_router import assets_router as tracking_assets_router
 from backend.shipments.tracking_router import router as tracking_router
+from backend.testmode.router import router as test_mode_router
 from backend.webhooks.router import document_webhooks, events_router, webhooks_router
 from backend.worker import OutboxWorker
 
@@ -45,7 +46,9 @@ Shiptrack tracks shipments from the seller's door to the recipient's.
 * **Recipients** follow a parcel on its public tracking page.
 
 Authenticate with **Authorize**: pick `sellerAuth` or `partnerAuth` and log in with an email and
-password. Every error is `application/problem+json` with a stable `code` and the `request_id`.
+password, or pick `apiKey` and paste an API key (`POST /seller/api-keys`; a `st_test_` key works
+on test data only: see **Test mode**). Every error is `application/problem+json` with a stable
+`code` and the `request_id`.
 """
 
 
@@ -58,6 +61,11 @@ OPENAPI_TAGS = [
     {"name": "Public tracking", "description": "What recipients see, with a tracking number."},
     {"name": "Webhooks", "description": "Signed notifications of your shipments' events."},
     {"name": "Events", "description": "The feed of your events, to catch up after an outage."},
+    {
+        "name": "Test mode",
+        "description": "With a test API key (`st_test_…`): test shipments carried by your "
+        "simulated partner, driven through scenarios; their emails recorded, never sent.",
+    },
 ]
 
 
@@ -137,6 +145,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         # not add the ASGI root_path as a second server.
         servers=[{"url": settings.public_base_url, "description": "This deployment"}],
         root_path_in_servers=False,
+        # Operation ids are the handlers' names (`create_shipment`), which generated clients
+        # turn into their function names; routes built once per account kind name their own.
+        generate_unique_id_function=operation_id,
     )
     install_error_handlers(app)
 
@@ -171,6 +182,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(partner_router)
     app.include_router(webhooks_router)
     app.include_router(events_router)
+    app.include_router(test_mode_router)
     app.include_router(tracking_assets_router)
     document_webhooks(app)
     add_reference_pages(app, settings)

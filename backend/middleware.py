@@ -29,28 +29,36 @@ access_logger = logging.getLogger("shiptrack.access")
 # A client-supplied id is echoed only when it is short and plain; anything else is replaced.
 _ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+# `mode` keeps test traffic (API test keys, product.md §11.2) out of the live series: "test"
+# for a request authenticated with a test key, "live" for everything else.
 REQUESTS = Counter(
     "shiptrack_http_requests_total",
-    "HTTP requests by route and status",
-    ["method", "route", "status"],
+    "HTTP requests by route, status and mode (live or test)",
+    ["method", "route", "status", "mode"],
 )
 LATENCY = Histogram(
     "shiptrack_http_request_duration_seconds",
-    "HTTP request latency by route",
-    ["method", "route"],
+    "HTTP request latency by route and mode (live or test)",
+    ["method", "route", "mode"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
 
-# The labelled series, looked up once per (method, route, status) rather than on every request.
+# The labelled series, looked up once per (method, route, status, mode), not on every request.
 @functools.cache
-def _request_counter(method: str, route: str, status: int) -> Counter:
-    return REQUESTS.labels(method, route, str(status))
+def _request_counter(method: str, route: str, status: int, mode: str) -> Counter:
+    return REQUESTS.labels(method, route, str(status), mode)
 
 
 @functools.cache
-def _latency_histogram(method: str, route: str) -> Histogram:
-    return LATENCY.labels(method, route)
+def _latency_histogram(method: str, route: str, mode: str) -> Histogram:
+    return LATENCY.labels(method, route, mode)
+
+
+def _mode_label(scope: Scope) -> str:
+    # The caller authentication left in the request's state, if the request got that far.
+    caller = scope.get("state", {}).get("caller")
+    return "live" if getattr(caller, "livemode", True) else "test"
 
 
 def _route_label(scope: Scope) -> str:
@@ -104,8 +112,9 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             method = scope["method"]
             route = _route_label(scope)
-            _request_counter(method, route, status).inc()
-            _latency_histogram(method, route).observe(elapsed)
+            mode = _mode_label(scope)
+            _request_counter(method, route, status, mode).inc()
+            _latency_histogram(method, route, mode).observe(elapsed)
             if access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
                     "%s %s %s %.1fms",

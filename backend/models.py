@@ -3,7 +3,7 @@
 from backend.accounts.api_keys.models import ApiKey
 from backend.accounts.models import Partner, Seller
 from backend.db import metadata
-from backend.outbox.models import OutboxMessage
+from backend.outbox.models import OutboxMessage, RecordedEmail
 from backend.shipments.models import (
     IdempotencyRecord,
     Review,
@@ -20,6 +20,7 @@ __all__ = [
     "IdempotencyRecord",
     "OutboxMessage",
     "Partner",
+    "RecordedEmail",
     "Review",
     "Seller",
     "Shipment",

@@ -45,6 +45,11 @@ _DEPENDENCY_ERRORS: dict[Callable[..., Any], tuple[type[DomainError], ...]] = {
 }
 
 
+def operation_id(route: APIRoute) -> str:
+    """A route's operation id: its handler's name. `build_openapi` checks that they are unique."""
+    return route.name
+
+
 def _dependency_calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
     for sub in dependant.dependencies:
         if sub.call is not None:
@@ -123,8 +128,22 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schemas.update(problem.pop("$defs", {}))
     schemas["Problem"] = problem
     schema["paths"] = _in_section_order(schema["paths"], app.openapi_tags or [])
+    _check_unique_operation_ids(schema)
     app.openapi_schema = schema
     return schema
+
+
+def _check_unique_operation_ids(schema: dict[str, Any]) -> None:
+    """Two operations with one id would be one function in a generated client."""
+    seen: set[str] = set()
+    for section in ("paths", "webhooks"):
+        for item in schema.get(section, {}).values():
+            for operation in item.values():
+                if not isinstance(operation, dict) or "operationId" not in operation:
+                    continue
+                if operation["operationId"] in seen:
+                    raise RuntimeError(f"two operations have the id {operation['operationId']}")
+                seen.add(operation["operationId"])
 
 
 def _in_section_order(

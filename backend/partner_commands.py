@@ -64,7 +64,10 @@ def add_partner_commands(
     actions = partners.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     listing = actions.add_parser("list", help="list partners, oldest first")
-    listing.add_argument("--status", choices=[status.value for status in PartnerStatus])
+    operator_statuses = [
+        status.value for status in PartnerStatus if status is not PartnerStatus.simulated
+    ]
+    listing.add_argument("--status", choices=operator_statuses)
     listing.add_argument("--limit", type=list_limit, default=DEFAULT_LIST_LIMIT)
 
     approve = actions.add_parser(

@@ -46,14 +46,14 @@ def request_count(exposition: str, method: str, route: str, status: str) -> floa
     return request_counts(exposition).get((method, route, status), 0.0)
 
 
-def request_counts(exposition: str) -> dict[tuple[str, str, str], float]:
-    """(method, route, status) -> requests counted so far."""
+def request_counts(exposition: str, mode: str = "live") -> dict[tuple[str, str, str], float]:
+    """(method, route, status) -> requests of `mode` (live or test traffic) counted so far."""
     return {
         (sample.labels["method"], sample.labels["route"], sample.labels["status"]): sample.value
         for family in text_string_to_metric_families(exposition)
         if family.name == REQUESTS_METRIC
         for sample in family.samples
-        if sample.name == f"{REQUESTS_METRIC}_total"
+        if sample.name == f"{REQUESTS_METRIC}_total" and sample.labels["mode"] == mode
     }
 
 
@@ -324,6 +324,24 @@ async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClien
     routes = route_labels(after)
     assert all(route.startswith("/") or route == "unmatched" for route in routes), routes
     assert not any(probe_id in route for route in routes)
+
+
+async def test_test_key_traffic_stays_out_of_the_live_series(client: httpx.AsyncClient) -> None:
+    _, headers = await account_with_token(client, "seller")
+    body = {"name": "CI", "scopes": ["shipments:read"], "mode": "test"}
+    secret = (await client.post("/seller/api-keys", json=body, headers=headers)).json()["secret"]
+    before = (await client.get("/metrics", headers=SCRAPER)).text
+
+    for _ in range(4):
+        response = await client.get("/shipments", headers={"Authorization": f"Bearer {secret}"})
+        assert response.status_code == 200
+    assert (await client.get("/shipments", headers=headers)).status_code == 200
+
+    after = (await client.get("/metrics", headers=SCRAPER)).text
+    key = ("GET", "/shipments", "200")
+    live = request_counts(after).get(key, 0) - request_counts(before).get(key, 0)
+    test = request_counts(after, "test").get(key, 0) - request_counts(before, "test").get(key, 0)
+    assert (live, test) == (1, 4)
 
 
 async def test_metrics_label_templated_routes_not_raw_paths(

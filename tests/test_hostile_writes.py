@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from backend.auth_schemes import PARTNER_AUTH, SELLER_AUTH
+from backend.auth_schemes import API_KEY_AUTH, PARTNER_AUTH, SELLER_AUTH
 from backend.config import Settings
 from backend.main import create_app
 from backend.models import metadata
@@ -112,13 +112,20 @@ class WriteRoute:
         return {BodyKind.JSON: JSON, BodyKind.FORM: FORM, BodyKind.NONE: None}[self.body]
 
 
+# The caller of the routes that take a seller's test key only.
+TEST_KEY = "seller_test_key"
+
+
 def _auth_of(security: list[dict[str, list[str]]]) -> str | None:
-    """The account kind to call with: a seller when sellers may, else a partner."""
+    """The caller to call with: a seller when sellers may, else a partner, else (a route that
+    takes API keys only: test mode) a seller's test key."""
     schemes = {name for requirement in security for name in requirement}
     if SELLER_AUTH in schemes:
         return "seller"
     if PARTNER_AUTH in schemes:
         return "partner"
+    if API_KEY_AUTH in schemes:
+        return TEST_KEY
     assert not schemes, f"unknown security schemes {schemes}"
     return None
 
@@ -228,6 +235,12 @@ KNOWN_WRITE_ROUTES = {
     "POST /seller/webhooks",
     "DELETE /seller/webhooks/{endpoint_id}",
     "POST /seller/webhooks/{endpoint_id}/test",
+    "POST /seller/api-keys",
+    "DELETE /seller/api-keys/{key_id}",
+    "POST /partner/api-keys",
+    "DELETE /partner/api-keys/{key_id}",
+    "POST /test/shipments/{shipment_id}/advance",
+    "DELETE /test/data",
 }
 
 
@@ -253,11 +266,16 @@ class World:
     review_token: str
     webhook_id: str
     reset_tokens: dict[str, str]  # by account kind
+    api_key_ids: dict[str, str]  # a live key of each account kind, by kind
+    test_key_headers: dict[str, str]  # the seller's test key, with every scope
+    test_shipment: dict[str, Any]  # placed, created with the test key
 
     def account(self, kind: str) -> dict[str, Any]:
         return self.seller if kind == "seller" else self.partner
 
     def headers(self, kind: str) -> dict[str, str]:
+        if kind == TEST_KEY:
+            return self.test_key_headers
         return self.seller_headers if kind == "seller" else self.partner_headers
 
     def token(self, kind: str) -> str:
@@ -352,6 +370,30 @@ def _replace_tags(world: World) -> Valid:
     return Valid(path_values={"shipment_id": world.placed["id"]}, body={"tags": ["fragile", "vip"]})
 
 
+def _create_api_key(kind: str) -> Callable[[World], Valid]:
+    def valid(_world: World) -> Valid:
+        scopes = ["shipments:read", "shipments:write"] + (["webhooks"] if kind == "seller" else [])
+        return Valid(
+            body={"name": "Hostile", "scopes": scopes, "mode": "live", "expires_at": _future(30)}
+        )
+
+    return valid
+
+
+def _api_key(kind: str) -> Callable[[World], Valid]:
+    def valid(world: World) -> Valid:
+        return Valid(path_values={"key_id": world.api_key_ids[kind]})
+
+    return valid
+
+
+def _advance_test_shipment(world: World) -> Valid:
+    return Valid(
+        path_values={"shipment_id": world.test_shipment["id"]},
+        body={"to": "delivered", "scenario": "delivered_second_attempt"},
+    )
+
+
 def _review(world: World) -> Valid:
     return Valid(
         path_values={"tracking_number": world.delivered["tracking_number"]},
@@ -393,12 +435,19 @@ RECIPES: dict[str, Callable[[World], Valid]] = {
     "POST /seller/webhooks": _create_webhook,
     "DELETE /seller/webhooks/{endpoint_id}": _webhook,
     "POST /seller/webhooks/{endpoint_id}/test": _webhook,
+    "POST /seller/api-keys": _create_api_key("seller"),
+    "POST /partner/api-keys": _create_api_key("partner"),
+    "DELETE /seller/api-keys/{key_id}": _api_key("seller"),
+    "DELETE /partner/api-keys/{key_id}": _api_key("partner"),
+    "POST /test/shipments/{shipment_id}/advance": _advance_test_shipment,
+    "DELETE /test/data": _no_body,
 }
 
 
 def _default_path_values(world: World) -> dict[str, str]:
     """For a route without a recipe yet: path parameters filled by their names."""
     return {
+        "key_id": world.api_key_ids["seller"],
         "shipment_id": world.placed["id"],
         "endpoint_id": world.webhook_id,
         "tracking_number": world.delivered["tracking_number"],
@@ -562,6 +611,13 @@ async def build_world(client: httpx.AsyncClient, engine: AsyncEngine) -> World:
             if payload["to"] == account["email"]
         ]
         reset_tokens[kind] = email["reset_token"]
+    api_key_ids = {}
+    for kind, headers in (("seller", parties.seller_headers), ("partner", parties.partner_headers)):
+        key = await _new_key(client, kind, headers, "live", ["shipments:read"])
+        api_key_ids[kind] = key["id"]
+    every_scope = ["shipments:read", "shipments:write", "webhooks", "events:read"]
+    test_key = await _new_key(client, "seller", parties.seller_headers, "test", every_scope)
+    test_key_headers = {"Authorization": f"Bearer {test_key['secret']}"}
     return World(
         seller=parties.seller,
         seller_headers=parties.seller_headers,
@@ -574,7 +630,20 @@ async def build_world(client: httpx.AsyncClient, engine: AsyncEngine) -> World:
         review_token=review_token,
         webhook_id=webhook.json()["id"],
         reset_tokens=reset_tokens,
+        api_key_ids=api_key_ids,
+        test_key_headers=test_key_headers,
+        test_shipment=await create_shipment(client, test_key_headers),
     )
+
+
+async def _new_key(
+    client: httpx.AsyncClient, kind: str, headers: dict[str, str], mode: str, scopes: list[str]
+) -> dict[str, Any]:
+    body = {"name": f"{mode} key", "scopes": scopes, "mode": mode}
+    response = await client.post(f"/{kind}/api-keys", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    key: dict[str, Any] = response.json()
+    return key
 
 
 # --- fixtures ---------------------------------------------------------------------------------

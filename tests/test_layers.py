@@ -36,6 +36,7 @@ LAYERS: list[list[str]] = [
     ["backend.accounts"],
     ["backend.webhooks"],
     ["backend.shipments"],
+    ["backend.testmode"],
     # what assembles the domains into processes and documents
     [
         "backend.worker",

@@ -149,6 +149,8 @@ async def test_upgrade_creates_tables_with_their_constraints(
         "ck_partners_capacity_positive": "c",
         "ck_partners_active_not_negative": "c",
         "ck_partners_status_known": "c",
+        "uq_partners_simulates_for_seller_id": "u",
+        "fk_partners_simulates_for_seller_id_sellers": "f",
     }
     assert partners["uq_partners_email"][1] == "UNIQUE (email)"
     assert "suspended" in partners["ck_partners_status_known"][1]
@@ -167,15 +169,16 @@ async def test_upgrade_creates_tables_with_their_constraints(
     assert events["uq_shipment_events_sequence"] == ("u", "UNIQUE (shipment_id, sequence)")
     shipment_indexes = await indexes(scratch_engine, "shipments")
     assert {
-        "ix_shipments_seller_created",
+        "ix_shipments_seller_mode_created",
         "ix_shipments_partner_created",
-        "ix_shipments_seller_status_created",
+        "ix_shipments_seller_mode_status_created",
         "ix_shipments_partner_status_created",
     } <= set(shipment_indexes)
     tag_indexes = await indexes(scratch_engine, "shipment_tags")
-    assert {"ix_shipment_tags_seller_tag_created", "ix_shipment_tags_partner_tag_created"} <= set(
-        tag_indexes
-    )
+    assert {
+        "ix_shipment_tags_seller_mode_tag_created",
+        "ix_shipment_tags_partner_tag_created",
+    } <= set(tag_indexes)
 
 
 async def test_migrated_constraints_refuse_bad_rows(

@@ -32,6 +32,7 @@ from backend.shipments.dependencies import (
     sellers_shipments,
     streaming_callers_shipments,
 )
+from backend.testmode.router import seller_test_key_reading, seller_test_key_writing
 from tests.conftest import make_settings
 
 PROBLEM = "application/problem+json"
@@ -80,6 +81,9 @@ EXPECTED_SECURITY: dict[Callable[..., Any], Security] = {
     streaming_callers_shipments: SELLER_OR_PARTNER,
     seller_for_webhooks: frozenset({("sellerAuth", ()), ("apiKey", ("webhooks",))}),
     seller_reading_events: frozenset({("sellerAuth", ()), ("apiKey", ("events:read",))}),
+    # Test mode takes test keys only.
+    seller_test_key_reading: frozenset({("apiKey", ("shipments:read",))}),
+    seller_test_key_writing: frozenset({("apiKey", ("shipments:write",))}),
 }
 
 
@@ -200,6 +204,7 @@ async def test_each_operation_security_follows_its_auth_dependency(
         "apiKey/sellerAuth",
         "apiKey/partnerAuth",
         "apiKey/partnerAuth/sellerAuth",
+        "apiKey",
     } <= kinds
 
 

@@ -6,7 +6,7 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ARRAY, CheckConstraint, DateTime, Index, String
+from sqlalchemy import ARRAY, CheckConstraint, Column, DateTime, ForeignKey, Index, String
 from sqlmodel import Field, SQLModel
 
 from backend.db import utcnow
@@ -23,6 +23,9 @@ class PartnerStatus(enum.StrEnum):
     pending = "pending"
     approved = "approved"
     suspended = "suspended"
+    # A seller's built-in partner for test shipments (product.md §11.2): never assigned live
+    # shipments, never logs in, moved along only by `POST /test/shipments/{id}/advance`.
+    simulated = "simulated"
 
 
 _PARTNER_STATUS_VALUES = ", ".join(f"'{status.value}'" for status in PartnerStatus)
@@ -82,6 +85,11 @@ class Partner(SQLModel, table=True):
     suspended_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     # Why the operator suspended the partner; shown to the partner on GET /partner/me.
     suspended_reason: str | None = Field(default=None, max_length=500)
+    # The seller whose simulated partner this is (status `simulated`); null for real ones.
+    simulates_for_seller_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("sellers.id", ondelete="CASCADE"), nullable=True, unique=True),
+    )
     email_verified_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     # In every access token; raising it (a password reset) invalidates every token issued before.
     token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, and_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -53,7 +53,7 @@ class AccountRepository(Generic[AccountT]):
         return await self._locked(col(self._model.id) == account_id)
 
     async def lock_by_email(self, email: str) -> AccountT | None:
-        return await self._locked(col(self._model.email) == email.lower())
+        return await self._locked(self._with_email(email))
 
     async def _locked(self, condition: ColumnElement[bool]) -> AccountT | None:
         # populate_existing: an entity this session loaded before the lock is refreshed, so
@@ -67,8 +67,16 @@ class AccountRepository(Generic[AccountT]):
         return (await self._session.execute(statement)).scalars().first()
 
     async def get_by_email(self, email: str) -> AccountT | None:
-        statement = select(self._model).where(self._model.email == email.lower())
+        statement = select(self._model).where(self._with_email(email))
         return (await self._session.execute(statement)).scalars().first()
+
+    def _with_email(self, email: str) -> ColumnElement[bool]:
+        """The account with this address, among those that can log in: a seller's simulated
+        partner (test mode) is no account anyone can log in to, ask a reset for, or manage."""
+        matches = col(self._model.email) == email.lower()
+        if self._model is Partner:
+            return and_(matches, col(Partner.status) != PartnerStatus.simulated.value)
+        return matches
 
     async def add(self, account: AccountT) -> AccountT:
         """Insert; raises `DuplicateEmail` when the unique email constraint refuses it."""
@@ -98,7 +106,12 @@ async def list_partners(
     session: AsyncSession, status: PartnerStatus | None, limit: int
 ) -> Sequence[Partner]:
     """Oldest first, so that the operator's queue of pending partners reads in order."""
-    statement = select(Partner).order_by(col(Partner.created_at), col(Partner.id)).limit(limit)
+    statement = (
+        select(Partner)
+        .where(col(Partner.status) != PartnerStatus.simulated.value)
+        .order_by(col(Partner.created_at), col(Partner.id))
+        .limit(limit)
+    )
     if status is not None:
         statement = statement.where(col(Partner.status) == status.value)
     return (await session.execute(statement)).scalars().all()

@@ -93,3 +93,28 @@ class OutboxMessage(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_type=Text)
     sent_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class RecordedEmail(SQLModel, table=True):
+    """An email to a test shipment's recipient: recorded instead of sent (product.md §11.2), for
+    its seller to read at `GET /test/emails` until `DELETE /test/data` clears it."""
+
+    __tablename__ = "test_emails"
+    __table_args__ = (
+        # A seller's recorded emails, newest first (keyset on created_at, id).
+        Index("ix_test_emails_seller_created", "seller_id", "created_at", "id"),
+        Index("ix_test_emails_shipment_id", "shipment_id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    seller_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("sellers.id", ondelete="CASCADE"), nullable=False)
+    )
+    shipment_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("shipments.id", ondelete="CASCADE"), nullable=False)
+    )
+    template: str = Field(max_length=50)
+    to: str = Field(max_length=254)
+    # What the template sees, as an outbox email's payload holds it.
+    context: dict[str, Any] = Field(sa_type=JSONB)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

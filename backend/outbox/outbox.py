@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from backend.db import utcnow
-from backend.outbox.models import LANE_OF_ROW, OutboxMessage
+from backend.outbox.models import LANE_OF_ROW, OutboxMessage, RecordedEmail
 
 EMAIL = "email"
 # Payload key listing the fields (secrets: a delivery code, a reset token) to erase once a message
@@ -69,6 +70,45 @@ def enqueue_email(
         session, EMAIL, [payload], shipment_id=shipment_id, not_before=not_before
     )
     return message_id
+
+
+def record_email(
+    session: AsyncSession,
+    template: str,
+    to: str,
+    *,
+    seller_id: uuid.UUID,
+    shipment_id: uuid.UUID,
+    **context: Any,
+) -> None:
+    """Record an email about test data instead of queueing it: nothing is ever sent to a test
+    shipment's recipient (product.md §11.2). Its seller reads it at `GET /test/emails`."""
+    session.add(
+        RecordedEmail(
+            seller_id=seller_id,
+            shipment_id=shipment_id,
+            template=template,
+            to=to,
+            context=context,
+            created_at=utcnow(),
+        )
+    )
+
+
+async def last_recorded_value(
+    session: AsyncSession, shipment_id: uuid.UUID, template: str, name: str
+) -> str | None:
+    """A value of the newest email of `template` recorded about a test shipment."""
+    statement = (
+        select(col(RecordedEmail.context)[name].astext)
+        .where(
+            col(RecordedEmail.shipment_id) == shipment_id, col(RecordedEmail.template) == template
+        )
+        .order_by(col(RecordedEmail.created_at).desc(), col(RecordedEmail.id).desc())
+        .limit(1)
+    )
+    value: str | None = await session.scalar(statement)
+    return value
 
 
 @dataclass(frozen=True, slots=True)

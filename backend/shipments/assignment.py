@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import String, bindparam, cast, exists, select, update
-from sqlalchemy.dialects.postgresql import array
+from sqlalchemy.dialects.postgresql import array, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -59,6 +59,15 @@ _TAKE_SLOT = (
 )
 
 
+SIMULATED_PARTNER_NAME = "Simulated partner"
+# A seller's simulated partner has an id derived from the seller's: found without a query.
+_SIMULATED_PARTNERS = uuid.UUID("5b1d7c3e-9f0a-4c2e-8d6b-7a3f1e0c9b24")
+
+
+def simulated_partner_id(seller_id: uuid.UUID) -> uuid.UUID:
+    return uuid.uuid5(_SIMULATED_PARTNERS, str(seller_id))
+
+
 @dataclass(frozen=True, slots=True)
 class AssignedPartner:
     id: uuid.UUID
@@ -87,6 +96,27 @@ class PartnerAssignment:
         approved). The partner's row stays locked until the commit."""
         taken = await self._session.execute(_TAKE_SLOT, {"partner_id": partner_id})
         return taken.first() is not None
+
+    async def simulated_partner(self, seller_id: uuid.UUID) -> AssignedPartner:
+        """The seller's simulated partner, which carries its test shipments (product.md §11.2),
+        created at its first use. Its own status keeps it out of every live assignment and
+        every login; it serves no zip code and its capacity is never counted."""
+        partner_id = simulated_partner_id(seller_id)
+        await self._session.execute(
+            insert(Partner)
+            .values(
+                id=partner_id,
+                name=SIMULATED_PARTNER_NAME,
+                email=f"simulated-{seller_id}@partners.shiptrack.invalid",
+                password_hash="",  # matches no password; the account cannot log in anyway
+                serviceable_zip_codes=[],
+                max_handling_capacity=1,
+                status=PartnerStatus.simulated.value,
+                simulates_for_seller_id=seller_id,
+            )
+            .on_conflict_do_nothing()
+        )
+        return AssignedPartner(id=partner_id, name=SIMULATED_PARTNER_NAME)
 
     async def release(self, partner_id: uuid.UUID) -> None:
         """Give back the slot of a shipment that reached a terminal status."""

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from backend.accounts.api_keys.models import Scope
+from backend.accounts.caller import Caller
 from backend.accounts.dependencies import authenticate
 from backend.accounts.errors import PartnerSuspended
 from backend.accounts.models import AccountKind, PartnerStatus
@@ -28,7 +29,11 @@ from backend.shipments.tools import ShipmentTools
 async def _callers_service(
     request: Request, kind: AccountKind | None, scope: Scope | None
 ) -> ShipmentService:
-    caller = await authenticate(request, kind, scope)
+    return shipment_service_for(request, await authenticate(request, kind, scope))
+
+
+def shipment_service_for(request: Request, caller: Caller) -> ShipmentService:
+    """The service bound to an authenticated caller, on the request's unit of work."""
     # A clear answer for a suspended partner; the queries themselves show a partner nothing
     # unless it is approved (backend/shipments/repository.py), so a suspension that lands
     # after this check still hides every shipment.
@@ -45,6 +50,7 @@ async def _callers_service(
         limits=tools.limits,
         links=context.part(AccountTools).link_tokens,
         settings=context.settings,
+        livemode=caller.livemode,
     )
 
 

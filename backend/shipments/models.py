@@ -71,7 +71,7 @@ class ShipmentTag(SQLModel, table=True):
 
     __tablename__ = "shipment_tags"
     __table_args__ = (
-        Index("ix_shipment_tags_seller_tag_created", "seller_id", "tag_id", *_KEY),
+        Index("ix_shipment_tags_seller_mode_tag_created", "seller_id", "livemode", "tag_id", *_KEY),
         Index("ix_shipment_tags_partner_tag_created", "partner_id", "tag_id", *_KEY),
     )
 
@@ -85,6 +85,7 @@ class ShipmentTag(SQLModel, table=True):
     seller_id: uuid.UUID
     partner_id: uuid.UUID
     created_at: datetime = Field(sa_type=DateTime(timezone=True))
+    livemode: bool = Field(default=True, sa_column_kwargs={"server_default": "true"})
 
 
 class Tag(SQLModel, table=True):
@@ -112,6 +113,8 @@ class ShipmentEvent(SQLModel, table=True):
     location_zip: str | None = Field(default=None, max_length=20)
     description: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    # Its shipment's: false for test data (product.md §11.2).
+    livemode: bool = Field(default=True, sa_column_kwargs={"server_default": "true"})
 
 
 class Shipment(SQLModel, table=True):
@@ -120,11 +123,20 @@ class Shipment(SQLModel, table=True):
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_known"),
         CheckConstraint("weight_kg > 0 AND weight_kg <= 100", name="weight_range"),
         CheckConstraint("delivery_code_attempts >= 0", name="attempts_not_negative"),
-        # Newest-first pages per owner and per partner (keyset on created_at, id).
-        Index("ix_shipments_seller_created", "seller_id", "created_at", "id"),
+        # Newest-first pages per owner and per partner (keyset on created_at, id). A seller's
+        # live and test shipments are two ranges of its index (`livemode`, product.md §11.2);
+        # a partner's are all live (test shipments go to simulated partners only).
+        Index("ix_shipments_seller_mode_created", "seller_id", "livemode", "created_at", "id"),
         Index("ix_shipments_partner_created", "partner_id", "created_at", "id"),
         # The same pages filtered by status: one range of the index, whatever the status's share.
-        Index("ix_shipments_seller_status_created", "seller_id", "status", "created_at", "id"),
+        Index(
+            "ix_shipments_seller_mode_status_created",
+            "seller_id",
+            "livemode",
+            "status",
+            "created_at",
+            "id",
+        ),
         Index("ix_shipments_partner_status_created", "partner_id", "status", "created_at", "id"),
         # The expiry sweep's oldest still-placed shipments (backend/shipments/expiry.py); its
         # query spells 'placed' as a literal, so even a generic plan can prove the predicate.
@@ -164,6 +176,9 @@ class Shipment(SQLModel, table=True):
     )
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    # False for a test shipment: created with a test key, carried by the seller's simulated
+    # partner, seen only with test keys (product.md §11.2).
+    livemode: bool = Field(default=True, sa_column_kwargs={"server_default": "true"})
 
     timeline: list[ShipmentEvent] = Relationship(
         sa_relationship_kwargs={
@@ -215,7 +230,9 @@ class IdempotencyRecord(SQLModel, table=True):
     seller_id: uuid.UUID = Field(
         sa_column=Column(ForeignKey("sellers.id", ondelete="CASCADE"), primary_key=True)
     )
-    key: str = Field(max_length=255, primary_key=True)
+    # The client's key; a test key's are stored as "test:<key>", so that the same key sent in
+    # test and in live mode names two requests (backend/shipments/idempotency.py).
+    key: str = Field(max_length=300, primary_key=True)
     # SHA-256 of the canonical request body: a retry must send the same body.
     request_fingerprint: str = Field(max_length=64)
     shipment_id: uuid.UUID | None = Field(default=None, foreign_key="shipments.id", index=True)

@@ -62,6 +62,7 @@ class PublicTracking:
             timeline=timeline_view(shipment.recent_timeline),
             # Sequences are gapless from 1: the newest is the count.
             timeline_total=shipment.last_sequence,
+            livemode=shipment.livemode,
         )
 
     async def review(self, tracking_number: str, body: ReviewCreate) -> ReviewRead:

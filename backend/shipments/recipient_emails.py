@@ -1,4 +1,5 @@
-"""Emails to a shipment's recipient, queued in the outbox of the change that causes them."""
+"""Emails to a shipment's recipient, queued in the outbox of the change that causes them (or,
+for a test shipment, only recorded)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.accounts.tokens import LinkTokens
-from backend.outbox.outbox import enqueue_email
+from backend.outbox.outbox import enqueue_email, last_recorded_value, record_email
 from backend.outbox.wording import human_moment
 from backend.shipments.models import Shipment
 from backend.shipments.public import REVIEW_LINK
@@ -67,6 +68,13 @@ class RecipientEmails:
         review_url = f"{self._page(shipment)}?review={token}"
         self._queue(shipment, "delivered", partner_name=partner_name, review_url=review_url)
 
+    async def last_recorded_code(self, shipment: Shipment) -> str | None:
+        """The delivery code in the newest email recorded for a test shipment: what its
+        simulated recipient shows at the door."""
+        return await last_recorded_value(
+            self._session, shipment.id, "delivery_code", "verification_code"
+        )
+
     def _queue(
         self,
         shipment: Shipment,
@@ -76,7 +84,25 @@ class RecipientEmails:
         not_before: datetime | None = None,
         **context: str,
     ) -> None:
-        """Queue an email to the recipient, sent only if this change commits."""
+        """Queue an email to the recipient, sent only if this change commits; a test
+        shipment's is recorded instead, never sent."""
+        context = {
+            "recipient_name": shipment.recipient_name,
+            "tracking_number": shipment.tracking_number,
+            "tracking_url": self._page(shipment),
+            "content": shipment.content,
+            **context,
+        }
+        if not shipment.livemode:
+            record_email(
+                self._session,
+                template,
+                shipment.recipient_email,
+                seller_id=shipment.seller_id,
+                shipment_id=shipment.id,
+                **context,
+            )
+            return
         enqueue_email(
             self._session,
             template,
@@ -84,10 +110,6 @@ class RecipientEmails:
             shipment_id=shipment.id,
             secret_fields=secret_fields,
             not_before=not_before,
-            recipient_name=shipment.recipient_name,
-            tracking_number=shipment.tracking_number,
-            tracking_url=self._page(shipment),
-            content=shipment.content,
             **context,
         )
 

@@ -26,10 +26,12 @@ from sqlalchemy import (
     any_,
     bindparam,
     delete,
+    false,
     func,
     literal_column,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
@@ -63,22 +65,25 @@ _PUBLIC_COLUMNS = (
     Shipment.destination_zip,
     Shipment.destination_city,
     Shipment.last_sequence,
+    Shipment.livemode,
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Visibility:
-    """Whose shipments a query may return: a seller's own, or a partner's assigned ones."""
+    """Whose shipments a query may return: a seller's own, or a partner's assigned ones; live
+    ones, or (a test key's) test ones only."""
 
     seller_id: uuid.UUID | None = None
     partner_id: uuid.UUID | None = None
+    livemode: bool = True
 
     @classmethod
-    def of(cls, account: Seller | Partner) -> Visibility:
+    def of(cls, account: Seller | Partner, *, livemode: bool = True) -> Visibility:
         """Sellers see the shipments they created; partners the ones assigned to them."""
         if isinstance(account, Seller):
-            return cls(seller_id=account.id)
-        return cls(partner_id=account.id)
+            return cls(seller_id=account.id, livemode=livemode)
+        return cls(partner_id=account.id, livemode=livemode)
 
     @property
     def for_partner(self) -> bool:
@@ -97,15 +102,25 @@ _OWNER_ID: BindParameter[uuid.UUID] = bindparam("owner_id")
 _SHIPMENT_ID: BindParameter[uuid.UUID] = bindparam("shipment_id")
 
 
-def _visible_to(for_partner: bool) -> list[ColumnElement[bool]]:
+def _visible_to(for_partner: bool, livemode: bool) -> list[ColumnElement[bool]]:
     """Whose shipments these are, for a query that joins the shipment's partner: a seller's
-    own, or a partner's assigned ones while that partner is approved (product.md §4)."""
+    own of the caller's mode, or a partner's assigned ones while that partner is approved
+    (product.md §4). The mode is a literal, not a parameter: it is a column of the seller's
+    indexes, which a generic plan can then still use as a range. A real partner carries live
+    shipments only (test shipments go to the seller's simulated partner), so a partner's test
+    key sees none."""
     if not for_partner:
-        return [col(Shipment.seller_id) == _OWNER_ID]
+        return [col(Shipment.seller_id) == _OWNER_ID, col(Shipment.livemode) == _mode(livemode)]
+    if not livemode:
+        return [false()]
     return [
         col(Shipment.partner_id) == _OWNER_ID,
         col(Partner.status) == PartnerStatus.approved.value,
     ]
+
+
+def _mode(livemode: bool) -> ColumnElement[bool]:
+    return true() if livemode else false()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,25 +132,31 @@ class LoadedShipment:
     tags: list[str]
 
 
-def _shipments_of(for_partner: bool) -> Select[Any]:
+def _shipments_of(for_partner: bool, livemode: bool) -> Select[Any]:
     """Shipments the caller may see, with the partner's name, the tags and the review."""
     return (
         select(Shipment, col(Partner.name), _TAG_NAMES)
         .join(Partner, col(Partner.id) == col(Shipment.partner_id))
-        .where(*_visible_to(for_partner))
+        .where(*_visible_to(for_partner, livemode))
         .options(joinedload(Shipment.review))  # type: ignore[arg-type]
     )
 
 
 @functools.cache
-def _one(for_partner: bool, *, lock: bool) -> Select[Any]:
-    statement = _shipments_of(for_partner).where(col(Shipment.id) == _SHIPMENT_ID)
+def _one(for_partner: bool, livemode: bool, *, lock: bool) -> Select[Any]:
+    statement = _shipments_of(for_partner, livemode).where(col(Shipment.id) == _SHIPMENT_ID)
     return statement.with_for_update(of=Shipment) if lock else statement
 
 
 @functools.cache
 def _page(
-    for_partner: bool, *, by_status: bool, by_tag: bool, after: bool, with_timeline: bool
+    for_partner: bool,
+    livemode: bool,
+    *,
+    by_status: bool,
+    by_tag: bool,
+    after: bool,
+    with_timeline: bool,
 ) -> Select[Any]:
     """Newest first, keyset-paginated on (created_at, id).
 
@@ -145,17 +166,21 @@ def _page(
     (ix_shipment_tags_{seller,partner}_tag_created, which carry the shipment's created_at). A
     rare or absent tag or status then costs what a common one does, never a walk through every
     shipment of the owner."""
-    statement = _shipments_of(for_partner)
+    statement = _shipments_of(for_partner, livemode)
     key: tuple[Any, Any] = col(Shipment.created_at), col(Shipment.id)
     if by_status:
         statement = statement.where(col(Shipment.status) == bindparam("status"))
     if by_tag:
         tagged = aliased(ShipmentTag, name="tagged")
-        tagged_owner = col(tagged.partner_id) if for_partner else col(tagged.seller_id)
+        owned = (
+            [col(tagged.partner_id) == _OWNER_ID]
+            if for_partner
+            else [col(tagged.seller_id) == _OWNER_ID, col(tagged.livemode) == _mode(livemode)]
+        )
         # A scalar subquery, not a join: the tag's id is then a constant of the index range.
         tag_id = select(col(Tag.id)).where(col(Tag.name) == bindparam("tag")).scalar_subquery()
         statement = statement.join(tagged, col(tagged.shipment_id) == col(Shipment.id)).where(
-            tagged_owner == _OWNER_ID, col(tagged.tag_id) == tag_id
+            *owned, col(tagged.tag_id) == tag_id
         )
         # The link's copies of the shipment's key, so that the index gives the order.
         key = col(tagged.created_at), col(tagged.shipment_id)
@@ -212,7 +237,7 @@ class ShipmentRepository:
     async def _one(
         self, shipment_id: uuid.UUID, visibility: Visibility, *, lock: bool
     ) -> LoadedShipment | None:
-        statement = _one(visibility.for_partner, lock=lock)
+        statement = _one(visibility.for_partner, visibility.livemode, lock=lock)
         parameters = {"shipment_id": shipment_id, "owner_id": visibility.owner_id}
         found = _loaded(await self._session.execute(statement, parameters))
         return found[0] if found else None
@@ -231,6 +256,7 @@ class ShipmentRepository:
         previous page. Without the timelines, their events are not loaded at all."""
         statement = _page(
             visibility.for_partner,
+            visibility.livemode,
             by_status=status is not None,
             by_tag=tag is not None,
             after=after is not None,
@@ -274,7 +300,7 @@ class ShipmentRepository:
         # A statement of its own, after the insert: its snapshot sees tags that a concurrent
         # transaction created (and committed) while our insert waited on them. The links copy
         # the shipment's owners and creation time from its row (flushed by now).
-        columns = ["shipment_id", "tag_id", "seller_id", "partner_id", "created_at"]
+        columns = ["shipment_id", "tag_id", "seller_id", "partner_id", "created_at", "livemode"]
         await self._session.execute(
             insert(ShipmentTag).from_select(
                 columns,
@@ -284,6 +310,7 @@ class ShipmentRepository:
                     col(Shipment.seller_id),
                     col(Shipment.partner_id),
                     col(Shipment.created_at),
+                    col(Shipment.livemode),
                 )
                 .join(Tag, col(Tag.name) == any_(tag_names))
                 .where(col(Shipment.id) == shipment_id),

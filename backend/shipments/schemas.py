@@ -227,6 +227,7 @@ class TimelineEvent(BaseModel):
     location_zip: str | None
     description: str | None
     created_at: datetime
+    livemode: bool = Field(description="False for a test shipment's events.")
 
 
 _EXAMPLE_TIMELINE: list[JsonValue] = [
@@ -236,6 +237,7 @@ _EXAMPLE_TIMELINE: list[JsonValue] = [
         "location_zip": None,
         "description": "Shipment created",
         "created_at": "2026-11-22T09:30:00Z",
+        "livemode": True,
     },
     {
         "sequence": 2,
@@ -243,6 +245,7 @@ _EXAMPLE_TIMELINE: list[JsonValue] = [
         "location_zip": "02110",
         "description": "Left the Boston hub",
         "created_at": "2026-11-22T14:05:00Z",
+        "livemode": True,
     },
 ]
 
@@ -273,6 +276,7 @@ _EXAMPLE_SHIPMENT: dict[str, JsonValue] = {
     "updated_at": "2026-11-22T14:05:00Z",
     "tracking_url": "https://track.example/t/7KQ2M9XHR4TBWC",
     "recipient_redacted": False,
+    "livemode": True,
     "timeline": _EXAMPLE_TIMELINE,
 }
 
@@ -305,6 +309,10 @@ class ShipmentRead(BaseModel):
     )
     review: ReviewRead | None = Field(
         default=None, description="The recipient's rating, once given after delivery."
+    )
+    livemode: bool = Field(
+        description="False for a test shipment: created with a test key, carried by your "
+        "simulated partner, its recipient's emails recorded (`GET /test/emails`), not sent."
     )
     timeline: list[TimelineEvent] = Field(description="Oldest first.")
 
@@ -358,6 +366,7 @@ class TrackingView(BaseModel):
                     "partner": {"name": "Speedy Couriers"},
                     "timeline": _EXAMPLE_TIMELINE,
                     "timeline_total": 2,
+                    "livemode": True,
                 }
             ]
         }
@@ -375,3 +384,4 @@ class TrackingView(BaseModel):
         description="How many events the timeline holds in all; more than `timeline` shows "
         f"once it passes {PUBLIC_TIMELINE_LENGTH}."
     )
+    livemode: bool = Field(description="False for a test shipment, which no parcel follows.")

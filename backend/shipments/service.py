@@ -54,6 +54,7 @@ from backend.shipments.schemas import (
     ShipmentRead,
     ShipmentUpdate,
 )
+from backend.shipments.simulation import Scenario, steps_to
 from backend.shipments.status import (
     CANCELLABLE,
     PARTNER_TRANSITIONS,
@@ -131,9 +132,12 @@ class ShipmentService:
         limits: ShipmentLimits,
         links: LinkTokens,
         settings: Settings,
+        livemode: bool = True,
     ) -> None:
         self._account = account
-        self._visibility = Visibility.of(account)
+        # A test key's service sees and creates test shipments only (product.md §11.2).
+        self._livemode = livemode
+        self._visibility = Visibility.of(account, livemode=livemode)
         self._unit = unit
         self._shipments = ShipmentRepository(unit.session)
         self._assignment = PartnerAssignment(unit.session)
@@ -201,7 +205,8 @@ class ShipmentService:
         except DomainError:
             await self._return_email_slot(email_slot)  # refused: nothing stored, nothing sent
             raise
-        if created.replayed:
+        if created.replayed or not self._livemode:
+            # Nothing was queued: a replay sends nothing, a test shipment's email is recorded.
             await self._return_email_slot(email_slot)
         return created
 
@@ -210,6 +215,8 @@ class ShipmentService:
     ) -> CreatedShipment:
         seller = self._account
         if idempotency_key is not None:
+            # A test key's keys are its own: the same key in live mode names another request.
+            idempotency_key = idempotency_key if self._livemode else f"test:{idempotency_key}"
             fingerprint = request_fingerprint(body)
             earlier = await self._idempotency.claim(
                 seller.id, idempotency_key, fingerprint, utcnow()
@@ -218,6 +225,8 @@ class ShipmentService:
                 if earlier.fingerprint != fingerprint:
                     raise IdempotencyKeyReused()
                 return CreatedShipment(ShipmentRead.model_validate(earlier.response_body), True)
+        if not self._livemode:
+            return await self._create_test_shipment(body, idempotency_key)
         if seller.email_verified_at is None:
             await self._count_unverified_shipment()
 
@@ -238,6 +247,17 @@ class ShipmentService:
                 return CreatedShipment(created, replayed=False)
             await attempt.rollback()
         raise NoPartnerAvailable()
+
+    async def _create_test_shipment(
+        self, body: ShipmentCreate, idempotency_key: str | None
+    ) -> CreatedShipment:
+        """A test shipment, carried by the seller's simulated partner: no real partner is
+        chosen, no capacity taken, no unverified-seller allowance spent, and its recipient's
+        emails are recorded, not sent."""
+        partner = await self._assignment.simulated_partner(self._account.id)
+        created = await self._write_shipment(body, partner, idempotency_key, None)
+        announce_after_commit(self._unit, self._redis, created.id, created.timeline)
+        return CreatedShipment(created, replayed=False)
 
     async def _write_shipment(
         self,
@@ -270,6 +290,7 @@ class ShipmentService:
             last_sequence=1,
             created_at=now,
             updated_at=now,
+            livemode=self._livemode,
         )
         shipment.review = None  # new: nothing to load, and views read it
         shipment.timeline = [
@@ -301,6 +322,9 @@ class ShipmentService:
     async def cancel(self, shipment_id: uuid.UUID, *, note: str | None = None) -> ShipmentRead:
         """Cancel a `placed` shipment; `note` replaces the usual timeline line."""
         loaded = await self._locked(shipment_id)
+        return await self._apply_cancel(loaded, note)
+
+    async def _apply_cancel(self, loaded: LoadedShipment, note: str | None) -> ShipmentRead:
         shipment = loaded.shipment
         if shipment.status not in CANCELLABLE:
             raise InvalidTransition(
@@ -342,6 +366,16 @@ class ShipmentService:
                 f"The shipment is at version {shipment.version}, not {expected_version}.",
                 current_version=shipment.version,
             )
+        updated, _ = await self._apply_report(loaded, change, counted_guess=guesses_code)
+        return updated
+
+    async def _apply_report(
+        self, loaded: LoadedShipment, change: ShipmentUpdate, *, counted_guess: bool = False
+    ) -> tuple[ShipmentRead, str | None]:
+        """One report on a locked shipment: the view after it, and the delivery code it issued
+        when it sent the shipment out for delivery. `counted_guess`: the code it carries was
+        counted against the partner's budget of guesses."""
+        shipment = loaded.shipment
         target = change.status or shipment.status
         self._check_transition(shipment, change.status)
         if target is not ShipmentStatus.returned and self._codes.locked(shipment):
@@ -349,7 +383,7 @@ class ShipmentService:
         self._check_room(shipment, target)
         if target is ShipmentStatus.delivered:
             self._redeem_code(shipment, change.verification_code)
-            if guesses_code:
+            if counted_guess:
                 # A right code is not a guess the partner's budget is for.
                 forget = partial(self._limits.forget_code_guess, self._account.id)
                 self._unit.after_commit(forget)
@@ -371,7 +405,35 @@ class ShipmentService:
         updated = self._view(loaded)
         delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
         await self._publish(updated, [SHIPMENT_UPDATED, *delivered], changes)
-        return updated
+        return updated, code[0] if code is not None else None
+
+    # --- test mode -----------------------------------------------------------------------
+
+    async def advance_test_shipment(
+        self, shipment_id: uuid.UUID, to: ShipmentStatus, scenario: Scenario | None
+    ) -> ShipmentRead:
+        """Move a test shipment to `to` along `scenario`'s path, step by step, as its simulated
+        partner would report it (and its seller cancel it): the same transitions, events,
+        webhooks and recorded emails as a live shipment's. Only a test key's service sees test
+        shipments, so a live one is not found (404)."""
+        if self._livemode:
+            raise ShipmentNotFound()
+        loaded = await self._locked(shipment_id)
+        # A shipment already out for delivery: its recipient shows the code of its last email.
+        code = await self._emails.last_recorded_code(loaded.shipment)
+        view = self._view(loaded)
+        for step in steps_to(loaded.shipment.status, to, scenario):
+            if step.status is ShipmentStatus.cancelled:
+                view = await self._apply_cancel(loaded, step.note)
+                continue
+            report = ShipmentUpdate.model_construct(
+                status=step.status,
+                note=step.note,
+                verification_code=code if step.status is ShipmentStatus.delivered else None,
+            )
+            view, issued = await self._apply_report(loaded, report)
+            code = issued or code
+        return view
 
     # --- internals -----------------------------------------------------------------------
 
@@ -397,7 +459,9 @@ class ShipmentService:
             "changes": changes,
             "timeline_event": shipment.timeline[-1].model_dump(mode="json"),
         }
-        await self._events.publish(shipment.seller_id, types, data, shipment_id=shipment.id)
+        await self._events.publish(
+            shipment.seller_id, types, data, shipment_id=shipment.id, livemode=shipment.livemode
+        )
 
     async def _locked(self, shipment_id: uuid.UUID) -> LoadedShipment:
         loaded = await self._shipments.lock(shipment_id, self._visibility)
@@ -472,8 +536,8 @@ class ShipmentService:
         shipment.timeline.append(
             _event(shipment, location_zip=location_zip, description=description)
         )
-        if reaches_final_state:
-            # The partner's slot is free the moment this commits.
+        if reaches_final_state and shipment.livemode:
+            # The partner's slot is free the moment this commits (a test shipment took none).
             await self._assignment.release(shipment.partner_id)
 
     @staticmethod
@@ -494,4 +558,5 @@ def _event(shipment: Shipment, *, location_zip: str | None, description: str) ->
         location_zip=location_zip,
         description=description,
         created_at=shipment.updated_at,
+        livemode=shipment.livemode,
     )

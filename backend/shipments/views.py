@@ -93,6 +93,7 @@ class ShipmentViews:
             "tracking_url": tracking_url(self._public_base_url, shipment.tracking_number),
             "recipient_redacted": redacted,
             "review": _review(shipment.review),
+            "livemode": shipment.livemode,
         }
 
     def _past_pii_retention(self, shipment: Shipment, newest_event: ShipmentEvent | None) -> bool:
@@ -111,6 +112,7 @@ def timeline_view(events: list[ShipmentEvent]) -> list[TimelineEvent]:
             location_zip=event.location_zip,
             description=event.description,
             created_at=event.created_at,
+            livemode=event.livemode,
         )
         for event in events
     ]

@@ -24,9 +24,13 @@ WEBHOOK_TEST = "webhook.test"
 
 
 def _enabled_endpoints(only_endpoint: bool) -> Select[uuid.UUID]:
-    """The seller's enabled endpoints (or the one of them a test send is for)."""
+    """The seller's enabled endpoints of the event's mode (or the one of them a test send is
+    for): live events go to endpoints registered with live credentials, test events to those
+    registered with a test key."""
     statement = select(col(WebhookEndpoint.id)).where(
-        col(WebhookEndpoint.seller_id) == bindparam("seller_id"), col(WebhookEndpoint.enabled)
+        col(WebhookEndpoint.seller_id) == bindparam("seller_id"),
+        col(WebhookEndpoint.livemode) == bindparam("livemode"),
+        col(WebhookEndpoint.enabled),
     )
     if only_endpoint:
         statement = statement.where(col(WebhookEndpoint.id) == bindparam("endpoint_id"))
@@ -48,13 +52,14 @@ class EventPublisher:
         *,
         shipment_id: uuid.UUID | None = None,
         only_endpoint: uuid.UUID | None = None,
+        livemode: bool = True,
     ) -> list[uuid.UUID]:
         """Record events and queue one webhook delivery per enabled endpoint and event; returns
         the events' ids. The rows are written at the session's next flush; the feed orders
         them by the transaction that writes them (`Event.transaction_id`), so no lock is taken.
         """
         session = self._session
-        parameters: dict[str, Any] = {"seller_id": seller_id}
+        parameters: dict[str, Any] = {"seller_id": seller_id, "livemode": livemode}
         if only_endpoint is not None:
             parameters["endpoint_id"] = only_endpoint
         statement = _ENABLED_ENDPOINTS[only_endpoint is not None]
@@ -67,6 +72,7 @@ class EventPublisher:
                 type=event_type,
                 data=data,
                 created_at=now,
+                livemode=livemode,
             )
             for event_type in types
         ]

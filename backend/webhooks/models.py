@@ -26,12 +26,13 @@ class Event(SQLModel, table=True):
 
     __tablename__ = "events"
     __table_args__ = (
-        # The feed: a seller's events in (transaction, position) order. The only index on
-        # `position`: a global one would tempt the planner, for a seller with many events, to
-        # walk everybody's events in order and filter them.
+        # The feed: a seller's live or test events in (transaction, position) order. The only
+        # index on `position`: a global one would tempt the planner, for a seller with many
+        # events, to walk everybody's events in order and filter them.
         Index(
-            "ix_events_seller_transaction_position",
+            "ix_events_seller_mode_transaction_position",
             "seller_id",
+            "livemode",
             "transaction_id",
             "position",
             unique=True,
@@ -67,6 +68,8 @@ class Event(SQLModel, table=True):
     type: str = Field(max_length=50)
     data: dict[str, Any] = Field(sa_type=JSONB)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    # False for the events of test data, which only test keys' feeds and endpoints see.
+    livemode: bool = Field(default=True, sa_column_kwargs={"server_default": "true"})
 
 
 class WebhookEndpoint(SQLModel, table=True):
@@ -86,6 +89,9 @@ class WebhookEndpoint(SQLModel, table=True):
     # When the current run of failed deliveries began; cleared by any success.
     failing_since: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    # Registered with a test key: receives the events of test data only, and live endpoints
+    # only live events.
+    livemode: bool = Field(default=True, sa_column_kwargs={"server_default": "true"})
 
 
 class WebhookDelivery(SQLModel, table=True):

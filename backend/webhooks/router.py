@@ -235,5 +235,9 @@ def document_webhooks(app: FastAPI) -> None:
             """Sent to your endpoint."""
 
         app.webhooks.post(
-            event_type, summary=summary, description=summary + SIGNATURE_HEADERS, tags=["Webhooks"]
+            event_type,
+            summary=summary,
+            description=summary + SIGNATURE_HEADERS,
+            tags=["Webhooks"],
+            operation_id=event_type.replace(".", "_"),
         )(delivery)

@@ -19,6 +19,7 @@ _EXAMPLE_ENDPOINT: dict[str, Any] = {
     "disabled_reason": None,
     "failing_since": None,
     "created_at": "2026-11-22T09:30:00Z",
+    "livemode": True,
 }
 
 
@@ -54,6 +55,7 @@ class WebhookEndpointRead(BaseModel):
     disabled_reason: str | None = Field(description="Why deliveries stopped, when they did.")
     failing_since: datetime | None
     created_at: datetime
+    livemode: bool = Field(description="False for test data (created with a test key).")
 
 
 class WebhookEndpointCreated(WebhookEndpointRead):
@@ -84,6 +86,7 @@ _EXAMPLE_DELIVERY: dict[str, Any] = {
     "error": None,
     "duration_ms": 41,
     "created_at": "2026-11-22T09:31:02Z",
+    "livemode": True,
 }
 _EXAMPLE_EVENT_DATA: dict[str, Any] = {
     "shipment_id": "3d0c8a8e-2f7b-4f57-9d6c-0f3c1b2a4e51",
@@ -98,6 +101,7 @@ _EXAMPLE_EVENT_DATA: dict[str, Any] = {
         "location_zip": "02110",
         "description": "In transit",
         "created_at": "2026-11-22T14:05:00Z",
+        "livemode": True,
     },
 }
 _EXAMPLE_CREATED_DATA: dict[str, Any] = {
@@ -115,6 +119,7 @@ _EXAMPLE_CREATED_DATA: dict[str, Any] = {
         "location_zip": None,
         "description": "Shipment created",
         "created_at": "2026-11-22T09:30:00Z",
+        "livemode": True,
     },
 }
 _EXAMPLE_EVENT: dict[str, Any] = {
@@ -123,6 +128,7 @@ _EXAMPLE_EVENT: dict[str, Any] = {
     "shipment_id": "3d0c8a8e-2f7b-4f57-9d6c-0f3c1b2a4e51",
     "data": _EXAMPLE_EVENT_DATA,
     "created_at": "2026-11-22T14:05:00Z",
+    "livemode": True,
 }
 
 
@@ -140,6 +146,7 @@ class WebhookDeliveryRead(BaseModel):
     error: str | None
     duration_ms: int
     created_at: datetime
+    livemode: bool = Field(description="False for test data (created with a test key).")
 
 
 class WebhookDeliveryPage(BaseModel):
@@ -165,6 +172,7 @@ class EventRead(BaseModel):
         "whole shipment."
     )
     created_at: datetime
+    livemode: bool = Field(description="False for test data (created with a test key).")
 
 
 class EventPage(BaseModel):
@@ -211,6 +219,8 @@ class EventTimelineEntry(BaseModel):
     location_zip: str | None
     description: str | None
     created_at: datetime
+    # Absent from events recorded before test mode, which were all live.
+    livemode: bool = Field(default=True, description="False for a test shipment's events.")
 
 
 class ShipmentEventData(BaseModel):
@@ -244,6 +254,7 @@ class WebhookPayload(BaseModel):
                 {
                     "type": "shipment.updated",
                     "timestamp": "2026-11-22T14:05:00Z",
+                    "livemode": True,
                     "data": _EXAMPLE_EVENT_DATA,
                 }
             ]
@@ -252,4 +263,8 @@ class WebhookPayload(BaseModel):
 
     type: str
     timestamp: datetime
+    livemode: bool = Field(
+        description="False for events of test data, sent only to endpoints registered with a "
+        "test key."
+    )
     data: ShipmentEventData

@@ -6,7 +6,18 @@ import asyncio
 import uuid
 from typing import Any
 
-from sqlalchemy import BigInteger, Text, cast, func, select, text, tuple_
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Text,
+    cast,
+    false,
+    func,
+    select,
+    text,
+    true,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -80,9 +91,7 @@ class WebhookService:
             text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
             {"key": f"webhook-endpoints:{seller.account_id}"},
         )
-        count = await self._session.scalar(
-            select(func.count()).where(col(WebhookEndpoint.seller_id) == seller.account_id)
-        )
+        count = await self._session.scalar(select(func.count()).where(*_owned_by(seller)))
         if (count or 0) >= MAX_ENDPOINTS_PER_SELLER:
             raise TooManyWebhookEndpoints()
         endpoint = WebhookEndpoint(
@@ -90,6 +99,7 @@ class WebhookService:
             url=body.url,
             description=body.description,
             secret=new_secret(),
+            livemode=seller.livemode,
         )
         self._session.add(endpoint)
         await self._session.flush()
@@ -98,7 +108,7 @@ class WebhookService:
     async def list_endpoints(self, seller: Caller) -> list[WebhookEndpointRead]:
         statement = (
             select(WebhookEndpoint)
-            .where(col(WebhookEndpoint.seller_id) == seller.account_id)
+            .where(*_owned_by(seller))
             .order_by(col(WebhookEndpoint.created_at))
         )
         endpoints = (await self._session.execute(statement)).scalars()
@@ -112,7 +122,7 @@ class WebhookService:
     async def deliveries(
         self, seller: Caller, endpoint_id: uuid.UUID, *, limit: int, cursor: str | None
     ) -> WebhookDeliveryPage:
-        await self._owned(seller, endpoint_id)
+        endpoint = await self._owned(seller, endpoint_id)
         statement = select(WebhookDelivery).where(col(WebhookDelivery.endpoint_id) == endpoint_id)
         created_at, delivery_id = col(WebhookDelivery.created_at), col(WebhookDelivery.id)
         if cursor:
@@ -121,7 +131,9 @@ class WebhookService:
         rows = list((await self._session.execute(statement)).scalars())
         items, next_cursor = split_page(rows, limit)
         return WebhookDeliveryPage(
-            items=[WebhookDeliveryRead.model_validate(row) for row in items],
+            items=[
+                WebhookDeliveryRead(**row.model_dump(), livemode=endpoint.livemode) for row in items
+            ],
             next_cursor=next_cursor,
         )
 
@@ -139,7 +151,11 @@ class WebhookService:
             "endpoint_id": str(endpoint.id),
         }
         [event_id] = await self._events.publish(
-            seller.account_id, [WEBHOOK_TEST], data, only_endpoint=endpoint.id
+            seller.account_id,
+            [WEBHOOK_TEST],
+            data,
+            only_endpoint=endpoint.id,
+            livemode=endpoint.livemode,
         )
         return event_id
 
@@ -149,12 +165,14 @@ class WebhookService:
         that commits later belongs to a transaction still running now, so it will come after
         whatever this page returns: a reader that follows `after` never skips one."""
         key = col(Event.transaction_id), col(Event.position)
-        statement = select(Event).where(col(Event.seller_id) == seller.account_id)
+        # The mode as a literal, so that a test key's feed can use the index of test events.
+        mode = col(Event.livemode) == (true() if seller.livemode else false())
+        statement = select(Event).where(col(Event.seller_id) == seller.account_id, mode)
         if after is not None:
             last = (
                 await self._session.execute(
                     select(*key).where(
-                        col(Event.id) == after, col(Event.seller_id) == seller.account_id
+                        col(Event.id) == after, col(Event.seller_id) == seller.account_id, mode
                     )
                 )
             ).first()
@@ -181,10 +199,17 @@ class WebhookService:
 
     async def _owned(self, seller: Caller, endpoint_id: uuid.UUID) -> WebhookEndpoint:
         statement = select(WebhookEndpoint).where(
-            col(WebhookEndpoint.id) == endpoint_id,
-            col(WebhookEndpoint.seller_id) == seller.account_id,
+            col(WebhookEndpoint.id) == endpoint_id, *_owned_by(seller)
         )
         endpoint = (await self._session.execute(statement)).scalars().first()
         if endpoint is None:
             raise WebhookEndpointNotFound()
         return endpoint
+
+
+def _owned_by(seller: Caller) -> tuple[ColumnElement[bool], ...]:
+    """The caller's endpoints of its mode: a test key sees and registers test endpoints only."""
+    return (
+        col(WebhookEndpoint.seller_id) == seller.account_id,
+        col(WebhookEndpoint.livemode) == seller.livemode,
+    )

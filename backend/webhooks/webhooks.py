@@ -235,7 +235,12 @@ async def _read_at_most(response: httpx.Response, limit: int) -> None:
 
 
 def event_body(event: Event) -> bytes:
-    payload = {"type": event.type, "timestamp": event.created_at.isoformat(), "data": event.data}
+    payload = {
+        "type": event.type,
+        "timestamp": event.created_at.isoformat(),
+        "livemode": event.livemode,
+        "data": event.data,
+    }
     return json.dumps(payload, separators=(",", ":")).encode()
 
 

@@ -45,7 +45,7 @@ HEARTBEAT_SECONDS = 0.2
 RECIPIENT_NAME = "Grace Hopper"
 RECIPIENT_PHONE = "+1 617 555 0100"
 ADDRESS_LINE = "77 Massachusetts Ave"
-TIMELINE_FIELDS = {"sequence", "status", "location_zip", "description", "created_at"}
+TIMELINE_FIELDS = {"sequence", "status", "location_zip", "description", "created_at", "livemode"}
 
 
 # --- real servers ---------------------------------------------------------------------------

@@ -192,7 +192,9 @@ async def test_json_view_shows_where_the_parcel_is(
         "partner",
         "timeline",
         "timeline_total",
+        "livemode",
     }
+    assert view["livemode"] is True
     assert view["tracking_number"] == tracked.number
     assert view["status"] == "in_transit"
     assert datetime.fromisoformat(view["estimated_delivery"]) == datetime.fromisoformat(

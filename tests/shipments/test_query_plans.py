@@ -216,7 +216,7 @@ def assert_driven_by(
     if ordered:
         sorts = [node for node in main_nodes(plan) if node["Node Type"] == "Sort"]
         assert not sorts, describe(plan)
-    walks = {"ix_shipments_seller_created", "ix_shipments_partner_created"} - {index}
+    walks = {"ix_shipments_seller_mode_created", "ix_shipments_partner_created"} - {index}
     assert not [node for node in nodes(plan) if node.get("Index Name") in walks], describe(plan)
     return scan
 
@@ -225,7 +225,7 @@ async def test_a_deep_cursor_is_an_index_condition_for_sellers_and_partners(
     client: httpx.AsyncClient, db_engine: AsyncEngine, statements: Statements, seeded: Seeded
 ) -> None:
     owners = {
-        "ix_shipments_seller_created": seeded.parties.seller_headers,
+        "ix_shipments_seller_mode_created": seeded.parties.seller_headers,
         "ix_shipments_partner_created": seeded.parties.partner_headers,
     }
     for index, headers in owners.items():
@@ -275,7 +275,7 @@ async def test_tag_filtered_pages_read_the_owners_links_to_the_tag(
     tag: str,
 ) -> None:
     owners = {
-        "ix_shipment_tags_seller_tag_created": seeded.parties.seller_headers,
+        "ix_shipment_tags_seller_mode_tag_created": seeded.parties.seller_headers,
         "ix_shipment_tags_partner_tag_created": seeded.parties.partner_headers,
     }
     for index, headers in owners.items():
@@ -308,7 +308,7 @@ async def test_status_filtered_pages_are_one_range_of_the_owners_status_index(
     status: str,
 ) -> None:
     owners = {
-        "ix_shipments_seller_status_created": seeded.parties.seller_headers,
+        "ix_shipments_seller_mode_status_created": seeded.parties.seller_headers,
         "ix_shipments_partner_status_created": seeded.parties.partner_headers,
     }
     for index, headers in owners.items():
@@ -330,7 +330,7 @@ async def test_a_sellers_feed_reads_its_own_events_in_order(
 
     plan = await plan_of(db_engine, statement, parameters)
 
-    [scan] = index_scans(plan, "ix_events_seller_transaction_position") or [{}]
+    [scan] = index_scans(plan, "ix_events_seller_mode_transaction_position") or [{}]
     assert "seller_id = " in scan.get("Index Cond", ""), describe(plan)
     assert "Filter" not in scan, describe(scan)
     assert not [node for node in main_nodes(plan) if node["Node Type"] == "Sort"], describe(plan)

@@ -48,6 +48,7 @@ SHIPMENT_FIELDS = [
     "tracking_url",
     "recipient_redacted",
     "review",
+    "livemode",
     "timeline",
 ]
 STORED_TABLES = ("shipments", "shipment_events", "shipment_tags", "tags", "outbox_messages")

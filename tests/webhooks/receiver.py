@@ -121,10 +121,10 @@ class Receiver:
     def release(self, path: str) -> None:
         self._held[path].set()
 
-    async def wait_for_request(self, path: str) -> None:
-        """Until a request to `path` has arrived (its answer may still be pending)."""
+    async def wait_for_request(self, path: str, count: int = 1) -> None:
+        """Until `count` requests to `path` have arrived (their answers may still be pending)."""
         async with asyncio.timeout(10), self._arrivals:  # a guard against hanging
-            await self._arrivals.wait_for(lambda: bool(self.received_at(path)))
+            await self._arrivals.wait_for(lambda: len(self.received_at(path)) >= count)
 
     def _next_status(self, path: str) -> int:
         for key in (path, None):

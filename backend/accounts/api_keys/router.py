@@ -30,6 +30,7 @@ def add_api_key_routes(router: APIRouter, kind: AccountKind, account_dependency:
 
     @router.post(
         "/api-keys",
+        operation_id=f"{kind.value}_create_api_key",
         status_code=status.HTTP_201_CREATED,
         response_model=ApiKeyCreated,
         responses=problem_responses(ScopeNotForKind, TooManyApiKeys, AccessTokenRequired),
@@ -49,7 +50,10 @@ def add_api_key_routes(router: APIRouter, kind: AccountKind, account_dependency:
         return await keys.create(body)
 
     @router.get(
-        "/api-keys", response_model=ApiKeyList, responses=problem_responses(AccessTokenRequired)
+        "/api-keys",
+        operation_id=f"{kind.value}_list_api_keys",
+        response_model=ApiKeyList,
+        responses=problem_responses(AccessTokenRequired),
     )
     async def list_api_keys(keys: KeyServiceDep) -> ApiKeyList:
         """This account's keys, newest first, without their secrets."""
@@ -57,6 +61,7 @@ def add_api_key_routes(router: APIRouter, kind: AccountKind, account_dependency:
 
     @router.delete(
         "/api-keys/{key_id}",
+        operation_id=f"{kind.value}_delete_api_key",
         status_code=status.HTTP_204_NO_CONTENT,
         dependencies=[NO_REQUEST_BODY],
         responses=problem_responses(ApiKeyNotFound, AccessTokenRequired),
