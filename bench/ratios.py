@@ -43,6 +43,12 @@ def main() -> None:
         p99 = _ratio(milliseconds(api[4]), milliseconds(floor[4]))
         out.append(f"| {workload} | **{rate}** | {p50} | {p99} | {api[5]}, {floor[5]} |")
     alone = rows.get(("read one (10 events)", "api"))
+    keyed = rows.get(("read one with an API key", "api"))
+    if alone and keyed:
+        rate = _ratio(float(keyed[2]), float(alone[2]))
+        p99 = _ratio(milliseconds(keyed[4]), milliseconds(alone[4]))
+        out.append("")
+        out.append(f"API read one with a key / with a token: req/s **{rate}**, p99 {p99}")
     loaded = rows.get(("read one under logins", "api"))
     if alone and loaded:
         ratio = _ratio(milliseconds(loaded[4]), milliseconds(alone[4]))

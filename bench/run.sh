@@ -53,6 +53,9 @@ export REDIS_URL ENVIRONMENT=dev LOG_LEVEL=WARNING PARTNER_APPROVAL=auto
 # are lifted so that they never refuse, while each check still runs and is measured.
 export UNVERIFIED_SELLER_SHIPMENT_LIMIT=1000000000 SHIPMENTS_PER_SELLER_PER_MINUTE=1000000000
 export RECIPIENT_EMAILS_PER_SELLER_PER_HOUR=1000000000
+# The API key's own limit likewise (100 a second by default): checked on every keyed read, never
+# refusing.
+export API_KEY_REQUESTS_PER_SECOND=1000000000
 export JWT_SECRET_KEY="bench-only-key-$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
 ENVIRONMENT=dev "$BIN/shiptrack" migrate >/dev/null
 
@@ -127,6 +130,11 @@ for app in api floor; do
     run_wrk "$(port_of $app)" bench/read_one.lua "$WORK/read_$app.txt" "$WORK/token" "$WORK/ids"
     row "read one (10 events)" "$app" "$(pid_of $app)" "$WORK/read_$app.txt"
 done
+# The same reads with an API key instead of the access token (the floor has no keys): its row,
+# its account and its per-key rate limit in place of the JWT, its revocation check and the
+# account.
+run_wrk "$API_PORT" bench/read_one.lua "$WORK/read_key.txt" "$WORK/api_key" "$WORK/ids"
+row "read one with an API key" api "$API_SERVER" "$WORK/read_key.txt"
 for app in api floor; do
     run_wrk "$(port_of $app)" bench/list_page.lua "$WORK/list_$app.txt" "$WORK/token"
     row "list 20" "$app" "$(pid_of $app)" "$WORK/list_$app.txt"

@@ -1,7 +1,8 @@
 """Seed the benchmark data through the running API: a seller, a partner, shipments with timelines.
 
 Usage: python bench/seed.py BASE_URL OUT_DIR [SHIPMENTS]
-Writes into OUT_DIR: token and partner_token (access tokens), ids (the shipments to read, one id
+Writes into OUT_DIR: token and partner_token (access tokens), api_key (a live key of the seller,
+`shipments:read`), ids (the shipments to read, one id
 a line, ten events each), tracking_numbers (the same shipments' tracking numbers, for the public
 tracking workload), update_ids (shipments for the status-update workload), the request bodies
 create_body.json and update_body.json, and the login forms login (the seller), bystander_login
@@ -86,9 +87,12 @@ def main() -> None:
         # added last so that the shipments above all went to `partner`.
         for _ in range(EXTRA_PARTNERS):
             account(http, "partner", **partner_profile)
+        key_body = {"name": "bench", "scopes": ["shipments:read"], "mode": "live"}
+        api_key = call(http, "POST", "/seller/api-keys", seller, json=key_body)["secret"]
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "token": seller,
+        "api_key": api_key,
         "partner_token": partner,
         "ids": "\n".join(ids) + "\n",
         "tracking_numbers": "\n".join(tracking_numbers) + "\n",
