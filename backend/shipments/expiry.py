@@ -74,14 +74,16 @@ class PlacedExpiry:
             expired = await ShipmentRepository(unit.session).lock_expired_placed(
                 utcnow() - self._age, BATCH_SIZE
             )
-            for shipment_id, seller in expired:
-                await self._service(unit, seller).cancel(shipment_id, note=self._note)
+            for shipment_id, seller, livemode in expired:
+                service = self._service(unit, seller, livemode=livemode)
+                await service.cancel(shipment_id, note=self._note)
         if expired:
             logger.info("cancelled %d shipments left placed too long", len(expired))
         return len(expired)
 
-    def _service(self, unit: UnitOfWork, seller: Seller) -> ShipmentService:
-        """The seller's own view of its shipments, as its cancel request would have it."""
+    def _service(self, unit: UnitOfWork, seller: Seller, *, livemode: bool) -> ShipmentService:
+        """The seller's own view of its shipments, as its cancel request would have it (with a
+        test key, for a test shipment: test shipments expire by the same rule)."""
         return ShipmentService(
             seller,
             unit,
@@ -90,6 +92,7 @@ class PlacedExpiry:
             limits=self._limits,
             links=self._links,
             settings=self._settings,
+            livemode=livemode,
         )
 
 

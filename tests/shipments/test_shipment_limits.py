@@ -186,6 +186,28 @@ async def test_the_sweep_cancels_expired_shipments_as_a_seller_cancel_would(
     assert await expiry.sweep() == 0
 
 
+async def test_test_shipments_expire_by_the_same_rule_beside_live_ones(
+    client: httpx.AsyncClient, db_engine: AsyncEngine, expiry: PlacedExpiry
+) -> None:
+    parties = await make_parties(client)
+    body = {"name": "CI", "scopes": ["shipments:read", "shipments:write"], "mode": "test"}
+    key = await client.post("/seller/api-keys", json=body, headers=parties.seller_headers)
+    test_key = {"Authorization": f"Bearer {key.json()['secret']}"}
+    live = await create_shipment(client, parties.seller_headers)
+    test = await create_shipment(client, test_key)
+    for shipment in (live, test):
+        await age_shipment(db_engine, shipment["id"], 72.1)
+
+    assert await expiry.sweep() == 2
+
+    for shipment, headers in ((live, parties.seller_headers), (test, test_key)):
+        view = (await client.get(f"/shipments/{shipment['id']}", headers=headers)).json()
+        assert view["status"] == "cancelled"
+        assert view["timeline"][-1]["livemode"] is view["livemode"]
+    # Only the live shipment held a slot of the real partner.
+    assert await active_shipments(client, parties.partner_headers) == 0
+
+
 async def test_simultaneous_sweeps_cancel_each_shipment_once(
     client: httpx.AsyncClient, db_engine: AsyncEngine, expiry: PlacedExpiry, settings: Settings
 ) -> None:
