@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.db import utcnow
-from backend.outbox.models import OutboxMessage
+from backend.outbox.models import OutboxMessage, RecordedEmail
 from backend.shipments.models import IdempotencyRecord
 from backend.webhooks.models import Event, WebhookDelivery
 
@@ -106,6 +106,15 @@ def retained_kinds(settings: Settings) -> tuple[Kind, ...]:
             "status = 'dead' AND created_at < :cutoff",
             "created_at",
             timedelta(days=settings.dead_outbox_retention_days),
+        ),
+        Kind(
+            # Recorded instead of sent; kept as long as a sent email's outbox row.
+            "recorded test emails",
+            RecordedEmail.__tablename__,
+            ("id",),
+            "created_at < :cutoff",
+            "created_at",
+            timedelta(days=settings.sent_outbox_retention_days),
         ),
         Kind(
             "idempotency keys",

@@ -106,6 +106,20 @@ def purge_for(app: FastAPI, settings: Settings, batch_size: int = 1000) -> Reten
     return RetentionPurge(settings, app_context(app).sessionmaker, batch_size=batch_size)
 
 
+async def recorded_test_emails(
+    client: httpx.AsyncClient, parties: Parties, count: int
+) -> list[str]:
+    """The ids of the emails recorded for `count` new test shipments, oldest first."""
+    body = {"name": "CI", "scopes": ["shipments:read", "shipments:write"], "mode": "test"}
+    key = await client.post("/seller/api-keys", json=body, headers=parties.seller_headers)
+    test_key = {"Authorization": f"Bearer {key.json()['secret']}"}
+    for _ in range(count):
+        created = await client.post("/shipments", json=shipment_body(), headers=test_key)
+        assert created.status_code == 201, created.text
+    listed = await client.get("/test/emails", headers=test_key)
+    return [email["id"] for email in reversed(listed.json()["items"])]
+
+
 async def test_defaults_window_each_kind_as_documented(settings: Settings) -> None:
     windows = {kind.name: kind.age for kind in retained_kinds(settings)}
     assert windows == {
@@ -113,6 +127,7 @@ async def test_defaults_window_each_kind_as_documented(settings: Settings) -> No
         "events": 30 * DAY,
         "sent outbox messages": 7 * DAY,
         "dead outbox messages": 30 * DAY,
+        "recorded test emails": 7 * DAY,
         "idempotency keys": 24 * HOUR,
     }
 
@@ -159,6 +174,10 @@ async def test_rows_past_their_window_go_and_newer_ones_stay_for_each_kind(
     # Dead for 8 days: a sent row that old would be gone; a dead one is kept for inspection.
     dead_inside = await add_outbox_rows(db_engine, 1, status="dead", older_than_now_by=8 * DAY)
     pending = await add_outbox_rows(db_engine, 1, status="pending", older_than_now_by=90 * DAY)
+    # Test mode's recorded emails: as long as sent outbox rows.
+    recorded = await recorded_test_emails(client, parties, 2)
+    await age(db_engine, "test_emails", "created_at", recorded[0], 7 * DAY + HOUR)
+    await age(db_engine, "test_emails", "created_at", recorded[1], 6 * DAY)
     # Idempotency keys: one just past 24 hours, one just inside.
     await age(db_engine, "idempotency_keys", "created_at", "key-old", 25 * HOUR)
     await age(db_engine, "idempotency_keys", "created_at", "key-new", 23 * HOUR)
@@ -170,8 +189,10 @@ async def test_rows_past_their_window_go_and_newer_ones_stay_for_each_kind(
         "events": 1,
         "sent outbox messages": 1,
         "dead outbox messages": 1,
+        "recorded test emails": 1,
         "idempotency keys": 1,
     }
+    assert await ids(db_engine, "SELECT id FROM test_emails") == {recorded[1]}
     # The feed starts at the kept event; the old one's id is no longer a place to resume from.
     feed = (await client.get("/events", headers=parties.seller_headers)).json()["items"]
     assert [item["id"] for item in feed] == [new_event]

@@ -104,6 +104,8 @@ class RecordedEmail(SQLModel, table=True):
         # A seller's recorded emails, newest first (keyset on created_at, id).
         Index("ix_test_emails_seller_created", "seller_id", "created_at", "id"),
         Index("ix_test_emails_shipment_id", "shipment_id"),
+        # The retention purge's oldest (backend/retention.py).
+        Index("ix_test_emails_created_at", "created_at"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)

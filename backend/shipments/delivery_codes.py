@@ -41,6 +41,16 @@ class DeliveryCodes:
         """Whether the shipment had so many wrong codes that it can no longer be delivered."""
         return shipment.delivery_code_failures >= self._max_failures
 
+    @staticmethod
+    def usable(shipment: Shipment) -> bool:
+        """Whether the shipment holds a code that has not expired or been burned."""
+        expires_at = shipment.delivery_code_expires_at
+        return (
+            shipment.delivery_code_hash is not None
+            and expires_at is not None
+            and (expires_at > utcnow())
+        )
+
     def issue(self, shipment: Shipment) -> tuple[str, datetime]:
         """A fresh code for the shipment (replacing any earlier one) and when it expires."""
         if self.locked(shipment):

@@ -230,12 +230,17 @@ class IdempotencyRecord(SQLModel, table=True):
     seller_id: uuid.UUID = Field(
         sa_column=Column(ForeignKey("sellers.id", ondelete="CASCADE"), primary_key=True)
     )
-    # The client's key; a test key's are stored as "test:<key>", so that the same key sent in
-    # test and in live mode names two requests (backend/shipments/idempotency.py).
+    # The client's key. A test key's are stored as "test <key>": a client's key has no space
+    # (the header's pattern), so the same key sent in test and in live mode names two requests,
+    # and no live key can ever name a test one.
     key: str = Field(max_length=300, primary_key=True)
     # SHA-256 of the canonical request body: a retry must send the same body.
     request_fingerprint: str = Field(max_length=64)
-    shipment_id: uuid.UUID | None = Field(default=None, foreign_key="shipments.id", index=True)
+    # Deleted with its shipment: clearing test data may delete shipments whose keys a create
+    # committed a moment before.
+    shipment_id: uuid.UUID | None = Field(
+        default=None, foreign_key="shipments.id", ondelete="CASCADE", index=True
+    )
     response_status: int | None = None
     response_body: dict[str, Any] | None = Field(default=None, sa_type=JSONB)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

@@ -54,7 +54,7 @@ from backend.shipments.schemas import (
     ShipmentRead,
     ShipmentUpdate,
 )
-from backend.shipments.simulation import Scenario, steps_to
+from backend.shipments.simulation import Scenario, Step, steps_to
 from backend.shipments.status import (
     CANCELLABLE,
     PARTNER_TRANSITIONS,
@@ -78,6 +78,8 @@ TRACKING_NUMBER_LENGTH = 14
 # times in all: each lost race means another create got a slot, so a partner with room is
 # rarely lost more than once or twice.
 ASSIGNMENT_ATTEMPTS = 10
+# Before a test key's idempotency keys: a client's own contain no space (IdempotencyRecord.key).
+TEST_KEY_PREFIX = "test "
 
 EVENT_DESCRIPTIONS = {
     ShipmentStatus.placed: "Shipment created",
@@ -216,7 +218,9 @@ class ShipmentService:
         seller = self._account
         if idempotency_key is not None:
             # A test key's keys are its own: the same key in live mode names another request.
-            idempotency_key = idempotency_key if self._livemode else f"test:{idempotency_key}"
+            idempotency_key = (
+                idempotency_key if self._livemode else f"{TEST_KEY_PREFIX}{idempotency_key}"
+            )
             fingerprint = request_fingerprint(body)
             earlier = await self._idempotency.claim(
                 seller.id, idempotency_key, fingerprint, utcnow()
@@ -419,17 +423,29 @@ class ShipmentService:
         if self._livemode:
             raise ShipmentNotFound()
         loaded = await self._locked(shipment_id)
-        # A shipment already out for delivery: its recipient shows the code of its last email.
-        code = await self._emails.last_recorded_code(loaded.shipment)
+        # All the steps or none: a refusal on the way (a 4xx that keeps its changes) must not
+        # leave the earlier steps committed.
+        async with self._unit.session.begin_nested():
+            return await self._walk(loaded, steps_to(loaded.shipment.status, to, scenario))
+
+    async def _walk(self, loaded: LoadedShipment, steps: list[Step]) -> ShipmentRead:
+        shipment = loaded.shipment
+        # Already out for delivery: the recipient shows the code of its last email.
+        code = await self._emails.last_recorded_code(shipment)
         view = self._view(loaded)
-        for step in steps_to(loaded.shipment.status, to, scenario):
+        for step in steps:
             if step.status is ShipmentStatus.cancelled:
                 view = await self._apply_cancel(loaded, step.note)
                 continue
+            delivering = step.status is ShipmentStatus.delivered
+            if delivering and (code is None or not self._codes.usable(shipment)):
+                # The code expired while the test shipment waited at the door (a day by
+                # default): the simulated partner asks for a fresh one, as a courier would.
+                code, _ = self._codes.issue(shipment)
             report = ShipmentUpdate.model_construct(
                 status=step.status,
                 note=step.note,
-                verification_code=code if step.status is ShipmentStatus.delivered else None,
+                verification_code=code if delivering else None,
             )
             view, issued = await self._apply_report(loaded, report)
             code = issued or code

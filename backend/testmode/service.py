@@ -12,7 +12,7 @@ from sqlmodel import col
 from backend.outbox.email import EmailRenderer
 from backend.outbox.models import RecordedEmail
 from backend.pagination import after_last, decode_cursor, newest_first, split_page
-from backend.shipments.models import IdempotencyRecord, Shipment
+from backend.shipments.models import Shipment
 from backend.testmode.schemas import ClearedTestData, RecordedEmailPage, RecordedEmailRead
 from backend.webhooks.models import Event, WebhookEndpoint
 
@@ -61,16 +61,11 @@ class SellerTestData:
         )
 
     async def clear(self) -> ClearedTestData:
-        """Delete the seller's test shipments (with their events, tags, reviews and recorded
-        emails), test feed events (with their deliveries), test webhook endpoints and test
-        idempotency keys. Live data is not touched: every statement names test rows only."""
+        """Delete the seller's test shipments (with their events, tag links, reviews, recorded
+        emails and idempotency keys, which go with them), test feed events (with their
+        deliveries) and test webhook endpoints. Live data is not touched: every statement names
+        test rows only. Test data written while this runs may outlive it: clear again."""
         seller = self._seller_id
-        # Keys first: they refer to the shipments they created, without a cascade.
-        await self._delete(
-            IdempotencyRecord,
-            col(IdempotencyRecord.seller_id) == seller,
-            col(IdempotencyRecord.key).startswith("test:", autoescape=True),
-        )
         emails = await self._delete(RecordedEmail, col(RecordedEmail.seller_id) == seller)
         events = await self._delete(
             Event, col(Event.seller_id) == seller, col(Event.livemode) == false()

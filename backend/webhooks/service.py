@@ -59,7 +59,10 @@ class WebhookEndpointNotFound(NotFound):
 class TooManyWebhookEndpoints(Conflict):
     code = "too_many_webhook_endpoints"
     title = "Too many webhook endpoints"
-    default_detail = f"A seller may register at most {MAX_ENDPOINTS_PER_SELLER} endpoints."
+    default_detail = (
+        f"A seller may register at most {MAX_ENDPOINTS_PER_SELLER} live endpoints, and as many "
+        "test endpoints with test keys."
+    )
 
 
 class WebhookEndpointDisabled(Conflict):

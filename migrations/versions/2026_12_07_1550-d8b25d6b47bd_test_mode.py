@@ -50,9 +50,13 @@ def upgrade() -> None:
     )
     op.create_index('ix_test_emails_seller_created', 'test_emails', ['seller_id', 'created_at', 'id'], unique=False)
     op.create_index('ix_test_emails_shipment_id', 'test_emails', ['shipment_id'], unique=False)
+    op.create_index('ix_test_emails_created_at', 'test_emails', ['created_at'], unique=False)
     for table in LIVEMODE_TABLES:
         op.add_column(table, sa.Column('livemode', sa.Boolean(), server_default='true', nullable=False))
-    # A test key's idempotency keys are stored as "test:<key>".
+    # A test key's idempotency keys are stored as "test <key>"; a key goes with its shipment
+    # (test data is cleared). The table holds a day of keys: both changes are quick.
+    op.drop_constraint(op.f('fk_idempotency_keys_shipment_id_shipments'), 'idempotency_keys', type_='foreignkey')
+    op.create_foreign_key(op.f('fk_idempotency_keys_shipment_id_shipments'), 'idempotency_keys', 'shipments', ['shipment_id'], ['id'], ondelete='CASCADE')
     op.alter_column('idempotency_keys', 'key',
                existing_type=sa.VARCHAR(length=255),
                type_=sqlmodel.sql.sqltypes.AutoString(length=300),
@@ -70,7 +74,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # Test data goes with the columns that tell it apart from live data.
-    op.execute("DELETE FROM idempotency_keys WHERE key LIKE 'test:%'")
+    op.execute("DELETE FROM idempotency_keys WHERE key LIKE 'test %'")
     op.execute("DELETE FROM events WHERE NOT livemode")
     op.execute("DELETE FROM webhook_endpoints WHERE NOT livemode")
     op.execute("DELETE FROM shipments WHERE NOT livemode")
@@ -89,8 +93,11 @@ def downgrade() -> None:
                existing_type=sqlmodel.sql.sqltypes.AutoString(length=300),
                type_=sa.VARCHAR(length=255),
                existing_nullable=False)
+    op.drop_constraint(op.f('fk_idempotency_keys_shipment_id_shipments'), 'idempotency_keys', type_='foreignkey')
+    op.create_foreign_key(op.f('fk_idempotency_keys_shipment_id_shipments'), 'idempotency_keys', 'shipments', ['shipment_id'], ['id'])
     for table in LIVEMODE_TABLES:
         op.drop_column(table, 'livemode')
+    op.drop_index('ix_test_emails_created_at', table_name='test_emails')
     op.drop_index('ix_test_emails_shipment_id', table_name='test_emails')
     op.drop_index('ix_test_emails_seller_created', table_name='test_emails')
     op.drop_table('test_emails')

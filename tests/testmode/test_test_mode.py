@@ -247,6 +247,22 @@ async def test_advancing_in_steps_and_what_the_machine_refuses(
     assert after["version"] == done.json()["version"]
 
 
+async def test_a_test_shipment_whose_code_expired_at_the_door_is_still_delivered(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    _, headers = await account_with_token(client, "seller")
+    test_key = await new_key(client, headers, "test")
+    shipment = await create_shipment(client, test_key)
+    await advance(client, test_key, shipment["id"], to="out_for_delivery")
+    async with db_engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE shipments SET delivery_code_expires_at = now() - interval '1 minute'")
+        )
+    delivered = await advance(client, test_key, shipment["id"], to="delivered")
+    assert delivered.status_code == 200, delivered.text
+    assert delivered.json()["status"] == "delivered"
+
+
 async def test_test_mode_routes_take_only_a_sellers_test_key(client: httpx.AsyncClient) -> None:
     parties = await make_parties(client)
     live_key = await new_key(client, parties.seller_headers, "live")
@@ -405,3 +421,57 @@ async def test_concurrent_test_creates_share_one_simulated_partner(
     assert simulated == 1
     # The real partner serving the zip got none of them.
     assert await active_shipments(client, parties.partner_headers) == 0
+
+
+async def test_no_idempotency_key_names_a_request_of_the_other_mode(
+    client: httpx.AsyncClient,
+) -> None:
+    """A live key shaped like a stored test key (or the reverse) is just another key."""
+    parties = await make_parties(client)
+    test_key = await new_key(client, parties.seller_headers, "test")
+    body = shipment_body()
+
+    async def create(headers: dict[str, str], key: str) -> httpx.Response:
+        response = await client.post(
+            "/shipments", json=body, headers={**headers, "Idempotency-Key": key}
+        )
+        assert response.status_code == 201, response.text
+        return response
+
+    live = await create(parties.seller_headers, "test:k1")
+    test = await create(test_key, "k1")
+    assert "idempotent-replayed" not in test.headers
+    assert test.json()["id"] != live.json()["id"]
+    assert test.json()["livemode"] is False
+    # Clearing test data keeps the live key: the live retry still replays.
+    assert (await client.delete("/test/data", headers=test_key)).status_code == 200
+    retry = await create(parties.seller_headers, "test:k1")
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json()["id"] == live.json()["id"]
+    assert await listed_ids(client, parties.seller_headers) == [live.json()["id"]]
+
+
+async def test_a_test_create_that_commits_while_the_data_is_cleared_is_no_500(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    _, headers = await account_with_token(client, "seller")
+    test_key = await new_key(client, headers, "test")
+    await create_shipment(client, test_key)
+    async with db_engine.connect() as blocker:
+        # Holds the clear between its first statements and its delete of the shipments.
+        held = await blocker.begin()
+        await blocker.execute(text("SELECT id FROM events WHERE NOT livemode FOR UPDATE"))
+        clear = asyncio.create_task(client.delete("/test/data", headers=test_key))
+        await asyncio.sleep(0.3)
+        during = await client.post(
+            "/shipments",
+            json=shipment_body(),
+            headers={**test_key, "Idempotency-Key": "during-clear"},
+        )
+        assert during.status_code == 201, during.text
+        await held.rollback()
+        cleared = await clear
+    assert cleared.status_code == 200, cleared.text
+    # The shipment created meanwhile went with the rest, its idempotency key with it.
+    assert await listed_ids(client, test_key) == []
+    assert await count_rows(db_engine, "idempotency_keys") == 0

@@ -24,7 +24,7 @@ _CHECK_LENGTH = 6  # 62**6 > 2**32: every CRC32 fits
 # of the random body, shown in lists so that people can tell their keys apart.
 _PREFIX_BODY_LENGTH = 8
 _SECRET = re.compile(
-    rf"^(st_(live|test)_)([0-9A-Za-z]{{{_BODY_LENGTH}}})([0-9A-Za-z]{{{_CHECK_LENGTH}}})$"
+    rf"(st_(live|test)_)([0-9A-Za-z]{{{_BODY_LENGTH}}})([0-9A-Za-z]{{{_CHECK_LENGTH}}})"
 )
 SECRET_START = "st_"  # noqa: S105 - the public start of every key, not a secret
 
@@ -76,7 +76,7 @@ def looks_like_key(credential: str) -> bool:
 def parse_secret(credential: str) -> PresentedSecret | None:
     """The lookup prefix and digest of a well-formed secret; None for anything else, which no
     stored key can match."""
-    match = _SECRET.match(credential)
+    match = _SECRET.fullmatch(credential)
     if match is None:
         return None
     start, mode, body, check = match.groups()
