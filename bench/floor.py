@@ -88,9 +88,10 @@ _VIEW_COLUMNS = """
     s.id, s.tracking_number, s.status, s.content, s.weight_kg, s.destination_zip,
     s.destination_address_line, s.destination_city, s.recipient_name, s.recipient_email,
     s.recipient_phone, s.reference, s.seller_id, s.partner_id, p.name AS partner_name,
-    s.estimated_delivery, s.version, s.created_at, s.updated_at,
+    s.estimated_delivery, s.version, s.created_at, s.updated_at, s.livemode,
     r.rating AS review_rating, r.comment AS review_comment, r.created_at AS review_created_at,
-    (SELECT array_agg((e.sequence, e.status, e.location_zip, e.description, e.created_at)
+    (SELECT array_agg((e.sequence, e.status, e.location_zip, e.description, e.created_at,
+                       e.livemode)
                       ORDER BY e.sequence)
        FROM shipment_events e WHERE e.shipment_id = s.id) AS timeline,
     ARRAY(SELECT t.name FROM shipment_tags st JOIN tags t ON t.id = st.tag_id
@@ -105,7 +106,8 @@ READ_ONE = f"""
 SELECT a.token_version AS caller_version, v.*
 FROM sellers a
 LEFT JOIN LATERAL (
-    SELECT {_VIEW_COLUMNS} FROM shipments s {_VIEW_JOINS} WHERE s.id = $2 AND s.seller_id = a.id
+    SELECT {_VIEW_COLUMNS} FROM shipments s {_VIEW_JOINS}
+    WHERE s.id = $2 AND s.seller_id = a.id AND s.livemode
 ) v ON true
 WHERE a.id = $1
 """  # noqa: S608 - fragments of this module, no input
@@ -113,7 +115,7 @@ READ_PAGE = f"""
 SELECT a.token_version AS caller_version, v.*
 FROM sellers a
 LEFT JOIN LATERAL (
-    SELECT {_VIEW_COLUMNS} FROM shipments s {_VIEW_JOINS} WHERE s.seller_id = a.id
+    SELECT {_VIEW_COLUMNS} FROM shipments s {_VIEW_JOINS} WHERE s.seller_id = a.id AND s.livemode
     ORDER BY s.created_at DESC, s.id DESC LIMIT $2
 ) v ON true
 WHERE a.id = $1
@@ -121,8 +123,9 @@ ORDER BY v.created_at DESC, v.id DESC
 """  # noqa: S608 - fragments of this module, no input
 TRACK = f"""
 SELECT s.tracking_number, s.status, s.estimated_delivery, s.destination_zip,
-       s.destination_city, p.name AS partner_name, s.last_sequence,
-       (SELECT array_agg((e.sequence, e.status, e.location_zip, e.description, e.created_at)
+       s.destination_city, p.name AS partner_name, s.last_sequence, s.livemode,
+       (SELECT array_agg((e.sequence, e.status, e.location_zip, e.description, e.created_at,
+                       e.livemode)
                          ORDER BY e.sequence)
           FROM shipment_events e
           WHERE e.shipment_id = s.id
@@ -351,7 +354,12 @@ def _iso(value: datetime) -> str:
 
 
 def _event(
-    sequence: int, status: str, location_zip: str | None, description: str | None, at: datetime
+    sequence: int,
+    status: str,
+    location_zip: str | None,
+    description: str | None,
+    at: datetime,
+    livemode: bool,
 ) -> dict[str, Any]:
     return {
         "sequence": sequence,
@@ -359,6 +367,7 @@ def _event(
         "location_zip": location_zip,
         "description": description,
         "created_at": _iso(at),
+        "livemode": livemode,
     }
 
 
@@ -399,6 +408,7 @@ def _shipment(row: Any, base_url: str) -> dict[str, Any]:
             "comment": row["review_comment"],
             "created_at": _iso(row["review_created_at"]),
         },
+        "livemode": row["livemode"],
         "timeline": [_event(*event) for event in row["timeline"] or ()],
     }
 
@@ -484,6 +494,7 @@ async def track(request: Request) -> Response:
             "partner": {"name": row["partner_name"]},
             "timeline": [_event(*event) for event in row["timeline"] or ()],
             "timeline_total": row["last_sequence"],
+            "livemode": row["livemode"],
         }
     )
 
@@ -561,7 +572,8 @@ async def _create(
         "created_at": now,
         "updated_at": now,
         "review_rating": None,
-        "timeline": [(1, "placed", None, DESCRIPTIONS["placed"], now)],
+        "livemode": True,
+        "timeline": [(1, "placed", None, DESCRIPTIONS["placed"], now, True)],
     }
     await conn.execute(
         INSERT_SHIPMENT,
@@ -669,7 +681,9 @@ async def update_shipment(request: Request) -> Response:
             row = await conn.fetchrow(REPORT, shipment_id, target, now, zip_code, description)
             shipment = _shipment(row, state.base_url)
             sequence = locked["last_sequence"] + 1
-            shipment["timeline"].append(_event(sequence, target, zip_code, description, now))
+            shipment["timeline"].append(
+                _event(sequence, target, zip_code, description, now, livemode=True)
+            )
             await _record_feed(conn, EVENT_FEED, shipment, "shipment.updated")
         await _announce(request, shipment)
     except (ValueError, KeyError, TypeError):
