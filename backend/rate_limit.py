@@ -8,6 +8,15 @@ from redis.asyncio import Redis
 
 from backend.errors import RateLimited
 
+# One attempt, in one command: creates the window with its expiry on the first hit (SET NX
+# works on Redis 6 too), counts, and says how long the window has left. A script rather than a
+# MULTI pipeline: the same atomic steps, a third of the client's work (it runs on every request
+# with an API key, and three times per login).
+_COUNT_ATTEMPT = """
+redis.call('set', KEYS[1], 0, 'EX', ARGV[1], 'NX')
+local count = redis.call('incr', KEYS[1])
+return {count, redis.call('ttl', KEYS[1])}
+"""
 _DECREMENT_IF_PRESENT = """
 if redis.call('exists', KEYS[1]) == 1 then return redis.call('decr', KEYS[1]) end
 return 0
@@ -28,13 +37,8 @@ class FixedWindowLimiter:
 
     async def hit(self, subject: str) -> None:
         """Count one attempt; raise `RateLimited` once the window's budget is spent."""
-        key = self._key(subject)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            # Creates the window with its expiry on the first hit (SET NX works on Redis 6 too).
-            pipe.set(key, 0, ex=self._window, nx=True)
-            pipe.incr(key)
-            pipe.ttl(key)
-            _, count, ttl = await pipe.execute()
+        count_attempt = self._redis.register_script(_COUNT_ATTEMPT)
+        count, ttl = await count_attempt(keys=[self._key(subject)], args=[self._window])
         if count > self._limit:
             raise RateLimited(ttl if ttl > 0 else self._window)
 

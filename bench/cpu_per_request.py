@@ -7,7 +7,8 @@ load generator) and prints the user and system CPU per request (client included)
 `getrusage`. Drops the database at the end. Sequential on purpose: the figure is CPU, not
 throughput, and moves much less with the host's load than wrk's req/s.
 
-Usage, from a checkout's root: .venv/bin/python bench/cpu_per_request.py [read list track create]
+Usage, from a checkout's root: .venv/bin/python bench/cpu_per_request.py [read read_key list track
+create] (`read_key` is `read` with an API key instead of the access token)
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ async def run(database_url: str, workloads: list[str]) -> None:
         bcrypt_rounds=4,
         log_level="WARNING",
         unverified_seller_shipment_limit=10**9,
+        api_key_requests_per_second=10**9,
         shipments_per_seller_per_minute=10**9,
         recipient_emails_per_seller_per_hour=10**9,
     )
@@ -96,8 +98,12 @@ async def run(database_url: str, workloads: list[str]) -> None:
                     f"/shipments/{shipment['id']}", json=step, headers=partner
                 )
                 assert patched.status_code == 200, patched.text
+        key_body = {"name": "bench", "scopes": ["shipments:read"], "mode": "live"}
+        created = await client.post("/seller/api-keys", json=key_body, headers=seller)
+        api_key = {"Authorization": f"Bearer {created.json()['secret']}"}
         sends = {
             "read": lambda: client.get(f"/shipments/{ids[0]}", headers=seller),
+            "read_key": lambda: client.get(f"/shipments/{ids[0]}", headers=api_key),
             "list": lambda: client.get("/shipments?limit=20", headers=seller),
             "track": lambda: client.get(f"/track/{shipment['tracking_number']}"),
             "create": lambda: client.post("/shipments", json=BODY, headers=seller),

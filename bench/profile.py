@@ -16,7 +16,8 @@ REDIS_TIMEOUT_SECONDS=600. py-spy, cProfile or pyinstrument wrap it just as well
 It needs the data of a benchmark run: `KEEP=1 bash bench/run.sh` keeps the scratch database, Redis
 and the seeded files, and prints the `env` file to source (within the tokens' 30 minutes).
 
-Usage: python bench/profile.py api|floor read|list|track|create|update|login [REQUESTS]
+Usage: python bench/profile.py api|floor read|read_key|list|track|create|update|login [REQUESTS]
+(`read_key`: `read` with the seller's API key instead of its access token; the API only)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ Request = tuple[str, str, bytes, str | None, str]
 def request_maker(workload: str, work: Path) -> Callable[[int], Request]:
     """The i-th request of a workload, as the wrk scripts send them."""
     seller = (work / "token").read_text().strip()
+    api_key = (work / "api_key").read_text().strip()
     partner = (work / "partner_token").read_text().strip()
     read_ids = (work / "ids").read_text().split()
     numbers = (work / "tracking_numbers").read_text().split()
@@ -54,6 +56,13 @@ def request_maker(workload: str, work: Path) -> Callable[[int], Request]:
     login_form = (work / "login").read_bytes()
     workloads: dict[str, Callable[[int], Request]] = {
         "read": lambda i: ("GET", f"/shipments/{read_ids[i % len(read_ids)]}", b"", seller, JSON),
+        "read_key": lambda i: (
+            "GET",
+            f"/shipments/{read_ids[i % len(read_ids)]}",
+            b"",
+            api_key,
+            JSON,
+        ),
         "list": lambda i: ("GET", "/shipments?limit=20", b"", seller, JSON),
         "track": lambda i: ("GET", f"/track/{numbers[i % len(numbers)]}", b"", None, JSON),
         "create": lambda i: ("POST", "/shipments", create_body, seller, JSON),

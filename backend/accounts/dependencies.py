@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from backend.accounts.api_keys.models import Scope
-from backend.accounts.api_keys.secret import looks_like_key
+from backend.accounts.api_keys.secret import looks_like_key, parse_secret
 from backend.accounts.api_keys.service import verified_key
 from backend.accounts.caller import Caller, KeyGrant
 from backend.accounts.emails import AccountEmails, DailyEmailCaps
@@ -134,12 +134,17 @@ async def _caller_by_token(request: Request) -> Caller:
 
 async def _caller_by_key(request: Request, credential: str) -> Caller:
     context = context_of(request)
-    found = await verified_key(unit_of_work_of(request).session, credential)
-    key = found.key
-    # Per key, whichever replica and address it calls from; fails closed (503) without Redis.
+    presented = parse_secret(credential)
+    if presented is None:
+        raise InvalidToken("This is not a valid API key.")
+    # Per key, whichever replica and address it calls from, and before the query: like the
+    # token's revocation check, Redis is asked while the request holds no pooled connection.
+    # Fails closed (503) without Redis.
     await FixedWindowLimiter(
         context.redis, "api-key", context.settings.api_key_requests_per_second, 1
-    ).hit(str(key.id))
+    ).hit(presented.digest.hex())
+    found = await verified_key(unit_of_work_of(request).session, presented)
+    key = found.key
     context.part(AccountTools).key_usage.note(key.id, key.last_used_at)
     grant = KeyGrant(
         key_id=key.id,
@@ -147,7 +152,7 @@ async def _caller_by_key(request: Request, credential: str) -> Caller:
         livemode=key.livemode,
         last_used_at=key.last_used_at,
     )
-    return Caller(AccountKind(key.account_kind), found.account, key=grant)
+    return Caller(key.account_kind, found.account, key=grant)
 
 
 @requires_auth(SELLER_AUTH, PARTNER_AUTH)

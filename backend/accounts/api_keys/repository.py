@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, or_, text, update
+from sqlalchemy import bindparam, delete, func, or_, text, update
+from sqlalchemy import select as sql_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -18,9 +19,38 @@ from backend.accounts.models import AccountKind, Partner, Seller
 
 
 @dataclass(frozen=True, slots=True)
+class StoredKey:
+    """What authenticating with a key needs of its row (read as plain columns: no entity)."""
+
+    id: uuid.UUID
+    account_kind: AccountKind
+    scopes: list[str]
+    livemode: bool
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class KeyWithAccount:
-    key: ApiKey
+    key: StoredKey
     account: Seller | Partner
+
+
+_KEY_COLUMNS = (
+    col(ApiKey.id),
+    col(ApiKey.account_kind),
+    col(ApiKey.scopes),
+    col(ApiKey.livemode),
+    col(ApiKey.expires_at),
+    col(ApiKey.last_used_at),
+)
+# The account comes as an entity, into the request's session, as a token's account does.
+_KEY_WITH_ACCOUNT = (
+    sql_select(col(ApiKey.digest), *_KEY_COLUMNS, Seller, Partner)
+    .outerjoin(Seller, col(Seller.id) == col(ApiKey.seller_id))
+    .outerjoin(Partner, col(Partner.id) == col(ApiKey.partner_id))
+    .where(col(ApiKey.prefix) == bindparam("prefix"))
+)
 
 
 async def key_with_account(
@@ -28,18 +58,14 @@ async def key_with_account(
 ) -> KeyWithAccount | None:
     """The key whose digest matches, with its account, in one query: what a token's account
     lookup costs. Found by prefix, then told apart by digest, compared in constant time."""
-    statement = (
-        select(ApiKey, Seller, Partner)
-        .outerjoin(Seller, col(Seller.id) == col(ApiKey.seller_id))
-        .outerjoin(Partner, col(Partner.id) == col(ApiKey.partner_id))
-        .where(col(ApiKey.prefix) == presented.prefix)
-    )
     found: KeyWithAccount | None = None
-    for key, seller, partner in await session.execute(statement):
+    rows = await session.execute(_KEY_WITH_ACCOUNT, {"prefix": presented.prefix})
+    for digest, key_id, kind, scopes, livemode, expires_at, last_used_at, seller, partner in rows:
         # Every candidate is compared, so the time taken does not say which one matched.
-        if hmac.compare_digest(key.digest, presented.digest):
+        if hmac.compare_digest(digest, presented.digest):
             account = seller if seller is not None else partner
             assert account is not None  # the `one_owner` constraint and its foreign keys
+            key = StoredKey(key_id, AccountKind(kind), scopes, livemode, expires_at, last_used_at)
             found = KeyWithAccount(key, account)
     return found
 

@@ -15,7 +15,7 @@ from backend.accounts.api_keys.models import (
 )
 from backend.accounts.api_keys.repository import ApiKeyRepository, KeyWithAccount, key_with_account
 from backend.accounts.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
-from backend.accounts.api_keys.secret import new_secret, parse_secret
+from backend.accounts.api_keys.secret import PresentedSecret, new_secret
 from backend.accounts.errors import ApiKeyNotFound, InvalidToken, TooManyApiKeys
 from backend.accounts.models import AccountKind
 from backend.db import utcnow
@@ -86,12 +86,9 @@ class ApiKeyService:
             raise ApiKeyNotFound()
 
 
-async def verified_key(session: AsyncSession, credential: str) -> KeyWithAccount:
-    """The key a bearer credential proves, with its account; 401 `invalid_token` for a
-    malformed, unknown or expired one (a deleted key is unknown)."""
-    presented = parse_secret(credential)
-    if presented is None:
-        raise InvalidToken("This is not a valid API key.")
+async def verified_key(session: AsyncSession, presented: PresentedSecret) -> KeyWithAccount:
+    """The key a well-formed secret proves, with its account; 401 `invalid_token` for an
+    unknown or expired one (a deleted key is unknown)."""
     found = await key_with_account(session, presented)
     if found is None:
         raise InvalidToken("This API key is unknown or was deleted.")
