@@ -1,4 +1,5 @@
-"""The API reference pages: Scalar at /scalar and Swagger UI at /docs, with their assets.
+"""The API reference pages: Scalar at /scalar and Swagger UI at /docs, with their assets; the
+service's root (/) leads to Scalar.
 
 Both pages are the same for every request, so each is rendered once, with a
 Content-Security-Policy that allows its own inline script by hash and nothing else inline. Their
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Response
 from fastapi.openapi.docs import get_swagger_ui_html, swagger_ui_default_parameters
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from scalar_fastapi import AgentScalarConfig, get_scalar_api_reference
 
 from backend.config import Settings
@@ -76,6 +77,12 @@ def _with_integrity(html: str, file: NpmFile) -> str:
 def add_reference_pages(app: FastAPI, settings: Settings) -> None:
     _add_scalar(app, settings.scalar_js_path)
     _add_swagger_ui(app, settings.swagger_ui_dir)
+
+    # Whoever opens the bare address (a newcomer, an integrator) finds the reference. Temporary
+    # (307), so browsers do not remember it should the root ever serve something else.
+    @app.get("/", include_in_schema=False)
+    async def go_to_reference() -> RedirectResponse:
+        return RedirectResponse("/scalar", status_code=307)
 
 
 def _add_scalar(app: FastAPI, bundle: Path) -> None:

@@ -568,3 +568,15 @@ async def test_swagger_ui_uses_the_assets_this_machine_has(
             assert digest("sha384", installed.read_bytes()) == file.sri
         else:
             assert f'"{file.cdn_url}" integrity="{file.sri}"' in page
+
+
+async def test_the_root_leads_to_the_reference(
+    client: httpx.AsyncClient, spec: dict[str, Any]
+) -> None:
+    response = await client.get("/", follow_redirects=False)
+
+    assert response.status_code == 307
+    assert response.headers["location"] == "/scalar"
+    _assert_scalar_page(await client.get(response.headers["location"]))
+    # A page for people, not an operation for integrators.
+    assert "/" not in spec["paths"]
