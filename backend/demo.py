@@ -42,6 +42,8 @@ class DemoShipment:
     id: str
     tracking_number: str
     tracking_url: str
+    # The name of the partner that carries it, as its seller and recipient see it.
+    partner: str
 
 
 @dataclass
@@ -150,11 +152,8 @@ async def seed(app: FastAPI) -> DemoData:
             data.shipments.append(await _ship(demo, data, content, steps))
         cancelled = await _ship(demo, data, "Gift card", [])
         await demo.call("POST", f"/shipments/{cancelled.id}/cancel", seller.token)
-        data.shipments.append(
-            DemoShipment(
-                "cancelled", cancelled.id, cancelled.tracking_number, cancelled.tracking_url
-            )
-        )
+        cancelled.status = "cancelled"
+        data.shipments.append(cancelled)
         return data
 
 
@@ -184,6 +183,7 @@ async def _ship(
     }
     shipment = await demo.call("POST", "/shipments", data.seller.token, json=body)
     partner_token = next(p.token for p in data.partners if p.id == shipment["partner"]["id"])
+    carrier = shipment["partner"]["name"]  # as the seller sees it
     for step in steps:
         if step.get("status") == "delivered":
             shipment = await demo.deliver(shipment["id"], partner_token)
@@ -192,7 +192,11 @@ async def _ship(
             "PATCH", f"/shipments/{shipment['id']}", partner_token, json=step
         )
     return DemoShipment(
-        shipment["status"], shipment["id"], shipment["tracking_number"], shipment["tracking_url"]
+        shipment["status"],
+        shipment["id"],
+        shipment["tracking_number"],
+        shipment["tracking_url"],
+        carrier,
     )
 
 
@@ -210,7 +214,10 @@ def describe(data: DemoData, base_url: str) -> str:
         ]
     lines += ["", "Shipments:"]
     for shipment in data.shipments:
-        lines.append(f"  {shipment.status:<17} {shipment.id}  {shipment.tracking_url}")
+        # The partner's name last: it has spaces, and scripts read the first three columns.
+        lines.append(
+            f"  {shipment.status:<17} {shipment.id}  {shipment.tracking_url}  by {shipment.partner}"
+        )
     lines += [
         "",
         "Try:",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 from fastapi import FastAPI
 
 from backend.config import Settings
@@ -40,3 +41,25 @@ async def test_demo_summary_prints_tokens_and_tracking_links(app: FastAPI) -> No
     assert all(partner.token in summary for partner in data.partners)
     assert all(shipment.tracking_url in summary for shipment in data.shipments)
     assert "http://127.0.0.1:8000/scalar" in summary
+
+
+async def test_demo_summary_names_the_partner_that_carries_each_shipment(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    data = await seed(app)
+
+    lines = describe(data, "http://127.0.0.1:8000").splitlines()
+
+    carriers = set()
+    for shipment in data.shipments:
+        # The partner as the API shows it to the seller, not as the demo remembers it.
+        read = await client.get(f"/shipments/{shipment.id}", headers=bearer(data.seller.token))
+        assert read.status_code == 200
+        carrier = read.json()["partner"]["name"]
+        carriers.add(carrier)
+        (line,) = [line for line in lines if shipment.id in line]
+        assert line.endswith(f"  by {carrier}")
+        # The README reads the status, id and link as the first three columns.
+        assert line.split()[:3] == [shipment.status, shipment.id, shipment.tracking_url]
+    # Both demo partners carry something, so the names tell the shipments apart.
+    assert carriers == {partner.name for partner in data.partners}
