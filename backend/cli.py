@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import ipaddress
 import json
@@ -102,6 +103,10 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if sockets is not None and self.started:
+            # uvicorn says where it listens only for sockets it bound itself; people and
+            # scripts wait for this line.
+            self._log_started_message(sockets)
         settle_garbage_collector()
 
     def handle_exit(self, sig: int, frame: object) -> None:
@@ -181,12 +186,56 @@ def refuse_dev_key_beyond_loopback(settings: Settings, host: str) -> None:
     )
 
 
+class PortUnavailable(Exception):
+    """The address `serve` was asked to listen on is taken (another server) or not ours."""
+
+
+# uvicorn's default.
+LISTEN_BACKLOG = 2048
+
+
+@contextlib.contextmanager
+def listening_on(host: str, port: int) -> Iterator[list[socket.socket]]:
+    """The server's sockets, bound and listening before anything else starts, so that a second
+    `serve` on a busy port stops at once instead of after starting embedded services and
+    migrating. uvicorn then serves on these very sockets: nobody can take the port in between.
+
+    Made as uvicorn's own would be (asyncio's `create_server`): one per address the host
+    resolves to (`localhost` is 127.0.0.1 and ::1), each with SO_REUSEADDR, so that a restart
+    may reuse the port while old connections linger in TIME_WAIT (on Linux this never lets two
+    servers listen on one port)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            addresses = socket.getaddrinfo(
+                host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            sockets = []
+            for family, kind, protocol, _, address in dict.fromkeys(addresses):
+                sock = stack.enter_context(socket.socket(family, kind, protocol))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(LISTEN_BACKLOG)
+                sockets.append(sock)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise PortUnavailable(
+                    f"port {port} on {host} is already in use; stop the other server or pass "
+                    "--port (or set PORT) to use another one"
+                ) from None
+            reason = error.strerror or str(error)
+            raise PortUnavailable(f"cannot listen on {host} port {port}: {reason}") from None
+        yield sockets
+
+
 def serve(args: argparse.Namespace) -> None:
     configured = Settings()
     host = args.host or configured.host
+    port = args.port or configured.port
     # Before anything starts, embedded services included.
     refuse_dev_key_beyond_loopback(configured, host)
-    with connected_settings() as (settings, embedded):
+    with listening_on(host, port) as sockets, connected_settings() as (settings, embedded):
         configure_logging(settings.effective_log_format, settings.log_level)
         if embedded:
             assert settings.database_url is not None
@@ -196,13 +245,13 @@ def serve(args: argparse.Namespace) -> None:
             create_app(settings, run_worker=embedded),
             settings,
             host=host,
-            port=args.port or settings.port,
+            port=port,
         )
         logger.info("Shiptrack on http://%s:%s (reference at /scalar)", config.host, config.port)
         # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets
         # the embedded services stop on the way out instead of being orphaned.
         signal.signal(signal.SIGTERM, _exit_on_signal)
-        DrainingServer(config, drain_seconds=settings.shutdown_drain_seconds).run()
+        DrainingServer(config, drain_seconds=settings.shutdown_drain_seconds).run(sockets=sockets)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -295,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.handler(args)
-    except (EmbeddedUnavailable, ValidationError, PublicDevKey) as error:
+    except (EmbeddedUnavailable, ValidationError, PublicDevKey, PortUnavailable) as error:
         # Configuration problems: say what to fix, without a traceback.
         parser.exit(2, f"shiptrack: {error}\n")
     except DomainError as error:
