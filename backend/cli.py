@@ -23,7 +23,12 @@ from alembic.config import Config
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from backend.config import DEV_JWT_SECRET_KEY, Settings
+from backend.config import (
+    DEV_JWT_SECRET_KEY,
+    MAKE_JWT_KEY_COMMAND,
+    HalfConfiguredServices,
+    Settings,
+)
 from backend.context import started_context
 from backend.db import create_engine, create_sessionmaker
 from backend.demo import DemoData, describe, seed
@@ -63,7 +68,7 @@ def migrate(database_url: str) -> None:
 def connected_settings() -> Iterator[tuple[Settings, bool]]:
     """Settings with database and Redis URLs, starting embedded services when none are set."""
     settings = Settings()
-    if not settings.uses_embedded_services:
+    if not settings.uses_embedded_services():
         yield settings, False
         return
     with embedded_services(settings.data_dir) as services:
@@ -181,8 +186,7 @@ def refuse_dev_key_beyond_loopback(settings: Settings, host: str) -> None:
     raise PublicDevKey(
         f"refusing to serve on {host} with the development JWT key: it is public, so anyone "
         "could sign a token for any account. Set JWT_SECRET_KEY to a private key, made with "
-        '`python -c "import secrets; print(secrets.token_urlsafe(48))"`, '
-        "or serve on 127.0.0.1."
+        f"`{MAKE_JWT_KEY_COMMAND}`, or serve on 127.0.0.1."
     )
 
 
@@ -235,6 +239,7 @@ def serve(args: argparse.Namespace) -> None:
     port = args.port or configured.port
     # Before anything starts, embedded services included.
     refuse_dev_key_beyond_loopback(configured, host)
+    configured.uses_embedded_services()  # refuses one URL without the other
     with listening_on(host, port) as sockets, connected_settings() as (settings, embedded):
         configure_logging(settings.effective_log_format, settings.log_level)
         if embedded:
@@ -317,6 +322,18 @@ def print_openapi(_args: argparse.Namespace) -> None:
     sys.stdout.write("\n")
 
 
+def settings_problem(error: ValidationError) -> str:
+    """pydantic's multi-line report as one line, each problem under its variable's name.
+
+    A check across settings (the JWT key's) has no location, only its own message."""
+    problems = []
+    for problem in error.errors(include_url=False, include_input=False):
+        message = problem["msg"].removeprefix("Value error, ")
+        names = ".".join(str(part) for part in problem["loc"])
+        problems.append(f"{names.upper()}: {message}" if names else message)
+    return "; ".join(problems)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="shiptrack", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -344,7 +361,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.handler(args)
-    except (EmbeddedUnavailable, ValidationError, PublicDevKey, PortUnavailable) as error:
+    except ValidationError as error:
+        # Settings refused: say what to fix, on one line, without a traceback.
+        parser.exit(2, f"shiptrack: {settings_problem(error)}\n")
+    except (EmbeddedUnavailable, HalfConfiguredServices, PublicDevKey, PortUnavailable) as error:
         # Configuration problems: say what to fix, without a traceback.
         parser.exit(2, f"shiptrack: {error}\n")
     except DomainError as error:

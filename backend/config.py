@@ -16,10 +16,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # A key that only exists so `make run` works out of the box; refused outside dev and test.
 DEV_JWT_SECRET_KEY = "dev-only-insecure-key-change-me-0123456789abcdef"  # noqa: S105
 MIN_JWT_KEY_BYTES = 32
+MAKE_JWT_KEY_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
 
 Environment = Literal["dev", "test", "production"]
 PartnerApproval = Literal["manual", "auto"]
 CGROUP_CPU_LIMIT = Path("/sys/fs/cgroup/cpu.max")
+
+
+class HalfConfiguredServices(ValueError):
+    """DATABASE_URL without REDIS_URL, or the reverse: neither embedded nor external."""
 
 
 def usable_cores() -> int:
@@ -277,12 +282,18 @@ class Settings(BaseSettings):
         if self.environment in ("dev", "test"):
             return self
         key = self.jwt_secret_key.get_secret_value()
-        if key == DEV_JWT_SECRET_KEY or len(key.encode()) < MIN_JWT_KEY_BYTES:
-            raise ValueError(
-                f"JWT_SECRET_KEY must be a private key of at least {MIN_JWT_KEY_BYTES} bytes "
-                f"when ENVIRONMENT={self.environment}"
-            )
-        return self
+        if key == DEV_JWT_SECRET_KEY:
+            problem = f"JWT_SECRET_KEY must be set when ENVIRONMENT={self.environment}"
+        elif len(key.encode()) < MIN_JWT_KEY_BYTES:
+            # Never the key itself, nor its length: this message ends up in logs.
+            problem = f"JWT_SECRET_KEY is shorter than {MIN_JWT_KEY_BYTES} bytes"
+        else:
+            return self
+        raise ValueError(
+            f"{problem}: make a private key with `{MAKE_JWT_KEY_COMMAND}` and set "
+            "JWT_SECRET_KEY to it, the same on every process (or, on your own machine, set "
+            "ENVIRONMENT=dev to use the development key)"
+        )
 
     @model_validator(mode="after")
     def require_explicit_email_backend_in_production(self) -> Self:
@@ -306,9 +317,21 @@ class Settings(BaseSettings):
             return None
         return parse_dns_server(self.webhook_dns_server)
 
-    @property
     def uses_embedded_services(self) -> bool:
-        return self.database_url is None or self.redis_url is None
+        """True with neither DATABASE_URL nor REDIS_URL (the CLI starts its own servers), False
+        with both (external servers). One alone is refused: it would otherwise start embedded
+        servers beside the one that was set and quietly use them instead."""
+        if (self.database_url is None) == (self.redis_url is None):
+            return self.database_url is None
+        given, missing = (
+            ("DATABASE_URL", "REDIS_URL")
+            if self.redis_url is None
+            else ("REDIS_URL", "DATABASE_URL")
+        )
+        raise HalfConfiguredServices(
+            f"{given} is set but {missing} is not: set both to use your own PostgreSQL and "
+            "Redis, or neither to have shiptrack start embedded ones"
+        )
 
 
 @lru_cache

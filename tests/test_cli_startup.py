@@ -1,5 +1,6 @@
-"""`shiptrack serve` on a busy port refuses with one line saying what to do, before it starts
-embedded servers or migrates. Each runs the real command in a process of its own, with
+"""`shiptrack` refuses a start that cannot work with one line saying what to do, before it
+starts embedded servers, migrates or binds anything: a busy port, one service URL without the
+other, production without a JWT key. Each runs the real command in a process of its own, with
 an environment made here (nothing from the developer's shell or `.env`)."""
 
 from __future__ import annotations
@@ -171,3 +172,52 @@ def test_a_second_server_on_the_same_port_is_refused_while_the_first_serves(
         assert not (second / "data").exists(), "embedded services were started"
         # The first server never noticed.
         assert httpx.get(f"{base_url}/health/live", timeout=5.0).status_code == 200
+
+
+URLS = {
+    "DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
+    "REDIS_URL": "redis://127.0.0.1:6379/11",
+}
+
+
+# `serve` checks before binding its port; the other commands where they choose the services.
+@pytest.mark.parametrize(
+    ("command", "given", "missing"),
+    [
+        ("serve", "DATABASE_URL", "REDIS_URL"),
+        ("serve", "REDIS_URL", "DATABASE_URL"),
+        ("migrate", "DATABASE_URL", "REDIS_URL"),
+        ("worker", "REDIS_URL", "DATABASE_URL"),
+    ],
+)
+def test_one_service_url_without_the_other_is_refused(
+    tmp_path: Path, command: str, given: str, missing: str
+) -> None:
+    result = shiptrack(tmp_path, command, ENVIRONMENT="dev", **{given: URLS[given]})
+
+    assert one_line_error(result) == (
+        f"{given} is set but {missing} is not: set both to use your own PostgreSQL and "
+        "Redis, or neither to have shiptrack start embedded ones"
+    )
+    # Before, the embedded servers started beside the URL that was given, and were used.
+    assert not (tmp_path / "data").exists(), "embedded services were started"
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_production_without_a_jwt_key_says_how_to_make_one(tmp_path: Path, command: str) -> None:
+    # No ENVIRONMENT: production, the default outside `make`.
+    result = shiptrack(tmp_path, command, EMAIL_BACKEND="smtp")
+
+    error = one_line_error(result)
+    assert error.startswith("JWT_SECRET_KEY must be set when ENVIRONMENT=production: ")
+    assert 'python -c "import secrets; print(secrets.token_urlsafe(48))"' in error
+    assert "validation error" not in error  # pydantic's report, reworded
+    assert not (tmp_path / "data").exists()
+
+
+def test_each_refused_setting_is_named_on_the_one_line(tmp_path: Path) -> None:
+    result = shiptrack(tmp_path, "migrate", ENVIRONMENT="dev", BCRYPT_ROUNDS="99", PORT="x")
+
+    error = one_line_error(result)
+    assert "BCRYPT_ROUNDS: " in error
+    assert "PORT: " in error

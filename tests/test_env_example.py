@@ -27,6 +27,6 @@ def test_example_as_dotenv_gives_embedded_dev_settings(monkeypatch: pytest.Monke
     assert settings.environment == "dev"
     assert settings.database_url is None
     assert settings.redis_url is None
-    assert settings.uses_embedded_services
+    assert settings.uses_embedded_services()
     assert settings.cors_origins == []
     assert settings.effective_log_format == "console"

@@ -1,9 +1,11 @@
-"""Settings: the JWT key and email backend policies in production, and list values given as
-environment strings."""
+"""Settings: the JWT key and email backend policies in production, external services named in
+pairs, and list values given as environment strings."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +13,25 @@ import pytest
 from pydantic import ValidationError
 
 from backend import config
-from backend.config import DEV_JWT_SECRET_KEY, MIN_JWT_KEY_BYTES, Settings
+from backend.config import (
+    DEV_JWT_SECRET_KEY,
+    MAKE_JWT_KEY_COMMAND,
+    MIN_JWT_KEY_BYTES,
+    HalfConfiguredServices,
+    Settings,
+)
 
 # Variables that would change what these tests read if the developer's shell had them set.
-_SETTINGS_VARIABLES = ("ENVIRONMENT", "JWT_SECRET_KEY", "CORS_ORIGINS", "EMAIL_BACKEND")
+_SETTINGS_VARIABLES = (
+    "ENVIRONMENT",
+    "JWT_SECRET_KEY",
+    "CORS_ORIGINS",
+    "EMAIL_BACKEND",
+    "DATABASE_URL",
+    "REDIS_URL",
+)
+DATABASE_URL = "postgresql+asyncpg://shiptrack@127.0.0.1:5432/shiptrack"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +48,34 @@ def settings_from(**values: Any) -> Settings:
 def test_production_refuses_the_default_development_key() -> None:
     with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
         settings_from(environment="production")
+
+
+def test_production_without_a_key_says_how_to_make_one() -> None:
+    with pytest.raises(ValidationError) as caught:
+        settings_from(environment="production")
+    message = str(caught.value)
+    assert "JWT_SECRET_KEY must be set when ENVIRONMENT=production" in message
+    assert 'python -c "import secrets; print(secrets.token_urlsafe(48))"' in message
+    assert MAKE_JWT_KEY_COMMAND in message
+    assert "ENVIRONMENT=dev" in message  # the way out on a developer's own machine
+
+
+def test_a_short_key_is_refused_with_how_to_make_a_long_enough_one() -> None:
+    with pytest.raises(ValidationError) as caught:
+        settings_from(environment="production", jwt_secret_key="k" * (MIN_JWT_KEY_BYTES - 1))
+    message = str(caught.value)
+    assert f"JWT_SECRET_KEY is shorter than {MIN_JWT_KEY_BYTES} bytes" in message
+    assert MAKE_JWT_KEY_COMMAND in message
+
+
+def test_the_key_command_makes_a_key_production_accepts() -> None:
+    # The command the error gives, run: what it prints must pass the check it was given for.
+    code = MAKE_JWT_KEY_COMMAND.removeprefix('python -c "').removesuffix('"')
+    printed = subprocess.run(  # noqa: S603 - our own interpreter and the command we print
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    settings = settings_from(environment="production", jwt_secret_key=printed, email_backend="smtp")
+    assert settings.jwt_secret_key.get_secret_value() == printed
 
 
 def test_production_refuses_the_default_key_even_when_given_explicitly() -> None:
@@ -140,6 +185,46 @@ def test_secret_key_is_hidden_from_the_settings_repr() -> None:
     settings = settings_from(environment="production", jwt_secret_key=key, email_backend="smtp")
     assert key not in repr(settings)
     assert key not in str(settings.model_dump())
+
+
+def test_neither_url_means_embedded_services() -> None:
+    assert settings_from(environment="dev").uses_embedded_services() is True
+
+
+def test_both_urls_mean_external_services() -> None:
+    settings = settings_from(environment="dev", database_url=DATABASE_URL, redis_url=REDIS_URL)
+    assert settings.uses_embedded_services() is False
+
+
+def test_a_database_url_without_a_redis_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before, this started embedded PostgreSQL and Redis and quietly used them instead.
+    monkeypatch.setenv("DATABASE_URL", DATABASE_URL)
+    settings = settings_from(environment="dev")
+    with pytest.raises(HalfConfiguredServices) as caught:
+        settings.uses_embedded_services()
+    assert str(caught.value) == (
+        "DATABASE_URL is set but REDIS_URL is not: set both to use your own PostgreSQL and "
+        "Redis, or neither to have shiptrack start embedded ones"
+    )
+
+
+def test_a_redis_url_without_a_database_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", REDIS_URL)
+    settings = settings_from(environment="dev")
+    with pytest.raises(HalfConfiguredServices) as caught:
+        settings.uses_embedded_services()
+    assert str(caught.value) == (
+        "REDIS_URL is set but DATABASE_URL is not: set both to use your own PostgreSQL and "
+        "Redis, or neither to have shiptrack start embedded ones"
+    )
+
+
+def test_an_empty_url_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `REDIS_URL=` in a .env copied from .env.example is "not set", not an external server.
+    monkeypatch.setenv("DATABASE_URL", DATABASE_URL)
+    monkeypatch.setenv("REDIS_URL", "")
+    with pytest.raises(HalfConfiguredServices, match="REDIS_URL is not"):
+        settings_from(environment="dev").uses_embedded_services()
 
 
 def test_cors_origins_from_a_comma_separated_environment_string(
