@@ -29,6 +29,7 @@ from backend.reference_assets import ALL_FILES, SCALAR_JS, SWAGGER_CSS, SWAGGER_
 from backend.shipments.dependencies import (
     callers_shipments,
     partners_shipments,
+    sellers_reading_shipments,
     sellers_shipments,
     streaming_callers_shipments,
 )
@@ -76,6 +77,7 @@ EXPECTED_SECURITY: dict[Callable[..., Any], Security] = {
     current_seller: frozenset({("sellerAuth", ())}),
     current_partner: frozenset({("partnerAuth", ())}),
     sellers_shipments: frozenset({("sellerAuth", ()), ("apiKey", ("shipments:write",))}),
+    sellers_reading_shipments: frozenset({("sellerAuth", ()), ("apiKey", ("shipments:read",))}),
     partners_shipments: frozenset({("partnerAuth", ()), ("apiKey", ("shipments:write",))}),
     callers_shipments: SELLER_OR_PARTNER | {("apiKey", ("shipments:read",))},
     streaming_callers_shipments: SELLER_OR_PARTNER,

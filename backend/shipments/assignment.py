@@ -32,12 +32,12 @@ _HAS_ROOM = (
     col(Partner.active_shipments) < col(Partner.max_handling_capacity),
     col(Partner.status) == PartnerStatus.approved.value,
 )
+_SERVES_ZIP = col(Partner.serviceable_zip_codes).bool_op("@>")(
+    array([cast(bindparam("zip"), String)])
+)
 _CANDIDATES = (
     select(col(Partner.id), col(Partner.name))
-    .where(
-        col(Partner.serviceable_zip_codes).bool_op("@>")(array([cast(bindparam("zip"), String)])),
-        *_HAS_ROOM,
-    )
+    .where(_SERVES_ZIP, *_HAS_ROOM)
     .order_by(col(Partner.active_shipments), col(Partner.id))
     .limit(1)
 )
@@ -49,6 +49,14 @@ _CANDIDATES = (
 _LEAST_LOADED_FREE = _CANDIDATES.with_for_update(read=True, key_share=True, skip_locked=True)
 _LEAST_LOADED = _CANDIDATES.with_for_update(read=True, key_share=True)
 _PARTNER_WITH_ROOM_EXISTS = select(exists(_CANDIDATES))
+# An approved partner serving the zip, with room or not: whether the zip is served at all.
+_SERVING_PARTNER_EXISTS = select(
+    exists(
+        select(col(Partner.id)).where(
+            _SERVES_ZIP, col(Partner.status) == PartnerStatus.approved.value
+        )
+    )
+)
 # The slot of the partner chosen earlier, if it still has room: PostgreSQL re-checks the room
 # on the row it locks, after any wait for a concurrent create's slot.
 _TAKE_SLOT = (
@@ -66,6 +74,14 @@ _SIMULATED_PARTNERS = uuid.UUID("5b1d7c3e-9f0a-4c2e-8d6b-7a3f1e0c9b24")
 
 def simulated_partner_id(seller_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(_SIMULATED_PARTNERS, str(seller_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """Whether an approved partner serves a zip code, and whether one of them has room now."""
+
+    served: bool
+    available: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +106,15 @@ class PartnerAssignment:
                 return None
             chosen = (await self._session.execute(_LEAST_LOADED, parameters)).first()
         return AssignedPartner(id=chosen.id, name=chosen.name)
+
+    async def coverage(self, zip_code: str) -> Coverage:
+        """Whether a shipment to `zip_code` could be assigned now, and if not, why: nobody
+        serves the zip, or everyone who does is full. Locks nothing."""
+        parameters = {"zip": zip_code}
+        if await self._session.scalar(_PARTNER_WITH_ROOM_EXISTS, parameters):
+            return Coverage(served=True, available=True)
+        served = bool(await self._session.scalar(_SERVING_PARTNER_EXISTS, parameters))
+        return Coverage(served=served, available=False)
 
     async def take_slot(self, partner_id: uuid.UUID) -> bool:
         """Take one slot of `partner_id`'s capacity; False if it has no room (or is no longer

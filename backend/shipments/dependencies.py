@@ -67,6 +67,12 @@ async def streaming_callers_shipments(request: Request) -> ShipmentService:
     return await _callers_service(request, None, None)
 
 
+@requires_auth(SELLER_AUTH, key_scope=Scope.shipments_read)
+async def sellers_reading_shipments(request: Request) -> ShipmentService:
+    """A seller's view, for what only sellers read (coverage)."""
+    return await _callers_service(request, AccountKind.seller, Scope.shipments_read)
+
+
 @requires_auth(SELLER_AUTH, key_scope=Scope.shipments_write)
 async def sellers_shipments(request: Request) -> ShipmentService:
     return await _callers_service(request, AccountKind.seller, Scope.shipments_write)
@@ -84,5 +90,6 @@ async def public_tracking(session: SessionDep, request: Request) -> PublicTracki
 CallersShipments = Annotated[ShipmentService, Depends(callers_shipments)]
 StreamingCallersShipments = Annotated[ShipmentService, Depends(streaming_callers_shipments)]
 SellersShipments = Annotated[ShipmentService, Depends(sellers_shipments)]
+SellersReadingShipments = Annotated[ShipmentService, Depends(sellers_reading_shipments)]
 PartnersShipments = Annotated[ShipmentService, Depends(partners_shipments)]
 PublicTrackingDep = Annotated[PublicTracking, Depends(public_tracking)]

@@ -18,7 +18,25 @@ class TrackingNumberNotFound(NotFound):
 class NoPartnerAvailable(Conflict):
     code = "no_partner_available"
     title = "No delivery partner available"
-    default_detail = "No delivery partner serving this zip code has spare capacity right now."
+    default_detail = (
+        "No delivery partner can take a shipment to this zip code now: `reason` says whether "
+        "none serves it (`zip_not_served`) or all that do are full (`partners_full`). "
+        "GET /coverage?zip_code= tells before a create."
+    )
+
+    @classmethod
+    def because(cls, zip_code: str, *, served: bool) -> NoPartnerAvailable:
+        if served:
+            return cls(
+                f"Every delivery partner serving {zip_code} is at capacity right now; retry "
+                f"later. GET /coverage?zip_code={zip_code} says when one has room.",
+                reason="partners_full",
+            )
+        return cls(
+            f"No delivery partner serves {zip_code} yet. GET /coverage?zip_code= tells which "
+            "zip codes are served before you create a shipment.",
+            reason="zip_not_served",
+        )
 
 
 class InvalidTransition(Conflict):

@@ -138,6 +138,15 @@ class Shipment(SQLModel, table=True):
             "id",
         ),
         Index("ix_shipments_partner_status_created", "partner_id", "status", "created_at", "id"),
+        # A seller's shipments by its own reference (an order number), newest first.
+        Index(
+            "ix_shipments_seller_mode_reference_created",
+            "seller_id",
+            "livemode",
+            "reference",
+            "created_at",
+            "id",
+        ),
         # The expiry sweep's oldest still-placed shipments (backend/shipments/expiry.py); its
         # query spells 'placed' as a literal, so even a generic plan can prove the predicate.
         Index(

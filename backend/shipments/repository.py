@@ -155,6 +155,7 @@ def _page(
     *,
     by_status: bool,
     by_tag: bool,
+    by_reference: bool,
     after: bool,
     with_timeline: bool,
 ) -> Select[Any]:
@@ -170,6 +171,9 @@ def _page(
     key: tuple[Any, Any] = col(Shipment.created_at), col(Shipment.id)
     if by_status:
         statement = statement.where(col(Shipment.status) == bindparam("status"))
+    if by_reference:
+        # A seller's own reference (ix_shipments_seller_mode_reference_created).
+        statement = statement.where(col(Shipment.reference) == bindparam("reference"))
     if by_tag:
         tagged = aliased(ShipmentTag, name="tagged")
         owned = (
@@ -250,6 +254,7 @@ class ShipmentRepository:
         after: tuple[datetime, uuid.UUID] | None,
         status: ShipmentStatus | None,
         tag: str | None,
+        reference: str | None = None,
         with_timeline: bool = True,
     ) -> list[LoadedShipment]:
         """Newest first, keyset-paginated on (created_at, id): `after` is the last item of the
@@ -259,6 +264,7 @@ class ShipmentRepository:
             visibility.livemode,
             by_status=status is not None,
             by_tag=tag is not None,
+            by_reference=reference is not None,
             after=after is not None,
             with_timeline=with_timeline,
         )
@@ -267,6 +273,8 @@ class ShipmentRepository:
             parameters["status"] = status
         if tag is not None:
             parameters["tag"] = tag
+        if reference is not None:
+            parameters["reference"] = reference
         if after is not None:
             parameters["last_created_at"], parameters["last_id"] = after
         return _loaded(await self._session.execute(statement, parameters))

@@ -11,11 +11,13 @@ from fastapi.responses import StreamingResponse
 from backend.accounts.errors import PartnerSuspended, WrongAccountKind
 from backend.db import UnitOfWorkRoute
 from backend.errors import RateLimited, problem_responses
+from backend.fields import ZipCode
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
 from backend.request_body import NO_REQUEST_BODY
 from backend.shipments.dependencies import (
     CallersShipments,
     PartnersShipments,
+    SellersReadingShipments,
     SellersShipments,
     StreamingCallersShipments,
 )
@@ -34,6 +36,8 @@ from backend.shipments.errors import (
 )
 from backend.shipments.live import SSE_RESPONSES, LastEventId, open_timeline_stream
 from backend.shipments.schemas import (
+    CoverageRead,
+    Reference,
     ShipmentCreate,
     ShipmentPage,
     ShipmentRead,
@@ -44,6 +48,7 @@ from backend.shipments.schemas import (
 from backend.shipments.status import STATUS_MACHINE_DOC, ShipmentStatus
 
 router = APIRouter(prefix="/shipments", tags=["Shipments"], route_class=UnitOfWorkRoute)
+coverage_router = APIRouter(prefix="/coverage", tags=["Shipments"], route_class=UnitOfWorkRoute)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -119,7 +124,9 @@ async def create_shipment(
 
 
 @router.get(
-    "", response_model=ShipmentPage, responses=problem_responses(InvalidCursor, PartnerSuspended)
+    "",
+    response_model=ShipmentPage,
+    responses=problem_responses(InvalidCursor, PartnerSuspended, WrongAccountKind),
 )
 async def list_shipments(
     shipments: CallersShipments,
@@ -129,6 +136,10 @@ async def list_shipments(
     ] = None,
     status_filter: Annotated[ShipmentStatus | None, Query(alias="status")] = None,
     tag: Annotated[TagSlug | None, Query()] = None,
+    reference: Annotated[
+        Reference | None,
+        Query(description="Sellers only: your own `reference` (an order number), exactly."),
+    ] = None,
     include: Annotated[
         str | None,
         Query(
@@ -142,15 +153,17 @@ async def list_shipments(
 ) -> ShipmentPage:
     """Shipments newest first: a seller's own, or those assigned to the calling partner.
 
-    Filter by `status` and by `tag`; follow `next_cursor` until it is null. A partner sees
-    its shipments once the operator has approved it (an empty list while `pending`; 403
-    `partner_suspended` while suspended). `include=` lists them without their timelines.
+    Filter by `status`, by `tag` and (sellers) by your own `reference`; follow `next_cursor`
+    until it is null. A partner sees its shipments once the operator has approved it (an empty
+    list while `pending`; 403 `partner_suspended` while suspended). `include=` lists them
+    without their timelines.
     """
     return await shipments.list_page(
         limit=limit,
         cursor=cursor,
         status=status_filter,
         tag=tag,
+        reference=reference,
         with_timeline=include is None or include == "timeline",
     )
 
@@ -261,3 +274,18 @@ async def replace_shipment_tags(
 ) -> ShipmentRead:
     """Replace the shipment's tags with exactly these (lower-case slugs, at most 10)."""
     return _etag(await shipments.replace_tags(shipment_id, body.tags), response)
+
+
+@coverage_router.get("", response_model=CoverageRead)
+async def read_coverage(
+    shipments: SellersReadingShipments,
+    zip_code: Annotated[ZipCode, Query(description="The destination's zip code.")],
+) -> CoverageRead:
+    """Whether a shipment to this zip code can be created now, and if not, why.
+
+    `served`: an approved delivery partner serves the zip code; `available`: one of them has
+    room now. No partner is named. Unserved zip codes and full partners are what make
+    `POST /shipments` answer 409 `no_partner_available` (its `reason` says which). With a test
+    key, every zip code is served and available: test shipments go to your simulated partner.
+    """
+    return await shipments.coverage(zip_code)

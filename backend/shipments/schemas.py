@@ -385,3 +385,18 @@ class TrackingView(BaseModel):
         f"once it passes {PUBLIC_TIMELINE_LENGTH}."
     )
     livemode: bool = Field(description="False for a test shipment, which no parcel follows.")
+
+
+class CoverageRead(BaseModel):
+    """Whether a shipment to a zip code can be created now, without naming partners."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"zip_code": "02139", "served": True, "available": True}]}
+    )
+
+    zip_code: str
+    served: bool = Field(description="An approved delivery partner serves this zip code.")
+    available: bool = Field(
+        description="One of them has room now: a create would be assigned at once. When "
+        "`served` but not `available`, creates get 409 `no_partner_available` until one has."
+    )

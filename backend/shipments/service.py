@@ -23,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from backend.accounts.errors import WrongAccountKind
 from backend.accounts.models import Partner, Seller
 from backend.accounts.tokens import LinkTokens
 from backend.config import Settings
@@ -49,6 +50,7 @@ from backend.shipments.models import Shipment, ShipmentEvent
 from backend.shipments.recipient_emails import RecipientEmails
 from backend.shipments.repository import LoadedShipment, ShipmentRepository, Visibility
 from backend.shipments.schemas import (
+    CoverageRead,
     ShipmentCreate,
     ShipmentPage,
     ShipmentRead,
@@ -175,8 +177,13 @@ class ShipmentService:
         cursor: str | None,
         status: ShipmentStatus | None,
         tag: str | None,
+        reference: str | None = None,
         with_timeline: bool = True,
     ) -> ShipmentPage:
+        if reference is not None and self._visibility.for_partner:
+            raise WrongAccountKind(
+                "`reference` is the seller's own; partners filter by `status` and `tag`."
+            )
         after = decode_cursor(cursor) if cursor else None
         # One more than asked for tells whether another page follows.
         loaded = await self._shipments.page(
@@ -185,6 +192,7 @@ class ShipmentService:
             after=after,
             status=status,
             tag=tag,
+            reference=reference,
             with_timeline=with_timeline,
         )
         for_partner = self._visibility.for_partner
@@ -194,6 +202,14 @@ class ShipmentService:
         ]
         items, next_cursor = split_page(views, limit)
         return ShipmentPage(items=items, next_cursor=next_cursor)
+
+    async def coverage(self, zip_code: str) -> CoverageRead:
+        """Whether a shipment to `zip_code` could be assigned now; a test key's always can (its
+        simulated partner serves every zip)."""
+        if not self._livemode:
+            return CoverageRead(zip_code=zip_code, served=True, available=True)
+        coverage = await self._assignment.coverage(zip_code)
+        return CoverageRead(zip_code=zip_code, served=coverage.served, available=coverage.available)
 
     # --- sellers -------------------------------------------------------------------------
 
@@ -250,7 +266,8 @@ class ShipmentService:
                 announce_after_commit(self._unit, self._redis, created.id, created.timeline)
                 return CreatedShipment(created, replayed=False)
             await attempt.rollback()
-        raise NoPartnerAvailable()
+        coverage = await self._assignment.coverage(body.destination.zip_code)
+        raise NoPartnerAvailable.because(body.destination.zip_code, served=coverage.served)
 
     async def _create_test_shipment(
         self, body: ShipmentCreate, idempotency_key: str | None

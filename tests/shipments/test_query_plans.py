@@ -319,6 +319,17 @@ async def test_status_filtered_pages_are_one_range_of_the_owners_status_index(
         assert_driven_by(plan, index, f"'{status}'", ordered=False)
 
 
+async def test_a_reference_filtered_page_is_one_range_of_the_sellers_reference_index(
+    client: httpx.AsyncClient, db_engine: AsyncEngine, statements: Statements, seeded: Seeded
+) -> None:
+    headers = seeded.parties.seller_headers
+    statement, parameters = await page_statement(client, statements, headers, reference="none")
+    plan = await plan_of(db_engine, statement, parameters)
+    assert_driven_by(
+        plan, "ix_shipments_seller_mode_reference_created", "(reference)::text =", ordered=False
+    )
+
+
 async def test_a_sellers_feed_reads_its_own_events_in_order(
     client: httpx.AsyncClient, db_engine: AsyncEngine, statements: Statements, seeded: Seeded
 ) -> None:
