@@ -364,3 +364,80 @@ async def test_offline_mode_prints_the_sql(scratch_url: str) -> None:
     for table in APPLICATION_TABLES:
         assert f"CREATE TABLE {table}" in sql
     assert "alembic_version" in sql
+
+
+UNIQUE_WEBHOOK_URLS_REVISION = "fbf27d6b5d8f"
+
+
+async def test_duplicate_webhook_urls_are_reduced_to_one_before_the_unique_index(
+    scratch_url: str, scratch_engine: AsyncEngine
+) -> None:
+    # A live database may hold endpoints registered twice for one URL: the upgrade must not
+    # fail on them. Of each seller's endpoints for a URL in a mode it keeps the enabled one,
+    # then the one not failing, then the oldest.
+    await upgrade(scratch_url, f"{UNIQUE_WEBHOOK_URLS_REVISION}-1")
+    seller, other = uuid.uuid4(), uuid.uuid4()
+    insert_endpoint = text(
+        "INSERT INTO webhook_endpoints (id, seller_id, url, secret, enabled, failing_since,"
+        " created_at, livemode) VALUES (:id, :seller, :url, 'whsec_x', :enabled,"
+        " CASE WHEN :failing THEN now() END, now() - make_interval(days => :age), :livemode)"
+    )
+    url, other_url = "https://hooks.shop.example/a", "https://hooks.shop.example/b"
+    # (name, seller, url, enabled, failing, age in days, livemode)
+    endpoints = [
+        ("disabled_oldest", seller, url, False, True, 9, True),
+        ("failing", seller, url, True, True, 8, True),
+        ("healthy", seller, url, True, False, 2, True),
+        ("healthy_newer", seller, url, True, False, 1, True),
+        ("test_mode", seller, url, True, True, 5, False),
+        ("test_mode_newer", seller, url, True, True, 4, False),
+        ("other_url", seller, other_url, False, True, 3, True),
+        ("other_seller", other, url, True, True, 1, True),
+    ]
+    ids = {name: uuid.uuid4() for name, *_ in endpoints}
+    async with scratch_engine.begin() as connection:
+        for number, account in enumerate((seller, other)):
+            await connection.execute(
+                text(
+                    "INSERT INTO sellers (id, name, email, password_hash, zip_code, created_at,"
+                    " updated_at) VALUES (:id, 'S', :email, 'h', '02139', now(), now())"
+                ),
+                {"id": account, "email": f"s{number}@example.com"},
+            )
+        for name, owner, target, enabled, failing, age, livemode in endpoints:
+            await connection.execute(
+                insert_endpoint,
+                {
+                    "id": ids[name],
+                    "seller": owner,
+                    "url": target,
+                    "enabled": enabled,
+                    "failing": failing,
+                    "age": age,
+                    "livemode": livemode,
+                },
+            )
+
+    await upgrade(scratch_url)
+
+    async with scratch_engine.connect() as connection:
+        kept = set((await connection.execute(text("SELECT id FROM webhook_endpoints"))).scalars())
+    assert kept == {ids[name] for name in ("healthy", "test_mode", "other_url", "other_seller")}
+    assert (
+        "md5((url)::text)"
+        in (await indexes(scratch_engine, "webhook_endpoints"))[
+            "ix_webhook_endpoints_seller_mode_url"
+        ]
+    )
+    duplicate = {
+        "id": uuid.uuid4(),
+        "seller": seller,
+        "url": url,
+        "enabled": True,
+        "failing": False,
+        "age": 0,
+        "livemode": True,
+    }
+    with pytest.raises(IntegrityError, match="ix_webhook_endpoints_seller_mode_url"):
+        async with scratch_engine.begin() as connection:
+            await connection.execute(insert_endpoint, duplicate)

@@ -74,7 +74,19 @@ class Event(SQLModel, table=True):
 
 class WebhookEndpoint(SQLModel, table=True):
     __tablename__ = "webhook_endpoints"
-    __table_args__ = (Index("ix_webhook_endpoints_seller_id", "seller_id"),)
+    __table_args__ = (
+        # A seller registers a URL once per mode (409 `webhook_url_taken`). Over a digest of the
+        # URL: a URL of 2000 characters outside ASCII is longer than a B-tree entry may be.
+        # Leads with the seller, so it also serves the seller's list and the cascade from
+        # `sellers`.
+        Index(
+            "ix_webhook_endpoints_seller_mode_url",
+            "seller_id",
+            "livemode",
+            text("md5(url)"),
+            unique=True,
+        ),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     seller_id: uuid.UUID = Field(
@@ -84,6 +96,12 @@ class WebhookEndpoint(SQLModel, table=True):
     description: str | None = Field(default=None, max_length=200)
     # "whsec_" + base64 of 32 random bytes (Standard Webhooks); shown to the seller once.
     secret: str = Field(max_length=100)
+    # The secret before the last rotation: deliveries carry a signature with it too until
+    # `previous_secret_expires_at`, so receivers can switch secrets without missing one.
+    previous_secret: str | None = Field(default=None, max_length=100)
+    previous_secret_expires_at: datetime | None = Field(
+        default=None, sa_type=DateTime(timezone=True)
+    )
     enabled: bool = True
     disabled_reason: str | None = Field(default=None, max_length=500)
     # When the current run of failed deliveries began; cleared by any success.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
 
 from backend.accounts.api_keys.models import Scope
 from backend.accounts.dependencies import (
@@ -15,6 +15,7 @@ from backend.accounts.dependencies import (
     authenticate,
 )
 from backend.accounts.models import AccountKind
+from backend.accounts.tokens import NO_STORE
 from backend.db import SessionDep, UnitOfWorkRoute, unit_of_work_of
 from backend.errors import RateLimited, problem_responses
 from backend.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursor
@@ -34,7 +35,9 @@ from backend.webhooks.schemas import (
     WebhookEndpointCreate,
     WebhookEndpointCreated,
     WebhookEndpointList,
+    WebhookEndpointRead,
     WebhookPayload,
+    WebhookSecretRotation,
     WebhookTestQueued,
 )
 from backend.webhooks.service import (
@@ -43,6 +46,7 @@ from backend.webhooks.service import (
     WebhookEndpointDisabled,
     WebhookEndpointNotFound,
     WebhookService,
+    WebhookUrlTaken,
 )
 from backend.webhooks.webhooks import (
     Resolver,
@@ -108,10 +112,13 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=WebhookEndpointCreated,
-    responses=problem_responses(UnsafeWebhookUrl, TooManyWebhookEndpoints),
+    responses=problem_responses(UnsafeWebhookUrl, TooManyWebhookEndpoints, WebhookUrlTaken),
 )
 async def create_webhook_endpoint(
-    body: CheckedRegistration, seller: SellerForWebhooks, webhooks: WebhookServiceDep
+    body: CheckedRegistration,
+    seller: SellerForWebhooks,
+    webhooks: WebhookServiceDep,
+    response: Response,
 ) -> WebhookEndpointCreated:
     """Register a URL to receive your events, signed per Standard Webhooks.
 
@@ -120,7 +127,12 @@ async def create_webhook_endpoint(
     `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">` keyed with the bytes of
     the secret after `whsec_`. Answer 2xx within 10 s; anything else is retried with backoff
     for about a day, after which the endpoint is disabled (see `disabled_reason`).
+
+    A URL is registered once: the same URL again is 409 `webhook_url_taken`, with the id of
+    the endpoint you have (`endpoint_id`). Live and test endpoints (registered with a test
+    key) are apart: each mode may have the URL once.
     """
+    response.headers.update(NO_STORE)
     return await webhooks.register(seller, body)
 
 
@@ -143,6 +155,54 @@ async def delete_webhook_endpoint(
 ) -> None:
     """Stop sending to this endpoint; deliveries still queued for it are dropped."""
     await webhooks.delete(seller, endpoint_id)
+
+
+@webhooks_router.post(
+    "/{endpoint_id}/enable",
+    response_model=WebhookEndpointRead,
+    dependencies=[NO_REQUEST_BODY],
+    responses=problem_responses(WebhookEndpointNotFound),
+)
+async def enable_webhook_endpoint(
+    endpoint_id: uuid.UUID, seller: SellerForWebhooks, webhooks: WebhookServiceDep
+) -> WebhookEndpointRead:
+    """Deliver to an endpoint again after it was disabled for failing too long (fix your
+    receiver first: check it with `POST /seller/webhooks/{id}/test` afterwards).
+
+    Its `disabled_reason` and `failing_since` are cleared, and it gets every event from now
+    on. Events of the time it was disabled are **not** sent again: catch up on them with
+    `GET /events?after=<the last event id you processed>`. A retry that was still scheduled
+    when you enable it goes out as planned. Enabling an enabled endpoint changes nothing.
+    """
+    return await webhooks.enable(seller, endpoint_id)
+
+
+@webhooks_router.post(
+    "/{endpoint_id}/rotate-secret",
+    response_model=WebhookEndpointCreated,
+    responses=problem_responses(WebhookEndpointNotFound),
+)
+async def rotate_webhook_secret(
+    endpoint_id: uuid.UUID,
+    body: WebhookSecretRotation,
+    seller: SellerForWebhooks,
+    webhooks: WebhookServiceDep,
+    response: Response,
+) -> WebhookEndpointCreated:
+    """Replace the endpoint's signing secret; the new `secret` is shown only this once.
+
+    For `overlap_seconds` (default a day, at most 7 days; send `{}` for the default) every
+    delivery carries two signatures, `webhook-signature: v1,<new> v1,<old>`: a receiver that
+    still holds the old secret, and one that already has the new one, both accept it. Deploy
+    the new secret within that time; after it only the new one signs.
+    `previous_secret_expires_at` says when the old one stops. `overlap_seconds: 0` retires
+    the old secret at once (a leaked secret).
+
+    Rotating again during an overlap makes the current secret the previous one, with a new
+    overlap; the secret before it stops signing at once.
+    """
+    response.headers.update(NO_STORE)
+    return await webhooks.rotate_secret(seller, endpoint_id, body)
 
 
 @webhooks_router.get(
@@ -219,7 +279,8 @@ SIGNATURE_HEADERS = """
 Headers: `webhook-id` (the event id, identical on every retry: deduplicate on it),
 `webhook-timestamp` (Unix seconds; reject old ones), `webhook-signature`
 (`v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{raw body}">`, keyed with the
-base64-decoded part of your secret after `whsec_`). Answer 2xx within 10 seconds.
+base64-decoded part of your secret after `whsec_`; while a rotated secret's overlap lasts, two
+of them, space-separated: accept the delivery when one verifies). Answer 2xx within 10 seconds.
 
 The body says what changed, not the whole shipment: `data.changes` holds only the fields this
 event set, `data.version` orders events of one shipment. Fetch `GET /shipments/{id}` for the

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 from typing_extensions import TypedDict
 
 from backend.fields import RequestBody, reject_unstorable
@@ -18,9 +25,14 @@ _EXAMPLE_ENDPOINT: dict[str, Any] = {
     "enabled": True,
     "disabled_reason": None,
     "failing_since": None,
+    "previous_secret_expires_at": None,
     "created_at": "2026-11-22T09:30:00Z",
     "livemode": True,
 }
+# Rotating a secret keeps the old one signing beside it for this long unless told otherwise,
+# and for at most the maximum.
+DEFAULT_OVERLAP_SECONDS = 24 * 3600
+MAX_OVERLAP_SECONDS = 7 * 24 * 3600
 
 
 class WebhookEndpointCreate(RequestBody):
@@ -54,19 +66,48 @@ class WebhookEndpointRead(BaseModel):
     enabled: bool
     disabled_reason: str | None = Field(description="Why deliveries stopped, when they did.")
     failing_since: datetime | None
+    previous_secret_expires_at: datetime | None = Field(
+        description="After a secret rotation, until when deliveries are also signed with the "
+        "previous secret; null when only the current secret signs."
+    )
     created_at: datetime
     livemode: bool = Field(description="False for test data (created with a test key).")
+
+    @field_validator("previous_secret_expires_at")
+    @classmethod
+    def _only_while_in_use(cls, value: datetime | None) -> datetime | None:
+        # The stored time stays once it has passed; the previous secret no longer signs then.
+        return value if value is not None and value > datetime.now(UTC) else None
 
 
 class WebhookEndpointCreated(WebhookEndpointRead):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{**_EXAMPLE_ENDPOINT, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]
+            "examples": [
+                {**_EXAMPLE_ENDPOINT, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+                {
+                    **_EXAMPLE_ENDPOINT,
+                    "previous_secret_expires_at": "2026-11-23T09:30:00Z",
+                    "secret": "whsec_3q0hXb7wYt1cUe2ZkR9mN4sJvA8pL6dF",
+                },
+            ]
         }
     )
 
     secret: str = Field(
         description="Verifies the `webhook-signature` header. Shown this once: store it now."
+    )
+
+
+class WebhookSecretRotation(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"overlap_seconds": 86400}, {}]})
+
+    overlap_seconds: int = Field(
+        default=DEFAULT_OVERLAP_SECONDS,
+        ge=0,
+        le=MAX_OVERLAP_SECONDS,
+        description="How long deliveries stay signed with the old secret too, so you can "
+        "deploy the new one meanwhile (default a day, at most 7 days; 0 retires it at once).",
     )
 
 

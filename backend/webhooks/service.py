@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -18,10 +19,12 @@ from sqlalchemy import (
     true,
     tuple_,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from backend.accounts.caller import Caller
+from backend.db import utcnow, violated_constraint
 from backend.errors import Conflict, DomainError, NotFound
 from backend.pagination import after_last, decode_cursor, newest_first, split_page
 from backend.rate_limit import FixedWindowLimiter
@@ -35,10 +38,13 @@ from backend.webhooks.schemas import (
     WebhookEndpointCreate,
     WebhookEndpointCreated,
     WebhookEndpointRead,
+    WebhookSecretRotation,
 )
 from backend.webhooks.webhooks import new_secret
 
 MAX_ENDPOINTS_PER_SELLER = 10
+# The unique index behind `WebhookUrlTaken` (backend/webhooks/models.py).
+URL_INDEX = "ix_webhook_endpoints_seller_mode_url"
 
 # The oldest transaction still running, as a number comparable to `Event.transaction_id`. Read
 # afresh by every statement (Read Committed), so a statement never lists an event of a
@@ -68,7 +74,26 @@ class TooManyWebhookEndpoints(Conflict):
 class WebhookEndpointDisabled(Conflict):
     code = "webhook_endpoint_disabled"
     title = "Webhook endpoint disabled"
-    default_detail = "This endpoint was disabled after failing for too long; register it again."
+    default_detail = (
+        "This endpoint was disabled after failing for too long; enable it again with "
+        "POST /seller/webhooks/{id}/enable once it answers."
+    )
+
+
+class WebhookUrlTaken(Conflict):
+    code = "webhook_url_taken"
+    title = "Webhook URL already registered"
+    default_detail = (
+        "You already have an endpoint with this URL (`endpoint_id`); each gets every event "
+        "once. Use it, or delete it first."
+    )
+
+    def __init__(self, endpoint_id: uuid.UUID | None) -> None:
+        # None only if two URLs of the seller's shared a digest (backend/webhooks/models.py).
+        if endpoint_id is None:
+            super().__init__()
+        else:
+            super().__init__(endpoint_id=str(endpoint_id))
 
 
 class UnknownEvent(DomainError):
@@ -104,7 +129,44 @@ class WebhookService:
             secret=new_secret(),
             livemode=seller.livemode,
         )
-        self._session.add(endpoint)
+        try:
+            # Added within a savepoint (which flushes whatever is pending as it begins), so
+            # that a refused insert leaves the transaction usable.
+            async with self._session.begin_nested():
+                self._session.add(endpoint)
+                await self._session.flush()
+        except IntegrityError as error:
+            if violated_constraint(error) != URL_INDEX:
+                raise
+            raise WebhookUrlTaken(await self._same_url(seller, body.url)) from None
+        return WebhookEndpointCreated.model_validate(endpoint)
+
+    async def enable(self, seller: Caller, endpoint_id: uuid.UUID) -> WebhookEndpointRead:
+        """Deliver to the endpoint again, from the next event on: its run of failures starts
+        over. Nothing missed while it was disabled is sent again (the feed has it)."""
+        endpoint = await self._owned(seller, endpoint_id, for_update=True)
+        if not endpoint.enabled:
+            endpoint.enabled = True
+            endpoint.disabled_reason = None
+            endpoint.failing_since = None
+            await self._session.flush()
+        return WebhookEndpointRead.model_validate(endpoint)
+
+    async def rotate_secret(
+        self, seller: Caller, endpoint_id: uuid.UUID, body: WebhookSecretRotation
+    ) -> WebhookEndpointCreated:
+        """A new secret; the current one keeps signing beside it for `overlap_seconds`. A
+        secret still in its overlap from an earlier rotation stops signing now."""
+        # Locked: two rotations at once must not both retire the same secret, leaving one
+        # caller holding a secret that never signs anything.
+        endpoint = await self._owned(seller, endpoint_id, for_update=True)
+        if body.overlap_seconds > 0:
+            endpoint.previous_secret = endpoint.secret
+            endpoint.previous_secret_expires_at = utcnow() + timedelta(seconds=body.overlap_seconds)
+        else:
+            endpoint.previous_secret = None
+            endpoint.previous_secret_expires_at = None
+        endpoint.secret = new_secret()
         await self._session.flush()
         return WebhookEndpointCreated.model_validate(endpoint)
 
@@ -200,14 +262,25 @@ class WebhookService:
             has_more=len(rows) > limit,
         )
 
-    async def _owned(self, seller: Caller, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    async def _owned(
+        self, seller: Caller, endpoint_id: uuid.UUID, *, for_update: bool = False
+    ) -> WebhookEndpoint:
         statement = select(WebhookEndpoint).where(
             col(WebhookEndpoint.id) == endpoint_id, *_owned_by(seller)
         )
+        if for_update:
+            statement = statement.with_for_update()
         endpoint = (await self._session.execute(statement)).scalars().first()
         if endpoint is None:
             raise WebhookEndpointNotFound()
         return endpoint
+
+    async def _same_url(self, seller: Caller, url: str) -> uuid.UUID | None:
+        statement = select(col(WebhookEndpoint.id)).where(
+            *_owned_by(seller), col(WebhookEndpoint.url) == url
+        )
+        endpoint_id: uuid.UUID | None = await self._session.scalar(statement)
+        return endpoint_id
 
 
 def _owned_by(seller: Caller) -> tuple[ColumnElement[bool], ...]:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -75,6 +75,25 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
     signed = f"{message_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def signing_secrets(endpoint: WebhookEndpoint, now: datetime) -> list[str]:
+    """The endpoint's secret, then its previous one while a rotation's overlap lasts."""
+    secrets_now = [endpoint.secret]
+    expires_at = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret is not None and expires_at is not None and now < expires_at:
+        secrets_now.append(endpoint.previous_secret)
+    return secrets_now
+
+
+def signature_header(
+    endpoint: WebhookEndpoint, message_id: str, timestamp: int, body: bytes, now: datetime
+) -> str:
+    """`webhook-signature`: one signature per secret in use, space-separated (Standard
+    Webhooks), so a receiver holding either secret of a rotation accepts the delivery."""
+    return " ".join(
+        sign(secret, message_id, timestamp, body) for secret in signing_secrets(endpoint, now)
+    )
 
 
 # Address forms that carry an IPv4 address inside an IPv6 one. `is_global` judges the IPv6
@@ -294,7 +313,9 @@ class WebhookDispatcher:
             "user-agent": "Shiptrack-Webhooks/1",
             "webhook-id": str(event.id),
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(endpoint.secret, str(event.id), timestamp, body),
+            "webhook-signature": signature_header(
+                endpoint, str(event.id), timestamp, body, utcnow()
+            ),
         }
         deadline = self._settings.webhook_timeout_seconds
         started = time.perf_counter()
