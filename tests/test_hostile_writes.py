@@ -235,6 +235,8 @@ KNOWN_WRITE_ROUTES = {
     "POST /seller/webhooks",
     "DELETE /seller/webhooks/{endpoint_id}",
     "POST /seller/webhooks/{endpoint_id}/test",
+    "POST /seller/webhooks/{endpoint_id}/enable",
+    "POST /seller/webhooks/{endpoint_id}/rotate-secret",
     "POST /seller/api-keys",
     "DELETE /seller/api-keys/{key_id}",
     "POST /partner/api-keys",
@@ -265,6 +267,7 @@ class World:
     delivered: dict[str, Any]  # reviewable with `review_token`
     review_token: str
     webhook_id: str
+    disabled_webhook_id: str  # disabled by the worker, as it were: enabling it changes it
     reset_tokens: dict[str, str]  # by account kind
     api_key_ids: dict[str, str]  # a live key of each account kind, by kind
     test_key_headers: dict[str, str]  # the seller's test key, with every scope
@@ -402,15 +405,25 @@ def _review(world: World) -> Valid:
 
 
 # Loopback (allowed by the setting below): nothing resolves a name, and no worker sends to it.
+# The world's endpoints have these URLs; a new one needs a URL of its own.
 WEBHOOK_BODY = {"url": "http://127.0.0.1:9/hooks", "description": "Order system"}
+DISABLED_WEBHOOK_BODY = {"url": "http://127.0.0.1:9/disabled", "description": "Gone quiet"}
 
 
 def _create_webhook(_world: World) -> Valid:
-    return Valid(body=dict(WEBHOOK_BODY))
+    return Valid(body={**WEBHOOK_BODY, "url": "http://127.0.0.1:9/new-hooks"})
 
 
 def _webhook(world: World) -> Valid:
     return Valid(path_values={"endpoint_id": world.webhook_id})
+
+
+def _disabled_webhook(world: World) -> Valid:
+    return Valid(path_values={"endpoint_id": world.disabled_webhook_id})
+
+
+def _rotate_webhook_secret(world: World) -> Valid:
+    return Valid(path_values={"endpoint_id": world.webhook_id}, body={"overlap_seconds": 3600})
 
 
 RECIPES: dict[str, Callable[[World], Valid]] = {
@@ -435,6 +448,8 @@ RECIPES: dict[str, Callable[[World], Valid]] = {
     "POST /seller/webhooks": _create_webhook,
     "DELETE /seller/webhooks/{endpoint_id}": _webhook,
     "POST /seller/webhooks/{endpoint_id}/test": _webhook,
+    "POST /seller/webhooks/{endpoint_id}/enable": _disabled_webhook,
+    "POST /seller/webhooks/{endpoint_id}/rotate-secret": _rotate_webhook_secret,
     "POST /seller/api-keys": _create_api_key("seller"),
     "POST /partner/api-keys": _create_api_key("partner"),
     "DELETE /seller/api-keys/{key_id}": _api_key("seller"),
@@ -601,6 +616,18 @@ async def build_world(client: httpx.AsyncClient, engine: AsyncEngine) -> World:
         "/seller/webhooks", json=WEBHOOK_BODY, headers=parties.seller_headers
     )
     assert webhook.status_code == 201, webhook.text
+    disabled_webhook = await client.post(
+        "/seller/webhooks", json=DISABLED_WEBHOOK_BODY, headers=parties.seller_headers
+    )
+    assert disabled_webhook.status_code == 201, disabled_webhook.text
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE webhook_endpoints SET enabled = false, failing_since = now(),"
+                " disabled_reason = 'Disabled after failing for a day' WHERE id = :id"
+            ),
+            {"id": uuid.UUID(disabled_webhook.json()["id"])},
+        )
     reset_tokens = {}
     for kind, account in (("seller", parties.seller), ("partner", parties.partner)):
         response = await client.post(f"/{kind}/password/forgot", json={"email": account["email"]})
@@ -629,6 +656,7 @@ async def build_world(client: httpx.AsyncClient, engine: AsyncEngine) -> World:
         delivered=delivered,
         review_token=review_token,
         webhook_id=webhook.json()["id"],
+        disabled_webhook_id=disabled_webhook.json()["id"],
         reset_tokens=reset_tokens,
         api_key_ids=api_key_ids,
         test_key_headers=test_key_headers,
