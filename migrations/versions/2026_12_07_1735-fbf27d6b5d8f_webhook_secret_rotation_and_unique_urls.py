@@ -23,8 +23,8 @@ Downgrading drops the previous secrets: receivers that have not yet switched to 
 of a rotation still in its overlap stop verifying deliveries.
 
 Revision ID: fbf27d6b5d8f
-Revises: d8b25d6b47bd
-Create Date: 2026-12-08 09:00:00.000000+00:00
+Revises: 06289c45a615
+Create Date: 2026-12-07 17:35:00.000000+00:00
 """
 
 from collections.abc import Sequence
@@ -34,7 +34,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = 'fbf27d6b5d8f'
-down_revision: str | None = 'd8b25d6b47bd'
+down_revision: str | None = '06289c45a615'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
