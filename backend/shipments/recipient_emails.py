@@ -1,18 +1,39 @@
 """Emails to a shipment's recipient, queued in the outbox of the change that causes them (or,
-for a test shipment, only recorded)."""
+for a test shipment, only recorded): every change that matters to them (product.md §12.5).
+
+They carry the recipient's own data and the tracking link, nothing of anyone else's: never the
+partner's note (a failure is told in FAILURE_WORDS), never the seller's or partner's contacts.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.accounts.tokens import LinkTokens
 from backend.outbox.outbox import enqueue_email, last_recorded_value, record_email
-from backend.outbox.wording import human_moment
+from backend.outbox.wording import human_day, human_moment
+from backend.shipments.failures import FAILURE_WORDS, FailureReason
 from backend.shipments.models import Shipment
 from backend.shipments.public import REVIEW_LINK
 from backend.shipments.views import tracking_url
+
+# Values a template sees: stored as JSON in the outbox (or the recorded test email).
+ContextValue = str | list[str]
+
+
+def delivery_day_moved(previous: datetime, current: datetime) -> bool:
+    """Whether a new estimated delivery is worth telling the recipient ("an ETA moved by ≥ 1
+    day", product.md §12.5): it falls on another calendar day in UTC, the day every email and
+    the tracking page show (backend/outbox/wording.py). A shift of hours within the day is not
+    news; one that crosses midnight changes the day the recipient reads, so it is."""
+    return previous.astimezone(UTC).date() != current.astimezone(UTC).date()
+
+
+def _count(number: int, thing: str) -> str:
+    """'1 failed attempt', '3 failed attempts'."""
+    return f"{number} {thing}" if number == 1 else f"{number} {thing}s"
 
 
 class RecipientEmails:
@@ -68,6 +89,62 @@ class RecipientEmails:
         review_url = f"{self._page(shipment)}?review={token}"
         self._queue(shipment, "delivered", partner_name=partner_name, review_url=review_url)
 
+    def failed_attempt(
+        self, shipment: Shipment, *, reason: FailureReason, attempts: int, attempts_left: int
+    ) -> None:
+        """A delivery attempt failed: why, in plain words (never the partner's note), and what
+        happens next: another attempt, or the way back to the sender when none is left.
+        `attempts` counts the failed ones so far, this one included."""
+        if attempts_left > 0:
+            what_next = (
+                "The courier will try again, usually on the next working day "
+                f"({_count(attempts_left, 'attempt')} left)."
+            )
+        else:
+            what_next = "No attempts are left: the parcel will go back to the sender."
+        self._queue(
+            shipment,
+            "failed_attempt",
+            what_happened=FAILURE_WORDS[reason],
+            attempt_text=_count(attempts, "failed attempt"),
+            what_next=what_next,
+        )
+
+    def details_corrected(self, shipment: Shipment) -> None:
+        """The seller changed the delivery details: where and to whom the parcel now goes, as
+        stored now, sent to the recipient's address as stored now."""
+        city_line = " ".join(
+            part for part in (shipment.destination_city, shipment.destination_zip) if part
+        )
+        address_lines = [line for line in (shipment.destination_address_line, city_line) if line]
+        self._queue(shipment, "details_corrected", address_lines=address_lines)
+
+    def cancelled(self, shipment: Shipment, *, seller_name: str) -> None:
+        """The shipment was cancelled before the carrier had it: nothing will arrive."""
+        self._queue(shipment, "cancelled", seller_name=seller_name)
+
+    def returned(self, shipment: Shipment, *, reason: FailureReason | None, attempts: int) -> None:
+        """The parcel is going back to its sender: after how many delivery attempts (when there
+        were any) and the last one's reason in plain words (when known)."""
+        self._queue(
+            shipment,
+            "returned",
+            attempts_text=_count(attempts, "delivery attempt") if attempts >= 1 else "",
+            last_attempt=FAILURE_WORDS[reason] if reason is not None else "",
+        )
+
+    def eta_moved(self, shipment: Shipment, *, previous: datetime) -> None:
+        """The estimated delivery moved to another day, later or earlier than `previous`
+        (the caller decides it is news: delivery_day_moved)."""
+        current = shipment.estimated_delivery
+        self._queue(
+            shipment,
+            "eta_moved",
+            estimated_delivery_day=human_day(current),
+            previous_day=human_day(previous),
+            direction="later" if current > previous else "earlier",
+        )
+
     async def last_recorded_code(self, shipment: Shipment) -> str | None:
         """The delivery code in the newest email recorded for a test shipment: what its
         simulated recipient shows at the door."""
@@ -82,7 +159,7 @@ class RecipientEmails:
         *,
         secret_fields: tuple[str, ...] = (),
         not_before: datetime | None = None,
-        **context: str,
+        **context: ContextValue,
     ) -> None:
         """Queue an email to the recipient, sent only if this change commits; a test
         shipment's is recorded instead, never sent."""

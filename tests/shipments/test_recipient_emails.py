@@ -1,6 +1,9 @@
-"""The recipient's emails, from the API change that queues them to the message an SMTP server
-receives: shipment created (tracking link), out for delivery (the code), delivered. And what
-is not sent: nothing for a change that was refused or rolled back.
+"""The recipient's emails (product.md §12.5), from the API change that queues them to the
+message an SMTP server receives: shipment created (tracking link), out for delivery (the code),
+delivered. And what is not sent: nothing for a change that was refused or rolled back. The
+failed attempt and corrected details emails, and a return's reason and count, which no API
+change sends yet, are queued through RecipientEmails on a stored shipment and sent by the
+same worker.
 
 Sign-ups queue account emails of their own, so these tests look at what was sent to the
 shipment's recipient and at the outbox rows of the shipment.
@@ -10,12 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend.accounts.tokens import LinkTokens
+from backend.db import unit_of_work
 from backend.outbox.models import OutboxStatus
+from backend.shipments.failures import FAILURE_WORDS, FailureReason
+from backend.shipments.models import Shipment
+from backend.shipments.recipient_emails import RecipientEmails
 from tests.assertions import assert_problem
 from tests.conftest import count_rows
 from tests.outbox.conftest import (
@@ -442,3 +453,165 @@ async def test_a_second_trip_out_sends_a_fresh_code_and_only_it_delivers(
         client, partner, shipment_id, status="delivered", verification_code=second_code
     )
     assert delivered.status_code == 200, delivered.text
+
+
+# --- every other change that matters to the recipient (§12.5) -------------------------------
+
+# What a partner may write in a note: never for the recipient's eyes.
+PARTNER_NOTE = "Neighbour Alice Smith at no. 12 says they moved; call her on 555-0100"
+
+
+def parts(mail: ReceivedMail) -> tuple[str, str]:
+    return mail.part("plain"), mail.part("html")
+
+
+def assert_links_to_tracking(mail: ReceivedMail, shipment: dict[str, Any]) -> None:
+    link = f"{PUBLIC_BASE_URL}/t/{shipment['tracking_number']}"
+    plain, html = parts(mail)
+    assert link in plain
+    assert f'href="{link}"' in html
+
+
+def assert_nobody_elses_data(mail: ReceivedMail, parties: Parties, *more: str) -> None:
+    """Neither the seller's nor the partner's contacts or address, nor the partner's note (nor
+    anything in `more`), in the subject or either part."""
+    others = [
+        parties.seller["email"],
+        parties.seller["address"],
+        parties.partner["email"],
+        "Alice Smith",
+        "555-0100",
+        *more,
+    ]
+    for text_ in (mail.subject, *parts(mail)):
+        for other in others:
+            assert other not in text_, other
+        assert "None" not in text_
+
+
+# --- not yet sent by any API change: queued on a stored shipment ----------------------------
+
+
+async def queue_for(
+    track_app: TrackApp,
+    shipment: dict[str, Any],
+    queue: Callable[[RecipientEmails, Shipment], None],
+) -> None:
+    """Run `queue` on the stored shipment in a committed unit of work, as a service would."""
+    settings = track_app.settings
+    async with unit_of_work(track_app.sessionmaker) as unit:
+        stored = await unit.session.get(Shipment, uuid.UUID(shipment["id"]))
+        assert stored is not None
+        emails = RecipientEmails(
+            unit.session,
+            links=LinkTokens(settings),
+            public_base_url=settings.public_base_url,
+            review_link_ttl_seconds=settings.review_link_ttl_seconds,
+        )
+        queue(emails, stored)
+
+
+@pytest.mark.parametrize(
+    ("reason", "attempts", "attempts_left", "what_next"),
+    [
+        (FailureReason.recipient_unavailable, 1, 2, "next working day (2 attempts left)"),
+        (FailureReason.weather, 2, 1, "next working day (1 attempt left)"),
+        (FailureReason.access_restricted, 3, 0, "will go back to the sender"),
+        (FailureReason.other, 1, 2, "next working day (2 attempts left)"),
+    ],
+)
+async def test_a_failed_attempt_says_what_happened_and_what_comes_next(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+    reason: FailureReason,
+    attempts: int,
+    attempts_left: int,
+    what_next: str,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    await bring_to(track_app.client, db_engine, parties, shipment["id"], "out_for_delivery")
+    await queue_for(
+        track_app,
+        shipment,
+        lambda emails, stored: emails.failed_attempt(
+            stored, reason=reason, attempts=attempts, attempts_left=attempts_left
+        ),
+    )
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+
+    mail = only_mail(smtp_server, shipment, "could not deliver")
+    assert_links_to_tracking(mail, shipment)
+    counted = f"{attempts} failed attempt{'s' if attempts > 1 else ''} so far"
+    for part in parts(mail):
+        assert "Grace Hopper" in part
+        assert "2 paperback books" in part
+        assert FAILURE_WORDS[reason] in part
+        assert counted in part
+        assert what_next in part
+    assert_nobody_elses_data(mail, parties)
+    await assert_all_sent(db_engine, shipment, 3)  # created, delivery code, failed attempt
+
+
+async def test_a_returned_parcel_tells_the_last_reason_and_the_attempts(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    await queue_for(
+        track_app,
+        shipment,
+        lambda emails, stored: emails.returned(stored, reason=FailureReason.refused, attempts=2),
+    )
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+
+    mail = only_mail(smtp_server, shipment, "going back to the sender")
+    assert_links_to_tracking(mail, shipment)
+    for part in parts(mail):
+        assert "going back to the sender after 2 delivery attempts." in part
+        assert FAILURE_WORDS[FailureReason.refused] in part
+    assert_nobody_elses_data(mail, parties)
+
+
+async def test_corrected_details_go_to_the_recipient_as_now_stored(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    old_address = recipient_of(shipment)
+
+    def correct_and_queue(emails: RecipientEmails, stored: Shipment) -> None:
+        # What a correction stores (§12.3), then its email.
+        stored.recipient_name = "Grace B. Hopper"
+        stored.recipient_email = "grace.hopper@example.org"
+        stored.destination_address_line = "1 Navy Yard"
+        stored.destination_city = None
+        emails.details_corrected(stored)
+
+    await queue_for(track_app, shipment, correct_and_queue)
+    corrected = {
+        **shipment,
+        "recipient": {**shipment["recipient"], "email": "grace.hopper@example.org"},
+    }
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+
+    mail = only_mail(smtp_server, corrected, "details updated")
+    assert [mail.subject for mail in smtp_server.received_by(old_address)] == [
+        f"Your parcel {shipment['tracking_number']} is on its way"
+    ]
+    assert_links_to_tracking(mail, shipment)
+    for part in parts(mail):
+        assert "Grace B. Hopper" in part
+        assert "1 Navy Yard" in part
+        assert "02139" in part
+        assert "77 Massachusetts Ave" not in part
+        assert "Cambridge" not in part
+    assert_nobody_elses_data(mail, parties, old_address)
