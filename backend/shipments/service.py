@@ -354,6 +354,9 @@ class ShipmentService:
                 allowed_next=[],
             )
         await self._move(shipment, ShipmentStatus.cancelled, location_zip=None, note=note)
+        # Only a seller cancels: its own request, or the expiry sweep acting as the shipment's
+        # seller (backend/shipments/expiry.py).
+        self._emails.cancelled(shipment, seller_name=self._account.name)
         cancelled = self._view(loaded)
         changes = {"status": ShipmentStatus.cancelled.value}
         await self._publish(cancelled, [SHIPMENT_UPDATED, SHIPMENT_CANCELLED], changes)

@@ -1,9 +1,9 @@
 """The recipient's emails (product.md §12.5), from the API change that queues them to the
 message an SMTP server receives: shipment created (tracking link), out for delivery (the code),
-delivered. And what is not sent: nothing for a change that was refused or rolled back. The
-failed attempt and corrected details emails, and a return's reason and count, which no API
-change sends yet, are queued through RecipientEmails on a stored shipment and sent by the
-same worker.
+delivered, cancelled. And what is not sent: nothing for a change that was refused or rolled
+back. The failed attempt
+and corrected details emails, and a return's reason and count, which no API change sends yet,
+are queued through RecipientEmails on a stored shipment and sent by the same worker.
 
 Sign-ups queue account emails of their own, so these tests look at what was sent to the
 shipment's recipient and at the outbox rows of the shipment.
@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend.accounts.tokens import LinkTokens
 from backend.db import unit_of_work
 from backend.outbox.models import OutboxStatus
+from backend.redis_client import create_redis
+from backend.shipments.expiry import PlacedExpiry, expiry_note
 from backend.shipments.failures import FAILURE_WORDS, FailureReason
 from backend.shipments.models import Shipment
 from backend.shipments.recipient_emails import RecipientEmails
@@ -48,6 +50,7 @@ from tests.shipments.factories import (
     patch_shipment,
     shipment_body,
 )
+from tests.shipments.test_shipment_limits import age_shipment
 
 EMAIL_FROM = "Shiptrack <notify@track.example>"
 SIX_DIGITS = re.compile(r"(?<![0-9])[0-9]{6}(?![0-9])")
@@ -487,6 +490,66 @@ def assert_nobody_elses_data(mail: ReceivedMail, parties: Parties, *more: str) -
         for other in others:
             assert other not in text_, other
         assert "None" not in text_
+
+
+async def test_a_cancelled_shipment_tells_its_recipient_who_cancelled_it(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    # Another of the seller's recipients, whose data must stay out of this one's email.
+    other = await create_shipment(
+        track_app.client,
+        parties.seller_headers,
+        recipient={"name": "Ada Lovelace", "email": "ada@example.com"},
+    )
+    await bring_to(track_app.client, db_engine, parties, shipment["id"], "cancelled")
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+
+    assert len(smtp_server.received_by(recipient_of(shipment))) == 2  # created, cancelled
+    mail = only_mail(smtp_server, shipment, "was cancelled")
+    assert_links_to_tracking(mail, shipment)
+    for part in parts(mail):
+        assert "Grace Hopper" in part
+        assert parties.seller["name"] in part
+        assert "2 paperback books" in part
+        assert "will not be delivered" in part
+    assert_nobody_elses_data(mail, parties, "Ada Lovelace", recipient_of(other))
+    await assert_all_sent(db_engine, shipment, 2)
+    # The other shipment's recipient heard only of their own parcel.
+    [theirs] = smtp_server.received_by(recipient_of(other))
+    assert "on its way" in theirs.subject
+
+
+async def test_a_shipment_the_sweep_cancels_is_announced_in_its_sellers_name(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    await age_shipment(db_engine, shipment["id"], 72.1)
+    settings = track_app.settings
+    assert settings.redis_url is not None
+    redis = create_redis(settings, settings.redis_url, max_connections=2)
+    try:
+        assert await PlacedExpiry(settings, track_app.sessionmaker, redis).sweep() == 1
+    finally:
+        await redis.aclose()
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+
+    mail = only_mail(smtp_server, shipment, "was cancelled")
+    assert_links_to_tracking(mail, shipment)
+    for part in parts(mail):
+        assert parties.seller["name"] in part
+        assert "Speedy Couriers" not in part
+        # The timeline's line is the seller's business, not the recipient's.
+        assert expiry_note(72) not in part
+    assert_nobody_elses_data(mail, parties)
 
 
 # --- not yet sent by any API change: queued on a stored shipment ----------------------------

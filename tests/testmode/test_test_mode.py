@@ -180,7 +180,7 @@ async def test_live_and_test_data_never_meet(client: httpx.AsyncClient) -> None:
             ["placed", "in_transit", "out_for_delivery", "returned"],
             ["shipment_created", "delivery_code"],
         ),
-        ("cancelled", "cancelled", ["placed", "cancelled"], ["shipment_created"]),
+        ("cancelled", "cancelled", ["placed", "cancelled"], ["shipment_created", "cancelled"]),
     ],
 )
 async def test_advance_walks_a_scenario_on_the_real_status_machine(
@@ -217,6 +217,10 @@ async def test_advance_walks_a_scenario_on_the_real_status_machine(
     recorded = await recorded_emails(client, test_key)
     assert len(recorded) == len(emails)
     assert {email["to"] for email in recorded} == {shipment["recipient"]["email"]}
+    for email in recorded:
+        assert shipment["tracking_number"] in email["subject"]
+        assert shipment["tracking_url"] in email["text"]
+        assert f'href="{shipment["tracking_url"]}"' in email["html"]
     async with db_engine.connect() as connection:
         templates = (
             await connection.execute(
