@@ -47,7 +47,7 @@ from backend.shipments.idempotency import IdempotencyKeys
 from backend.shipments.limits import EmailSlot, ShipmentLimits
 from backend.shipments.live import announce_after_commit
 from backend.shipments.models import Shipment, ShipmentEvent
-from backend.shipments.recipient_emails import RecipientEmails
+from backend.shipments.recipient_emails import RecipientEmails, delivery_day_moved
 from backend.shipments.repository import LoadedShipment, ShipmentRepository, Visibility
 from backend.shipments.schemas import (
     CoverageRead,
@@ -411,6 +411,7 @@ class ShipmentService:
                 # A right code is not a guess the partner's budget is for.
                 forget = partial(self._limits.forget_code_guess, self._account.id)
                 self._unit.after_commit(forget)
+        previous_eta = shipment.estimated_delivery
         if change.estimated_delivery is not None:
             shipment.estimated_delivery = change.estimated_delivery
         # What this report alters, for the feed; read before _move applies the status.
@@ -426,6 +427,12 @@ class ShipmentService:
             self._emails.delivery_code(shipment, code)
         elif change.status is ShipmentStatus.delivered:
             self._emails.delivered(shipment, partner_name=loaded.partner_name)
+        if change.status is ShipmentStatus.returned:
+            self._emails.returned(shipment, reason=None, attempts=0)
+        elif target not in TERMINAL and delivery_day_moved(
+            previous_eta, shipment.estimated_delivery
+        ):
+            self._emails.eta_moved(shipment, previous=previous_eta)
         updated = self._view(loaded)
         delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
         await self._publish(updated, [SHIPMENT_UPDATED, *delivered], changes)

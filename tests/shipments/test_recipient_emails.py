@@ -1,7 +1,7 @@
 """The recipient's emails (product.md §12.5), from the API change that queues them to the
 message an SMTP server receives: shipment created (tracking link), out for delivery (the code),
-delivered, cancelled. And what is not sent: nothing for a change that was refused or rolled
-back. The failed attempt
+delivered, cancelled, returned, a new delivery day. And what is not sent: nothing for a change
+that was refused or rolled back, nor for an estimate moved within its day. The failed attempt
 and corrected details emails, and a return's reason and count, which no API change sends yet,
 are queued through RecipientEmails on a stored shipment and sent by the same worker.
 
@@ -15,6 +15,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend.accounts.tokens import LinkTokens
 from backend.db import unit_of_work
 from backend.outbox.models import OutboxStatus
+from backend.outbox.wording import human_day
 from backend.redis_client import create_redis
 from backend.shipments.expiry import PlacedExpiry, expiry_note
 from backend.shipments.failures import FAILURE_WORDS, FailureReason
@@ -550,6 +552,186 @@ async def test_a_shipment_the_sweep_cancels_is_announced_in_its_sellers_name(
         # The timeline's line is the seller's business, not the recipient's.
         assert expiry_note(72) not in part
     assert_nobody_elses_data(mail, parties)
+
+
+async def test_a_returned_parcel_is_announced_without_the_partners_note(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    await bring_to(track_app.client, db_engine, parties, shipment["id"], "in_transit")
+    returned = await patch_shipment(
+        track_app.client,
+        parties.partner_headers,
+        shipment["id"],
+        status="returned",
+        note=PARTNER_NOTE,
+    )
+    assert returned.status_code == 200, returned.text
+    assert returned.json()["timeline"][-1]["description"] == PARTNER_NOTE
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+
+    assert len(smtp_server.received_by(recipient_of(shipment))) == 2  # created, returned
+    mail = only_mail(smtp_server, shipment, "going back to the sender")
+    assert_links_to_tracking(mail, shipment)
+    for part in parts(mail):
+        assert "Grace Hopper" in part
+        assert "2 paperback books" in part
+        assert "going back to the sender." in part
+        # No reason or count is known to this path yet: none is made up.
+        assert "attempt" not in part
+    assert_nobody_elses_data(mail, parties)
+    await assert_all_sent(db_engine, shipment, 2)
+
+
+def eta_of(shipment: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(shipment["estimated_delivery"])
+
+
+def two_days_later(eta: datetime) -> datetime:
+    return eta + timedelta(days=2)
+
+
+def a_day_earlier(eta: datetime) -> datetime:
+    return eta - timedelta(days=1)
+
+
+def just_past_midnight(eta: datetime) -> datetime:
+    """The next day in UTC, by less than 24 hours unless the estimate was before 00:30."""
+    next_day = eta.astimezone(UTC).date() + timedelta(days=1)
+    return datetime(next_day.year, next_day.month, next_day.day, 0, 30, tzinfo=UTC)
+
+
+def same_day(eta: datetime) -> datetime:
+    """An hour later or earlier, on the same day in UTC."""
+    return eta + timedelta(hours=1 if eta.astimezone(UTC).hour < 12 else -1)
+
+
+@pytest.mark.parametrize(
+    ("move", "direction"),
+    [(two_days_later, "later"), (a_day_earlier, "earlier"), (just_past_midnight, "later")],
+)
+async def test_a_new_delivery_day_is_announced(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+    move: Callable[[datetime], datetime],
+    direction: str,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    in_transit = await bring_to(track_app.client, db_engine, parties, shipment["id"], "in_transit")
+    previous = eta_of(in_transit)
+    new_eta = move(previous)
+    response = await patch_shipment(
+        track_app.client,
+        parties.partner_headers,
+        shipment["id"],
+        estimated_delivery=new_eta.isoformat(),
+        note=PARTNER_NOTE,
+    )
+    assert response.status_code == 200, response.text
+    assert eta_of(response.json()) == new_eta
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+
+    assert len(smtp_server.received_by(recipient_of(shipment))) == 2  # created, new day
+    mail = only_mail(smtp_server, shipment, "is now expected")
+    assert human_day(new_eta) in mail.subject
+    assert_links_to_tracking(mail, shipment)
+    for part in parts(mail):
+        assert "Grace Hopper" in part
+        assert f"moved {direction}" in part
+        assert human_day(previous) in part
+        assert human_day(new_eta) in part
+    assert_nobody_elses_data(mail, parties)
+    await assert_all_sent(db_engine, shipment, 2)
+
+
+async def test_an_estimate_moved_within_its_day_sends_nothing(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    new_eta = same_day(eta_of(shipment))
+    response = await patch_shipment(
+        track_app.client,
+        parties.partner_headers,
+        shipment["id"],
+        status="in_transit",
+        estimated_delivery=new_eta.isoformat(),
+    )
+    assert response.status_code == 200, response.text
+    assert eta_of(response.json()) == new_eta
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+    templates = [row.payload["template"] for row in await outbox_rows(db_engine, shipment["id"])]
+    assert [template for template in templates if template != "shipment_created"] == []
+    assert len(smtp_server.received_by(recipient_of(shipment))) == 1
+
+
+async def test_refused_cancels_returns_and_new_estimates_send_nothing(
+    track_app: TrackApp,
+    db_engine: AsyncEngine,
+    smtp_server: SmtpServer,
+    make_worker: WorkerFactory,
+) -> None:
+    parties, shipment = await new_shipment(track_app)
+    shipment_id = shipment["id"]
+    client, partner = track_app.client, parties.partner_headers
+    later = (eta_of(shipment) + timedelta(days=2)).isoformat()
+
+    # A placed shipment cannot be returned.
+    assert_problem(
+        await patch_shipment(client, partner, shipment_id, status="returned"),
+        409,
+        "invalid_transition",
+    )
+    await bring_to(client, db_engine, parties, shipment_id, "in_transit")
+    # Once it is in transit, the seller cannot cancel it.
+    cancel = await client.post(f"/shipments/{shipment_id}/cancel", headers=parties.seller_headers)
+    assert_problem(cancel, 409, "invalid_transition")
+    # A new estimate on a stale version is refused.
+    stale = await client.patch(
+        f"/shipments/{shipment_id}",
+        json={"estimated_delivery": later},
+        headers={**partner, "If-Match": '"1"'},
+    )
+    assert_problem(stale, 412, "version_mismatch")
+    # So is one on a delivered shipment, or one that comes with a wrong delivery code.
+    await bring_to(client, db_engine, parties, shipment_id, "out_for_delivery")
+    code = await delivery_code(db_engine, shipment_id)
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    refused = await patch_shipment(
+        client,
+        partner,
+        shipment_id,
+        status="delivered",
+        verification_code=wrong,
+        estimated_delivery=later,
+    )
+    assert_problem(refused, 422, "invalid_verification_code")
+    delivered = await patch_shipment(
+        client, partner, shipment_id, status="delivered", verification_code=code
+    )
+    assert delivered.status_code == 200, delivered.text
+    after = await patch_shipment(client, partner, shipment_id, estimated_delivery=later)
+    assert_problem(after, 409, "invalid_transition")
+    returned = await patch_shipment(client, partner, shipment_id, status="returned")
+    assert_problem(returned, 409, "invalid_transition")
+
+    await drain(make_worker(email_from=EMAIL_FROM))
+    templates = [row.payload["template"] for row in await outbox_rows(db_engine, shipment_id)]
+    assert templates == ["shipment_created", "delivery_code", "delivered"]
+    subjects = [mail.subject for mail in smtp_server.received_by(recipient_of(shipment))]
+    assert len(subjects) == 3
+    for word in ("cancelled", "going back", "now expected"):
+        assert not any(word in subject for subject in subjects)
 
 
 # --- not yet sent by any API change: queued on a stored shipment ----------------------------

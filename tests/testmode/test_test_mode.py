@@ -178,7 +178,7 @@ async def test_live_and_test_data_never_meet(client: httpx.AsyncClient) -> None:
             "returned",
             "returned",
             ["placed", "in_transit", "out_for_delivery", "returned"],
-            ["shipment_created", "delivery_code"],
+            ["shipment_created", "delivery_code", "returned"],
         ),
         ("cancelled", "cancelled", ["placed", "cancelled"], ["shipment_created", "cancelled"]),
     ],
