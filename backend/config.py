@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     placed_expiry_sweep_seconds: float = Field(default=60.0, gt=0)
     # Timeline events per shipment; the last one is kept for the final status (409 beyond).
     max_events_per_shipment: int = Field(default=200, ge=10, le=10_000)
+    # Failed delivery attempts before a shipment goes back to its sender by itself (§12.1).
+    max_delivery_attempts: int = Field(default=3, ge=1, le=10)
+    # How old a partner's scan may be when it reaches the server (a van without signal
+    # uploads late), and how far ahead of the server's clock a device's clock may run.
+    max_scan_age_hours: int = Field(default=72, ge=1, le=24 * 30)
+    scan_clock_skew_seconds: int = Field(default=300, ge=0, le=3600)
 
     # Notifications: the outbox worker and email.
     worker_poll_seconds: float = Field(default=1.0, gt=0)

@@ -189,6 +189,19 @@ def problem_response(
     )
 
 
+def problem_document(error: DomainError) -> dict[str, Any]:
+    """The problem a domain error would answer alone, as one part of a larger answer (one
+    scan of a batch): no request id, which the response's header carries."""
+    return {
+        "type": problem_type(error.code),
+        "title": error.title,
+        "status": error.status_code,
+        "detail": error.detail,
+        "code": error.code,
+        **error.extra,
+    }
+
+
 async def handle_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     return problem_response(

@@ -28,7 +28,7 @@ from backend.redis_client import create_redis
 from backend.reference import add_reference_pages
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.limits import ShipmentLimits
-from backend.shipments.router import coverage_router
+from backend.shipments.router import coverage_router, scans_router
 from backend.shipments.router import router as shipments_router
 from backend.shipments.status import STATUS_MACHINE_DOC
 from backend.shipments.stream_hub import StreamHub
@@ -178,6 +178,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     # A request is matched against the routers in this order, route by route: the busiest first.
     app.include_router(shipments_router)
     app.include_router(coverage_router)
+    app.include_router(scans_router)
     app.include_router(tracking_router)
     app.include_router(health_router)
     app.include_router(seller_router)

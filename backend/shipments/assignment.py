@@ -143,6 +143,33 @@ class PartnerAssignment:
         )
         return AssignedPartner(id=partner_id, name=SIMULATED_PARTNER_NAME)
 
+    async def serves(self, partner_id: uuid.UUID, zip_code: str) -> bool:
+        """Whether this partner (approved) serves `zip_code`."""
+        statement = select(
+            exists(
+                select(col(Partner.id)).where(
+                    col(Partner.id) == partner_id,
+                    _SERVES_ZIP,
+                    col(Partner.status) == PartnerStatus.approved.value,
+                )
+            )
+        )
+        return bool(await self._session.scalar(statement, {"zip": zip_code}))
+
+    async def move_slot(self, from_id: uuid.UUID, to_id: uuid.UUID) -> bool:
+        """Take a slot of `to_id` and give back one of `from_id`: a shipment changing partner.
+        False when `to_id` has no room; the caller then undoes the release (a savepoint).
+
+        The two rows are updated in the order of their ids, so two shipments moving between
+        the same partners in opposite directions cannot wait for each other in a cycle."""
+        if to_id < from_id:
+            if not await self.take_slot(to_id):
+                return False
+            await self.release(from_id)
+            return True
+        await self.release(from_id)
+        return await self.take_slot(to_id)
+
     async def release(self, partner_id: uuid.UUID) -> None:
         """Give back the slot of a shipment that reached a terminal status."""
         await self._session.execute(

@@ -130,3 +130,43 @@ class ReviewAlreadyGiven(Conflict):
     code = "review_already_given"
     title = "Already reviewed"
     default_detail = "This shipment has been reviewed already; a review cannot be changed."
+
+
+class InvalidEventTime(DomainError):
+    status_code = 422
+    code = "invalid_occurred_at"
+    title = "Invalid event time"
+    default_detail = (
+        "`occurred_at` must lie between the shipment's creation and now (plus a few minutes "
+        "of clock skew), and be at most MAX_SCAN_AGE_HOURS old."
+    )
+
+
+class FailureReasonRequired(DomainError):
+    status_code = 422
+    code = "failure_reason_required"
+    title = "Failure reason required"
+    default_detail = (
+        "Moving an out-for-delivery shipment back to in_transit reports a failed delivery "
+        "attempt: send its `failure_reason`."
+    )
+
+
+class FailureReasonNotAllowed(DomainError):
+    status_code = 422
+    code = "failure_reason_not_allowed"
+    title = "Failure reason not allowed here"
+    default_detail = (
+        "A `failure_reason` reports a failed delivery attempt of an out-for-delivery shipment: "
+        "with status in_transit (another attempt follows), or returned for refused and "
+        "address_not_found."
+    )
+
+
+class DetailsLocked(Conflict):
+    code = "delivery_details_locked"
+    title = "Delivery details can no longer change"
+    default_detail = (
+        "Delivery details can be corrected while the shipment is placed or in transit; once "
+        "it is out for delivery, or final, they stay as they are."
+    )

@@ -46,7 +46,6 @@ from backend.context import context_of
 from backend.db import UnitOfWork, unit_of_work_of
 from backend.errors import problem_responses
 from backend.shipments.models import Shipment, ShipmentEvent
-from backend.shipments.schemas import TimelineEvent
 from backend.shipments.status import TERMINAL, ShipmentStatus
 from backend.shipments.stream_hub import (
     Listener,
@@ -56,6 +55,7 @@ from backend.shipments.stream_hub import (
     channel,
 )
 from backend.shipments.tools import ShipmentTools
+from backend.shipments.views import public_timeline_view
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +80,13 @@ DATABASE_FAILURES = (DBAPIError, PoolTimeoutError, OSError)
 __all__ = ["announce_after_commit", "channel", "open_timeline_stream"]
 
 
-def event_json(event: ShipmentEvent | TimelineEvent) -> dict[str, Any]:
+def event_json(event: ShipmentEvent) -> dict[str, Any]:
     """What a stream shows of a timeline event: the fields of the public timeline."""
-    return TimelineEvent.model_validate(event).model_dump(mode="json")
+    return public_timeline_view([event])[0].model_dump(mode="json")
 
 
 def announce_after_commit(
-    unit: UnitOfWork, redis: Redis, shipment_id: uuid.UUID, events: Sequence[TimelineEvent]
+    unit: UnitOfWork, redis: Redis, shipment_id: uuid.UUID, events: Sequence[ShipmentEvent]
 ) -> None:
     """Publish the new timeline events once (and only if) the change has committed."""
     messages = [json.dumps(event_json(event)) for event in events]

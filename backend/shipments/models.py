@@ -33,12 +33,14 @@ from sqlmodel import Field, Relationship, SQLModel, col
 
 from backend.accounts.models import Partner
 from backend.db import utcnow
+from backend.shipments.failures import FailureReason
 from backend.shipments.status import ShipmentStatus
 
 # How many of the newest events public tracking shows (with the total count).
 PUBLIC_TIMELINE_LENGTH = 50
 
 _STATUS_VALUES = ", ".join(f"'{status.value}'" for status in ShipmentStatus)
+_REASON_VALUES = ", ".join(f"'{reason.value}'" for reason in FailureReason)
 
 
 class StatusColumn(TypeDecorator[ShipmentStatus]):
@@ -97,11 +99,24 @@ class Tag(SQLModel, table=True):
 
 
 class ShipmentEvent(SQLModel, table=True):
-    """One accepted change, in order: sequence 1, 2, 3... with no gap, per shipment."""
+    """One accepted change, in the order it was recorded: sequence 1, 2, 3... with no gap, per
+    shipment. `occurred_at` is when it happened, as the partner says (a scan uploaded late
+    happened before it was recorded); timelines are shown in that order (product.md §12.2)."""
 
     __tablename__ = "shipment_events"
     __table_args__ = (
         UniqueConstraint("shipment_id", "sequence", name="uq_shipment_events_sequence"),
+        # A partner's retried scan names the event it recorded (POST /scans).
+        Index(
+            "uq_shipment_events_scan_id",
+            "shipment_id",
+            "scan_id",
+            unique=True,
+            postgresql_where=text("scan_id IS NOT NULL"),
+        ),
+        CheckConstraint("location_lat BETWEEN -90 AND 90", name="location_lat_range"),
+        CheckConstraint("location_lon BETWEEN -180 AND 180", name="location_lon_range"),
+        CheckConstraint(f"failure_reason IN ({_REASON_VALUES})", name="failure_reason_known"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -111,7 +126,24 @@ class ShipmentEvent(SQLModel, table=True):
     sequence: int = Field(ge=1)
     status: ShipmentStatus = Field(sa_type=StatusColumn)
     location_zip: str | None = Field(default=None, max_length=20)
+    location_city: str | None = Field(default=None, max_length=100)
+    location_lat: float | None = Field(default=None, sa_type=Float)
+    location_lon: float | None = Field(default=None, sa_type=Float)
+    # Public words: the status's, the partner's note, or a failed attempt's reason in words.
     description: str | None = Field(default=None, max_length=500)
+    # A failed delivery attempt's reason, and the partner's note on it, which only the seller
+    # and the partner see: it may name people or places at the door.
+    failure_reason: str | None = Field(default=None, max_length=30)  # a FailureReason
+    note: str | None = Field(default=None, max_length=500)
+    # The partner's id for the scan that recorded this event (POST /scans), if any.
+    scan_id: str | None = Field(default=None, max_length=100)
+    # The server default dates the events of a server still running the code before this
+    # column (during a rolling deploy) when they were recorded, which is when they happened.
+    occurred_at: datetime = Field(
+        default_factory=utcnow,
+        sa_type=DateTime(timezone=True),
+        sa_column_kwargs={"server_default": text("now()")},
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     # Its shipment's: false for test data (product.md §11.2).
     livemode: bool = Field(default=True, sa_column_kwargs={"server_default": "true"})
@@ -123,6 +155,7 @@ class Shipment(SQLModel, table=True):
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_known"),
         CheckConstraint("weight_kg > 0 AND weight_kg <= 100", name="weight_range"),
         CheckConstraint("delivery_code_attempts >= 0", name="attempts_not_negative"),
+        CheckConstraint("delivery_attempts >= 0", name="delivery_attempts_not_negative"),
         # Newest-first pages per owner and per partner (keyset on created_at, id). A seller's
         # live and test shipments are two ranges of its index (`livemode`, product.md §11.2);
         # a partner's are all live (test shipments go to simulated partners only).
@@ -183,6 +216,10 @@ class Shipment(SQLModel, table=True):
     delivery_code_failures: int = Field(
         default=0, sa_type=Integer, sa_column_kwargs={"server_default": "0"}
     )
+    # Failed delivery attempts so far; MAX_DELIVERY_ATTEMPTS of them return the shipment.
+    delivery_attempts: int = Field(
+        default=0, sa_type=Integer, sa_column_kwargs={"server_default": "0"}
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     # False for a test shipment: created with a test key, carried by the seller's simulated
@@ -192,18 +229,19 @@ class Shipment(SQLModel, table=True):
     timeline: list[ShipmentEvent] = Relationship(
         sa_relationship_kwargs={
             "lazy": "selectin",
-            "order_by": "ShipmentEvent.sequence",
+            # When it happened; events that happened at the same moment in recording order.
+            "order_by": "[ShipmentEvent.occurred_at, ShipmentEvent.sequence]",
             "cascade": "all, delete-orphan",
         }
     )
     # The newest events only, for public views: a timeline may hold MAX_EVENTS_PER_SHIPMENT
     # events, and an anonymous read should not carry them all. Sequences are gapless, so the
-    # newest N are those above `last_sequence - N`, and `last_sequence` is the total.
+    # newest N recorded are those above `last_sequence - N`, and `last_sequence` is the total.
     recent_timeline: list[ShipmentEvent] = Relationship(
         sa_relationship_kwargs={
             "lazy": "raise",
             "viewonly": True,
-            "order_by": "ShipmentEvent.sequence",
+            "order_by": "[ShipmentEvent.occurred_at, ShipmentEvent.sequence]",
             "primaryjoin": lambda: and_(
                 foreign(col(ShipmentEvent.shipment_id)) == col(Shipment.id),
                 col(ShipmentEvent.sequence) > col(Shipment.last_sequence) - PUBLIC_TIMELINE_LENGTH,

@@ -28,7 +28,7 @@ from backend.shipments.schemas import (
     TrackingView,
 )
 from backend.shipments.status import ShipmentStatus
-from backend.shipments.views import timeline_view
+from backend.shipments.views import public_timeline_view
 
 # The purpose of the signed link in the delivery email (LinkTokens).
 REVIEW_LINK = "review"
@@ -59,7 +59,7 @@ class PublicTracking:
                 zip_code=shipment.destination_zip, city=shipment.destination_city
             ),
             partner=PublicPartner.model_construct(name=partner_name),
-            timeline=timeline_view(shipment.recent_timeline),
+            timeline=public_timeline_view(shipment.recent_timeline),
             # Sequences are gapless from 1: the newest is the count.
             timeline_total=shipment.last_sequence,
             livemode=shipment.livemode,

@@ -7,7 +7,7 @@ partner's note (a failure is told in FAILURE_WORDS), never the seller's or partn
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,12 +23,11 @@ from backend.shipments.views import tracking_url
 ContextValue = str | list[str]
 
 
-def delivery_day_moved(previous: datetime, current: datetime) -> bool:
-    """Whether a new estimated delivery is worth telling the recipient ("an ETA moved by ≥ 1
-    day", product.md §12.5): it falls on another calendar day in UTC, the day every email and
-    the tracking page show (backend/outbox/wording.py). A shift of hours within the day is not
-    news; one that crosses midnight changes the day the recipient reads, so it is."""
-    return previous.astimezone(UTC).date() != current.astimezone(UTC).date()
+def eta_moved_a_day(previous: datetime, current: datetime) -> bool:
+    """Whether a new estimated delivery is worth telling the recipient: it moved by a day or
+    more, earlier or later (product.md §12.5). A shift of hours is not news, even across
+    midnight; the tracking page shows the new day at once."""
+    return abs(current - previous) >= timedelta(days=1)
 
 
 def _count(number: int, thing: str) -> str:
@@ -135,7 +134,7 @@ class RecipientEmails:
 
     def eta_moved(self, shipment: Shipment, *, previous: datetime) -> None:
         """The estimated delivery moved to another day, later or earlier than `previous`
-        (the caller decides it is news: delivery_day_moved)."""
+        (the caller decides it is news: eta_moved_a_day)."""
         current = shipment.estimated_delivery
         self._queue(
             shipment,

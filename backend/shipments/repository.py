@@ -149,6 +149,19 @@ def _one(for_partner: bool, livemode: bool, *, lock: bool) -> Select[Any]:
 
 
 @functools.cache
+def _locked_by_tracking_numbers(for_partner: bool, livemode: bool) -> Select[Any]:
+    """Several shipments, locked in the order of their ids: two batches that share shipments
+    take their locks in the same order, and never wait for each other in a cycle."""
+    numbers = bindparam("tracking_numbers", type_=ARRAY(String))
+    return (
+        _shipments_of(for_partner, livemode)
+        .where(col(Shipment.tracking_number) == any_(numbers))
+        .order_by(col(Shipment.id))
+        .with_for_update(of=Shipment)
+    )
+
+
+@functools.cache
 def _page(
     for_partner: bool,
     livemode: bool,
@@ -238,6 +251,16 @@ class ShipmentRepository:
         """The shipment, locked against concurrent changes until the transaction ends."""
         return await self._one(shipment_id, visibility, lock=True)
 
+    async def lock_by_tracking_numbers(
+        self, tracking_numbers: list[str], visibility: Visibility
+    ) -> dict[str, LoadedShipment]:
+        """The caller's shipments among these tracking numbers, by number, locked until the
+        transaction ends; numbers that are not the caller's are simply absent."""
+        statement = _locked_by_tracking_numbers(visibility.for_partner, visibility.livemode)
+        parameters = {"tracking_numbers": tracking_numbers, "owner_id": visibility.owner_id}
+        found = _loaded(await self._session.execute(statement, parameters))
+        return {loaded.shipment.tracking_number: loaded for loaded in found}
+
     async def _one(
         self, shipment_id: uuid.UUID, visibility: Visibility, *, lock: bool
     ) -> LoadedShipment | None:
@@ -297,6 +320,14 @@ class ShipmentRepository:
             delete(ShipmentTag).where(col(ShipmentTag.shipment_id) == shipment_id)
         )
         await self.add_tags(shipment_id, names)
+
+    async def move_tags_to_partner(self, shipment_id: uuid.UUID, partner_id: uuid.UUID) -> None:
+        """Keep the links' copy of the shipment's partner (ShipmentTag) after it changed."""
+        await self._session.execute(
+            update(ShipmentTag)
+            .where(col(ShipmentTag.shipment_id) == shipment_id)
+            .values(partner_id=partner_id)
+        )
 
     async def add_tags(self, shipment_id: uuid.UUID, names: list[str]) -> None:
         if not names:

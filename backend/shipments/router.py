@@ -23,8 +23,12 @@ from backend.shipments.dependencies import (
 )
 from backend.shipments.errors import (
     DeliveryLocked,
+    DetailsLocked,
     EmailNotVerified,
+    FailureReasonNotAllowed,
+    FailureReasonRequired,
     IdempotencyKeyReused,
+    InvalidEventTime,
     InvalidTransition,
     InvalidVerificationCode,
     NoPartnerAvailable,
@@ -37,7 +41,10 @@ from backend.shipments.errors import (
 from backend.shipments.live import SSE_RESPONSES, LastEventId, open_timeline_stream
 from backend.shipments.schemas import (
     CoverageRead,
+    DeliveryDetailsUpdate,
     Reference,
+    ScanBatch,
+    ScanResults,
     ShipmentCreate,
     ShipmentPage,
     ShipmentRead,
@@ -49,6 +56,7 @@ from backend.shipments.status import STATUS_MACHINE_DOC, ShipmentStatus
 
 router = APIRouter(prefix="/shipments", tags=["Shipments"], route_class=UnitOfWorkRoute)
 coverage_router = APIRouter(prefix="/coverage", tags=["Shipments"], route_class=UnitOfWorkRoute)
+scans_router = APIRouter(prefix="/scans", tags=["Shipments"], route_class=UnitOfWorkRoute)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -222,6 +230,9 @@ async def stream_shipment(
         DeliveryLocked,
         TimelineFull,
         RateLimited,
+        InvalidEventTime,
+        FailureReasonRequired,
+        FailureReasonNotAllowed,
     ),
     description=STATUS_MACHINE_DOC,
 )
@@ -234,7 +245,16 @@ async def update_shipment(
 ) -> ShipmentRead:
     """Report a step as the assigned partner: a new status, a location scan, a note or an ETA.
 
-    Every accepted report appends one timeline event and increments `version`. `delivered`
+    Every accepted report appends one timeline event and increments `version`. Say when it
+    happened with `occurred_at` (default now; a scan uploaded late keeps its own time) and where
+    with `location`; timelines are shown by `occurred_at`, while `sequence` keeps the recording
+    order and the status is always the one reported last.
+
+    A failed delivery attempt takes an out-for-delivery shipment back to `in_transit` with a
+    `failure_reason` (422 `failure_reason_required` without one): `attempts` counts them, the
+    recipient is emailed what happened and what comes next, and after MAX_DELIVERY_ATTEMPTS
+    (3) the shipment is returned to its sender by itself. `refused` and `address_not_found` may
+    go straight to `returned`. `delivered`
     needs the recipient's `verification_code`: a wrong one is 422, and after five wrong tries
     the code is burned (429) until the shipment goes out for delivery again. After ten wrong
     tries across all of a shipment's codes it is locked (409 `delivery_locked`): it can only be
@@ -246,6 +266,38 @@ async def update_shipment(
     expected = _expected_version(if_match)
     updated = await shipments.report(shipment_id, body, expected_version=expected)
     return _etag(updated, response)
+
+
+@router.patch(
+    "/{shipment_id}/delivery-details",
+    response_model=ShipmentRead,
+    responses=problem_responses(
+        ShipmentNotFound, DetailsLocked, VersionMismatch, NoPartnerAvailable, TimelineFull
+    ),
+)
+async def correct_delivery_details(
+    shipment_id: uuid.UUID,
+    body: DeliveryDetailsUpdate,
+    shipments: SellersShipments,
+    response: Response,
+    if_match: IfMatch = None,
+) -> ShipmentRead:
+    """Correct the recipient's name, email or phone, or the destination's address line, city
+    or zip code, while the shipment is `placed` or `in_transit` (409
+    `delivery_details_locked` after that).
+
+    Fields left out keep their value. A correction adds one timeline event (public views say
+    only "Delivery details updated"), increments `version` and emails the recipient, at the new
+    address if the email changed. A new zip code that the shipment's partner does not serve
+    moves it to a partner that does and has room, in the same transaction; when none can take
+    it the answer is 409 `no_partner_available` and nothing changes. A correction that changes
+    nothing records nothing.
+    """
+    expected = _expected_version(if_match)
+    corrected = await shipments.correct_delivery_details(
+        shipment_id, body, expected_version=expected
+    )
+    return _etag(corrected, response)
 
 
 @router.post(
@@ -289,3 +341,24 @@ async def read_coverage(
     key, every zip code is served and available: test shipments go to your simulated partner.
     """
     return await shipments.coverage(zip_code)
+
+
+@scans_router.post(
+    "",
+    response_model=ScanResults,
+    responses=problem_responses(WrongAccountKind, PartnerSuspended),
+)
+async def record_scans(body: ScanBatch, shipments: PartnersShipments) -> ScanResults:
+    """Upload up to 100 scans of your shipments at once, as a van without
+    signal does when it reconnects.
+
+    Each scan is a report as `PATCH /shipments/{id}` takes one, on the shipment with its
+    `tracking_number`, named by your device's `scan_id`. Scans are applied in the order sent
+    (per shipment), each on its own: one result per scan, in the order sent, `accepted`,
+    `duplicate` (this `scan_id` was recorded for that shipment before: send a batch again
+    safely) or `rejected` with the problem a single report would have got (a shipment not
+    assigned to you is 404, a scan too old 422, …). The answer is 200 whatever the results;
+    a batch that is malformed as a whole (more than 100 scans, a field of
+    the wrong type) is 422 and records nothing.
+    """
+    return await shipments.record_scans(body)

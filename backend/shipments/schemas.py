@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated, Self
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,6 +28,7 @@ from backend.fields import (
     ZipCode,
     reject_unstorable,
 )
+from backend.shipments.failures import FailureReason
 from backend.shipments.models import PUBLIC_TIMELINE_LENGTH
 from backend.shipments.status import ShipmentStatus
 
@@ -86,6 +88,29 @@ WeightKg = Annotated[
     Strict(),
     Field(gt=0, le=100, allow_inf_nan=False, description="Kilograms, above 0 and at most 100."),
 ]
+Latitude = Annotated[float, Strict(), Field(ge=-90, le=90, allow_inf_nan=False, examples=[42.3601])]
+Longitude = Annotated[
+    float, Strict(), Field(ge=-180, le=180, allow_inf_nan=False, examples=[-71.0589])
+]
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be a date between the years 1 and 9999 in UTC") from None
+
+
+OccurredAt = Annotated[
+    AwareDatetime,
+    AfterValidator(_in_utc),
+    Field(
+        description="When it happened (RFC 3339 with an offset); now when left out. At most "
+        "MAX_SCAN_AGE_HOURS (72) old, not before the shipment was created, and not in the "
+        "future beyond SCAN_CLOCK_SKEW_SECONDS (300): otherwise 422 `invalid_occurred_at`.",
+        examples=["2026-11-22T14:05:00Z"],
+    ),
+]
 VerificationCode = Annotated[
     str,
     StringConstraints(pattern=r"^[0-9]{6}$"),
@@ -133,31 +158,231 @@ class ShipmentCreate(RequestBody):
     reference: Reference | None = None
 
 
+class LocationIn(RequestBody):
+    """Where it happened: a zip code, a city, coordinates (both or neither), or several."""
+
+    zip_code: ZipCode | None = None
+    city: City | None = None
+    lat: Latitude | None = None
+    lon: Longitude | None = None
+
+    @model_validator(mode="after")
+    def require_a_place(self) -> Self:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("send lat and lon together")
+        if self.zip_code is None and self.city is None and self.lat is None:
+            raise ValueError("send at least one of zip_code, city, lat and lon")
+        return self
+
+
 class ShipmentUpdate(RequestBody):
-    """A partner's report. Leave `status` out to add a note, a location or a new ETA only."""
+    """A partner's report. Leave `status` out to add a note, a location or a new ETA only.
+
+    A failed delivery attempt moves an `out_for_delivery` shipment back to `in_transit` with a
+    `failure_reason` (`other` needs a `note`); `refused` and `address_not_found` may instead
+    send it straight to `returned`."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"status": "in_transit", "location_zip": "02110", "note": "Left the Boston hub"},
+                {
+                    "status": "in_transit",
+                    "location": {"zip_code": "02110", "city": "Boston"},
+                    "occurred_at": "2026-11-22T14:05:00Z",
+                    "note": "Left the Boston hub",
+                },
+                {"status": "in_transit", "failure_reason": "recipient_unavailable"},
                 {"status": "delivered", "verification_code": "042917"},
             ]
         }
     )
 
     status: ShipmentStatus | None = None
-    location_zip: ZipCode | None = None
+    location_zip: ZipCode | None = Field(
+        default=None, description="Shorthand for `location.zip_code`; send one or the other."
+    )
+    location: LocationIn | None = None
+    occurred_at: OccurredAt | None = None
     note: Note | None = None
+    failure_reason: FailureReason | None = Field(
+        default=None,
+        description="Why a delivery attempt failed, with status in_transit (or returned for "
+        "`refused` and `address_not_found`). Public views show it in plain words, never the "
+        "note.",
+    )
     estimated_delivery: FutureUtcDatetime | None = None
     verification_code: VerificationCode | None = None
 
     @model_validator(mode="after")
     def require_a_change(self) -> Self:
-        if not self.model_fields_set - {"verification_code"}:
-            raise ValueError("send at least one of status, location_zip, note, estimated_delivery")
+        changes = {"status", "location_zip", "location", "note", "estimated_delivery"}
+        if not self.model_fields_set & changes:
+            raise ValueError(
+                "send at least one of status, location, location_zip, note, estimated_delivery"
+            )
         nulled = sorted(field for field in self.model_fields_set if getattr(self, field) is None)
         if nulled:
             raise ValueError(f"cannot be null: {', '.join(nulled)}")
+        if self.location_zip is not None and self.location is not None:
+            raise ValueError("send the zip code once: location_zip or location.zip_code")
+        return self
+
+    @model_validator(mode="after")
+    def check_failure_reason(self) -> Self:
+        if self.failure_reason is None:
+            return self
+        if self.status not in (ShipmentStatus.in_transit, ShipmentStatus.returned):
+            raise ValueError("failure_reason goes with status in_transit or returned")
+        if self.failure_reason is FailureReason.other and self.note is None:
+            raise ValueError("failure_reason other needs a note saying what happened")
+        return self
+
+    @property
+    def zip_code(self) -> str | None:
+        """Where it happened, whichever way the zip code was sent."""
+        return self.location.zip_code if self.location is not None else self.location_zip
+
+
+ScanId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$"),
+    Field(
+        description="Your device's id for this scan (a UUID works): a retried scan with the "
+        "same id for the same shipment is recorded once.",
+        examples=["a3f1c2d4-scan-0001"],
+    ),
+]
+
+
+class ScanIn(ShipmentUpdate):
+    """One scan: a report (as for PATCH /shipments/{id}) on the shipment with this tracking
+    number, named by the device's own `scan_id`."""
+
+    scan_id: ScanId
+    tracking_number: Annotated[
+        str,
+        StringConstraints(min_length=6, max_length=20, pattern=r"^[A-Za-z0-9]+$"),
+        Field(description="As printed on the label.", examples=["7KQ2M9XHR4TBWC"]),
+    ]
+
+
+MAX_SCANS_PER_BATCH = 100
+
+
+class ScanBatch(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "scans": [
+                        {
+                            "scan_id": "van12-000481",
+                            "tracking_number": "7KQ2M9XHR4TBWC",
+                            "status": "in_transit",
+                            "occurred_at": "2026-11-22T14:05:00Z",
+                            "location": {"zip_code": "02110", "lat": 42.35, "lon": -71.05},
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
+    scans: Annotated[list[ScanIn], Field(min_length=1, max_length=MAX_SCANS_PER_BATCH)]
+
+
+class ScanResult(BaseModel):
+    scan_id: str
+    tracking_number: str
+    result: Literal["accepted", "duplicate", "rejected"] = Field(
+        description="`accepted`: recorded now; `duplicate`: this `scan_id` was recorded "
+        "before (nothing new); `rejected`: nothing recorded, `problem` says why."
+    )
+    sequence: int | None = Field(
+        description="The timeline event this scan recorded (accepted or duplicate)."
+    )
+    problem: dict[str, Any] | None = Field(
+        description="The problem document (as a request alone would get), when rejected."
+    )
+
+
+class ScanResults(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "results": [
+                        {
+                            "scan_id": "van12-000481",
+                            "tracking_number": "7KQ2M9XHR4TBWC",
+                            "result": "accepted",
+                            "sequence": 3,
+                            "problem": None,
+                        },
+                        {
+                            "scan_id": "van12-000482",
+                            "tracking_number": "4HMX8QW2ZRT9KC",
+                            "result": "rejected",
+                            "sequence": None,
+                            "problem": {
+                                "type": "urn:shiptrack:problem:invalid_occurred_at",
+                                "title": "Invalid event time",
+                                "status": 422,
+                                "detail": "`occurred_at` is more than 72 hours old "
+                                "(MAX_SCAN_AGE_HOURS): too late to record.",
+                                "code": "invalid_occurred_at",
+                                "occurred_at": "too_old",
+                            },
+                        },
+                    ]
+                }
+            ]
+        }
+    )
+
+    results: list[ScanResult] = Field(description="One per scan, in the order sent.")
+
+
+class RecipientCorrection(RequestBody):
+    name: Name | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+
+
+class DestinationCorrection(RequestBody):
+    zip_code: ZipCode | None = None
+    address_line: AddressLine | None = None
+    city: City | None = None
+
+
+class DeliveryDetailsUpdate(RequestBody):
+    """The fields to correct; those left out keep their value."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "recipient": {"email": "grace.hopper@example.com"},
+                    "destination": {"address_line": "77 Massachusetts Avenue"},
+                }
+            ]
+        }
+    )
+
+    recipient: RecipientCorrection | None = None
+    destination: DestinationCorrection | None = None
+
+    @model_validator(mode="after")
+    def require_a_correction(self) -> Self:
+        parts = [part for part in (self.recipient, self.destination) if part is not None]
+        if not any(part.model_fields_set for part in parts):
+            raise ValueError("send at least one field to correct")
+        for part in parts:
+            nulled = sorted(f for f in part.model_fields_set if getattr(part, f) is None)
+            if nulled and part is self.recipient and {"name", "email"} & set(nulled):
+                raise ValueError("recipient name and email cannot be null")
+            if nulled and part is self.destination and "zip_code" in nulled:
+                raise ValueError("destination zip_code cannot be null")
         return self
 
 
@@ -219,22 +444,46 @@ class PartnerSummary(BaseModel):
     name: str
 
 
-class TimelineEvent(BaseModel):
+class EventLocation(BaseModel):
+    zip_code: str | None
+    city: str | None
+    lat: float | None = Field(description="Null in public views.")
+    lon: float | None = Field(description="Null in public views.")
+
+
+class PublicTimelineEvent(BaseModel):
+    """A timeline event as anyone with the tracking number sees it: no partner's note on a
+    failed attempt, no coordinates (a scan at the door would show the address)."""
+
     model_config = ConfigDict(from_attributes=True)
 
-    sequence: int
+    sequence: int = Field(description="Recording order: 1, 2, 3... gapless.")
     status: ShipmentStatus
-    location_zip: str | None
+    occurred_at: datetime = Field(description="When it happened; the timeline's order.")
+    location_zip: str | None = Field(description="The same as `location.zip_code`.")
+    location: EventLocation | None
+    failure_reason: FailureReason | None = Field(
+        default=None, description="Why a delivery attempt failed; `description` says it in words."
+    )
     description: str | None
-    created_at: datetime
+    created_at: datetime = Field(description="When it was recorded.")
     livemode: bool = Field(description="False for a test shipment's events.")
+
+
+class TimelineEvent(PublicTimelineEvent):
+    note: str | None = Field(
+        default=None,
+        description="The partner's note on a failed attempt: only its seller and partner see it.",
+    )
 
 
 _EXAMPLE_TIMELINE: list[JsonValue] = [
     {
         "sequence": 1,
         "status": "placed",
+        "occurred_at": "2026-11-22T09:30:00Z",
         "location_zip": None,
+        "location": None,
         "description": "Shipment created",
         "created_at": "2026-11-22T09:30:00Z",
         "livemode": True,
@@ -242,7 +491,9 @@ _EXAMPLE_TIMELINE: list[JsonValue] = [
     {
         "sequence": 2,
         "status": "in_transit",
+        "occurred_at": "2026-11-22T14:05:00Z",
         "location_zip": "02110",
+        "location": {"zip_code": "02110", "city": "Boston", "lat": None, "lon": None},
         "description": "Left the Boston hub",
         "created_at": "2026-11-22T14:05:00Z",
         "livemode": True,
@@ -277,6 +528,7 @@ _EXAMPLE_SHIPMENT: dict[str, JsonValue] = {
     "tracking_url": "https://track.example/t/7KQ2M9XHR4TBWC",
     "recipient_redacted": False,
     "livemode": True,
+    "attempts": 0,
     "timeline": _EXAMPLE_TIMELINE,
 }
 
@@ -314,14 +566,22 @@ class ShipmentRead(BaseModel):
         description="False for a test shipment: created with a test key, carried by your "
         "simulated partner, its recipient's emails recorded (`GET /test/emails`), not sent."
     )
-    timeline: list[TimelineEvent] = Field(description="Oldest first.")
+    attempts: int = Field(
+        default=0,
+        description="Failed delivery attempts so far; MAX_DELIVERY_ATTEMPTS (3) of them return "
+        "the shipment to its sender.",
+    )
+    timeline: list[TimelineEvent] = Field(
+        description="By `occurred_at` (when each event happened), oldest first."
+    )
 
 
 class ShipmentListItem(ShipmentRead):
     """A shipment in a list: as `ShipmentRead`, but the timeline may be left out."""
 
     timeline: list[TimelineEvent] | None = Field(  # type: ignore[assignment]
-        description="Oldest first; null when the list was asked for without it (`include`)."
+        description="By `occurred_at`, oldest first; null when the list was asked for "
+        "without it (`include`)."
     )
 
 
@@ -377,8 +637,9 @@ class TrackingView(BaseModel):
     estimated_delivery: datetime
     destination: PublicDestination
     partner: PublicPartner
-    timeline: list[TimelineEvent] = Field(
-        description=f"The newest {PUBLIC_TIMELINE_LENGTH} events at most, oldest first."
+    timeline: list[PublicTimelineEvent] = Field(
+        description=f"The newest {PUBLIC_TIMELINE_LENGTH} events recorded at most, by "
+        "`occurred_at`, oldest first."
     )
     timeline_total: int = Field(
         description="How many events the timeline holds in all; more than `timeline` shows "

@@ -28,29 +28,40 @@ from backend.accounts.models import Partner, Seller
 from backend.accounts.tokens import LinkTokens
 from backend.config import Settings
 from backend.db import UnitOfWork, utcnow
-from backend.errors import DomainError
+from backend.errors import DomainError, RateLimited, problem_document
 from backend.outbox.wording import human_day
 from backend.pagination import decode_cursor, split_page
 from backend.shipments.assignment import AssignedPartner, PartnerAssignment
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.errors import (
     DeliveryLocked,
+    DetailsLocked,
     EmailNotVerified,
+    FailureReasonNotAllowed,
+    FailureReasonRequired,
     IdempotencyKeyReused,
+    InvalidEventTime,
     InvalidTransition,
     NoPartnerAvailable,
     ShipmentNotFound,
     TimelineFull,
     VersionMismatch,
 )
+from backend.shipments.failures import FAILURE_WORDS, RETURNS_AT_ONCE, FailureReason
 from backend.shipments.idempotency import IdempotencyKeys
 from backend.shipments.limits import EmailSlot, ShipmentLimits
 from backend.shipments.live import announce_after_commit
 from backend.shipments.models import Shipment, ShipmentEvent
-from backend.shipments.recipient_emails import RecipientEmails, delivery_day_moved
+from backend.shipments.recipient_emails import RecipientEmails, eta_moved_a_day
 from backend.shipments.repository import LoadedShipment, ShipmentRepository, Visibility
 from backend.shipments.schemas import (
     CoverageRead,
+    DeliveryDetailsUpdate,
+    LocationIn,
+    ScanBatch,
+    ScanIn,
+    ScanResult,
+    ScanResults,
     ShipmentCreate,
     ShipmentPage,
     ShipmentRead,
@@ -59,12 +70,13 @@ from backend.shipments.schemas import (
 from backend.shipments.simulation import Scenario, Step, steps_to
 from backend.shipments.status import (
     CANCELLABLE,
+    CORRECTABLE,
     PARTNER_TRANSITIONS,
     TERMINAL,
     ShipmentStatus,
     allowed_next,
 )
-from backend.shipments.views import ShipmentViews
+from backend.shipments.views import ShipmentViews, in_time_order, timeline_view
 from backend.webhooks.events import (
     SHIPMENT_CANCELLED,
     SHIPMENT_CREATED,
@@ -91,15 +103,6 @@ EVENT_DESCRIPTIONS = {
     ShipmentStatus.cancelled: "Cancelled by the sender",
     ShipmentStatus.returned: "Returned to the sender",
 }
-
-
-def _describe_update_without_status(change: ShipmentUpdate) -> str | None:
-    """A timeline line for a report that keeps the status, so no status line is repeated."""
-    if change.status is not None:
-        return None  # the status's own description
-    if change.estimated_delivery is not None:
-        return "New delivery estimate"
-    return "Location update"
 
 
 def new_tracking_number() -> str:
@@ -161,6 +164,10 @@ class ShipmentService:
         self._limits = limits
         self._unverified_limit = settings.unverified_seller_shipment_limit
         self._max_events = settings.max_events_per_shipment
+        self._max_attempts = settings.max_delivery_attempts
+        self._max_scan_age_hours = settings.max_scan_age_hours
+        self._max_scan_age = timedelta(hours=settings.max_scan_age_hours)
+        self._clock_skew = timedelta(seconds=settings.scan_clock_skew_seconds)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -260,10 +267,12 @@ class ShipmentService:
             partner = await self._assignment.choose(body.destination.zip_code)
             if partner is None:
                 break
-            created = await self._write_shipment(body, partner, idempotency_key, email_not_before)
+            created, first = await self._write_shipment(
+                body, partner, idempotency_key, email_not_before
+            )
             if await self._assignment.take_slot(partner.id):
                 await attempt.commit()
-                announce_after_commit(self._unit, self._redis, created.id, created.timeline)
+                announce_after_commit(self._unit, self._redis, created.id, [first])
                 return CreatedShipment(created, replayed=False)
             await attempt.rollback()
         coverage = await self._assignment.coverage(body.destination.zip_code)
@@ -276,8 +285,8 @@ class ShipmentService:
         chosen, no capacity taken, no unverified-seller allowance spent, and its recipient's
         emails are recorded, not sent."""
         partner = await self._assignment.simulated_partner(self._account.id)
-        created = await self._write_shipment(body, partner, idempotency_key, None)
-        announce_after_commit(self._unit, self._redis, created.id, created.timeline)
+        created, first = await self._write_shipment(body, partner, idempotency_key, None)
+        announce_after_commit(self._unit, self._redis, created.id, [first])
         return CreatedShipment(created, replayed=False)
 
     async def _write_shipment(
@@ -286,9 +295,10 @@ class ShipmentService:
         partner: AssignedPartner,
         idempotency_key: str | None,
         email_not_before: datetime | None,
-    ) -> ShipmentRead:
+    ) -> tuple[ShipmentRead, ShipmentEvent]:
         """The new shipment with its first event, tags, email, idempotency record and feed
-        event, all flushed: what the create writes, but the partner's slot."""
+        event, all flushed: what the create writes, but the partner's slot. Returns its view
+        and its first event."""
         seller = self._account
         # After the waits on the key and the seller's row: the closer to the commit, the less
         # a keyset page read meanwhile can miss the new shipment.
@@ -314,9 +324,8 @@ class ShipmentService:
             livemode=self._livemode,
         )
         shipment.review = None  # new: nothing to load, and views read it
-        shipment.timeline = [
-            _event(shipment, location_zip=None, description=EVENT_DESCRIPTIONS[shipment.status])
-        ]
+        first = _event(shipment, EventDetails(EVENT_DESCRIPTIONS[shipment.status]), shipment.status)
+        shipment.timeline = [first]
         session = self._unit.session
         session.add(shipment)
         await session.flush()  # the tags, the idempotency record and the events refer to it
@@ -336,9 +345,9 @@ class ShipmentService:
         initial = created.model_dump(
             mode="json", include={"status", "estimated_delivery", "partner"}
         )
-        await self._record_events(created, [SHIPMENT_CREATED], initial)
+        await self._record_events(created, [SHIPMENT_CREATED], initial, first)
         await session.flush()  # the email and the feed event, before the slot is taken
-        return created
+        return created, first
 
     async def cancel(self, shipment_id: uuid.UUID, *, note: str | None = None) -> ShipmentRead:
         """Cancel a `placed` shipment; `note` replaces the usual timeline line."""
@@ -353,13 +362,14 @@ class ShipmentService:
                 current_status=shipment.status.value,
                 allowed_next=[],
             )
-        await self._move(shipment, ShipmentStatus.cancelled, location_zip=None, note=note)
+        description = note or EVENT_DESCRIPTIONS[ShipmentStatus.cancelled]
+        event = await self._move(shipment, ShipmentStatus.cancelled, EventDetails(description))
         # Only a seller cancels: its own request, or the expiry sweep acting as the shipment's
         # seller (backend/shipments/expiry.py).
         self._emails.cancelled(shipment, seller_name=self._account.name)
         cancelled = self._view(loaded)
         changes = {"status": ShipmentStatus.cancelled.value}
-        await self._publish(cancelled, [SHIPMENT_UPDATED, SHIPMENT_CANCELLED], changes)
+        await self._publish(cancelled, [SHIPMENT_UPDATED, SHIPMENT_CANCELLED], changes, event)
         return cancelled
 
     async def replace_tags(self, shipment_id: uuid.UUID, names: list[str]) -> ShipmentRead:
@@ -367,6 +377,63 @@ class ShipmentService:
         await self._shipments.replace_tags(loaded.shipment.id, names)
         self._bump_version(loaded.shipment)
         return self._view(LoadedShipment(loaded.shipment, loaded.partner_name, sorted(names)))
+
+    async def correct_delivery_details(
+        self,
+        shipment_id: uuid.UUID,
+        correction: DeliveryDetailsUpdate,
+        *,
+        expected_version: int | None,
+    ) -> ShipmentRead:
+        """The seller's correction of the recipient's contact or the destination, while the
+        shipment is placed or in transit (product.md §12.3). A new zip code the partner does not
+        serve moves the shipment to one that does and has room, in this transaction (409, and
+        nothing changed, when none can take it). A correction that changes nothing records
+        nothing."""
+        loaded = await self._locked(shipment_id)
+        shipment = loaded.shipment
+        _check_version(shipment, expected_version)
+        if shipment.status not in CORRECTABLE:
+            raise DetailsLocked(current_status=shipment.status.value)
+        changed = _corrected_fields(shipment, correction)
+        if not changed:
+            return self._view(loaded)
+        self._check_room(shipment, shipment.status)
+        new_zip = changed.get("destination_zip")
+        if new_zip is not None:
+            loaded = await self._follow_new_zip(loaded, new_zip)
+        for field, value in changed.items():
+            setattr(shipment, field, value)
+        details = EventDetails(description=CORRECTION_DESCRIPTION)
+        event = await self._move(shipment, shipment.status, details)
+        view = self._view(loaded)
+        changes = _correction_changes(view, changed, reassigned=new_zip is not None)
+        await self._publish(view, [SHIPMENT_UPDATED], changes, event)
+        self._emails.details_corrected(shipment)
+        return view
+
+    async def _follow_new_zip(self, loaded: LoadedShipment, zip_code: str) -> LoadedShipment:
+        """The shipment with the partner that will carry it to `zip_code`: its own when it
+        serves that zip (or it is a test shipment), else the least-loaded one with room, whose
+        slot it takes while giving its old partner's back."""
+        shipment = loaded.shipment
+        if not shipment.livemode or await self._assignment.serves(shipment.partner_id, zip_code):
+            return loaded
+        session = self._unit.session
+        for _ in range(ASSIGNMENT_ATTEMPTS):
+            attempt = await session.begin_nested()
+            partner = await self._assignment.choose(zip_code)
+            if partner is None:
+                await attempt.rollback()
+                break
+            if await self._assignment.move_slot(shipment.partner_id, partner.id):
+                await attempt.commit()
+                shipment.partner_id = partner.id
+                await self._shipments.move_tags_to_partner(shipment.id, partner.id)
+                return LoadedShipment(shipment, partner.name, loaded.tags)
+            await attempt.rollback()
+        coverage = await self._assignment.coverage(zip_code)
+        raise NoPartnerAvailable.because(zip_code, served=coverage.served)
 
     # --- partners ------------------------------------------------------------------------
 
@@ -377,33 +444,37 @@ class ShipmentService:
         *,
         expected_version: int | None,
     ) -> ShipmentRead:
-        guesses_code = (
-            change.status is ShipmentStatus.delivered and change.verification_code is not None
-        )
+        guesses_code = _guesses_code(change)
         if guesses_code:
             # Counted before the row lock, so no lock waits on Redis (429 past the budget).
             await self._limits.count_code_guess(self._account.id)
         loaded = await self._locked(shipment_id)
-        shipment = loaded.shipment
-        if expected_version is not None and shipment.version != expected_version:
-            raise VersionMismatch(
-                f"The shipment is at version {shipment.version}, not {expected_version}.",
-                current_version=shipment.version,
-            )
-        updated, _ = await self._apply_report(loaded, change, counted_guess=guesses_code)
-        return updated
+        _check_version(loaded.shipment, expected_version)
+        reported = await self._apply_report(loaded, change, counted_guess=guesses_code)
+        return reported.view
 
     async def _apply_report(
-        self, loaded: LoadedShipment, change: ShipmentUpdate, *, counted_guess: bool = False
-    ) -> tuple[ShipmentRead, str | None]:
-        """One report on a locked shipment: the view after it, and the delivery code it issued
-        when it sent the shipment out for delivery. `counted_guess`: the code it carries was
-        counted against the partner's budget of guesses."""
+        self,
+        loaded: LoadedShipment,
+        change: ShipmentUpdate,
+        *,
+        counted_guess: bool = False,
+        scan_id: str | None = None,
+    ) -> Reported:
+        """One report on a locked shipment. `counted_guess`: the code it carries was counted
+        against the partner's budget of guesses; `scan_id`: the device's id of the scan that
+        carries it (POST /scans).
+
+        Every refusal comes before the first change to the shipment, but a wrong delivery
+        code's, which is kept (`keep_changes`): a batch of scans carries on after a refused
+        one without a savepoint."""
         shipment = loaded.shipment
         target = change.status or shipment.status
         self._check_transition(shipment, change.status)
         if target is not ShipmentStatus.returned and self._codes.locked(shipment):
             raise DeliveryLocked()
+        failure = _failed_attempt(shipment, change)
+        occurred_at = self._occurred_at(shipment, change.occurred_at)
         self._check_room(shipment, target)
         if target is ShipmentStatus.delivered:
             self._redeem_code(shipment, change.verification_code)
@@ -418,25 +489,165 @@ class ShipmentService:
         changes = change.model_dump(mode="json", include={"estimated_delivery"}, exclude_none=True)
         if target is not shipment.status:
             changes["status"] = target.value
+        if failure is not None:
+            shipment.delivery_attempts += 1
+            changes |= {"failure_reason": failure.value, "attempts": shipment.delivery_attempts}
         # Going out for delivery (again): a fresh code, stored hashed with this change.
         going_out = change.status is ShipmentStatus.out_for_delivery
         code = self._codes.issue(shipment) if going_out else None
-        note = change.note or _describe_update_without_status(change)
-        await self._move(shipment, target, location_zip=change.location_zip, note=note)
+        details = _report_details(change, failure, occurred_at, scan_id)
+        # A report without a status (a scan, a note) happened in the status of its moment.
+        shown_status = None if change.status else _status_at(shipment.timeline, occurred_at)
+        event = await self._move(shipment, target, details, shown_status=shown_status)
+        view = self._view(loaded)
+        delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
+        await self._publish(view, [SHIPMENT_UPDATED, *delivered], changes, event)
+        if failure is not None and self._attempts_exhausted(shipment):
+            view = await self._return_after_attempts(loaded, occurred_at)
+        self._tell_recipient(loaded, change, failure, code, previous_eta)
+        return Reported(view, code[0] if code is not None else None, event)
+
+    def _attempts_exhausted(self, shipment: Shipment) -> bool:
+        return (
+            shipment.status is ShipmentStatus.in_transit
+            and shipment.delivery_attempts >= self._max_attempts
+        )
+
+    async def _return_after_attempts(
+        self, loaded: LoadedShipment, occurred_at: datetime
+    ) -> ShipmentRead:
+        """The last allowed attempt failed: the shipment goes back to its sender by itself,
+        with an event of its own, at the moment of that attempt (recorded right after it)."""
+        shipment = loaded.shipment
+        description = (
+            f"Returned to the sender after {shipment.delivery_attempts} failed delivery attempts"
+        )
+        details = EventDetails(description=description, occurred_at=occurred_at)
+        event = await self._move(shipment, ShipmentStatus.returned, details)
+        view = self._view(loaded)
+        await self._publish(
+            view, [SHIPMENT_UPDATED], {"status": ShipmentStatus.returned.value}, event
+        )
+        return view
+
+    def _tell_recipient(
+        self,
+        loaded: LoadedShipment,
+        change: ShipmentUpdate,
+        failure: FailureReason | None,
+        code: tuple[str, datetime] | None,
+        previous_eta: datetime,
+    ) -> None:
+        """The recipient's emails about this report, if it changed anything they should know:
+        the step it reached, and a delivery estimate moved by a day or more."""
+        shipment = loaded.shipment
         if code is not None:
             self._emails.delivery_code(shipment, code)
         elif change.status is ShipmentStatus.delivered:
             self._emails.delivered(shipment, partner_name=loaded.partner_name)
-        if change.status is ShipmentStatus.returned:
-            self._emails.returned(shipment, reason=None, attempts=0)
-        elif target not in TERMINAL and delivery_day_moved(
+        elif shipment.status is ShipmentStatus.returned:
+            self._emails.returned(shipment, reason=failure, attempts=shipment.delivery_attempts)
+        elif failure is not None:
+            attempts_left = self._max_attempts - shipment.delivery_attempts
+            self._emails.failed_attempt(
+                shipment,
+                reason=failure,
+                attempts=shipment.delivery_attempts,
+                attempts_left=attempts_left,
+            )
+        if shipment.status not in TERMINAL and eta_moved_a_day(
             previous_eta, shipment.estimated_delivery
         ):
             self._emails.eta_moved(shipment, previous=previous_eta)
-        updated = self._view(loaded)
-        delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
-        await self._publish(updated, [SHIPMENT_UPDATED, *delivered], changes)
-        return updated, code[0] if code is not None else None
+
+    def _occurred_at(self, shipment: Shipment, given: datetime | None) -> datetime:
+        """When a reported event happened: now, or the partner's time if plausible (a device's
+        clock a little ahead counts as now)."""
+        now = utcnow()
+        if given is None:
+            return now
+        if given > now + self._clock_skew:
+            raise InvalidEventTime(
+                "`occurred_at` is in the future; check the device's clock.", occurred_at="future"
+            )
+        if given < now - self._max_scan_age:
+            raise InvalidEventTime(
+                f"`occurred_at` is more than {self._max_scan_age_hours} hours old "
+                "(MAX_SCAN_AGE_HOURS): too late to record.",
+                occurred_at="too_old",
+            )
+        if given < shipment.created_at:
+            raise InvalidEventTime(
+                "`occurred_at` is before the shipment was created.", occurred_at="before_creation"
+            )
+        return min(given, now)
+
+    async def record_scans(self, batch: ScanBatch) -> ScanResults:
+        """A batch of scans, each a report on one of the partner's shipments, with one result
+        per scan (product.md §12.2). A scan whose `scan_id` its shipment has recorded before is
+        a duplicate; a refused scan changes nothing and the others carry on."""
+        refused = await self._count_scan_guesses(batch.scans)
+        numbers = sorted({scan.tracking_number.upper() for scan in batch.scans})
+        locked = await self._shipments.lock_by_tracking_numbers(numbers, self._visibility)
+        results = []
+        for index, scan in enumerate(batch.scans):
+            loaded = locked.get(scan.tracking_number.upper())
+            refusal = refused.get(index)
+            results.append(await self._record_scan(loaded, scan, refusal))
+        return ScanResults(results=results)
+
+    async def _count_scan_guesses(self, scans: list[ScanIn]) -> dict[int, DomainError]:
+        """Each scan's delivery code counted against the partner's budget of guesses, before
+        any row lock (as a single report's): the scans past the budget, refused (429)."""
+        refused: dict[int, DomainError] = {}
+        for index, scan in enumerate(scans):
+            if _guesses_code(scan):
+                try:
+                    await self._limits.count_code_guess(self._account.id)
+                except RateLimited as error:
+                    refused[index] = error
+        return refused
+
+    async def _record_scan(
+        self, loaded: LoadedShipment | None, scan: ScanIn, refusal: DomainError | None
+    ) -> ScanResult:
+        def rejected(error: DomainError) -> ScanResult:
+            return ScanResult(
+                scan_id=scan.scan_id,
+                tracking_number=scan.tracking_number,
+                result="rejected",
+                sequence=None,
+                problem=problem_document(error),
+            )
+
+        if loaded is None:
+            return rejected(
+                ShipmentNotFound("No shipment with this tracking number is assigned to you.")
+            )
+        if refusal is not None:
+            return rejected(refusal)
+        recorded = next((e for e in loaded.shipment.timeline if e.scan_id == scan.scan_id), None)
+        if recorded is not None:
+            return ScanResult(
+                scan_id=scan.scan_id,
+                tracking_number=scan.tracking_number,
+                result="duplicate",
+                sequence=recorded.sequence,
+                problem=None,
+            )
+        try:
+            reported = await self._apply_report(
+                loaded, scan, counted_guess=_guesses_code(scan), scan_id=scan.scan_id
+            )
+        except DomainError as error:
+            return rejected(error)
+        return ScanResult(
+            scan_id=scan.scan_id,
+            tracking_number=scan.tracking_number,
+            result="accepted",
+            sequence=reported.event.sequence,
+            problem=None,
+        )
 
     # --- test mode -----------------------------------------------------------------------
 
@@ -472,23 +683,33 @@ class ShipmentService:
             report = ShipmentUpdate.model_construct(
                 status=step.status,
                 note=step.note,
+                failure_reason=step.failure_reason,
                 verification_code=code if delivering else None,
             )
-            view, issued = await self._apply_report(loaded, report)
-            code = issued or code
+            reported = await self._apply_report(loaded, report)
+            view = reported.view
+            code = reported.code or code
         return view
 
     # --- internals -----------------------------------------------------------------------
 
     async def _publish(
-        self, shipment: ShipmentRead, types: list[str], changes: dict[str, Any]
+        self,
+        shipment: ShipmentRead,
+        types: list[str],
+        changes: dict[str, Any],
+        event: ShipmentEvent,
     ) -> None:
-        """Events for the feed, webhooks and live streams."""
-        announce_after_commit(self._unit, self._redis, shipment.id, shipment.timeline[-1:])
-        await self._record_events(shipment, types, changes)
+        """The new timeline `event`: for the feed, webhooks and live streams."""
+        announce_after_commit(self._unit, self._redis, shipment.id, [event])
+        await self._record_events(shipment, types, changes, event)
 
     async def _record_events(
-        self, shipment: ShipmentRead, types: list[str], changes: dict[str, Any]
+        self,
+        shipment: ShipmentRead,
+        types: list[str],
+        changes: dict[str, Any],
+        event: ShipmentEvent,
     ) -> None:
         """The change in the feed and in the webhook deliveries it queues. An event says what
         changed (`changes`: only the fields this change set), not the whole shipment
@@ -500,7 +721,7 @@ class ShipmentService:
             "status": shipment.status.value,
             "version": shipment.version,
             "changes": changes,
-            "timeline_event": shipment.timeline[-1].model_dump(mode="json"),
+            "timeline_event": timeline_view([event])[0].model_dump(mode="json"),
         }
         await self._events.publish(
             shipment.seller_id, types, data, shipment_id=shipment.id, livemode=shipment.livemode
@@ -565,23 +786,23 @@ class ShipmentService:
         self,
         shipment: Shipment,
         target: ShipmentStatus,
+        details: EventDetails,
         *,
-        location_zip: str | None,
-        note: str | None,
-    ) -> None:
-        """Apply one accepted change: status, version, one timeline event, freed capacity."""
+        shown_status: ShipmentStatus | None = None,
+    ) -> ShipmentEvent:
+        """Apply one accepted change: status, version, one timeline event (showing
+        `shown_status`, by default the new status), freed capacity. Returns the event."""
         reaches_final_state = target in TERMINAL and shipment.status not in TERMINAL
         shipment.status = target
         self._bump_version(shipment)
         # Under the shipment's row lock: no gaps, no duplicates.
         shipment.last_sequence += 1
-        description = note or EVENT_DESCRIPTIONS[target]
-        shipment.timeline.append(
-            _event(shipment, location_zip=location_zip, description=description)
-        )
+        event = _event(shipment, details, shown_status or target)
+        shipment.timeline.append(event)
         if reaches_final_state and shipment.livemode:
             # The partner's slot is free the moment this commits (a test shipment took none).
             await self._assignment.release(shipment.partner_id)
+        return event
 
     @staticmethod
     def _bump_version(shipment: Shipment) -> None:
@@ -592,14 +813,171 @@ class ShipmentService:
         return self._views.view(loaded, for_partner=self._visibility.for_partner)
 
 
-def _event(shipment: Shipment, *, location_zip: str | None, description: str) -> ShipmentEvent:
-    """The timeline event for the shipment's current status and `last_sequence`."""
+# The public line of a correction: what changed stays between the seller and the recipient.
+CORRECTION_DESCRIPTION = "Delivery details updated"
+# The shipment's columns a correction may set, by the body's part and field.
+_CORRECTABLE_COLUMNS = {
+    ("recipient", "name"): "recipient_name",
+    ("recipient", "email"): "recipient_email",
+    ("recipient", "phone"): "recipient_phone",
+    ("destination", "zip_code"): "destination_zip",
+    ("destination", "address_line"): "destination_address_line",
+    ("destination", "city"): "destination_city",
+}
+
+
+def _corrected_fields(shipment: Shipment, correction: DeliveryDetailsUpdate) -> dict[str, Any]:
+    """The shipment's columns the correction changes, with their new values."""
+    changed: dict[str, Any] = {}
+    for (part_name, field), column in _CORRECTABLE_COLUMNS.items():
+        part = getattr(correction, part_name)
+        if part is None or field not in part.model_fields_set:
+            continue
+        value = getattr(part, field)
+        if value != getattr(shipment, column):
+            changed[column] = value
+    return changed
+
+
+def _correction_changes(
+    view: ShipmentRead, changed: dict[str, Any], *, reassigned: bool
+) -> dict[str, Any]:
+    """A correction's `changes` for the seller's feed and webhooks: the corrected parts as
+    they are now, and the partner when the new zip code moved the shipment to another."""
+    changes: dict[str, Any] = {}
+    if any(column.startswith("recipient_") for column in changed):
+        changes["recipient"] = view.recipient.model_dump(mode="json")
+    if any(column.startswith("destination_") for column in changed):
+        changes["destination"] = view.destination.model_dump(mode="json")
+    if reassigned:
+        changes["partner"] = view.partner.model_dump(mode="json")
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetails:
+    """What a timeline event says beside its status and sequence."""
+
+    # Public words: the status's own, the partner's note, or a failed attempt's reason.
+    description: str
+    occurred_at: datetime | None = None  # None: when it is recorded
+    location: LocationIn | None = None
+    failure_reason: FailureReason | None = None
+    note: str | None = None  # the partner's private note on a failed attempt
+    scan_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """A partner's report, applied: the shipment's view after it, the delivery code it issued
+    (going out for delivery), and the timeline event it recorded."""
+
+    view: ShipmentRead
+    code: str | None
+    event: ShipmentEvent
+
+
+def _event(shipment: Shipment, details: EventDetails, status: ShipmentStatus) -> ShipmentEvent:
+    """The timeline event numbered the shipment's `last_sequence`."""
+    location = details.location
+    reason = details.failure_reason
     return ShipmentEvent(
         shipment_id=shipment.id,
         sequence=shipment.last_sequence,
-        status=shipment.status,
-        location_zip=location_zip,
-        description=description,
+        status=status,
+        location_zip=location.zip_code if location else None,
+        location_city=location.city if location else None,
+        location_lat=location.lat if location else None,
+        location_lon=location.lon if location else None,
+        description=details.description,
+        failure_reason=reason.value if reason is not None else None,
+        note=details.note,
+        scan_id=details.scan_id,
+        occurred_at=details.occurred_at or shipment.updated_at,
         created_at=shipment.updated_at,
         livemode=shipment.livemode,
     )
+
+
+def _guesses_code(change: ShipmentUpdate) -> bool:
+    return change.status is ShipmentStatus.delivered and change.verification_code is not None
+
+
+def _check_version(shipment: Shipment, expected_version: int | None) -> None:
+    if expected_version is not None and shipment.version != expected_version:
+        raise VersionMismatch(
+            f"The shipment is at version {shipment.version}, not {expected_version}.",
+            current_version=shipment.version,
+        )
+
+
+def _failed_attempt(shipment: Shipment, change: ShipmentUpdate) -> FailureReason | None:
+    """The reason of the failed delivery attempt this report is, if it is one (product.md
+    §12.1); 422 when a reason is missing or out of place. The schema has already checked that
+    a reason comes with in_transit or returned, and `other` with a note."""
+    reason = change.failure_reason
+    out_for_delivery = shipment.status is ShipmentStatus.out_for_delivery
+    if reason is None:
+        if out_for_delivery and change.status is ShipmentStatus.in_transit:
+            raise FailureReasonRequired()
+        return None
+    if not out_for_delivery:
+        raise FailureReasonNotAllowed(
+            f"This shipment is {shipment.status.value}: only an out-for-delivery shipment has "
+            "delivery attempts that can fail."
+        )
+    if change.status is ShipmentStatus.returned and reason not in RETURNS_AT_ONCE:
+        raise FailureReasonNotAllowed(
+            f"`{reason.value}` does not send a parcel straight back; report it with status "
+            "in_transit (another attempt follows). Only refused and address_not_found return "
+            "at once."
+        )
+    return reason
+
+
+def _report_details(
+    change: ShipmentUpdate,
+    failure: FailureReason | None,
+    occurred_at: datetime,
+    scan_id: str | None,
+) -> EventDetails:
+    """The timeline event of a partner's report. A failed attempt's public words are its
+    reason's; the partner's note on it stays private (it may name people at the door)."""
+    location = change.location
+    if location is None and change.location_zip is not None:
+        location = LocationIn.model_construct(
+            zip_code=change.location_zip, city=None, lat=None, lon=None
+        )
+    if failure is not None:
+        description = FAILURE_WORDS[failure]
+        if change.status is ShipmentStatus.returned:
+            description += ": returned to the sender"
+        note = change.note
+    else:
+        description = change.note or _describe_report(change)
+        note = None
+    return EventDetails(
+        description=description,
+        occurred_at=occurred_at,
+        location=location,
+        failure_reason=failure,
+        note=note,
+        scan_id=scan_id,
+    )
+
+
+def _describe_report(change: ShipmentUpdate) -> str:
+    """A timeline line for a report without a note: its status's, or what it changed."""
+    if change.status is not None:
+        return EVENT_DESCRIPTIONS[change.status]
+    if change.estimated_delivery is not None:
+        return "New delivery estimate"
+    return "Location update"
+
+
+def _status_at(timeline: list[ShipmentEvent], moment: datetime) -> ShipmentStatus:
+    """The status a shipment had at `moment`: that of the last event that happened by then
+    (its first event, `placed`, happened at its creation, which no event predates)."""
+    ordered = in_time_order(timeline)
+    happened = [event for event in ordered if event.occurred_at <= moment]
+    return (happened[-1] if happened else ordered[0]).status

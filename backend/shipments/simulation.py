@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass
 
 from backend.shipments.errors import InvalidTransition
+from backend.shipments.failures import FailureReason
 from backend.shipments.status import ShipmentStatus
 
 S = ShipmentStatus
@@ -29,9 +30,11 @@ class Step:
     status: ShipmentStatus
     # The timeline line, where the status's own would not say what happened.
     note: str | None = None
+    # A failed delivery attempt's reason (its words are the timeline line).
+    failure_reason: FailureReason | None = None
 
 
-_FAILED_ATTEMPT = Step(S.in_transit, "Delivery attempt failed: nobody was home (simulated)")
+_FAILED_ATTEMPT = Step(S.in_transit, failure_reason=FailureReason.recipient_unavailable)
 PATHS: dict[Scenario, tuple[Step, ...]] = {
     Scenario.delivered: (
         Step(S.placed),
@@ -51,7 +54,7 @@ PATHS: dict[Scenario, tuple[Step, ...]] = {
         Step(S.placed),
         Step(S.in_transit),
         Step(S.out_for_delivery),
-        Step(S.returned, "Returned to the sender: the recipient refused it (simulated)"),
+        Step(S.returned, failure_reason=FailureReason.refused),
     ),
     Scenario.cancelled: (Step(S.placed), Step(S.cancelled)),
 }

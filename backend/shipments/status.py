@@ -32,6 +32,10 @@ PARTNER_TRANSITIONS: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
     ShipmentStatus.returned: frozenset(),
 }
 CANCELLABLE: frozenset[ShipmentStatus] = frozenset({ShipmentStatus.placed})
+# While the seller may still correct the recipient and the destination (product.md §12.3).
+CORRECTABLE: frozenset[ShipmentStatus] = frozenset(
+    {ShipmentStatus.placed, ShipmentStatus.in_transit}
+)
 
 
 def allowed_next(current: ShipmentStatus) -> list[ShipmentStatus]:

@@ -11,11 +11,14 @@ from datetime import timedelta
 from typing import Any
 
 from backend.db import utcnow
+from backend.shipments.failures import FailureReason
 from backend.shipments.models import Review, Shipment, ShipmentEvent
 from backend.shipments.repository import LoadedShipment
 from backend.shipments.schemas import (
     DestinationRead,
+    EventLocation,
     PartnerSummary,
+    PublicTimelineEvent,
     RecipientRead,
     ReviewRead,
     ShipmentListItem,
@@ -55,7 +58,8 @@ class ShipmentViews:
     def _fields_with_timeline(self, loaded: LoadedShipment, for_partner: bool) -> dict[str, Any]:
         """A view's fields with the loaded timeline, whose newest event dates a partner's view."""
         timeline = loaded.shipment.timeline
-        fields = self._fields(loaded, for_partner, timeline[-1] if timeline else None)
+        newest = max(timeline, key=lambda event: event.sequence, default=None)
+        fields = self._fields(loaded, for_partner, newest)
         return {**fields, "timeline": timeline_view(timeline)}
 
     def _fields(
@@ -94,28 +98,63 @@ class ShipmentViews:
             "recipient_redacted": redacted,
             "review": _review(shipment.review),
             "livemode": shipment.livemode,
+            "attempts": shipment.delivery_attempts,
         }
 
     def _past_pii_retention(self, shipment: Shipment, newest_event: ShipmentEvent | None) -> bool:
         """A partner keeps the recipient's contact fields for PARTNER_PII_DAYS after the
-        shipment ends (product.md §4): from its terminal event, always its newest."""
+        shipment ends (product.md §4): from its terminal event, always its newest recorded."""
         if shipment.status not in TERMINAL or newest_event is None:
             return False
         return newest_event.created_at < utcnow() - self._pii_retention
 
 
 def timeline_view(events: list[ShipmentEvent]) -> list[TimelineEvent]:
+    """The seller's and the partner's timeline: every field, by when each event happened."""
     return [
-        TimelineEvent.model_construct(
-            sequence=event.sequence,
-            status=event.status,
-            location_zip=event.location_zip,
-            description=event.description,
-            created_at=event.created_at,
-            livemode=event.livemode,
-        )
-        for event in events
+        TimelineEvent.model_construct(**_public_fields(event, exact=True), note=event.note)
+        for event in in_time_order(events)
     ]
+
+
+def public_timeline_view(events: list[ShipmentEvent]) -> list[PublicTimelineEvent]:
+    """The timeline anyone with the tracking number sees: no notes, no coordinates."""
+    return [
+        PublicTimelineEvent.model_construct(**_public_fields(event, exact=False))
+        for event in in_time_order(events)
+    ]
+
+
+def in_time_order(events: list[ShipmentEvent]) -> list[ShipmentEvent]:
+    """By when they happened, then in recording order. The relationship loads them so; an
+    event appended by this request may belong anywhere (a scan uploaded late)."""
+    return sorted(events, key=lambda event: (event.occurred_at, event.sequence))
+
+
+def _public_fields(event: ShipmentEvent, *, exact: bool) -> dict[str, Any]:
+    has_place = event.location_zip or event.location_city or event.location_lat is not None
+    location = (
+        EventLocation.model_construct(
+            zip_code=event.location_zip,
+            city=event.location_city,
+            lat=event.location_lat if exact else None,
+            lon=event.location_lon if exact else None,
+        )
+        if has_place
+        else None
+    )
+    reason = event.failure_reason
+    return {
+        "sequence": event.sequence,
+        "status": event.status,
+        "occurred_at": event.occurred_at,
+        "location_zip": event.location_zip,
+        "location": location,
+        "failure_reason": FailureReason(reason) if reason is not None else None,
+        "description": event.description,
+        "created_at": event.created_at,
+        "livemode": event.livemode,
+    }
 
 
 def _review(review: Review | None) -> ReviewRead | None:

@@ -139,8 +139,12 @@ _EXAMPLE_EVENT_DATA: dict[str, Any] = {
     "timeline_event": {
         "sequence": 2,
         "status": "in_transit",
+        "occurred_at": "2026-11-22T14:02:00Z",
         "location_zip": "02110",
+        "location": {"zip_code": "02110", "city": "Boston", "lat": 42.35, "lon": -71.05},
+        "failure_reason": None,
         "description": "In transit",
+        "note": None,
         "created_at": "2026-11-22T14:05:00Z",
         "livemode": True,
     },
@@ -157,8 +161,12 @@ _EXAMPLE_CREATED_DATA: dict[str, Any] = {
     "timeline_event": {
         "sequence": 1,
         "status": "placed",
+        "occurred_at": "2026-11-22T09:30:00Z",
         "location_zip": None,
+        "location": None,
+        "failure_reason": None,
         "description": "Shipment created",
+        "note": None,
         "created_at": "2026-11-22T09:30:00Z",
         "livemode": True,
     },
@@ -238,11 +246,26 @@ class EventPartner(TypedDict):
     name: str
 
 
+class EventRecipient(TypedDict):
+    name: str | None
+    email: str | None
+    phone: str | None
+
+
+class EventDestination(TypedDict):
+    zip_code: str
+    address_line: str | None
+    city: str | None
+
+
 class ShipmentChanges(TypedDict, total=False):
     """Only the fields this event set, with their new values; a field it left alone is absent
     (never null). `shipment.created` carries the initial `status`, `estimated_delivery` and
     `partner`; a report carries `status` when the status changed and `estimated_delivery` when
-    a new estimate came with it; a cancellation carries `status`. A scan or a note alone
+    a new estimate came with it; a failed delivery attempt carries its `failure_reason` and
+    the `attempts` so far; a cancellation carries `status`; a correction of the delivery
+    details carries the corrected `recipient` and/or `destination` as they are now, and the
+    new `partner` when the new zip code moved the shipment to another. A scan or a note alone
     changes nothing here: it is in `timeline_event`."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
@@ -250,16 +273,36 @@ class ShipmentChanges(TypedDict, total=False):
     status: str
     estimated_delivery: datetime
     partner: EventPartner
+    failure_reason: str
+    attempts: int
+    recipient: EventRecipient
+    destination: EventDestination
+
+
+class EventLocationEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    zip_code: str | None
+    city: str | None
+    lat: float | None
+    lon: float | None
 
 
 class EventTimelineEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sequence: int = Field(description="Position in the shipment's timeline: 1, 2, 3… no gaps.")
+    sequence: int = Field(description="Recording order in the shipment's timeline: 1, 2, 3…")
     status: str
+    # The fields below `status` are absent from events recorded before they existed.
+    occurred_at: datetime | None = Field(default=None, description="When it happened.")
     location_zip: str | None
+    location: EventLocationEntry | None = None
+    failure_reason: str | None = Field(
+        default=None, description="Why a delivery attempt failed (§12.1's list)."
+    )
     description: str | None
-    created_at: datetime
+    note: str | None = Field(default=None, description="The partner's note on a failed attempt.")
+    created_at: datetime = Field(description="When it was recorded.")
     # Absent from events recorded before test mode, which were all live.
     livemode: bool = Field(default=True, description="False for a test shipment's events.")
 

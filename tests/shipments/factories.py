@@ -155,3 +155,34 @@ async def bring_to(
         shipment = response.json()
     assert shipment["status"] == status
     return shipment
+
+
+def as_public(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A seller's timeline as public views show it: without the partner's notes on failed
+    attempts and without coordinates (a scan at the door would show the address)."""
+    public = []
+    for event in timeline:
+        shown = {field: value for field, value in event.items() if field != "note"}
+        if shown["location"] is not None:
+            shown["location"] = {**shown["location"], "lat": None, "lon": None}
+        public.append(shown)
+    return public
+
+
+async def try_again_after_a_failed_attempt(
+    client: httpx.AsyncClient, partner_headers: dict[str, str], shipment_id: str
+) -> dict[str, Any]:
+    """An out-for-delivery shipment's failed attempt (nobody home), then out for delivery
+    again; returns the shipment."""
+    failed = await patch_shipment(
+        client,
+        partner_headers,
+        shipment_id,
+        status="in_transit",
+        failure_reason="recipient_unavailable",
+    )
+    assert failed.status_code == 200, failed.text
+    again = await patch_shipment(client, partner_headers, shipment_id, status="out_for_delivery")
+    assert again.status_code == 200, again.text
+    shipment: dict[str, Any] = again.json()
+    return shipment

@@ -96,7 +96,9 @@ async def test_wrong_codes_are_capped_per_shipment_across_reissued_codes(
     )
 
     # A failed attempt and a new round out: a fresh code, but only what is left of the budget.
-    failed = await patch_shipment(client, parties.partner_headers, sid, status="in_transit")
+    failed = await patch_shipment(
+        client, parties.partner_headers, sid, status="in_transit", failure_reason="weather"
+    )
     assert failed.status_code == 200, failed.text
     await go_out(client, parties, sid)
     second = await delivery_code(db_engine, sid)
@@ -110,7 +112,8 @@ async def test_wrong_codes_are_capped_per_shipment_across_reissued_codes(
 
     # Locked: not even the right code delivers it, and no new code can be issued.
     assert_problem(await guess(client, parties, sid, second), 409, "delivery_locked")
-    for body in ({"status": "in_transit"}, {"note": "Trying again tomorrow"}):
+    failed_again = {"status": "in_transit", "failure_reason": "recipient_unavailable"}
+    for body in (failed_again, {"note": "Trying again tomorrow"}):
         refused = await patch_shipment(client, parties.partner_headers, sid, **body)
         assert_problem(refused, 409, "delivery_locked")
     stored = await stored_shipment(db_engine, sid)

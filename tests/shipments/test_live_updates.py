@@ -29,6 +29,7 @@ from tests.servers import serving
 from tests.shipments.factories import (
     DESTINATION_ZIP,
     Parties,
+    as_public,
     bring_to,
     create_shipment,
     delivery_code,
@@ -45,7 +46,18 @@ HEARTBEAT_SECONDS = 0.2
 RECIPIENT_NAME = "Grace Hopper"
 RECIPIENT_PHONE = "+1 617 555 0100"
 ADDRESS_LINE = "77 Massachusetts Ave"
-TIMELINE_FIELDS = {"sequence", "status", "location_zip", "description", "created_at", "livemode"}
+# The public timeline's fields: no partner's note (a failed attempt's), no coordinates.
+TIMELINE_FIELDS = {
+    "sequence",
+    "status",
+    "occurred_at",
+    "location_zip",
+    "location",
+    "failure_reason",
+    "description",
+    "created_at",
+    "livemode",
+}
 
 
 # --- real servers ---------------------------------------------------------------------------
@@ -217,8 +229,9 @@ async def report(
 
 
 async def timeline(http: httpx.AsyncClient, parties: Parties, shipment: dict[str, Any]) -> Any:
-    """The shipment's timeline as GET /shipments/{id} shows it to its seller."""
-    return (await get_shipment(http, parties.seller_headers, shipment["id"]))["timeline"]
+    """The shipment's timeline as GET /shipments/{id} shows it to its seller, in the fields
+    streams carry (the public timeline's)."""
+    return as_public((await get_shipment(http, parties.seller_headers, shipment["id"]))["timeline"])
 
 
 # --- who may listen -------------------------------------------------------------------------

@@ -49,6 +49,7 @@ SHIPMENT_FIELDS = [
     "recipient_redacted",
     "review",
     "livemode",
+    "attempts",
     "timeline",
 ]
 STORED_TABLES = ("shipments", "shipment_events", "shipment_tags", "tags", "outbox_messages")

@@ -803,7 +803,15 @@ async def test_openapi_documents_the_webhook_payloads(client: httpx.AsyncClient)
             "timeline_event",
         }
         changes = resolve(document, data["properties"]["changes"])
-        assert set(changes["properties"]) == {"status", "estimated_delivery", "partner"}
+        assert set(changes["properties"]) == {
+            "status",
+            "estimated_delivery",
+            "partner",
+            "failure_reason",
+            "attempts",
+            "recipient",
+            "destination",
+        }
         assert changes.get("required", []) == []
         assert "GET /shipments/{id}" in operation["description"]
         assert "webhook-signature" in operation["description"]
