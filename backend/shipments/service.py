@@ -497,7 +497,9 @@ class ShipmentService:
         code = self._codes.issue(shipment) if going_out else None
         details = _report_details(change, failure, occurred_at, scan_id)
         # A report without a status (a scan, a note) happened in the status of its moment.
-        shown_status = None if change.status else _status_at(shipment.timeline, occurred_at)
+        shown_status = None
+        if change.status is None and occurred_at is not None:
+            shown_status = _status_at(shipment.timeline, occurred_at)
         event = await self._move(shipment, target, details, shown_status=shown_status)
         view = self._view(loaded)
         delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
@@ -514,10 +516,11 @@ class ShipmentService:
         )
 
     async def _return_after_attempts(
-        self, loaded: LoadedShipment, occurred_at: datetime
+        self, loaded: LoadedShipment, occurred_at: datetime | None
     ) -> ShipmentRead:
         """The last allowed attempt failed: the shipment goes back to its sender by itself,
-        with an event of its own, at the moment of that attempt (recorded right after it)."""
+        with an event of its own, at the moment of that attempt (recorded right after it; now
+        when the attempt gave no time)."""
         shipment = loaded.shipment
         description = (
             f"Returned to the sender after {shipment.delivery_attempts} failed delivery attempts"
@@ -560,12 +563,12 @@ class ShipmentService:
         ):
             self._emails.eta_moved(shipment, previous=previous_eta)
 
-    def _occurred_at(self, shipment: Shipment, given: datetime | None) -> datetime:
-        """When a reported event happened: now, or the partner's time if plausible (a device's
-        clock a little ahead counts as now)."""
-        now = utcnow()
+    def _occurred_at(self, shipment: Shipment, given: datetime | None) -> datetime | None:
+        """When a reported event happened, if the partner said so and it is plausible (a
+        device's clock a little ahead counts as now); None: when it is recorded."""
         if given is None:
-            return now
+            return None
+        now = utcnow()
         if given > now + self._clock_skew:
             raise InvalidEventTime(
                 "`occurred_at` is in the future; check the device's clock.", occurred_at="future"
@@ -938,7 +941,7 @@ def _failed_attempt(shipment: Shipment, change: ShipmentUpdate) -> FailureReason
 def _report_details(
     change: ShipmentUpdate,
     failure: FailureReason | None,
-    occurred_at: datetime,
+    occurred_at: datetime | None,
     scan_id: str | None,
 ) -> EventDetails:
     """The timeline event of a partner's report. A failed attempt's public words are its
