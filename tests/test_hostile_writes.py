@@ -351,15 +351,75 @@ def _create_shipment(_world: World) -> Valid:
 
 
 def _deliver_shipment(world: World) -> Valid:
+    """The shipment out for delivery, with every field a report can carry: refused at the
+    door, it goes back to its sender (a code is then not needed, and not checked)."""
     shipment = world.out_for_delivery
     return Valid(
         path_values={"shipment_id": shipment["id"]},
         body={
-            "status": "delivered",
+            "status": "returned",
+            "failure_reason": "refused",
             "location_zip": DESTINATION_ZIP,
-            "note": "Left with the concierge",
+            "location": {
+                "zip_code": DESTINATION_ZIP,
+                "city": "Cambridge",
+                "lat": 42.36,
+                "lon": -71.09,
+            },
+            "occurred_at": shipment["created_at"],
+            "note": "Refused by the recipient",
             "estimated_delivery": _future(1),
             "verification_code": world.delivery_code,
+        },
+        headers={"If-Match": f'"{shipment["version"]}"'},
+    )
+
+
+def _scan_batch(world: World) -> Valid:
+    """Two scans: the parcel out for delivery is refused at the door (every field a scan can
+    carry), and the placed one is picked up."""
+    refused = world.out_for_delivery
+    return Valid(
+        body={
+            "scans": [
+                {
+                    "scan_id": "van-1-0001",
+                    "tracking_number": refused["tracking_number"],
+                    "status": "returned",
+                    "failure_reason": "refused",
+                    "note": "Refused by the recipient",
+                    "occurred_at": refused["created_at"],
+                    "location_zip": DESTINATION_ZIP,
+                    "location": {
+                        "zip_code": DESTINATION_ZIP,
+                        "city": "Cambridge",
+                        "lat": 42.36,
+                        "lon": -71.09,
+                    },
+                    "estimated_delivery": _future(2),
+                    "verification_code": world.delivery_code,
+                },
+                {
+                    "scan_id": "van-1-0002",
+                    "tracking_number": world.placed["tracking_number"],
+                    "status": "in_transit",
+                },
+            ]
+        }
+    )
+
+
+def _correct_delivery_details(world: World) -> Valid:
+    shipment = world.placed
+    return Valid(
+        path_values={"shipment_id": shipment["id"]},
+        body={
+            "recipient": {"name": "Grace B. Hopper", "email": "gbh@example.com", "phone": None},
+            "destination": {
+                "zip_code": DESTINATION_ZIP,
+                "address_line": "78 Massachusetts Ave",
+                "city": "Cambridge",
+            },
         },
         headers={"If-Match": f'"{shipment["version"]}"'},
     )
@@ -444,6 +504,8 @@ RECIPES: dict[str, Callable[[World], Valid]] = {
     "PATCH /shipments/{shipment_id}": _deliver_shipment,
     "POST /shipments/{shipment_id}/cancel": _cancel_shipment,
     "PUT /shipments/{shipment_id}/tags": _replace_tags,
+    "PATCH /shipments/{shipment_id}/delivery-details": _correct_delivery_details,
+    "POST /scans": _scan_batch,
     "POST /track/{tracking_number}/review": _review,
     "POST /seller/webhooks": _create_webhook,
     "DELETE /seller/webhooks/{endpoint_id}": _webhook,

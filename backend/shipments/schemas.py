@@ -199,7 +199,7 @@ class ShipmentUpdate(RequestBody):
 
     status: ShipmentStatus | None = None
     location_zip: ZipCode | None = Field(
-        default=None, description="Shorthand for `location.zip_code`; send one or the other."
+        default=None, description="Shorthand for `location.zip_code` (the same when both are sent)."
     )
     location: LocationIn | None = None
     occurred_at: OccurredAt | None = None
@@ -223,8 +223,9 @@ class ShipmentUpdate(RequestBody):
         nulled = sorted(field for field in self.model_fields_set if getattr(self, field) is None)
         if nulled:
             raise ValueError(f"cannot be null: {', '.join(nulled)}")
-        if self.location_zip is not None and self.location is not None:
-            raise ValueError("send the zip code once: location_zip or location.zip_code")
+        location_zip = self.location.zip_code if self.location is not None else None
+        if None not in (self.location_zip, location_zip) and self.location_zip != location_zip:
+            raise ValueError("location_zip and location.zip_code differ: send one of them")
         return self
 
     @model_validator(mode="after")
@@ -238,9 +239,17 @@ class ShipmentUpdate(RequestBody):
         return self
 
     @property
-    def zip_code(self) -> str | None:
-        """Where it happened, whichever way the zip code was sent."""
-        return self.location.zip_code if self.location is not None else self.location_zip
+    def place(self) -> LocationIn | None:
+        """Where it happened, with the zip code whichever way it was sent."""
+        if self.location is None:
+            if self.location_zip is None:
+                return None
+            return LocationIn.model_construct(
+                zip_code=self.location_zip, city=None, lat=None, lon=None
+            )
+        if self.location.zip_code is None and self.location_zip is not None:
+            return self.location.model_copy(update={"zip_code": self.location_zip})
+        return self.location
 
 
 ScanId = Annotated[

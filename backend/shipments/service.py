@@ -946,11 +946,6 @@ def _report_details(
 ) -> EventDetails:
     """The timeline event of a partner's report. A failed attempt's public words are its
     reason's; the partner's note on it stays private (it may name people at the door)."""
-    location = change.location
-    if location is None and change.location_zip is not None:
-        location = LocationIn.model_construct(
-            zip_code=change.location_zip, city=None, lat=None, lon=None
-        )
     if failure is not None:
         description = FAILURE_WORDS[failure]
         if change.status is ShipmentStatus.returned:
@@ -962,7 +957,7 @@ def _report_details(
     return EventDetails(
         description=description,
         occurred_at=occurred_at,
-        location=location,
+        location=change.place,
         failure_reason=failure,
         note=note,
         scan_id=scan_id,

@@ -172,7 +172,7 @@ async def test_live_and_test_data_never_meet(client: httpx.AsyncClient) -> None:
                 "out_for_delivery",
                 "delivered",
             ],
-            ["shipment_created", "delivery_code", "delivery_code", "delivered"],
+            ["shipment_created", "delivery_code", "failed_attempt", "delivery_code", "delivered"],
         ),
         (
             "returned",
