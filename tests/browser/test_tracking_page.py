@@ -168,3 +168,35 @@ async def test_the_review_form_sends_the_recipients_rating(
     assert await reviews_stored(db_engine) == 1
     assert opened.blocked == [], "the page reached beyond loopback"
     assert opened.errors == []
+
+
+# --- the icon ----------------------------------------------------------------------------------
+
+
+async def test_the_page_has_its_own_icon(open_page: OpenPage, live_server: LiveServer) -> None:
+    parties = await make_parties(live_server.http)
+    shipment = await create_shipment(live_server.http, parties.seller_headers)
+    opened = await open_tracking_page(open_page, PHONE, shipment["tracking_number"])
+    page = opened.page
+
+    href = await page.locator('head link[rel="icon"]').get_attribute("href")
+    assert href == "/assets/favicon.svg"
+    fetched = await page.evaluate(
+        """href => fetch(href).then(response =>
+             [response.status, response.headers.get('content-type')])""",
+        href,
+    )
+    assert fetched == [200, "image/svg+xml"]
+    # Under the page's own policy the icon loads as an image.
+    width = await page.evaluate(
+        """href => new Promise((resolve, reject) => {
+             const image = new Image();
+             image.onload = () => resolve(image.naturalWidth);
+             image.onerror = () => reject(new Error('the icon did not load'));
+             image.src = href;
+           })""",
+        href,
+    )
+    assert width > 0
+    assert opened.blocked == []
+    assert opened.errors == []
