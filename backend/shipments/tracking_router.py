@@ -188,7 +188,8 @@ async def favicon() -> FileResponse:
 def page_context(view: TrackingView, now: datetime | None = None) -> dict[str, object]:
     """What the template needs beyond the view: labels, progress steps and dates in words.
 
-    Dates are shown in UTC (the page has no JavaScript to learn the reader's time zone).
+    Dates are written in UTC, each in a `<time>` with its exact moment: the page's script
+    rewrites them in the reader's time zone, and without it the page says they are UTC.
     """
     today = (now or utcnow()).astimezone(UTC).date()
     reached = PROGRESS_STEPS.index(view.status) if view.status in PROGRESS_STEPS else -1

@@ -6,8 +6,10 @@ reader reads them), the history, and the page changing by itself when the partne
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Locator, Page, expect
@@ -168,6 +170,100 @@ async def test_the_review_form_sends_the_recipients_rating(
     assert await reviews_stored(db_engine) == 1
     assert opened.blocked == [], "the page reached beyond loopback"
     assert opened.errors == []
+
+
+# --- times in the reader's time zone -----------------------------------------------------------
+
+
+def zone_name(local: datetime) -> str:
+    """How Chromium names a zone in en-US: US zones by abbreviation ('EDT'), others by their
+    offset ('GMT+9')."""
+    name = local.tzname() or ""
+    if name in ("EST", "EDT"):
+        return name
+    offset = local.utcoffset()
+    assert offset is not None
+    return f"GMT{int(offset.total_seconds() // 3600):+d}"
+
+
+def as_shown_in(moment: datetime, zone: str) -> str:
+    """A timeline moment as an en-US reader in `zone` should see it: 'Mon, Mar 9, 2026, 10:30
+    PM EDT'."""
+    local = moment.astimezone(ZoneInfo(zone))
+    hour = local.hour % 12 or 12
+    clock = f"{hour}:{local:%M} {local:%p}"
+    return f"{local:%a}, {local:%b} {local.day}, {local.year}, {clock} {zone_name(local)}"
+
+
+async def shown_moment(entry: Locator) -> tuple[datetime, str]:
+    """The moment a history entry's <time> stands for, and the text the reader sees."""
+    time = entry.locator("time")
+    iso = await time.get_attribute("datetime")
+    assert iso is not None
+    return datetime.fromisoformat(iso), await time.inner_text()
+
+
+def footer(page: Page) -> Locator:
+    return page.get_by_role("contentinfo")
+
+
+async def test_times_are_shown_in_the_readers_time_zone(
+    open_page: OpenPage, live_server: LiveServer, db_engine: AsyncEngine
+) -> None:
+    parties = await make_parties(live_server.http)
+    created = await create_shipment(live_server.http, parties.seller_headers)
+    shipment = await bring_to(live_server.http, db_engine, parties, created["id"], "in_transit")
+    number = shipment["tracking_number"]
+
+    shown: dict[str, str] = {}
+    pages: dict[str, OfflinePage] = {}
+    for zone in ("America/New_York", "Asia/Tokyo"):
+        pages[zone] = opened = await open_page(DESKTOP, timezone_id=zone)
+        response = await opened.page.goto(f"/t/{number}")
+        assert response is not None
+        assert response.status == 200
+        page = opened.page
+        await expect(footer(page)).to_contain_text(
+            f"Times are in your time zone ({zone.replace('_', ' ')})."
+        )
+        await expect(footer(page)).not_to_contain_text("UTC")
+        moment, text = await shown_moment(history(page).first)
+        assert text == as_shown_in(moment, zone)
+        # The ETA's day, in the same zone.
+        eta = datetime.fromisoformat(shipment["estimated_delivery"]).astimezone(ZoneInfo(zone))
+        await expect(page.locator(".eta time")).to_have_text(f"{eta:%A}, {eta:%B} {eta.day}")
+        assert opened.errors == []
+        shown[zone] = text
+    # Tokyo is 13 or 14 hours ahead of New York: the same moment reads differently.
+    assert shown["America/New_York"] != shown["Asia/Tokyo"]
+
+    # An entry that arrives live is written in the reader's zone too.
+    opened = pages["Asia/Tokyo"]
+    page = opened.page
+    await report(live_server, parties, shipment, location_zip="02139", note="At the depot")
+    await expect(history(page)).to_have_count(3)
+    await expect(history(page).first).to_contain_text("At the depot")
+    moment, text = await shown_moment(history(page).first)
+    assert text == as_shown_in(moment, "Asia/Tokyo")
+    assert opened.errors == []
+
+
+async def test_without_javascript_the_page_says_its_times_are_utc(
+    open_page: OpenPage, live_server: LiveServer
+) -> None:
+    parties = await make_parties(live_server.http)
+    shipment = await create_shipment(live_server.http, parties.seller_headers)
+    opened = await open_page(PHONE, timezone_id="Asia/Tokyo", java_script_enabled=False)
+    response = await opened.page.goto(f"/t/{shipment['tracking_number']}")
+    assert response is not None
+    assert response.status == 200
+    page = opened.page
+
+    await expect(footer(page)).to_contain_text("Times are in UTC.")
+    moment, text = await shown_moment(history(page).first)
+    assert text.endswith(f"{moment:%H:%M} UTC")
+    await expect(footer(page)).to_contain_text("This page updates itself")
+    await assert_fits_the_screen(page, PHONE)
 
 
 # --- the icon ----------------------------------------------------------------------------------

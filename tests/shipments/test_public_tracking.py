@@ -599,6 +599,40 @@ async def test_pages_send_a_policy_that_allows_only_their_own_scripts(
     assert "EventSource" in script.text
 
 
+# <time> elements as the server writes them: the moment, how to show it, and the UTC text.
+TIME_ELEMENT = re.compile(r'<time datetime="([^"]+)" data-show="(\w+)">([^<]*)</time>')
+
+
+@pytest.mark.parametrize("status", ["in_transit", "delivered"])
+async def test_page_writes_its_times_in_utc_and_says_so(
+    client: httpx.AsyncClient, db_engine: AsyncEngine, status: str
+) -> None:
+    """What a reader without JavaScript gets: every time in UTC, and a page that says so. Each
+    time also carries its exact moment, from which the page's script writes it in the reader's
+    own time zone (tests/browser)."""
+    tracked = await tracked_shipment(client, db_engine, status)
+    shipment = await get_shipment(client, tracked.parties.seller_headers, tracked.shipment["id"])
+
+    response = await client.get(f"/t/{tracked.number}")
+
+    assert response.status_code == 200
+    times = TIME_ELEMENT.findall(response.text)
+    assert times, "the page shows its times in <time> elements"
+    for iso, show, shown in times:
+        moment = datetime.fromisoformat(iso)
+        assert moment.utcoffset() == timedelta(0), iso
+        if show == "day":
+            assert shown.startswith(f"{moment:%A} {moment.day} {moment:%B}"), shown
+        else:
+            assert shown.endswith(f"{moment:%H:%M} UTC"), shown
+    events = {
+        datetime.fromisoformat(event["created_at"]).astimezone(UTC)
+        for event in shipment["timeline"]
+    }
+    assert {datetime.fromisoformat(iso) for iso, show, _ in times if show == "moment"} == events
+    assert '<span id="time-note">Times are in UTC.</span>' in response.text
+
+
 async def test_the_pages_icon_is_served_by_the_service(
     client: httpx.AsyncClient, db_engine: AsyncEngine
 ) -> None:
