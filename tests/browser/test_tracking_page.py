@@ -28,6 +28,7 @@ from tests.shipments.factories import (
     Parties,
     bring_to,
     create_shipment,
+    delivery_code,
     make_parties,
     patch_shipment,
 )
@@ -264,6 +265,85 @@ async def test_without_javascript_the_page_says_its_times_are_utc(
     assert text.endswith(f"{moment:%H:%M} UTC")
     await expect(footer(page)).to_contain_text("This page updates itself")
     await assert_fits_the_screen(page, PHONE)
+
+
+# --- final shipments: no promise of updates, no stream -----------------------------------------
+
+# Wraps EventSource before the page's script runs: which streams it opened, and which it closed.
+WATCH_STREAMS = """
+window.streams = [];
+const PageEventSource = window.EventSource;
+window.EventSource = class extends PageEventSource {
+  constructor(url, options) {
+    super(url, options);
+    const record = { url: this.url, opened: false, closed: false };
+    window.streams.push(record);
+    this.addEventListener("open", () => { record.opened = true; });
+    const close = this.close.bind(this);
+    this.close = () => { record.closed = true; close(); };
+  }
+};
+"""
+
+
+async def open_watched(open_page: OpenPage, number: str) -> tuple[OfflinePage, list[str]]:
+    """The tracking page with its streams watched, and every URL it requested."""
+    opened = await open_page(PHONE)
+    requested: list[str] = []
+    opened.page.on("request", lambda request: requested.append(urlsplit(request.url).path))
+    await opened.page.add_init_script(WATCH_STREAMS)
+    response = await opened.page.goto(f"/t/{number}")
+    assert response is not None
+    assert response.status == 200
+    return opened, requested
+
+
+@pytest.mark.parametrize("status", ["delivered", "cancelled", "returned"])
+async def test_a_final_shipments_page_promises_no_updates_and_opens_no_stream(
+    open_page: OpenPage, live_server: LiveServer, db_engine: AsyncEngine, status: str
+) -> None:
+    parties = await make_parties(live_server.http)
+    created = await create_shipment(live_server.http, parties.seller_headers)
+    shipment = await bring_to(live_server.http, db_engine, parties, created["id"], status)
+
+    opened, requested = await open_watched(open_page, shipment["tracking_number"])
+    page = opened.page
+
+    # The script has run (it rewrote the time note)...
+    await expect(footer(page)).to_contain_text("Times are in your time zone (UTC).")
+    await page.wait_for_load_state("networkidle")
+    # ...and opened nothing.
+    assert await page.evaluate("window.streams") == []
+    assert not [path for path in requested if path.endswith("/stream")]
+    await expect(page.get_by_text("updates itself")).to_have_count(0)
+    assert opened.errors == []
+
+
+async def test_the_page_stops_following_once_the_parcel_is_delivered(
+    open_page: OpenPage, live_server: LiveServer, db_engine: AsyncEngine
+) -> None:
+    parties = await make_parties(live_server.http)
+    created = await create_shipment(live_server.http, parties.seller_headers)
+    shipment = await bring_to(
+        live_server.http, db_engine, parties, created["id"], "out_for_delivery"
+    )
+    opened, _ = await open_watched(open_page, shipment["tracking_number"])
+    page = opened.page
+    await expect(footer(page)).to_contain_text("This page updates itself as your parcel moves.")
+    await page.wait_for_function("window.streams.length === 1 && window.streams[0].opened")
+
+    code = await delivery_code(db_engine, shipment["id"])
+    await report(live_server, parties, shipment, status="delivered", verification_code=code)
+
+    await expect(status_heading(page)).to_have_text("Delivered")
+    await expect(footer(page)).not_to_contain_text("updates itself")
+    await expect(footer(page)).to_contain_text("this page has stopped updating")
+    await page.wait_for_function("window.streams[0].closed")
+    streams = await page.evaluate("window.streams")
+    assert [stream["url"] for stream in streams] == [
+        f"{live_server.base_url}/track/{shipment['tracking_number']}/stream"
+    ]
+    assert opened.errors == []
 
 
 # --- the icon ----------------------------------------------------------------------------------

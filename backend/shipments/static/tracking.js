@@ -5,6 +5,9 @@
 (function () {
   "use strict";
 
+  var FINAL = ["delivered", "cancelled", "returned"];
+  var NO_MORE_UPDATES = "Nothing more will change here, so this page has stopped updating.";
+
   /* The page is in English: the reader's English conventions (en-US, en-GB...) where the
      browser has them, plain English otherwise; always the reader's own time zone. */
   function englishLocales() {
@@ -92,6 +95,13 @@
     });
   }
 
+  /* Once the shipment is final nothing more comes: stop listening and stop promising updates. */
+  function stopFollowing(source) {
+    source.close();
+    var note = document.getElementById("live-note");
+    if (note) note.textContent = NO_MORE_UPDATES;
+  }
+
   /* Live updates: when the parcel moves, fetch this page again and swap in its content. */
   function followLiveUpdates() {
     var live = document.getElementById("live");
@@ -103,6 +113,9 @@
       var sequence = Number(event.lastEventId);
       if (!(sequence > shown)) return;
       shown = sequence;
+      var update = null;
+      try { update = JSON.parse(event.data); } catch (error) { /* the page fetch still shows it */ }
+      if (update && FINAL.indexOf(update.status) !== -1) stopFollowing(source);
       fetch(window.location.href, { headers: { "Accept": "text/html" } })
         .then(function (response) { return response.ok ? response.text() : Promise.reject(); })
         .then(function (html) {
@@ -113,7 +126,7 @@
           document.title = next.title;
           bindReviewForm();
           var state = document.getElementById("live");
-          if (!state || state.dataset.final === "true") source.close();  /* nothing follows */
+          if (!state || state.dataset.final === "true") stopFollowing(source);
         })
         .catch(function () { /* keep what is shown; the next event tries again */ });
     });
