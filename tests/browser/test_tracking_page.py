@@ -346,6 +346,107 @@ async def test_the_page_stops_following_once_the_parcel_is_delivered(
     assert opened.errors == []
 
 
+# --- the review form ---------------------------------------------------------------------------
+
+
+async def open_review_link(
+    open_page: OpenPage, live_server: LiveServer, db_engine: AsyncEngine, token: str | None = None
+) -> tuple[OfflinePage, str]:
+    """A delivered shipment's page opened from its emailed review link (or with `token`)."""
+    parties = await make_parties(live_server.http)
+    created = await create_shipment(live_server.http, parties.seller_headers)
+    await bring_to(live_server.http, db_engine, parties, created["id"], "delivered")
+    [email] = await delivered_emails(db_engine, created["id"])
+    link = urlsplit(email["review_url"])
+    opened = await open_page(PHONE)
+    query = link.query if token is None else f"review={token}"
+    response = await opened.page.goto(f"{link.path}?{query}")
+    assert response is not None
+    assert response.status == 200
+    return opened, created["id"]
+
+
+async def filled_stars(page: Page) -> int:
+    """How many stars are drawn filled."""
+    filled: int = await page.evaluate(
+        """[...document.querySelectorAll('.stars label')]
+             .filter(label => getComputedStyle(label, '::before').content.startsWith('"\u2605"'))
+             .length"""
+    )
+    return filled
+
+
+async def test_the_review_form_works_from_the_keyboard_on_a_phone(
+    open_page: OpenPage,
+    live_server: LiveServer,
+    db_engine: AsyncEngine,
+    save_screenshot: SaveScreenshot,
+) -> None:
+    opened, _ = await open_review_link(open_page, live_server, db_engine)
+    page = opened.page
+    form = page.get_by_role("region", name="How was the delivery?")
+    await expect(form.get_by_role("group", name="Your rating")).to_be_visible()
+    await expect(form.get_by_role("radio")).to_have_count(5)
+    assert await filled_stars(page) == 0
+
+    # From the first star, the arrow keys move the choice along, as in any radio group.
+    await form.get_by_role("radio", name="1 star", exact=True).focus()
+    await page.keyboard.press("ArrowRight")
+    await page.keyboard.press("ArrowRight")
+    await expect(form.get_by_role("radio", name="3 stars")).to_be_checked()
+    await expect(form.get_by_role("radio", name="3 stars")).to_be_focused()
+    assert await filled_stars(page) == 3
+    # The focused star is outlined, so a keyboard user sees where they are.
+    outline = await page.evaluate(
+        "getComputedStyle(document.activeElement.closest('label')).outlineStyle"
+    )
+    assert outline == "solid"
+
+    await page.keyboard.press("Tab")
+    await expect(form.get_by_label("Comment (optional)")).to_be_focused()
+    await page.keyboard.type("Quick and friendly.")
+    await page.keyboard.press("Tab")
+    await expect(form.get_by_role("button", name="Send my review")).to_be_focused()
+    await assert_fits_the_screen(page, PHONE)
+    await save_screenshot(page, "tracking-review-phone")
+    await page.keyboard.press("Enter")
+
+    await expect(form.get_by_role("status")).to_have_text("Thank you for your review!")
+    # Sent once: nothing left to send again.
+    await expect(form.get_by_role("button", name="Send my review")).to_be_disabled()
+    await expect(form.get_by_label("Comment (optional)")).to_be_disabled()
+    assert await reviews_stored(db_engine) == 1
+    await assert_fits_the_screen(page, PHONE)
+    await save_screenshot(page, "tracking-review-sent-phone")
+    assert opened.blocked == []
+    assert opened.errors == []
+
+
+async def test_the_review_form_says_when_the_review_was_not_sent(
+    open_page: OpenPage,
+    live_server: LiveServer,
+    db_engine: AsyncEngine,
+    save_screenshot: SaveScreenshot,
+) -> None:
+    opened, _ = await open_review_link(open_page, live_server, db_engine, token="not-a-token")
+    page = opened.page
+    form = page.get_by_role("region", name="How was the delivery?")
+
+    await form.get_by_label("5 stars", exact=True).check()
+    await form.get_by_role("button", name="Send my review").click()
+
+    result = form.get_by_role("status")
+    await expect(result).to_have_text(
+        "Sorry, this review link is not valid any more, so the review could not be sent."
+    )
+    await expect(result).to_have_attribute("data-state", "error")
+    # Nothing was taken: the form stays usable.
+    await expect(form.get_by_role("button", name="Send my review")).to_be_enabled()
+    assert await reviews_stored(db_engine) == 0
+    assert opened.errors == []
+    await save_screenshot(page, "tracking-review-failed-phone")
+
+
 # --- the icon ----------------------------------------------------------------------------------
 
 

@@ -72,26 +72,52 @@
     note.textContent = "Times are in your time zone" + (zone ? " (" + zone.replace(/_/g, " ") + ")" : "") + ".";
   }
 
+  function showResult(result, state, message) {
+    result.dataset.state = state;
+    result.textContent = message;
+  }
+
   /* Sends the review form to the API with the token from the delivery email. */
   function bindReviewForm() {
     var form = document.getElementById("review-form");
     if (!form || form.dataset.bound) return;
     form.dataset.bound = "true";
     var result = document.getElementById("review-result");
+    var button = form.querySelector("button");
+    function finish() {
+      for (var i = 0; i < form.elements.length; i++) form.elements[i].disabled = true;
+    }
     form.addEventListener("submit", function (event) {
       event.preventDefault();
       var comment = form.elements.comment.value.trim();
       var body = { token: form.dataset.token, rating: Number(form.elements.rating.value) };
       if (comment) body.comment = comment;
+      button.disabled = true;
+      delete result.dataset.state;
+      result.textContent = "Sending your review…";
       fetch("/track/" + encodeURIComponent(form.dataset.trackingNumber) + "/review", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify(body)
       }).then(function (response) {
-        if (response.status === 201) { result.textContent = "Thank you for your review!"; form.querySelector("button").disabled = true; }
-        else if (response.status === 409) { result.textContent = "This delivery has already been reviewed. Thank you!"; }
-        else { result.textContent = "Sorry, the review could not be sent; the link may have expired."; }
-      }).catch(function () { result.textContent = "Sorry, the review could not be sent; try again."; });
+        button.disabled = false;
+        if (response.status === 201) {
+          showResult(result, "success", "Thank you for your review!");
+          finish();
+        } else if (response.status === 409) {
+          showResult(result, "success", "This delivery has already been reviewed. Thank you!");
+          finish();
+        } else if (response.status === 400 || response.status === 404) {
+          showResult(result, "error", "Sorry, this review link is not valid any more, so the review could not be sent.");
+        } else if (response.status === 422) {
+          showResult(result, "error", "Please choose from 1 to 5 stars, and keep the comment under 1000 characters.");
+        } else {
+          showResult(result, "error", "Sorry, the review could not be sent. Please try again in a moment.");
+        }
+      }).catch(function () {
+        button.disabled = false;
+        showResult(result, "error", "Sorry, the review could not be sent. Check your connection and try again.");
+      });
     });
   }
 
