@@ -39,6 +39,14 @@ _PAGE_EXAMPLE = _PAGE_HEAD + "  <title>Out for delivery · 7KQ2M9XHR4TBWC · Shi
 _NOT_FOUND_EXAMPLE = _PAGE_HEAD + "  <title>Tracking number not found · Shiptrack</title>\n..."
 
 TRACKING_SCRIPT = Path(__file__).parent / "static" / "tracking.js"
+FAVICON = Path(__file__).parent / "static" / "favicon.svg"
+# The icon's URL never carries a version, so a week: long enough to spare the requests, short
+# enough that a new icon reaches everyone.
+FAVICON_HEADERS = {
+    "Cache-Control": "public, max-age=604800",
+    # Opened on its own, an SVG is a document: this one has nothing to run or fetch.
+    "Content-Security-Policy": "default-src 'none'",
+}
 
 TRACKING_NUMBER_FORMAT = re.compile(r"[A-Za-z0-9]{6,20}")
 TrackingNumber = Annotated[
@@ -168,10 +176,20 @@ async def tracking_page_script() -> FileResponse:
     )
 
 
+# Also where browsers look when no page names an icon (a JSON response opened in a tab): an
+# SVG, which they read by its content type whatever the name.
+@assets_router.get("/favicon.ico")
+@assets_router.get("/assets/favicon.svg")
+async def favicon() -> FileResponse:
+    """The pages' icon (linked from the shared layout): served here, never from another site."""
+    return FileResponse(FAVICON, media_type="image/svg+xml", headers=FAVICON_HEADERS)
+
+
 def page_context(view: TrackingView, now: datetime | None = None) -> dict[str, object]:
     """What the template needs beyond the view: labels, progress steps and dates in words.
 
-    Dates are shown in UTC (the page has no JavaScript to learn the reader's time zone).
+    Dates are written in UTC, each in a `<time>` with its exact moment: the page's script
+    rewrites them in the reader's time zone, and without it the page says they are UTC.
     """
     today = (now or utcnow()).astimezone(UTC).date()
     reached = PROGRESS_STEPS.index(view.status) if view.status in PROGRESS_STEPS else -1

@@ -13,7 +13,7 @@ Screenshots are written only when SHIPTRACK_SCREENSHOTS names a folder, e.g.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +127,12 @@ class OfflinePage:
     errors: list[str] = field(default_factory=list)
 
 
-OpenPage = Callable[[Screen], Awaitable[OfflinePage]]
+class OpenPage(Protocol):
+    """Opens a page on `screen` in a fresh context: in UTC with JavaScript on, unless told."""
+
+    def __call__(
+        self, screen: Screen, *, timezone_id: str = "UTC", java_script_enabled: bool = True
+    ) -> Awaitable[OfflinePage]: ...
 
 
 @pytest.fixture
@@ -135,14 +140,17 @@ async def open_page(browser: Browser, live_server: LiveServer) -> AsyncIterator[
     """Opens pages on the live server; each in a fresh context, closed after the test."""
     async with AsyncExitStack() as contexts:
 
-        async def open_with(screen: Screen) -> OfflinePage:
+        async def open_with(
+            screen: Screen, *, timezone_id: str = "UTC", java_script_enabled: bool = True
+        ) -> OfflinePage:
             context = await browser.new_context(
                 base_url=live_server.base_url,
                 viewport=screen.viewport,
                 is_mobile=screen.mobile,
                 has_touch=screen.mobile,
                 locale="en-US",
-                timezone_id="UTC",
+                timezone_id=timezone_id,
+                java_script_enabled=java_script_enabled,
             )
             contexts.push_async_callback(context.close)
             context.set_default_timeout(SAFETY_SECONDS * 1000)

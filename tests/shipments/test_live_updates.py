@@ -720,7 +720,7 @@ async def test_tracking_page_in_transit_listens_to_its_stream(
         assert (await stream.next_event()).id == "1"
 
 
-async def test_tracking_page_of_a_final_shipment_has_no_script(
+async def test_tracking_page_of_a_final_shipment_does_not_follow_its_stream(
     replica: Replica, db_engine: AsyncEngine
 ) -> None:
     http = replica.http
@@ -732,5 +732,9 @@ async def test_tracking_page_of_a_final_shipment_has_no_script(
         response = await http.get(f"/t/{shipment['tracking_number']}")
 
         assert response.status_code == 200, status
-        assert "<script" not in response.text.lower(), status
+        # The script still comes (it writes the times in the reader's zone), told that nothing
+        # more will come; and the page promises no updates (the browser tests watch both).
+        assert SCRIPT_TAG.findall(response.text) == ['<script src="/assets/tracking.js" defer>']
+        assert 'data-final="true"' in response.text, status
         assert "EventSource" not in response.text, status
+        assert "updates itself" not in response.text, status

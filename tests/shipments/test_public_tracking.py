@@ -441,7 +441,10 @@ async def test_page_is_self_contained_and_accessible(
     assert page.tags("header")
     assert page.tags("h2"), "sections have headings"
     assert not page.tags("img")
-    assert not page.tags("link")
+    # The one link is the page's icon, a file of this service.
+    assert page.tags("link") == [
+        {"rel": "icon", "href": "/assets/favicon.svg", "type": "image/svg+xml"}
+    ]
 
 
 async def test_tracking_url_leads_to_the_page(
@@ -595,3 +598,66 @@ async def test_pages_send_a_policy_that_allows_only_their_own_scripts(
     assert script.headers["content-type"].startswith("text/javascript")
     assert script.headers["x-content-type-options"] == "nosniff"
     assert "EventSource" in script.text
+
+
+# <time> elements as the server writes them: the moment, how to show it, and the UTC text.
+TIME_ELEMENT = re.compile(r'<time datetime="([^"]+)" data-show="(\w+)">([^<]*)</time>')
+
+
+@pytest.mark.parametrize("status", ["in_transit", "delivered"])
+async def test_page_writes_its_times_in_utc_and_says_so(
+    client: httpx.AsyncClient, db_engine: AsyncEngine, status: str
+) -> None:
+    """What a reader without JavaScript gets: every time in UTC, and a page that says so. Each
+    time also carries its exact moment, from which the page's script writes it in the reader's
+    own time zone (tests/browser)."""
+    tracked = await tracked_shipment(client, db_engine, status)
+    shipment = await get_shipment(client, tracked.parties.seller_headers, tracked.shipment["id"])
+
+    response = await client.get(f"/t/{tracked.number}")
+
+    assert response.status_code == 200
+    times = TIME_ELEMENT.findall(response.text)
+    assert times, "the page shows its times in <time> elements"
+    for iso, show, shown in times:
+        moment = datetime.fromisoformat(iso)
+        assert moment.utcoffset() == timedelta(0), iso
+        if show == "day":
+            assert shown.startswith(f"{moment:%A} {moment.day} {moment:%B}"), shown
+        else:
+            assert shown.endswith(f"{moment:%H:%M} UTC"), shown
+    events = {
+        datetime.fromisoformat(event["created_at"]).astimezone(UTC)
+        for event in shipment["timeline"]
+    }
+    assert {datetime.fromisoformat(iso) for iso, show, _ in times if show == "moment"} == events
+    assert '<span id="time-note">Times are in UTC.</span>' in response.text
+
+
+async def test_the_pages_icon_is_served_by_the_service(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    tracked = await tracked_shipment(client, db_engine)
+    page = await client.get(f"/t/{tracked.number}")
+    (icon,) = [tag for tag in Outline(page.text).tags("link") if tag.get("rel") == "icon"]
+    # Where the page points, and where browsers look when no page tells them.
+    for path in (icon["href"], "/favicon.ico"):
+        response = await client.get(path)
+
+        assert response.status_code == 200, path
+        assert response.headers["content-type"] == "image/svg+xml"
+        cache_control = response.headers["cache-control"]
+        max_age = re.search(r"\bmax-age=(\d+)", cache_control)
+        assert "public" in cache_control
+        assert max_age is not None
+        assert int(max_age.group(1)) >= 24 * 3600
+        assert response.headers["x-content-type-options"] == "nosniff"
+        svg = response.text
+        assert svg.startswith("<svg ")
+        # Nothing to run and nothing to fetch, from anywhere.
+        assert "<script" not in svg.lower()
+        assert not re.search(r"\b(?:href|src)\s*=|url\(", svg, re.I)
+    assert icon["href"] == "/assets/favicon.svg"
+    assert "img-src 'self'" in page.headers["content-security-policy"]
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert not [path for path in paths if "favicon" in path], "a file, not part of the API"
