@@ -26,7 +26,12 @@ from backend.shipments.errors import (
     TrackingNumberNotFound,
 )
 from backend.shipments.live import SSE_RESPONSES, LastEventId, open_timeline_stream
-from backend.shipments.schemas import ReviewCreate, ReviewRead, TrackingView
+from backend.shipments.schemas import (
+    PublicTimelineEvent,
+    ReviewCreate,
+    ReviewRead,
+    TrackingView,
+)
 from backend.shipments.status import PROGRESS_STEPS, TERMINAL, ShipmentStatus
 
 router = APIRouter(tags=["Public tracking"], route_class=UnitOfWorkRoute)
@@ -205,7 +210,7 @@ def page_context(view: TrackingView, now: datetime | None = None) -> dict[str, o
     eta = view.estimated_delivery.astimezone(UTC)
     eta_in_days = (eta.date() - today).days
     delivered_at = next(
-        (e.created_at for e in reversed(view.timeline) if e.status is ShipmentStatus.delivered),
+        (e.occurred_at for e in reversed(view.timeline) if e.status is ShipmentStatus.delivered),
         None,
     )
     # Newest first reads best on a phone.
@@ -214,8 +219,8 @@ def page_context(view: TrackingView, now: datetime | None = None) -> dict[str, o
             "description": event.description or STATUS_LABELS[event.status],
             "status_label": STATUS_LABELS[event.status],
             "status": event.status.value,
-            "location_zip": event.location_zip,
-            "when": _moment(event.created_at),
+            "place": _place(event),
+            "when": _moment(event.occurred_at),
         }
         for event in reversed(view.timeline)
     ]
@@ -237,6 +242,16 @@ def page_context(view: TrackingView, now: datetime | None = None) -> dict[str, o
         "events": events,
         "earlier_events": view.timeline_total - len(view.timeline),
     }
+
+
+def _place(event: PublicTimelineEvent) -> str | None:
+    """Where an event happened, as a reader names it: "Boston 02110", "ZIP 02110", "Boston"."""
+    location = event.location
+    if location is None or (location.city is None and location.zip_code is None):
+        return None
+    if location.city is None:
+        return f"ZIP {location.zip_code}"
+    return " ".join(part for part in (location.city, location.zip_code) if part)
 
 
 def _moment(moment: datetime) -> dict[str, str]:

@@ -326,9 +326,43 @@ async def test_page_shows_status_eta_destination_carrier_and_timeline(
     positions = [history.index(f">{escape(text)}<") for text in descriptions[::-1]]
     assert positions == sorted(positions), "the timeline is shown newest first"
     for event in shipment["timeline"]:
-        stamp = datetime.fromisoformat(event["created_at"]).astimezone(UTC)
+        stamp = datetime.fromisoformat(event["occurred_at"]).astimezone(UTC)
         assert f'datetime="{stamp.isoformat()}"' in response.text
     assert "ZIP 02110" in response.text
+
+
+async def test_page_tells_a_failed_attempt_in_plain_words_in_the_order_things_happened(
+    client: httpx.AsyncClient, db_engine: AsyncEngine
+) -> None:
+    tracked = await tracked_shipment(client, db_engine, "out_for_delivery")
+    failed = await report(
+        tracked,
+        client,
+        status="in_transit",
+        failure_reason="access_restricted",
+        note="Gate code 4471 did not work, neighbour Ada Lovelace asked to call back",
+        location={"zip_code": DESTINATION_ZIP, "city": CITY, "lat": 42.3736, "lon": -71.1097},
+    )
+    # A hub scan made before the attempt, uploaded after it.
+    hub_scan_time = datetime.fromisoformat(failed["timeline"][-2]["occurred_at"])
+    await report(
+        tracked,
+        client,
+        location={"zip_code": "02110", "city": "Boston"},
+        occurred_at=hub_scan_time.isoformat(),
+    )
+
+    response = await client.get(f"/t/{tracked.number}")
+
+    assert response.status_code == 200, response.text
+    history = response.text[response.text.index('id="history"') :]
+    attempt = history.index("The courier could not get access to the address")
+    hub = history.index("Boston 02110")
+    assert attempt < hub, "newest first, by when each event happened"
+    assert f"{CITY} {DESTINATION_ZIP}" in history
+    for private in ("4471", "Lovelace", "42.37", "-71.1"):
+        assert private not in response.text
+    assert_no_secrets(response.text, tracked)
 
 
 @pytest.mark.parametrize("status", list(PROGRESS_LABELS))
