@@ -24,15 +24,18 @@ HOUR = 3600
 MINUTE = 60
 
 # One round trip for a create: count it in the seller's one-minute window and, unless that
-# refuses it, book its recipient email into the seller's first hour with room to spare.
+# refuses it, book its recipient email into the seller's first hour with room to spare. With
+# no create limit (ARGV[1] = 0) it books an email alone (a correction's).
 # KEYS: the create window, the prefix of the hourly email windows, the first open hour.
 # ARGV: creates per minute, emails per hour, the current hour (since the epoch).
 # Returns {-1, seconds until the create window ends} when refused, else {hour, position}: the
 # email is the position-th of that hour's budget.
 _ADMIT_CREATE = """
-redis.call('set', KEYS[1], 0, 'EX', 60, 'NX')
-if redis.call('incr', KEYS[1]) > tonumber(ARGV[1]) then
-  return {-1, redis.call('ttl', KEYS[1])}
+if tonumber(ARGV[1]) > 0 then
+  redis.call('set', KEYS[1], 0, 'EX', 60, 'NX')
+  if redis.call('incr', KEYS[1]) > tonumber(ARGV[1]) then
+    return {-1, redis.call('ttl', KEYS[1])}
+  end
 end
 local hour = math.max(tonumber(ARGV[3]), tonumber(redis.call('get', KEYS[3]) or '0'))
 local window = KEYS[2] .. hour
@@ -81,6 +84,16 @@ class ShipmentLimits:
     async def admit_create(self, seller_id: uuid.UUID) -> EmailSlot:
         """Count one create against the seller's rate (429 beyond it) and book the slot of its
         "shipment created" email in the seller's hourly budget."""
+        return await self._book(seller_id, self._creates_per_minute)
+
+    async def book_recipient_email(self, seller_id: uuid.UUID) -> EmailSlot:
+        """Book the slot of one more recipient email the seller's own change sends (a
+        correction), in the same hourly budget as the creates' emails."""
+        return await self._book(seller_id, 0)
+
+    async def _book(self, seller_id: uuid.UUID, creates_per_minute: int) -> EmailSlot:
+        """Book a recipient email's slot, counting a create first unless `creates_per_minute`
+        is 0 (the script then skips the create window)."""
         digest = _digest(seller_id)
         current_hour = int(time.time()) // HOUR
         hour, position = await self._redis.eval(
@@ -89,7 +102,7 @@ class ShipmentLimits:
             f"ratelimit:shipment_creates:{digest}",
             f"ratelimit:recipient_emails:{digest}:",
             f"ratelimit:recipient_emails:{digest}:open",
-            self._creates_per_minute,
+            creates_per_minute,
             self._emails_per_hour,
             current_hour,
         )

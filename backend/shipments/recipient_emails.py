@@ -109,14 +109,17 @@ class RecipientEmails:
             what_next=what_next,
         )
 
-    def details_corrected(self, shipment: Shipment) -> None:
+    def details_corrected(self, shipment: Shipment, *, not_before: datetime | None) -> None:
         """The seller changed the delivery details: where and to whom the parcel now goes, as
-        stored now, sent to the recipient's address as stored now."""
+        stored now, sent to the recipient's address as stored now. `not_before` defers it when
+        the seller is over its hourly budget of recipient emails."""
         city_line = " ".join(
             part for part in (shipment.destination_city, shipment.destination_zip) if part
         )
         address_lines = [line for line in (shipment.destination_address_line, city_line) if line]
-        self._queue(shipment, "details_corrected", address_lines=address_lines)
+        self._queue(
+            shipment, "details_corrected", not_before=not_before, address_lines=address_lines
+        )
 
     def cancelled(self, shipment: Shipment, *, seller_name: str) -> None:
         """The shipment was cancelled before the carrier had it: nothing will arrive."""

@@ -248,8 +248,17 @@ class ShipmentRepository:
         return await self._one(shipment_id, visibility, lock=False)
 
     async def lock(self, shipment_id: uuid.UUID, visibility: Visibility) -> LoadedShipment | None:
-        """The shipment, locked against concurrent changes until the transaction ends."""
-        return await self._one(shipment_id, visibility, lock=True)
+        """The shipment, locked against concurrent changes until the transaction ends.
+
+        Asked once more when it is not found: a lock that waited for a concurrent change
+        re-checks the shipment's new row against the partner row joined before the wait. A
+        change that moved the shipment to another partner (a correction) then drops the row
+        for everyone; the second statement joins the partner it has now, and finds it for its
+        seller and its new partner only."""
+        found = await self._one(shipment_id, visibility, lock=True)
+        if found is None:
+            found = await self._one(shipment_id, visibility, lock=True)
+        return found
 
     async def lock_by_tracking_numbers(
         self, tracking_numbers: list[str], visibility: Visibility

@@ -835,7 +835,7 @@ async def test_corrected_details_go_to_the_recipient_as_now_stored(
         stored.recipient_email = "grace.hopper@example.org"
         stored.destination_address_line = "1 Navy Yard"
         stored.destination_city = None
-        emails.details_corrected(stored)
+        emails.details_corrected(stored, not_before=None)
 
     await queue_for(track_app, shipment, correct_and_queue)
     corrected = {
