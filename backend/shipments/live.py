@@ -363,8 +363,10 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {
             "text/event-stream": {
                 "example": 'id: 3\nevent: timeline\ndata: {"sequence": 3, "status": '
-                '"out_for_delivery", "location_zip": null, "description": "Out for delivery", '
-                '"created_at": "2026-11-22T14:05:00Z"}\n\n'
+                '"out_for_delivery", "occurred_at": "2026-11-22T14:05:00Z", "location_zip": '
+                '"02139", "location": {"zip_code": "02139", "city": "Cambridge", "lat": null, '
+                '"lon": null}, "failure_reason": null, "description": "Out for delivery", '
+                '"created_at": "2026-11-22T14:05:00Z", "livemode": true}\n\n'
             }
         },
     },

@@ -32,13 +32,16 @@ from backend.errors import DomainError, RateLimited, problem_document
 from backend.outbox.wording import human_day
 from backend.pagination import decode_cursor, split_page
 from backend.shipments.assignment import AssignedPartner, PartnerAssignment
+from backend.shipments.corrections import (
+    CORRECTION_DESCRIPTION,
+    corrected_fields,
+    correction_changes,
+)
 from backend.shipments.delivery_codes import DeliveryCodes
 from backend.shipments.errors import (
     DeliveryLocked,
     DetailsLocked,
     EmailNotVerified,
-    FailureReasonNotAllowed,
-    FailureReasonRequired,
     IdempotencyKeyReused,
     InvalidEventTime,
     InvalidTransition,
@@ -47,7 +50,7 @@ from backend.shipments.errors import (
     TimelineFull,
     VersionMismatch,
 )
-from backend.shipments.failures import FAILURE_WORDS, RETURNS_AT_ONCE, FailureReason
+from backend.shipments.failures import FailureReason
 from backend.shipments.idempotency import IdempotencyKeys
 from backend.shipments.limits import EmailSlot, ShipmentLimits
 from backend.shipments.live import announce_after_commit
@@ -57,7 +60,6 @@ from backend.shipments.repository import LoadedShipment, ShipmentRepository, Vis
 from backend.shipments.schemas import (
     CoverageRead,
     DeliveryDetailsUpdate,
-    LocationIn,
     ScanBatch,
     ScanIn,
     ScanResult,
@@ -76,7 +78,15 @@ from backend.shipments.status import (
     ShipmentStatus,
     allowed_next,
 )
-from backend.shipments.views import ShipmentViews, in_time_order, timeline_view
+from backend.shipments.timeline import (
+    EVENT_DESCRIPTIONS,
+    EventDetails,
+    failed_attempt_reason,
+    new_event,
+    report_details,
+    status_at,
+)
+from backend.shipments.views import ShipmentViews, timeline_view
 from backend.webhooks.events import (
     SHIPMENT_CANCELLED,
     SHIPMENT_CREATED,
@@ -94,15 +104,6 @@ TRACKING_NUMBER_LENGTH = 14
 ASSIGNMENT_ATTEMPTS = 10
 # Before a test key's idempotency keys: a client's own contain no space (IdempotencyRecord.key).
 TEST_KEY_PREFIX = "test "
-
-EVENT_DESCRIPTIONS = {
-    ShipmentStatus.placed: "Shipment created",
-    ShipmentStatus.in_transit: "In transit",
-    ShipmentStatus.out_for_delivery: "Out for delivery",
-    ShipmentStatus.delivered: "Delivered",
-    ShipmentStatus.cancelled: "Cancelled by the sender",
-    ShipmentStatus.returned: "Returned to the sender",
-}
 
 
 def new_tracking_number() -> str:
@@ -324,7 +325,9 @@ class ShipmentService:
             livemode=self._livemode,
         )
         shipment.review = None  # new: nothing to load, and views read it
-        first = _event(shipment, EventDetails(EVENT_DESCRIPTIONS[shipment.status]), shipment.status)
+        first = new_event(
+            shipment, EventDetails(EVENT_DESCRIPTIONS[shipment.status]), shipment.status
+        )
         shipment.timeline = [first]
         session = self._unit.session
         session.add(shipment)
@@ -389,15 +392,38 @@ class ShipmentService:
         shipment is placed or in transit (product.md §12.3). A new zip code the partner does not
         serve moves the shipment to one that does and has room, in this transaction (409, and
         nothing changed, when none can take it). A correction that changes nothing records
-        nothing."""
+        nothing.
+
+        Its email to the recipient takes a slot of the seller's hourly budget, booked in Redis
+        before the row lock (as a create's): corrections cannot mail any address at will."""
+        email_slot = await self._limits.book_recipient_email(self._account.id)
+        try:
+            corrected, emailed = await self._correct(
+                shipment_id, correction, expected_version, email_slot.send_at
+            )
+        except DomainError:
+            await self._return_email_slot(email_slot)
+            raise
+        if not emailed:
+            await self._return_email_slot(email_slot)
+        return corrected
+
+    async def _correct(
+        self,
+        shipment_id: uuid.UUID,
+        correction: DeliveryDetailsUpdate,
+        expected_version: int | None,
+        email_not_before: datetime | None,
+    ) -> tuple[ShipmentRead, bool]:
+        """The correction, and whether it queued an email (a test shipment's is recorded)."""
         loaded = await self._locked(shipment_id)
         shipment = loaded.shipment
         _check_version(shipment, expected_version)
         if shipment.status not in CORRECTABLE:
             raise DetailsLocked(current_status=shipment.status.value)
-        changed = _corrected_fields(shipment, correction)
+        changed = corrected_fields(shipment, correction)
         if not changed:
-            return self._view(loaded)
+            return self._view(loaded), False
         self._check_room(shipment, shipment.status)
         new_zip = changed.get("destination_zip")
         if new_zip is not None:
@@ -407,10 +433,10 @@ class ShipmentService:
         details = EventDetails(description=CORRECTION_DESCRIPTION)
         event = await self._move(shipment, shipment.status, details)
         view = self._view(loaded)
-        changes = _correction_changes(view, changed, reassigned=new_zip is not None)
+        changes = correction_changes(view, changed, reassigned=new_zip is not None)
         await self._publish(view, [SHIPMENT_UPDATED], changes, event)
-        self._emails.details_corrected(shipment)
-        return view
+        self._emails.details_corrected(shipment, not_before=email_not_before)
+        return view, shipment.livemode
 
     async def _follow_new_zip(self, loaded: LoadedShipment, zip_code: str) -> LoadedShipment:
         """The shipment with the partner that will carry it to `zip_code`: its own when it
@@ -473,7 +499,7 @@ class ShipmentService:
         self._check_transition(shipment, change.status)
         if target is not ShipmentStatus.returned and self._codes.locked(shipment):
             raise DeliveryLocked()
-        failure = _failed_attempt(shipment, change)
+        failure = failed_attempt_reason(shipment, change)
         occurred_at = self._occurred_at(shipment, change.occurred_at)
         self._check_room(shipment, target)
         if target is ShipmentStatus.delivered:
@@ -495,11 +521,11 @@ class ShipmentService:
         # Going out for delivery (again): a fresh code, stored hashed with this change.
         going_out = change.status is ShipmentStatus.out_for_delivery
         code = self._codes.issue(shipment) if going_out else None
-        details = _report_details(change, failure, occurred_at, scan_id)
+        details = report_details(change, failure, occurred_at, scan_id)
         # A report without a status (a scan, a note) happened in the status of its moment.
         shown_status = None
         if change.status is None and occurred_at is not None:
-            shown_status = _status_at(shipment.timeline, occurred_at)
+            shown_status = status_at(shipment.timeline, occurred_at)
         event = await self._move(shipment, target, details, shown_status=shown_status)
         view = self._view(loaded)
         delivered = [SHIPMENT_DELIVERED] if change.status is ShipmentStatus.delivered else []
@@ -800,7 +826,7 @@ class ShipmentService:
         self._bump_version(shipment)
         # Under the shipment's row lock: no gaps, no duplicates.
         shipment.last_sequence += 1
-        event = _event(shipment, details, shown_status or target)
+        event = new_event(shipment, details, shown_status or target)
         shipment.timeline.append(event)
         if reaches_final_state and shipment.livemode:
             # The partner's slot is free the moment this commits (a test shipment took none).
@@ -816,60 +842,6 @@ class ShipmentService:
         return self._views.view(loaded, for_partner=self._visibility.for_partner)
 
 
-# The public line of a correction: what changed stays between the seller and the recipient.
-CORRECTION_DESCRIPTION = "Delivery details updated"
-# The shipment's columns a correction may set, by the body's part and field.
-_CORRECTABLE_COLUMNS = {
-    ("recipient", "name"): "recipient_name",
-    ("recipient", "email"): "recipient_email",
-    ("recipient", "phone"): "recipient_phone",
-    ("destination", "zip_code"): "destination_zip",
-    ("destination", "address_line"): "destination_address_line",
-    ("destination", "city"): "destination_city",
-}
-
-
-def _corrected_fields(shipment: Shipment, correction: DeliveryDetailsUpdate) -> dict[str, Any]:
-    """The shipment's columns the correction changes, with their new values."""
-    changed: dict[str, Any] = {}
-    for (part_name, field), column in _CORRECTABLE_COLUMNS.items():
-        part = getattr(correction, part_name)
-        if part is None or field not in part.model_fields_set:
-            continue
-        value = getattr(part, field)
-        if value != getattr(shipment, column):
-            changed[column] = value
-    return changed
-
-
-def _correction_changes(
-    view: ShipmentRead, changed: dict[str, Any], *, reassigned: bool
-) -> dict[str, Any]:
-    """A correction's `changes` for the seller's feed and webhooks: the corrected parts as
-    they are now, and the partner when the new zip code moved the shipment to another."""
-    changes: dict[str, Any] = {}
-    if any(column.startswith("recipient_") for column in changed):
-        changes["recipient"] = view.recipient.model_dump(mode="json")
-    if any(column.startswith("destination_") for column in changed):
-        changes["destination"] = view.destination.model_dump(mode="json")
-    if reassigned:
-        changes["partner"] = view.partner.model_dump(mode="json")
-    return changes
-
-
-@dataclass(frozen=True, slots=True)
-class EventDetails:
-    """What a timeline event says beside its status and sequence."""
-
-    # Public words: the status's own, the partner's note, or a failed attempt's reason.
-    description: str
-    occurred_at: datetime | None = None  # None: when it is recorded
-    location: LocationIn | None = None
-    failure_reason: FailureReason | None = None
-    note: str | None = None  # the partner's private note on a failed attempt
-    scan_id: str | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class Reported:
     """A partner's report, applied: the shipment's view after it, the delivery code it issued
@@ -878,28 +850,6 @@ class Reported:
     view: ShipmentRead
     code: str | None
     event: ShipmentEvent
-
-
-def _event(shipment: Shipment, details: EventDetails, status: ShipmentStatus) -> ShipmentEvent:
-    """The timeline event numbered the shipment's `last_sequence`."""
-    location = details.location
-    reason = details.failure_reason
-    return ShipmentEvent(
-        shipment_id=shipment.id,
-        sequence=shipment.last_sequence,
-        status=status,
-        location_zip=location.zip_code if location else None,
-        location_city=location.city if location else None,
-        location_lat=location.lat if location else None,
-        location_lon=location.lon if location else None,
-        description=details.description,
-        failure_reason=reason.value if reason is not None else None,
-        note=details.note,
-        scan_id=details.scan_id,
-        occurred_at=details.occurred_at or shipment.updated_at,
-        created_at=shipment.updated_at,
-        livemode=shipment.livemode,
-    )
 
 
 def _guesses_code(change: ShipmentUpdate) -> bool:
@@ -912,70 +862,3 @@ def _check_version(shipment: Shipment, expected_version: int | None) -> None:
             f"The shipment is at version {shipment.version}, not {expected_version}.",
             current_version=shipment.version,
         )
-
-
-def _failed_attempt(shipment: Shipment, change: ShipmentUpdate) -> FailureReason | None:
-    """The reason of the failed delivery attempt this report is, if it is one (product.md
-    §12.1); 422 when a reason is missing or out of place. The schema has already checked that
-    a reason comes with in_transit or returned, and `other` with a note."""
-    reason = change.failure_reason
-    out_for_delivery = shipment.status is ShipmentStatus.out_for_delivery
-    if reason is None:
-        if out_for_delivery and change.status is ShipmentStatus.in_transit:
-            raise FailureReasonRequired()
-        return None
-    if not out_for_delivery:
-        raise FailureReasonNotAllowed(
-            f"This shipment is {shipment.status.value}: only an out-for-delivery shipment has "
-            "delivery attempts that can fail."
-        )
-    if change.status is ShipmentStatus.returned and reason not in RETURNS_AT_ONCE:
-        raise FailureReasonNotAllowed(
-            f"`{reason.value}` does not send a parcel straight back; report it with status "
-            "in_transit (another attempt follows). Only refused and address_not_found return "
-            "at once."
-        )
-    return reason
-
-
-def _report_details(
-    change: ShipmentUpdate,
-    failure: FailureReason | None,
-    occurred_at: datetime | None,
-    scan_id: str | None,
-) -> EventDetails:
-    """The timeline event of a partner's report. A failed attempt's public words are its
-    reason's; the partner's note on it stays private (it may name people at the door)."""
-    if failure is not None:
-        description = FAILURE_WORDS[failure]
-        if change.status is ShipmentStatus.returned:
-            description += ": returned to the sender"
-        note = change.note
-    else:
-        description = change.note or _describe_report(change)
-        note = None
-    return EventDetails(
-        description=description,
-        occurred_at=occurred_at,
-        location=change.place,
-        failure_reason=failure,
-        note=note,
-        scan_id=scan_id,
-    )
-
-
-def _describe_report(change: ShipmentUpdate) -> str:
-    """A timeline line for a report without a note: its status's, or what it changed."""
-    if change.status is not None:
-        return EVENT_DESCRIPTIONS[change.status]
-    if change.estimated_delivery is not None:
-        return "New delivery estimate"
-    return "Location update"
-
-
-def _status_at(timeline: list[ShipmentEvent], moment: datetime) -> ShipmentStatus:
-    """The status a shipment had at `moment`: that of the last event that happened by then
-    (its first event, `placed`, happened at its creation, which no event predates)."""
-    ordered = in_time_order(timeline)
-    happened = [event for event in ordered if event.occurred_at <= moment]
-    return (happened[-1] if happened else ordered[0]).status

@@ -59,8 +59,10 @@ owner may cancel while it is still `placed`:
 |---|---|
 | `placed` | `in_transit`, `cancelled` (seller, `POST /shipments/{id}/cancel`) |
 | `in_transit` | `in_transit` (a scan at a new location), `out_for_delivery`, `returned` |
-| `out_for_delivery` | `delivered` (with the code), `in_transit` (failed attempt), `returned` |
+| `out_for_delivery` | `delivered` (with the code), `in_transit` (a failed attempt), `returned` |
 | `delivered`, `cancelled`, `returned` | — (terminal) |
 
-Any other change is `409 invalid_transition`, listing the allowed next states.
+Any other change is `409 invalid_transition`, listing the allowed next states. A failed
+attempt carries its `failure_reason`; after MAX_DELIVERY_ATTEMPTS (3) of them a shipment is
+`returned` by itself, and `refused` or `address_not_found` may send it there at once.
 """
