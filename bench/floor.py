@@ -90,9 +90,11 @@ _VIEW_COLUMNS = """
     s.recipient_phone, s.reference, s.seller_id, s.partner_id, p.name AS partner_name,
     s.estimated_delivery, s.version, s.created_at, s.updated_at, s.livemode,
     r.rating AS review_rating, r.comment AS review_comment, r.created_at AS review_created_at,
+    s.delivery_attempts,
     (SELECT array_agg((e.sequence, e.status, e.location_zip, e.description, e.created_at,
-                       e.livemode)
-                      ORDER BY e.sequence)
+                       e.livemode, e.occurred_at, e.location_city, e.location_lat,
+                       e.location_lon, e.failure_reason, e.note)
+                      ORDER BY e.occurred_at, e.sequence)
        FROM shipment_events e WHERE e.shipment_id = s.id) AS timeline,
     ARRAY(SELECT t.name FROM shipment_tags st JOIN tags t ON t.id = st.tag_id
           WHERE st.shipment_id = s.id ORDER BY t.name) AS tags
@@ -125,8 +127,9 @@ TRACK = f"""
 SELECT s.tracking_number, s.status, s.estimated_delivery, s.destination_zip,
        s.destination_city, p.name AS partner_name, s.last_sequence, s.livemode,
        (SELECT array_agg((e.sequence, e.status, e.location_zip, e.description, e.created_at,
-                       e.livemode)
-                         ORDER BY e.sequence)
+                          e.livemode, e.occurred_at, e.location_city, e.location_lat,
+                          e.location_lon, e.failure_reason, e.note)
+                         ORDER BY e.occurred_at, e.sequence)
           FROM shipment_events e
           WHERE e.shipment_id = s.id
             AND e.sequence > s.last_sequence - {PUBLIC_TIMELINE_LENGTH}) AS timeline
@@ -239,9 +242,9 @@ WITH updated AS (
     RETURNING *
 ), event AS (
     INSERT INTO shipment_events (id, shipment_id, sequence, status, location_zip, description,
-                                 created_at)
+                                 created_at, occurred_at)
     SELECT gen_random_uuid(), id, last_sequence, $2::varchar, $4::varchar, $5::varchar,
-           $3::timestamptz
+           $3::timestamptz, $3::timestamptz
     FROM updated
 )
 SELECT {_VIEW_COLUMNS} FROM updated s {_VIEW_JOINS}
@@ -360,15 +363,39 @@ def _event(
     description: str | None,
     at: datetime,
     livemode: bool,
+    occurred_at: datetime | None = None,
+    city: str | None = None,
+    lat: float | None = None,
+    lon: float | None = None,
+    failure_reason: str | None = None,
+    note: str | None = None,
+    *,
+    public: bool = False,
 ) -> dict[str, Any]:
-    return {
+    """A timeline event as the API shows it: to anyone (`public`: no note, no coordinates),
+    or to its seller and partner."""
+    has_place = location_zip is not None or city is not None or lat is not None
+    event: dict[str, Any] = {
         "sequence": sequence,
         "status": status,
+        "occurred_at": _iso(occurred_at or at),
         "location_zip": location_zip,
+        "location": {
+            "zip_code": location_zip,
+            "city": city,
+            "lat": None if public else lat,
+            "lon": None if public else lon,
+        }
+        if has_place
+        else None,
+        "failure_reason": failure_reason,
         "description": description,
         "created_at": _iso(at),
         "livemode": livemode,
     }
+    if not public:
+        event["note"] = note
+    return event
 
 
 def _shipment(row: Any, base_url: str) -> dict[str, Any]:
@@ -409,6 +436,7 @@ def _shipment(row: Any, base_url: str) -> dict[str, Any]:
             "created_at": _iso(row["review_created_at"]),
         },
         "livemode": row["livemode"],
+        "attempts": row["delivery_attempts"],
         "timeline": [_event(*event) for event in row["timeline"] or ()],
     }
 
@@ -430,8 +458,11 @@ async def _record_feed(
 
 
 async def _announce(request: Request, shipment: dict[str, Any]) -> None:
-    """After the commit: the new event, to the shipment's open live-update streams."""
-    message = json.dumps(shipment["timeline"][-1])
+    """After the commit: the new event, in its public fields, to the shipment's open streams."""
+    newest = shipment["timeline"][-1]
+    location = newest["location"] and {**newest["location"], "lat": None, "lon": None}
+    public = {key: value for key, value in newest.items() if key != "note"}
+    message = json.dumps({**public, "location": location})
     await request.app.state.redis.publish(f"shipment-events:{shipment['id']}", message)
 
 
@@ -492,7 +523,7 @@ async def track(request: Request) -> Response:
             "estimated_delivery": _iso(row["estimated_delivery"]),
             "destination": {"zip_code": row["destination_zip"], "city": row["destination_city"]},
             "partner": {"name": row["partner_name"]},
-            "timeline": [_event(*event) for event in row["timeline"] or ()],
+            "timeline": [_event(*event, public=True) for event in row["timeline"] or ()],
             "timeline_total": row["last_sequence"],
             "livemode": row["livemode"],
         }
@@ -573,6 +604,7 @@ async def _create(
         "updated_at": now,
         "review_rating": None,
         "livemode": True,
+        "delivery_attempts": 0,
         "timeline": [(1, "placed", None, DESCRIPTIONS["placed"], now, True)],
     }
     await conn.execute(
