@@ -9,7 +9,9 @@
 - every shipment has its creation email, one delivery-code email per time it went out for
   delivery and one delivered email per delivery (no outbox row lost, none duplicated);
 - every partner's active_shipments equals its non-terminal shipments and stays within capacity;
-- every acknowledged sign-up exists, and every token whose logout was acknowledged gets a 401.
+- every acknowledged sign-up exists, and every token whose logout was acknowledged gets a 401;
+- every acknowledged scan is stored once, as the event its result named; no scan was refused
+  but for a conflict the load expects.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ async def check_invariants(
     problems += await _events_and_outbox(engine, shipments, timelines)
     problems += await _capacities(engine, shipments)
     problems += await _accounts(engine, ledger)
+    problems += await _scans(engine, ledger)
     if ledger.revoked:
         assert http is not None, "revoked tokens can only be tried over HTTP"
         for kind, headers in ledger.revoked:
@@ -63,6 +66,22 @@ async def check_invariants(
                 problems.append(f"a {kind} token revoked by an acknowledged logout got {response}")
 
     assert not problems, f"{len(problems)} invariant violations:\n" + "\n".join(problems[:50])
+
+
+async def _scans(engine: AsyncEngine, ledger: Ledger) -> list[str]:
+    stored: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for row in await _rows(
+        engine,
+        "SELECT scan_id, shipment_id, sequence FROM shipment_events WHERE scan_id IS NOT NULL",
+    ):
+        stored[row.scan_id].append((str(row.shipment_id), row.sequence))
+    problems = [f"unexpected scan refusal {refusal}" for refusal in ledger.refused_scans]
+    for scan_id, acknowledged in ledger.scans.items():
+        if stored.get(scan_id) != [acknowledged]:
+            problems.append(
+                f"scan {scan_id} acknowledged as {acknowledged}, stored as {stored.get(scan_id)}"
+            )
+    return problems
 
 
 def _acknowledged_shipments(
@@ -87,10 +106,11 @@ def _acknowledged_shipments(
             problems.append(
                 f"{shipment_id}: stored status {stored.status}, acknowledged {acked['status']}"
             )
-        elif extra > record.ambiguous:
+        elif extra > record.ambiguous + record.unviewed:
             problems.append(
                 f"{shipment_id}: {extra} changes beyond the acknowledged version, but only "
-                f"{record.ambiguous} writes went unanswered"
+                f"{record.ambiguous} writes went unanswered and {record.unviewed} scans were "
+                "acknowledged without a view"
             )
         promised = [(event["sequence"], event["status"]) for event in acked["timeline"]]
         if timelines[shipment_id][: len(promised)] != promised:

@@ -23,11 +23,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import PASSWORD, account_with_token, bearer, seller_body, unique_email
-from tests.faults.records import Exchange, Ledger, problem_code
+from tests.faults.records import EXPECTED_CONFLICTS, Exchange, Ledger, problem_code
 from tests.faults.streams import CATCH_UP_SECONDS, StreamFollowers, Target
 from tests.shipments.factories import DESTINATION_ZIP, shipment_body
 
-WRITES = frozenset({"create", "advance", "cancel", "signup", "logout"})
+WRITES = frozenset({"create", "advance", "scan", "cancel", "signup", "logout"})
+# The share of the partners' steps sent as a batch of one scan (POST /scans) instead of a PATCH.
+SCAN_SHARE = 0.3
 # A client's pause after a 503 or a failed exchange (it would honour Retry-After; shorter here).
 BACKOFF_SECONDS = 0.1
 READINESS_INTERVAL_SECONDS = 0.05
@@ -321,14 +323,45 @@ class Load:
             steps, weights = zip(*NEXT_STEPS[status], strict=True)
             target = rng.choices(steps, weights)[0]
             body: dict[str, Any] = {"status": target, "location_zip": DESTINATION_ZIP}
+            if (status, target) == ("out_for_delivery", "in_transit"):
+                body["failure_reason"] = "recipient_unavailable"  # a failed delivery attempt
             if target == "delivered":
                 code = await self._delivery_code(shipment["id"])
                 if code is None:
                     continue  # the outbox cannot be read right now: the database is down
                 body["verification_code"] = code
+            if rng.random() < SCAN_SHARE:
+                await self._scan(actor, partner, shipment, body)
+                continue
             await self._write_shipment(
                 actor, "advance", "PATCH", shipment["id"], "", partner.headers, body
             )
+
+    async def _scan(
+        self, actor: str, partner: Account, shipment: dict[str, Any], body: dict[str, Any]
+    ) -> None:
+        """The step as a batch of one scan, sent once more when its answer was lost, as a van
+        would: its `scan_id` makes the second try safe (at most one event per scan id)."""
+        scan_id = uuid.uuid4().hex
+        scan = {**body, "scan_id": scan_id, "tracking_number": shipment["tracking_number"]}
+        for _ in range(2):
+            response = await self._call(
+                actor, "scan", "POST", "/scans", json={"scans": [scan]}, headers=partner.headers
+            )
+            if response is not None and response.status_code == 200:
+                self._record_scan(shipment["id"], scan, response.json()["results"][0])
+                return
+        self.ledger.shipment(shipment["id"]).ambiguous += 1
+
+    def _record_scan(self, shipment_id: str, scan: dict[str, Any], result: dict[str, Any]) -> None:
+        if result["result"] == "rejected":
+            problem = result["problem"]
+            if not (problem["status"] == 409 and problem["code"] in EXPECTED_CONFLICTS):
+                self.ledger.refused_scans.append(f"{scan['scan_id']}: {problem}")
+            return
+        self.ledger.scans[scan["scan_id"]] = (shipment_id, result["sequence"])
+        # A failed attempt may return the shipment by itself: a second version.
+        self.ledger.shipment(shipment_id).unviewed += 2 if "failure_reason" in scan else 1
 
     async def _write_shipment(
         self,

@@ -62,6 +62,9 @@ class ShipmentLedger:
     acked: dict[str, Any] | None = None
     # Writes to this shipment whose outcome the client never learned.
     ambiguous: int = 0
+    # At most how many versions acknowledged writes added without showing the shipment (a
+    # scan's result names its event, not the shipment's version).
+    unviewed: int = 0
 
     def ack(self, body: dict[str, Any]) -> None:
         if self.acked is None or body["version"] > self.acked["version"]:
@@ -77,6 +80,10 @@ class Ledger:
     accounts: dict[str, str] = field(default_factory=dict)
     # (kind, Authorization header) of tokens whose logout was acknowledged.
     revoked: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    # Acknowledged scans: scan id -> (shipment id, the sequence of the event it recorded).
+    scans: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Scans refused for a reason the load does not expect, by their problem.
+    refused_scans: list[str] = field(default_factory=list)
 
     def shipment(self, shipment_id: str) -> ShipmentLedger:
         return self.shipments.setdefault(shipment_id, ShipmentLedger())
