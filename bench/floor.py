@@ -180,9 +180,9 @@ WITH shipment AS (
             $15::timestamptz, $15::timestamptz)
 ), first_event AS (
     INSERT INTO shipment_events (id, shipment_id, sequence, status, location_zip, description,
-                                 created_at)
+                                 created_at, occurred_at)
     VALUES (gen_random_uuid(), $1::uuid, 1, 'placed', NULL, 'Shipment created',
-            $15::timestamptz)
+            $15::timestamptz, $15::timestamptz)
 )
 -- Sorted names: concurrent first uses of the same tags wait on each other in one order.
 INSERT INTO tags (name) SELECT unnest($16::varchar[]) ON CONFLICT DO NOTHING
