@@ -68,6 +68,40 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+SHIPMENT_SCOPES = ["shipments:read", "shipments:write"]
+
+
+async def create_api_key(
+    client: httpx.AsyncClient,
+    account_headers: dict[str, str],
+    *,
+    kind: str = "seller",
+    mode: str = "live",
+    scopes: list[str] | None = None,
+    name: str = "CI",
+    **body: Any,
+) -> dict[str, Any]:
+    """A new API key of the account (asserting 201): the created body, with its `secret`."""
+    payload = {"name": name, "scopes": scopes or SHIPMENT_SCOPES, "mode": mode, **body}
+    response = await client.post(f"/{kind}/api-keys", json=payload, headers=account_headers)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def api_key_headers(
+    client: httpx.AsyncClient,
+    account_headers: dict[str, str],
+    *,
+    kind: str = "seller",
+    mode: str = "live",
+    scopes: list[str] | None = None,
+) -> dict[str, str]:
+    """The Authorization header of a new API key of the account."""
+    created = await create_api_key(client, account_headers, kind=kind, mode=mode, scopes=scopes)
+    return bearer(created["secret"])
+
+
 async def verify_email(
     client: httpx.AsyncClient, engine: AsyncEngine, kind: str, email: str
 ) -> None:

@@ -20,7 +20,7 @@ from backend.context import app_context
 from backend.main import create_app
 from tests.assertions import assert_problem
 from tests.conftest import METRICS_TOKEN, OwnedRedis, make_settings, running_client
-from tests.factories import account_with_token
+from tests.factories import account_with_token, api_key_headers
 
 REQUESTS_METRIC = "shiptrack_http_requests"
 SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
@@ -328,12 +328,11 @@ async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClien
 
 async def test_test_key_traffic_stays_out_of_the_live_series(client: httpx.AsyncClient) -> None:
     _, headers = await account_with_token(client, "seller")
-    body = {"name": "CI", "scopes": ["shipments:read"], "mode": "test"}
-    secret = (await client.post("/seller/api-keys", json=body, headers=headers)).json()["secret"]
+    test_key = await api_key_headers(client, headers, mode="test", scopes=["shipments:read"])
     before = (await client.get("/metrics", headers=SCRAPER)).text
 
     for _ in range(4):
-        response = await client.get("/shipments", headers={"Authorization": f"Bearer {secret}"})
+        response = await client.get("/shipments", headers=test_key)
         assert response.status_code == 200
     assert (await client.get("/shipments", headers=headers)).status_code == 200
 

@@ -42,7 +42,7 @@ from backend.config import Settings
 from backend.main import create_app
 from backend.models import metadata
 from tests.conftest import make_settings, running_client
-from tests.factories import PASSWORD, partner_body, seller_body
+from tests.factories import PASSWORD, create_api_key, partner_body, seller_body
 from tests.hostile_corpus import (
     EMAIL_SLOT,
     EXTRA_FIELDS,
@@ -729,11 +729,9 @@ async def build_world(client: httpx.AsyncClient, engine: AsyncEngine) -> World:
 async def _new_key(
     client: httpx.AsyncClient, kind: str, headers: dict[str, str], mode: str, scopes: list[str]
 ) -> dict[str, Any]:
-    body = {"name": f"{mode} key", "scopes": scopes, "mode": mode}
-    response = await client.post(f"/{kind}/api-keys", json=body, headers=headers)
-    assert response.status_code == 201, response.text
-    key: dict[str, Any] = response.json()
-    return key
+    return await create_api_key(
+        client, headers, kind=kind, mode=mode, scopes=scopes, name=f"{mode} key"
+    )
 
 
 # --- fixtures ---------------------------------------------------------------------------------

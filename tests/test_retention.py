@@ -17,6 +17,7 @@ from backend.config import Settings
 from backend.context import app_context
 from backend.retention import RetentionPurge, retained_kinds
 from tests.conftest import count_rows
+from tests.factories import api_key_headers
 from tests.outbox.conftest import (
     WorkerFactory,
     database_now,
@@ -110,9 +111,7 @@ async def recorded_test_emails(
     client: httpx.AsyncClient, parties: Parties, count: int
 ) -> list[str]:
     """The ids of the emails recorded for `count` new test shipments, oldest first."""
-    body = {"name": "CI", "scopes": ["shipments:read", "shipments:write"], "mode": "test"}
-    key = await client.post("/seller/api-keys", json=body, headers=parties.seller_headers)
-    test_key = {"Authorization": f"Bearer {key.json()['secret']}"}
+    test_key = await api_key_headers(client, parties.seller_headers, mode="test")
     for _ in range(count):
         created = await client.post("/shipments", json=shipment_body(), headers=test_key)
         assert created.status_code == 201, created.text

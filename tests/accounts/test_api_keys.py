@@ -25,7 +25,7 @@ from backend.context import app_context
 from backend.main import create_app
 from tests.assertions import assert_problem
 from tests.conftest import StatementLog, count_rows, running_client
-from tests.factories import account_with_token, bearer
+from tests.factories import account_with_token, bearer, create_api_key
 from tests.shipments.factories import create_shipment, make_parties, patch_shipment
 
 SECRET = re.compile(r"^st_(live|test)_[0-9A-Za-z]{49}$")
@@ -39,11 +39,10 @@ async def create_key(
     scopes: list[str] | None = None,
     **body: Any,
 ) -> dict[str, Any]:
-    payload = {"name": "Warehouse sync", "scopes": scopes or ["shipments:read"], "mode": "live"}
-    response = await client.post(f"/{kind}/api-keys", json={**payload, **body}, headers=headers)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
+    scopes = scopes or ["shipments:read"]
+    return await create_api_key(
+        client, headers, kind=kind, scopes=scopes, **{"name": "Warehouse sync", **body}
+    )
 
 
 async def stored_keys(db_engine: AsyncEngine) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.assertions import assert_problem
 from tests.conftest import count_rows
-from tests.factories import account_with_token, bearer
+from tests.factories import account_with_token, api_key_headers
 from tests.shipments.factories import create_shipment, make_parties, shipment_body
 
 
@@ -66,9 +66,9 @@ async def test_coverage_is_for_sellers_and_test_keys_see_their_simulated_partner
     client: httpx.AsyncClient,
 ) -> None:
     parties = await make_parties(client)
-    body = {"name": "CI", "scopes": ["shipments:read"], "mode": "test"}
-    key = await client.post("/seller/api-keys", json=body, headers=parties.seller_headers)
-    test_key = bearer(key.json()["secret"])
+    test_key = await api_key_headers(
+        client, parties.seller_headers, mode="test", scopes=["shipments:read"]
+    )
 
     assert await coverage(client, test_key, "99999") == {
         "zip_code": "99999",

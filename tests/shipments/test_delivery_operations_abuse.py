@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend.main import create_app
 from tests.assertions import assert_problem
 from tests.conftest import make_settings, running_client
-from tests.factories import account_with_token, bearer
+from tests.factories import account_with_token, api_key_headers
 from tests.outbox.conftest import database_now, outbox_rows
 from tests.shipments.factories import (
     Parties,
@@ -607,13 +607,7 @@ async def test_a_partners_test_key_sees_no_live_shipment_to_scan(
 ) -> None:
     parties = await make_parties(client)
     shipment = await shipment_at(client, db_engine, parties, "in_transit")
-    created = await client.post(
-        "/partner/api-keys",
-        json={"name": "van", "scopes": ["shipments:read", "shipments:write"], "mode": "test"},
-        headers=parties.partner_headers,
-    )
-    assert created.status_code == 201, created.text
-    test_key = bearer(created.json()["secret"])
+    test_key = await api_key_headers(client, parties.partner_headers, kind="partner", mode="test")
     before = await stored(db_engine, shipment["id"])
 
     response = await post_scans(
@@ -809,17 +803,10 @@ async def test_a_sellers_test_key_cannot_correct_a_live_shipment(
 ) -> None:
     parties = await make_parties(client)
     shipment = await create_shipment(client, parties.seller_headers)
-    created = await client.post(
-        "/seller/api-keys",
-        json={"name": "sandbox", "scopes": ["shipments:read", "shipments:write"], "mode": "test"},
-        headers=parties.seller_headers,
-    )
-    assert created.status_code == 201, created.text
+    test_key = await api_key_headers(client, parties.seller_headers, mode="test")
     before = await stored(db_engine, shipment["id"])
 
-    response = await correct(
-        client, bearer(created.json()["secret"]), shipment["id"], {"recipient": {"name": "Eve"}}
-    )
+    response = await correct(client, test_key, shipment["id"], {"recipient": {"name": "Eve"}})
 
     await assert_refused_and_unchanged(
         db_engine, shipment["id"], before, response, 404, "shipment_not_found"

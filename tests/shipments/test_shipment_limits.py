@@ -24,6 +24,7 @@ from backend.redis_client import create_redis
 from backend.shipments.expiry import PlacedExpiry, expiry_note
 from tests.assertions import assert_problem
 from tests.conftest import make_settings, running_client
+from tests.factories import api_key_headers
 from tests.outbox.conftest import (
     SmtpServer,
     WorkerFactory,
@@ -190,9 +191,7 @@ async def test_test_shipments_expire_by_the_same_rule_beside_live_ones(
     client: httpx.AsyncClient, db_engine: AsyncEngine, expiry: PlacedExpiry
 ) -> None:
     parties = await make_parties(client)
-    body = {"name": "CI", "scopes": ["shipments:read", "shipments:write"], "mode": "test"}
-    key = await client.post("/seller/api-keys", json=body, headers=parties.seller_headers)
-    test_key = {"Authorization": f"Bearer {key.json()['secret']}"}
+    test_key = await api_key_headers(client, parties.seller_headers, mode="test")
     live = await create_shipment(client, parties.seller_headers)
     test = await create_shipment(client, test_key)
     for shipment in (live, test):

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.assertions import assert_problem
 from tests.conftest import count_rows
-from tests.factories import account_with_token, bearer
+from tests.factories import account_with_token, api_key_headers
 from tests.outbox.conftest import drain, outbox_rows
 from tests.shipments.factories import (
     Parties,
@@ -37,11 +37,9 @@ async def new_key(
     scopes: list[str] | None = None,
     kind: str = "seller",
 ) -> dict[str, str]:
-    """The bearer header of a new key of `mode`."""
-    body = {"name": f"{mode} key", "scopes": scopes or ALL_SELLER_SCOPES, "mode": mode}
-    response = await client.post(f"/{kind}/api-keys", json=body, headers=headers)
-    assert response.status_code == 201, response.text
-    return bearer(response.json()["secret"])
+    """The bearer header of a new key of `mode` (every seller scope unless `scopes`)."""
+    scopes = scopes or ALL_SELLER_SCOPES
+    return await api_key_headers(client, headers, kind=kind, mode=mode, scopes=scopes)
 
 
 async def advance(
