@@ -74,7 +74,9 @@ class PlacedExpiry:
             expired = await ShipmentRepository(unit.session).lock_expired_placed(
                 utcnow() - self._age, BATCH_SIZE
             )
-            for shipment_id, seller, livemode in expired:
+            # Their partners' rows in id order, as every change of two partners' rows takes
+            # them (PartnerAssignment.move_slot): no cycle with a correction, or another sweep.
+            for shipment_id, seller, livemode, _ in sorted(expired, key=lambda row: row[3]):
                 service = self._service(unit, seller, livemode=livemode)
                 await service.cancel(shipment_id, note=self._note)
         if expired:

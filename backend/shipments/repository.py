@@ -390,13 +390,13 @@ class ShipmentRepository:
 
     async def lock_expired_placed(
         self, cutoff: datetime, batch_size: int
-    ) -> list[tuple[uuid.UUID, Seller, bool]]:
-        """(id, seller, livemode) of up to `batch_size` shipments `placed` since before `cutoff`
-        that no one else holds, oldest first, locked until the transaction ends. SKIP LOCKED:
-        concurrent sweeps take disjoint rows, and one a seller or partner is changing right now
-        is left for the next sweep (which re-reads its status)."""
+    ) -> list[tuple[uuid.UUID, Seller, bool, uuid.UUID]]:
+        """(id, seller, livemode, partner id) of up to `batch_size` shipments `placed` since
+        before `cutoff` that no one else holds, oldest first, locked until the transaction ends.
+        SKIP LOCKED: concurrent sweeps take disjoint rows, and one a seller or partner is
+        changing right now is left for the next sweep (which re-reads its status)."""
         statement = (
-            select(col(Shipment.id), Seller, col(Shipment.livemode))
+            select(col(Shipment.id), Seller, col(Shipment.livemode), col(Shipment.partner_id))
             .join(Seller, col(Seller.id) == col(Shipment.seller_id))
             .where(
                 and_(
@@ -411,4 +411,7 @@ class ShipmentRepository:
             .with_for_update(of=Shipment, skip_locked=True)
         )
         rows = await self._session.execute(statement)
-        return [(shipment_id, seller, livemode) for shipment_id, seller, livemode in rows]
+        return [
+            (shipment_id, seller, livemode, partner_id)
+            for shipment_id, seller, livemode, partner_id in rows
+        ]

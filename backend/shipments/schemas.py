@@ -470,13 +470,22 @@ class PublicTimelineEvent(BaseModel):
     status: ShipmentStatus
     occurred_at: datetime = Field(description="When it happened; the timeline's order.")
     location_zip: str | None = Field(description="The same as `location.zip_code`.")
-    location: EventLocation | None
+    location: EventLocation | None = None
     failure_reason: FailureReason | None = Field(
         default=None, description="Why a delivery attempt failed; `description` says it in words."
     )
     description: str | None
     created_at: datetime = Field(description="When it was recorded.")
     livemode: bool = Field(description="False for a test shipment's events.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def date_older_events(cls, data: Any) -> Any:
+        """An event stored before `occurred_at` existed (a response kept for an idempotent
+        replay) happened when it was recorded."""
+        if isinstance(data, dict) and "occurred_at" not in data and "created_at" in data:
+            return {**data, "occurred_at": data["created_at"]}
+        return data
 
 
 class TimelineEvent(PublicTimelineEvent):

@@ -426,6 +426,7 @@ class ShipmentService:
             return self._view(loaded), False
         self._check_room(shipment, shipment.status)
         new_zip = changed.get("destination_zip")
+        previous_partner = shipment.partner_id
         if new_zip is not None:
             loaded = await self._follow_new_zip(loaded, new_zip)
         for field, value in changed.items():
@@ -433,7 +434,8 @@ class ShipmentService:
         details = EventDetails(description=CORRECTION_DESCRIPTION)
         event = await self._move(shipment, shipment.status, details)
         view = self._view(loaded)
-        changes = correction_changes(view, changed, reassigned=new_zip is not None)
+        reassigned = shipment.partner_id != previous_partner
+        changes = correction_changes(view, changed, reassigned=reassigned)
         await self._publish(view, [SHIPMENT_UPDATED], changes, event)
         self._emails.details_corrected(shipment, not_before=email_not_before)
         return view, shipment.livemode
@@ -657,6 +659,10 @@ class ShipmentService:
             return rejected(refusal)
         recorded = next((e for e in loaded.shipment.timeline if e.scan_id == scan.scan_id), None)
         if recorded is not None:
+            if _guesses_code(scan):
+                # A scan sent again records nothing, so its code was no guess either.
+                forget = partial(self._limits.forget_code_guess, self._account.id)
+                self._unit.after_commit(forget)
             return ScanResult(
                 scan_id=scan.scan_id,
                 tracking_number=scan.tracking_number,
