@@ -82,7 +82,11 @@ def upgrade() -> None:
 
 
 def _fill_occurred_at() -> None:
-    """Date the events stored before the column, a batch per transaction (autocommit)."""
+    """Date the events stored before the column, a batch per transaction (autocommit); as one
+    statement in offline mode (`alembic upgrade --sql`), which cannot loop on row counts."""
+    if op.get_context().as_sql:
+        op.execute('UPDATE shipment_events SET occurred_at = created_at WHERE occurred_at IS NULL')
+        return
     connection = op.get_bind()
     while connection.execute(sa.text(FILL_OCCURRED_AT), {'batch': FILL_BATCH}).rowcount:
         pass
