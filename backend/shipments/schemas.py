@@ -300,10 +300,13 @@ class ScanBatch(RequestBody):
     scans: Annotated[list[ScanIn], Field(min_length=1, max_length=MAX_SCANS_PER_BATCH)]
 
 
+ScanOutcome = Literal["accepted", "duplicate", "rejected"]
+
+
 class ScanResult(BaseModel):
     scan_id: str
     tracking_number: str
-    result: Literal["accepted", "duplicate", "rejected"] = Field(
+    result: ScanOutcome = Field(
         description="`accepted`: recorded now; `duplicate`: this `scan_id` was recorded "
         "before (nothing new); `rejected`: nothing recorded, `problem` says why."
     )

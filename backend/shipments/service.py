@@ -14,6 +14,7 @@ import hashlib
 import json
 import secrets
 import uuid
+from bisect import insort
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,6 +63,7 @@ from backend.shipments.schemas import (
     DeliveryDetailsUpdate,
     ScanBatch,
     ScanIn,
+    ScanOutcome,
     ScanResult,
     ScanResults,
     ShipmentCreate,
@@ -85,6 +87,7 @@ from backend.shipments.timeline import (
     new_event,
     report_details,
     status_at,
+    time_order,
 )
 from backend.shipments.views import ShipmentViews, timeline_view
 from backend.webhooks.events import (
@@ -642,47 +645,36 @@ class ShipmentService:
     async def _record_scan(
         self, loaded: LoadedShipment | None, scan: ScanIn, refusal: DomainError | None
     ) -> ScanResult:
-        def rejected(error: DomainError) -> ScanResult:
+        def result(
+            outcome: ScanOutcome, sequence: int | None = None, problem: DomainError | None = None
+        ) -> ScanResult:
             return ScanResult(
                 scan_id=scan.scan_id,
                 tracking_number=scan.tracking_number,
-                result="rejected",
-                sequence=None,
-                problem=problem_document(error),
+                result=outcome,
+                sequence=sequence,
+                problem=problem_document(problem) if problem is not None else None,
             )
 
         if loaded is None:
-            return rejected(
-                ShipmentNotFound("No shipment with this tracking number is assigned to you.")
-            )
+            detail = "No shipment with this tracking number is assigned to you."
+            return result("rejected", problem=ShipmentNotFound(detail))
         if refusal is not None:
-            return rejected(refusal)
+            return result("rejected", problem=refusal)
         recorded = next((e for e in loaded.shipment.timeline if e.scan_id == scan.scan_id), None)
         if recorded is not None:
             if _guesses_code(scan):
                 # A scan sent again records nothing, so its code was no guess either.
                 forget = partial(self._limits.forget_code_guess, self._account.id)
                 self._unit.after_commit(forget)
-            return ScanResult(
-                scan_id=scan.scan_id,
-                tracking_number=scan.tracking_number,
-                result="duplicate",
-                sequence=recorded.sequence,
-                problem=None,
-            )
+            return result("duplicate", recorded.sequence)
         try:
             reported = await self._apply_report(
                 loaded, scan, counted_guess=_guesses_code(scan), scan_id=scan.scan_id
             )
         except DomainError as error:
-            return rejected(error)
-        return ScanResult(
-            scan_id=scan.scan_id,
-            tracking_number=scan.tracking_number,
-            result="accepted",
-            sequence=reported.event.sequence,
-            problem=None,
-        )
+            return result("rejected", problem=error)
+        return result("accepted", reported.event.sequence)
 
     # --- test mode -----------------------------------------------------------------------
 
@@ -833,7 +825,8 @@ class ShipmentService:
         # Under the shipment's row lock: no gaps, no duplicates.
         shipment.last_sequence += 1
         event = new_event(shipment, details, shown_status or target)
-        shipment.timeline.append(event)
+        # In its place by time, as the relationship loads the timeline: views read it in order.
+        insort(shipment.timeline, event, key=time_order)
         if reaches_final_state and shipment.livemode:
             # The partner's slot is free the moment this commits (a test shipment took none).
             await self._assignment.release(shipment.partner_id)

@@ -11,7 +11,6 @@ from backend.shipments.failures import FAILURE_WORDS, RETURNS_AT_ONCE, FailureRe
 from backend.shipments.models import Shipment, ShipmentEvent
 from backend.shipments.schemas import LocationIn, ShipmentUpdate
 from backend.shipments.status import ShipmentStatus
-from backend.shipments.views import in_time_order
 
 EVENT_DESCRIPTIONS = {
     ShipmentStatus.placed: "Shipment created",
@@ -34,6 +33,12 @@ class EventDetails:
     failure_reason: FailureReason | None = None
     note: str | None = None  # the partner's private note on a failed attempt
     scan_id: str | None = None
+
+
+def time_order(event: ShipmentEvent) -> tuple[datetime, int]:
+    """A timeline's order: by when events happened, then in recording order (the order
+    `Shipment.timeline` loads them in)."""
+    return event.occurred_at, event.sequence
 
 
 def new_event(shipment: Shipment, details: EventDetails, status: ShipmentStatus) -> ShipmentEvent:
@@ -118,8 +123,7 @@ def describe_report(change: ShipmentUpdate) -> str:
 
 
 def status_at(timeline: list[ShipmentEvent], moment: datetime) -> ShipmentStatus:
-    """The status a shipment had at `moment`: that of the last event that happened by then
-    (its first event, `placed`, happened at its creation, which no event predates)."""
-    ordered = in_time_order(timeline)
-    happened = [event for event in ordered if event.occurred_at <= moment]
-    return (happened[-1] if happened else ordered[0]).status
+    """The status a shipment had at `moment`: that of the last event of the (time-ordered)
+    `timeline` that happened by then, or its first, `placed`, which no event predates."""
+    happened = [event for event in timeline if event.occurred_at <= moment]
+    return (happened[-1] if happened else timeline[0]).status

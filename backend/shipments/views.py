@@ -110,10 +110,11 @@ class ShipmentViews:
 
 
 def timeline_view(events: list[ShipmentEvent]) -> list[TimelineEvent]:
-    """The seller's and the partner's timeline: every field, by when each event happened."""
+    """The seller's and the partner's timeline, every field, in the events' order: by when each
+    happened (`Shipment.timeline`, loaded so and kept so by ShipmentService._move)."""
     return [
         TimelineEvent.model_construct(**_public_fields(event, exact=True), note=event.note)
-        for event in in_time_order(events)
+        for event in events
     ]
 
 
@@ -121,14 +122,8 @@ def public_timeline_view(events: list[ShipmentEvent]) -> list[PublicTimelineEven
     """The timeline anyone with the tracking number sees: no notes, no coordinates."""
     return [
         PublicTimelineEvent.model_construct(**_public_fields(event, exact=False))
-        for event in in_time_order(events)
+        for event in events
     ]
-
-
-def in_time_order(events: list[ShipmentEvent]) -> list[ShipmentEvent]:
-    """By when they happened, then in recording order. The relationship loads them so; an
-    event appended by this request may belong anywhere (a scan uploaded late)."""
-    return sorted(events, key=lambda event: (event.occurred_at, event.sequence))
 
 
 def _public_fields(event: ShipmentEvent, *, exact: bool) -> dict[str, Any]:
