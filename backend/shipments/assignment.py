@@ -49,14 +49,13 @@ _CANDIDATES = (
 _LEAST_LOADED_FREE = _CANDIDATES.with_for_update(read=True, key_share=True, skip_locked=True)
 _LEAST_LOADED = _CANDIDATES.with_for_update(read=True, key_share=True)
 _PARTNER_WITH_ROOM_EXISTS = select(exists(_CANDIDATES))
-# An approved partner serving the zip, with room or not: whether the zip is served at all.
-_SERVING_PARTNER_EXISTS = select(
-    exists(
-        select(col(Partner.id)).where(
-            _SERVES_ZIP, col(Partner.status) == PartnerStatus.approved.value
-        )
-    )
+# Approved partners serving the zip, with room or not: whether the zip is served at all, and
+# whether one given partner serves it.
+_SERVING = select(col(Partner.id)).where(
+    _SERVES_ZIP, col(Partner.status) == PartnerStatus.approved.value
 )
+_SERVING_PARTNER_EXISTS = select(exists(_SERVING))
+_PARTNER_SERVES = select(exists(_SERVING.where(col(Partner.id) == bindparam("partner_id"))))
 # The slot of the partner chosen earlier, if it still has room: PostgreSQL re-checks the room
 # on the row it locks, after any wait for a concurrent create's slot.
 _TAKE_SLOT = (
@@ -145,16 +144,8 @@ class PartnerAssignment:
 
     async def serves(self, partner_id: uuid.UUID, zip_code: str) -> bool:
         """Whether this partner (approved) serves `zip_code`."""
-        statement = select(
-            exists(
-                select(col(Partner.id)).where(
-                    col(Partner.id) == partner_id,
-                    _SERVES_ZIP,
-                    col(Partner.status) == PartnerStatus.approved.value,
-                )
-            )
-        )
-        return bool(await self._session.scalar(statement, {"zip": zip_code}))
+        parameters = {"zip": zip_code, "partner_id": partner_id}
+        return bool(await self._session.scalar(_PARTNER_SERVES, parameters))
 
     async def move_slot(self, from_id: uuid.UUID, to_id: uuid.UUID) -> bool:
         """Take a slot of `to_id` and give back one of `from_id`: a shipment changing partner.
